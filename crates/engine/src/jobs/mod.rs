@@ -1,0 +1,37 @@
+//! The jobs: each a function of (context, task) → report, run on a worker thread.
+
+pub mod receive;
+pub mod sync;
+
+use backproc_config::Config;
+use backproc_store::Store;
+
+use crate::Clock;
+use crate::sessions::Sessions;
+
+/// What a job may use: its worker's store connection and sessions, the config, the clock.
+pub struct Ctx<'a> {
+    pub store: &'a mut Store,
+    pub config: &'a Config,
+    pub clock: Clock,
+    pub sessions: &'a mut Sessions,
+    pub thread: usize,
+}
+
+impl Ctx<'_> {
+    /// Progress of the running task, for `status` (best effort: never fails the job).
+    pub fn progress(&mut self, task: &crate::Task, done: i64, total: i64) {
+        let row = backproc_store::WorkerRow {
+            thread: self.thread as i64 + 1,
+            task: Some(task.to_string()),
+            account_id: task.account,
+            folder_id: task.folder,
+            done: Some(done),
+            total: Some(total),
+            since: Some(self.clock.now()),
+        };
+        if let Err(e) = self.store.set_worker(&row) {
+            log::debug!("cannot record progress: {e}");
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Folder discovery and the Sync job: asks the server what changed, plans, applies.
+//! It downloads nothing: new UIDs go to the receive queue.
+
+use std::time::Instant;
+
+use backproc_imap::{Change, Flags, LocalFolder, LocalMsg, ServerFlags, ServerView, plan};
+use backproc_store::{FolderListing, MsgFlags, SyncApply};
+
+use super::Ctx;
+use crate::sessions::failure_from_imap;
+use crate::task::{Failure, FailureKind, Job, Report, Task};
+
+fn to_store(f: Flags) -> MsgFlags {
+    MsgFlags {
+        seen: f.seen,
+        answered: f.answered,
+        flagged: f.flagged,
+        draft: f.draft,
+        deleted: f.deleted,
+    }
+}
+fn to_plan(f: MsgFlags) -> Flags {
+    Flags {
+        seen: f.seen,
+        answered: f.answered,
+        flagged: f.flagged,
+        draft: f.draft,
+        deleted: f.deleted,
+    }
+}
+
+/// LIST the account's folders and record them.
+pub fn list_folders(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
+    let account = task
+        .account
+        .ok_or_else(|| Failure::new(FailureKind::Other, "no account"))?;
+    let now = ctx.clock.now();
+    let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
+    let listed = match session.list_folders() {
+        Ok(l) => l,
+        Err(e) => {
+            ctx.sessions.discard(account);
+            return Err(failure_from_imap(e));
+        }
+    };
+    let rows: Vec<FolderListing> = listed
+        .into_iter()
+        .filter(|f| f.selectable)
+        .map(|f| FolderListing {
+            name: f.name,
+            display_name: f.display_name,
+            delimiter: f.delimiter,
+            special_use: f.special_use.map(str::to_owned),
+        })
+        .collect();
+    let new = ctx.store.record_folder_list(account, &rows)?;
+    if !new.is_empty() {
+        log::info!("found {} new folder(s)", new.len());
+    }
+    // New folders get their initial sync at once, whatever their priority.
+    let follow_up = new
+        .iter()
+        .map(|&f| Task::new(Job::SyncFull, Some(account), Some(f)))
+        .collect();
+    Ok(Report {
+        count: new.len() as i64,
+        follow_up,
+    })
+}
+
+/// Sync one folder: recent (new UIDs) or full (also flags and vanished messages).
+pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Failure> {
+    let (Some(account), Some(folder_id)) = (task.account, task.folder) else {
+        return Err(Failure::new(
+            FailureKind::Other,
+            "sync needs an account and a folder",
+        ));
+    };
+    let started = Instant::now();
+    let now = ctx.clock.now();
+    let folder = ctx.store.folder(folder_id)?;
+    if folder.gone {
+        return Ok(Report::default());
+    }
+    let (rows, queued) = ctx.store.folder_sync_rows(folder_id)?;
+    let local = LocalFolder {
+        uidvalidity: folder.uidvalidity.map(|v| v as u32),
+        last_seen_uid: folder.last_seen_uid as u32,
+        highest_modseq: folder.highest_modseq.map(|v| v as u64),
+        last_full_sync: folder.last_full_sync,
+    };
+    let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
+    let result = (|| -> Result<(ServerView, Vec<Change>, Vec<u32>), backproc_imap::Error> {
+        let status = session.status(&folder.name)?;
+        let mut view = ServerView {
+            status,
+            new: Vec::new(),
+            full: None,
+        };
+        if local.uidvalidity.is_some_and(|v| v != status.uidvalidity) {
+            let changes = plan(&local, &[], &[], &view);
+            return Ok((view, changes, Vec::new()));
+        }
+        let has_new = status.uidnext == 0 || status.uidnext > local.last_seen_uid + 1;
+        let known_on_server =
+            rows.iter().filter(|r| !r.server_deleted).count() as u32 + queued.len() as u32;
+        // With CONDSTORE an unchanged HIGHESTMODSEQ and message count mean no flag change
+        // and no expunge: the no-change full sync costs one STATUS.
+        let flags_unchanged = session.caps.condstore
+            && local.highest_modseq.is_some()
+            && status.highest_modseq == local.highest_modseq
+            && status.exists == known_on_server;
+        let want_flags = full && !flags_unchanged && local.last_seen_uid > 0;
+        if has_new || want_flags {
+            session.ensure_open(&folder.name, false)?;
+        }
+        if has_new {
+            view.new = session.new_messages(local.last_seen_uid)?;
+        }
+        let mut pushed = Vec::new();
+        if want_flags {
+            let since = if session.caps.condstore {
+                local.highest_modseq
+            } else {
+                None
+            };
+            let (flags, present) = session.flags_and_present(local.last_seen_uid, since)?;
+            view.full = Some(ServerFlags { flags, present });
+        } else if full && local.last_seen_uid == 0 {
+            view.full = Some(ServerFlags::default());
+        }
+        let msgs: Vec<LocalMsg> = rows.iter().map(local_msg).collect();
+        let q: Vec<u32> = queued.iter().map(|u| *u as u32).collect();
+        let changes = plan(&local, &msgs, &q, &view);
+        // Push the local flag changes that win (needs a read-write SELECT).
+        let pushes: Vec<(u32, Flags)> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::PushFlags { uid, flags } => Some((*uid, *flags)),
+                _ => None,
+            })
+            .collect();
+        if !pushes.is_empty() {
+            session.ensure_open(&folder.name, true)?;
+            for (uid, flags) in pushes {
+                if session.store_flags(uid, flags, None)? {
+                    pushed.push(uid);
+                }
+            }
+        }
+        Ok((view, changes, pushed))
+    })();
+    let (view, changes, pushed) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            ctx.sessions.discard(account);
+            return Err(failure_from_imap(e));
+        }
+    };
+    let mut apply = SyncApply {
+        full,
+        uidvalidity: Some(view.status.uidvalidity as i64),
+        ..SyncApply::default()
+    };
+    let mut found = 0usize;
+    for c in changes {
+        log::debug!("{c}");
+        match c {
+            Change::Reset { uidvalidity } => {
+                log::warn!(
+                    "UIDVALIDITY changed ({:?} -> {uidvalidity}): the folder is resynchronised",
+                    local.uidvalidity
+                );
+                apply.reset = Some(uidvalidity as i64);
+            }
+            Change::Queue(v) => {
+                found += v.len();
+                apply
+                    .queue
+                    .extend(v.iter().map(|m| (m.uid as i64, m.size as i64)));
+            }
+            Change::SetLocalFlags { uid, flags } => {
+                apply.set_flags.push((uid as i64, to_store(flags)))
+            }
+            Change::PushFlags { uid, .. } => {
+                if pushed.contains(&uid) {
+                    apply.pushed.push(uid as i64);
+                }
+            }
+            Change::VanishedOnServer { uid } => apply.vanished.push(uid as i64),
+            Change::Unqueue { uid } => apply.unqueue.push(uid as i64),
+            Change::Watermarks {
+                last_seen_uid,
+                highest_modseq,
+            } => {
+                apply.watermarks = Some((last_seen_uid as i64, highest_modseq.map(|m| m as i64)));
+            }
+        }
+    }
+    let reset = apply.reset.is_some();
+    ctx.store.apply_sync(folder_id, &apply, now)?;
+    log::info!(
+        "found {found} new messages in {}s",
+        started.elapsed().as_secs()
+    );
+    let mut follow_up = Vec::new();
+    if found > 0 || !queued.is_empty() {
+        follow_up.push(Task::new(Job::Receive, Some(account), Some(folder_id)));
+    }
+    if reset {
+        // Read the folder again from scratch right away.
+        follow_up.push(Task::new(Job::SyncFull, Some(account), Some(folder_id)));
+    }
+    Ok(Report {
+        count: found as i64,
+        follow_up,
+    })
+}
+
+fn local_msg(r: &backproc_store::MsgSyncRow) -> LocalMsg {
+    LocalMsg {
+        uid: r.uid as u32,
+        flags: to_plan(r.flags),
+        flags_changed: r.flags_changed,
+        server_deleted: r.server_deleted,
+    }
+}

@@ -1,0 +1,49 @@
+//! The engine: the master's loop, the scheduler, the worker pool and the jobs.
+//!
+//! Invariants: the engine knows nothing of log4rs, signals, the pid file or the CLI (the
+//! binary owns those); it never writes SQL (the store does); the scheduling decisions in
+//! `schedule` are pure functions of (store rows, config, now), tested with an injected clock.
+
+pub mod jobs;
+pub mod logctx;
+pub mod master;
+mod parse;
+pub mod pool;
+mod runner;
+pub mod schedule;
+mod sessions;
+pub mod task;
+
+use std::sync::{Arc, RwLock};
+
+pub use master::{MasterOptions, run};
+pub use task::{Failure, FailureKind, Job, Outcome, Report, Task};
+
+/// The current config, replaced as a whole when config.inc changes.
+pub type SharedConfig = Arc<RwLock<Arc<backproc_config::Config>>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] backproc_store::Error),
+}
+
+/// Where "now" comes from: the system clock, or a fixed offset for tests of leases and
+/// retention (`BACKPROC_CLOCK_OFFSET` is read by the binary, not here).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Clock {
+    offset: i64,
+}
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock { offset: 0 }
+    }
+    pub fn with_offset(offset: i64) -> Clock {
+        Clock { offset }
+    }
+    /// Unix seconds.
+    pub fn now(&self) -> i64 {
+        backproc_store::now() + self.offset
+    }
+}

@@ -1,0 +1,185 @@
+//! The master: one loop over events (tick, a worker's outcome, shutdown), deciding what runs.
+//!
+//! Invariants:
+//! - a task is queued or running at most once (`in_flight`);
+//! - a task refused by a full queue stays due and is offered again next tick;
+//! - the store is the truth: anything lost from memory (a dead worker, a restart) is found
+//!   again by the next tick's scheduling queries.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use backproc_config::Config;
+use backproc_store::Store;
+use crossbeam_channel::{Receiver, select, unbounded};
+
+use crate::pool::{Offer, Pool, RunnerFactory};
+use crate::runner::JobRunner;
+use crate::schedule::Scheduler;
+use crate::task::{Job, Outcome, Task};
+use crate::{Clock, Error, SharedConfig};
+
+pub struct MasterOptions {
+    pub store_path: PathBuf,
+    pub data_dir: PathBuf,
+    /// Do the work that is due now, then return.
+    pub once: bool,
+    /// Test hook: sleep tasks (milliseconds) queued at start, to test shutdown and logging.
+    pub sleep_tasks: Vec<u64>,
+}
+
+enum Event {
+    Tick,
+    Outcome(Outcome),
+    Shutdown,
+}
+
+/// Runs the master until `shutdown` fires (or, with `once`, until nothing is due).
+/// `reload` is called every tick and returns a new, valid config when config.inc changed.
+pub fn run(
+    opts: MasterOptions,
+    config: Config,
+    reload: &mut dyn FnMut() -> Option<Config>,
+    shutdown: Receiver<()>,
+) -> Result<(), Error> {
+    let clock = Clock::system();
+    let mut store = Store::open(&opts.store_path)?;
+    store.master_started(std::process::id(), clock.now())?;
+    let shared: SharedConfig = Arc::new(RwLock::new(Arc::new(config.clone())));
+    let (outcome_tx, outcome_rx) = unbounded();
+    let factory: RunnerFactory = {
+        let shared = shared.clone();
+        let store_path = opts.store_path.clone();
+        let data_dir = opts.data_dir.clone();
+        Arc::new(move |idx| {
+            Box::new(JobRunner::new(
+                idx,
+                store_path.clone(),
+                data_dir.clone(),
+                shared.clone(),
+                clock,
+            ))
+        })
+    };
+    let mut pool = Pool::new(
+        config.bg_max_threads as usize,
+        config.bg_max_tasks_per_thread as usize,
+        outcome_tx,
+        factory,
+    );
+    let mut scheduler = Scheduler::new(clock);
+    for secs in &opts.sleep_tasks {
+        scheduler.push_extra(Task {
+            job: Job::Sleep,
+            account: None,
+            folder: None,
+            arg: *secs,
+        });
+    }
+    let mut config = config;
+    let mut in_flight: HashMap<Task, usize> = HashMap::new();
+    let mut tick_every = Duration::from_secs(config.bg_tick_interval);
+    let mut next_tick = Instant::now();
+    log::info!(
+        "master started (pid {}, up to {} workers)",
+        std::process::id(),
+        config.bg_max_threads
+    );
+
+    loop {
+        let timeout = next_tick.saturating_duration_since(Instant::now());
+        let event = select! {
+            recv(shutdown) -> _ => Event::Shutdown,
+            recv(outcome_rx) -> o => match o { Ok(o) => Event::Outcome(o), Err(_) => Event::Shutdown },
+            default(timeout) => Event::Tick,
+        };
+        match event {
+            Event::Shutdown => {
+                log::info!(
+                    "stopping: no new work, waiting up to {}s for running tasks",
+                    config.bg_shutdown_grace
+                );
+                break;
+            }
+            Event::Outcome(o) => {
+                in_flight.remove(&o.task);
+                let follow = scheduler.finished(&mut store, &config, &o);
+                dispatch(&mut pool, &mut in_flight, follow);
+                if opts.once && in_flight.is_empty() {
+                    next_tick = Instant::now();
+                }
+            }
+            Event::Tick => {
+                next_tick = Instant::now() + tick_every;
+                if let Some(new) = reload() {
+                    log::info!("config.inc changed: new settings applied");
+                    pool.set_limits(
+                        new.bg_max_threads as usize,
+                        new.bg_max_tasks_per_thread as usize,
+                    );
+                    tick_every = Duration::from_secs(new.bg_tick_interval);
+                    *shared.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new.clone());
+                    config = new;
+                }
+                for dead in pool.reap() {
+                    in_flight.retain(|_, w| *w != dead);
+                }
+                if let Err(e) = store.master_heartbeat(clock.now()) {
+                    log::error!("cannot write the heartbeat: {e}");
+                }
+                let due = match scheduler.due(&store, &config, &in_flight) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        log::error!("cannot read the schedule from the store: {e}");
+                        Vec::new()
+                    }
+                };
+                let nothing_due = due.is_empty();
+                dispatch(&mut pool, &mut in_flight, due);
+                if opts.once && nothing_due && in_flight.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+
+    pool.stop();
+    let deadline = Instant::now() + Duration::from_secs(config.bg_shutdown_grace);
+    // Record the outcomes of tasks that finish within the grace period.
+    while !in_flight.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match outcome_rx.recv_timeout(left) {
+            Ok(o) => {
+                in_flight.remove(&o.task);
+                scheduler.finished(&mut store, &config, &o);
+            }
+            Err(_) => break,
+        }
+    }
+    let clean = pool.join(deadline.max(Instant::now() + Duration::from_millis(100)));
+    if !in_flight.is_empty() || !clean {
+        log::warn!(
+            "{} task(s) still running at the end of the grace period; they are redone at next start",
+            in_flight.len()
+        );
+    }
+    store.master_stopped(clock.now())?;
+    log::info!("master stopped");
+    Ok(())
+}
+
+fn dispatch(pool: &mut Pool, in_flight: &mut HashMap<Task, usize>, tasks: Vec<Task>) {
+    for task in tasks {
+        if in_flight.contains_key(&task) {
+            continue;
+        }
+        match pool.offer(task) {
+            Offer::Queued { worker } => {
+                in_flight.insert(task, worker);
+            }
+            Offer::Full => log::debug!("queue full: {task} stays due"),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Header fields of a downloaded message, read with mail-parser. Never fails: a message
+//! that cannot be parsed is stored raw with whatever could be read.
+
+use backproc_store::{MsgFlags, NewMessage};
+use mail_parser::{Address, MessageParser};
+
+/// Longest header text we keep in a column (the raw message keeps everything).
+const MAX_FIELD: usize = 4096;
+
+fn clip(s: &str) -> String {
+    let s: String = s.chars().filter(|c| *c != '\0').collect();
+    if s.len() <= MAX_FIELD {
+        return s;
+    }
+    let mut end = MAX_FIELD;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+fn addresses(a: Option<&Address<'_>>) -> Option<String> {
+    let a = a?;
+    let one = |name: Option<&str>, addr: Option<&str>| match (name, addr) {
+        (Some(n), Some(a)) => format!("{n} <{a}>"),
+        (None, Some(a)) => a.to_owned(),
+        (Some(n), None) => n.to_owned(),
+        (None, None) => String::new(),
+    };
+    let parts: Vec<String> = match a {
+        Address::List(list) => list
+            .iter()
+            .map(|x| one(x.name.as_deref(), x.address.as_deref()))
+            .collect(),
+        Address::Group(groups) => groups
+            .iter()
+            .flat_map(|g| {
+                g.addresses
+                    .iter()
+                    .map(|x| one(x.name.as_deref(), x.address.as_deref()))
+            })
+            .collect(),
+    };
+    let s = parts
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
+    (!s.is_empty()).then(|| clip(&s))
+}
+
+/// Parses what we index of a message; the raw bytes are kept unchanged.
+pub fn message(uid: i64, raw: Vec<u8>, flags: MsgFlags, internal_date: Option<i64>) -> NewMessage {
+    let mut m = NewMessage {
+        uid,
+        raw,
+        flags,
+        internal_date,
+        ..NewMessage::default()
+    };
+    if let Some(p) = MessageParser::default().parse(&m.raw[..]) {
+        m.message_id = p.message_id().map(clip);
+        m.subject = p.subject().map(clip);
+        m.from = addresses(p.from());
+        m.to = addresses(p.to());
+        m.cc = addresses(p.cc());
+        m.date = p.date().map(|d| d.to_timestamp());
+        m.attachments = p.attachment_count() as i64;
+    }
+    m
+}
+
+/// The Message-ID of a header block, for re-matching after a UIDVALIDITY change.
+pub fn message_id(header: &[u8]) -> Option<String> {
+    MessageParser::default()
+        .parse_headers(header)
+        .and_then(|p| p.message_id().map(clip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_rfc2047_and_addresses() {
+        let raw = b"From: =?UTF-8?B?0JjQstCw0L0=?= <ivan@example.ru>\r\nTo: a@x.test, B <b@x.test>\r\n\
+Subject: =?UTF-8?B?0J/RgNC40LLQtdGC?=\r\nMessage-ID: <abc@x>\r\nDate: Sun, 12 Jan 2014 22:28:05 +0100\r\n\r\nbody\r\n";
+        let m = message(5, raw.to_vec(), MsgFlags::default(), None);
+        assert_eq!(m.subject.as_deref(), Some("Привет"));
+        assert_eq!(m.from.as_deref(), Some("Иван <ivan@example.ru>"));
+        assert_eq!(m.to.as_deref(), Some("a@x.test, B <b@x.test>"));
+        assert_eq!(m.message_id.as_deref(), Some("abc@x"));
+        assert_eq!(m.date, Some(1389561885));
+        assert_eq!(m.raw, raw.to_vec());
+    }
+
+    #[test]
+    fn malformed_input_is_kept_raw() {
+        let inputs: [&[u8]; 5] = [
+            b"",
+            b"\0\0\0\xff\xfe",
+            b"Subject: \xff\xfe broken\r\nContent-Type: multipart/mixed; boundary=\"x\"\r\n\r\n--x\r\nno end",
+            b"Subject: bare\nFrom: lf@only\n\nbody",
+            b"no headers at all",
+        ];
+        for raw in inputs {
+            let m = message(1, raw.to_vec(), MsgFlags::default(), Some(7));
+            assert_eq!(m.raw, raw.to_vec());
+            assert_eq!(m.internal_date, Some(7));
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! Worker threads, each with two bounded queues (urgent and bulk), and account affinity.
+//!
+//! Invariants:
+//! - at most `max` threads exist; they are spawned lazily, when a task first needs one;
+//! - all tasks of one account go to the same worker (`affinity`), so one account never has
+//!   two sessions competing;
+//! - a full queue refuses the task (`Offer::Full`): the caller keeps it due (back-pressure);
+//! - a panicking task becomes a `FailureKind::Panic` outcome and the worker goes on; a worker
+//!   that dies anyway is noticed by `reap` and replaced.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select};
+
+use crate::task::{Failure, FailureKind, Outcome, Report, Task};
+
+/// Executes tasks on one worker thread; owns that worker's sessions and store connection.
+pub trait Runner: Send {
+    fn run(&mut self, task: &Task) -> Result<Report, Failure>;
+    /// Called when the worker has had nothing to do for a while (close idle sessions).
+    fn idle(&mut self) {}
+}
+
+pub type RunnerFactory = Arc<dyn Fn(usize) -> Box<dyn Runner> + Send + Sync>;
+
+struct Worker {
+    urgent: Sender<Task>,
+    bulk: Sender<Task>,
+    alive: Arc<AtomicBool>,
+    join: Option<JoinHandle<()>>,
+}
+
+pub enum Offer {
+    Queued { worker: usize },
+    Full,
+}
+
+pub struct Pool {
+    workers: Vec<Option<Worker>>,
+    max: usize,
+    capacity: usize,
+    affinity: HashMap<u64, usize>,
+    outcomes: Sender<Outcome>,
+    factory: RunnerFactory,
+    stopping: Arc<AtomicBool>,
+    idle_every: Duration,
+}
+
+impl Pool {
+    pub fn new(
+        max: usize,
+        capacity: usize,
+        outcomes: Sender<Outcome>,
+        factory: RunnerFactory,
+    ) -> Pool {
+        Pool {
+            workers: Vec::new(),
+            max: max.max(1),
+            capacity: capacity.max(1),
+            affinity: HashMap::new(),
+            outcomes,
+            factory,
+            stopping: Arc::new(AtomicBool::new(false)),
+            idle_every: Duration::from_secs(5),
+        }
+    }
+
+    /// New limits apply to threads spawned and accounts assigned from now on.
+    pub fn set_limits(&mut self, max: usize, capacity: usize) {
+        self.max = max.max(1);
+        self.capacity = capacity.max(1);
+    }
+
+    pub fn threads(&self) -> usize {
+        self.workers.iter().filter(|w| w.is_some()).count()
+    }
+
+    /// The worker index for an affinity key: sticky once chosen.
+    pub fn worker_for(&mut self, key: u64) -> usize {
+        let max = self.max;
+        *self
+            .affinity
+            .entry(key)
+            .or_insert_with(|| (key % max as u64) as usize)
+    }
+
+    pub fn offer(&mut self, task: Task) -> Offer {
+        let idx = self.worker_for(task.affinity());
+        if self.workers.len() <= idx {
+            self.workers.resize_with(idx + 1, || None);
+        }
+        if self.workers[idx].is_none() {
+            self.workers[idx] = Some(self.spawn(idx));
+        }
+        let w = self.workers[idx].as_ref().expect("spawned above");
+        let lane = if task.job.urgent() {
+            &w.urgent
+        } else {
+            &w.bulk
+        };
+        match lane.try_send(task) {
+            Ok(()) => Offer::Queued { worker: idx },
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Offer::Full,
+        }
+    }
+
+    fn spawn(&self, idx: usize) -> Worker {
+        let (urgent_tx, urgent_rx) = bounded(self.capacity);
+        let (bulk_tx, bulk_rx) = bounded(self.capacity);
+        let alive = Arc::new(AtomicBool::new(true));
+        let ctx = WorkerLoop {
+            idx,
+            urgent: urgent_rx,
+            bulk: bulk_rx,
+            outcomes: self.outcomes.clone(),
+            stopping: self.stopping.clone(),
+            alive: alive.clone(),
+            idle_every: self.idle_every,
+        };
+        let factory = self.factory.clone();
+        let join = std::thread::Builder::new()
+            .name(format!("t{}", idx + 1))
+            .spawn(move || ctx.run(factory))
+            .expect("cannot spawn a worker thread");
+        log::debug!("started worker t{}", idx + 1);
+        Worker {
+            urgent: urgent_tx,
+            bulk: bulk_tx,
+            alive,
+            join: Some(join),
+        }
+    }
+
+    /// Replaces workers whose thread died; returns their indexes (their queued and running
+    /// tasks are lost from the queue and must be forgotten by the caller, which re-offers
+    /// them when they are due again: the store is the truth).
+    pub fn reap(&mut self) -> Vec<usize> {
+        let mut dead = Vec::new();
+        for (i, slot) in self.workers.iter_mut().enumerate() {
+            if slot
+                .as_ref()
+                .is_some_and(|w| !w.alive.load(Ordering::SeqCst))
+            {
+                log::error!(target: "threading", "worker t{} died; replacing it", i + 1);
+                *slot = None;
+                dead.push(i);
+            }
+        }
+        dead
+    }
+
+    /// Stop taking new work: workers finish the task they run and exit.
+    /// Returns the threads' join handles so the caller can wait with its own deadline.
+    pub fn stop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // Dropping the senders wakes idle workers.
+        for w in self.workers.iter_mut().flatten() {
+            let (dead_tx, _) = bounded(0);
+            w.urgent = dead_tx.clone();
+            w.bulk = dead_tx;
+        }
+    }
+
+    /// Waits until every worker has exited or `deadline` passes; returns whether all exited.
+    pub fn join(&mut self, deadline: Instant) -> bool {
+        loop {
+            let all = self
+                .workers
+                .iter()
+                .flatten()
+                .all(|w| w.join.as_ref().is_none_or(|j| j.is_finished()));
+            if all {
+                for w in self.workers.iter_mut().flatten() {
+                    if let Some(j) = w.join.take() {
+                        let _ = j.join();
+                    }
+                }
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+struct WorkerLoop {
+    idx: usize,
+    urgent: Receiver<Task>,
+    bulk: Receiver<Task>,
+    outcomes: Sender<Outcome>,
+    stopping: Arc<AtomicBool>,
+    alive: Arc<AtomicBool>,
+    idle_every: Duration,
+}
+
+/// Marks the worker dead however its thread ends.
+struct AliveGuard(Arc<AtomicBool>);
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+impl WorkerLoop {
+    fn run(self, factory: RunnerFactory) {
+        let _guard = AliveGuard(self.alive.clone());
+        log_mdc::insert("thread", format!("t{}", self.idx + 1));
+        let mut runner = factory(self.idx);
+        loop {
+            if self.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            // Urgent lane first; then whichever lane has work; idle housekeeping otherwise.
+            let task = match self.urgent.try_recv() {
+                Ok(t) => t,
+                Err(_) => select! {
+                    recv(self.urgent) -> t => match t { Ok(t) => t, Err(_) => break },
+                    recv(self.bulk) -> t => match t { Ok(t) => t, Err(_) => break },
+                    default(self.idle_every) => { runner.idle(); continue; }
+                },
+            };
+            if self.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            let result = match catch_unwind(AssertUnwindSafe(|| runner.run(&task))) {
+                Ok(r) => r,
+                Err(payload) => {
+                    let msg = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "non-string panic payload".into());
+                    log::error!(target: "threading", "task {task} panicked: {msg}");
+                    Err(Failure::new(
+                        FailureKind::Panic,
+                        format!("task panicked: {msg}"),
+                    ))
+                }
+            };
+            // Clear any account/folder context a job left behind.
+            log_mdc::remove("account");
+            log_mdc::remove("folder");
+            if self
+                .outcomes
+                .send(Outcome {
+                    task,
+                    worker: self.idx,
+                    result,
+                })
+                .is_err()
+            {
+                break;
+            }
+        }
+        runner.idle();
+    }
+}

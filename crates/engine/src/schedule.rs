@@ -1,0 +1,249 @@
+//! The scheduler: which tasks are due now.
+//!
+//! The decisions are pure functions of (rows read from the store, config, now) — see
+//! `folder_due` and `daily_start` — so they are tested with an injected clock, no sleeping.
+
+use std::collections::{BTreeSet, HashMap};
+
+use backproc_config::{Config, TimeOfDay};
+use backproc_store::{Lane, SchedFolder, Store};
+use chrono::{Days, NaiveTime, TimeZone};
+
+use crate::Clock;
+use crate::task::{Job, Outcome, Task};
+
+/// The kind of sync a folder is due for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncDue {
+    Recent,
+    Full,
+}
+
+/// The intervals that decide high-priority syncs (from config).
+#[derive(Debug, Clone, Copy)]
+pub struct Intervals {
+    pub recent: i64,
+    pub recent_nl: i64,
+    pub full: i64,
+    pub full_nl: i64,
+}
+
+impl Intervals {
+    pub fn from_config(c: &Config) -> Intervals {
+        Intervals {
+            recent: c.email_bg_hi_folders_recent_sync_interval as i64,
+            recent_nl: c.email_bg_hi_folders_recent_sync_interval_nl as i64,
+            full: c.email_bg_hi_folders_folders_full_sync_interval as i64,
+            full_nl: c.email_bg_hi_folders_folders_full_sync_interval_nl as i64,
+        }
+    }
+}
+
+/// The most recent daily start (local time `at`) at or before `now`, as unix seconds.
+/// A start time that does not exist on a day (DST gap) moves to the next valid minute;
+/// an ambiguous one (DST fold) takes the earlier instant.
+pub fn daily_start<Tz: TimeZone>(tz: &Tz, now: i64, at: TimeOfDay) -> i64 {
+    let Some(now_local) = tz.timestamp_opt(now, 0).single() else {
+        return now;
+    };
+    let time = NaiveTime::from_hms_opt(u32::from(at.hour), u32::from(at.minute), 0)
+        .unwrap_or(NaiveTime::MIN);
+    let at_day = |date: chrono::NaiveDate| -> i64 {
+        let mut naive = date.and_time(time);
+        for _ in 0..180 {
+            if let Some(t) = tz.from_local_datetime(&naive).earliest() {
+                return t.timestamp();
+            }
+            naive += chrono::Duration::minutes(1);
+        }
+        naive.and_utc().timestamp()
+    };
+    let today = now_local.date_naive();
+    let start = at_day(today);
+    if start <= now {
+        start
+    } else {
+        today
+            .checked_sub_days(Days::new(1))
+            .map(at_day)
+            .unwrap_or(start)
+    }
+}
+
+/// Whether a folder is due for a sync, and which.
+///
+/// - priority off: never (an administrator excluded it; this wins even over the first sync);
+/// - "check mail now" or never synced: a full sync at once;
+/// - high: full every FULL interval, recent every RECENT interval (the _NL ones when the
+///   owner is not logged in); a full sync counts as a recent one;
+/// - low: one full sync a day from the daily start; missed while down → as soon as up.
+pub fn folder_due(f: &SchedFolder, now: i64, iv: &Intervals, low_start: i64) -> Option<SyncDue> {
+    match f.priority.as_str() {
+        "off" => return None,
+        _ if f.sync_requested.is_some() || f.last_full_sync.is_none() => {
+            return Some(SyncDue::Full);
+        }
+        "high" => {}
+        _ => {
+            return (f.last_full_sync.is_some_and(|t| t < low_start)).then_some(SyncDue::Full);
+        }
+    }
+    let (recent_iv, full_iv) = if f.logged_in {
+        (iv.recent, iv.full)
+    } else {
+        (iv.recent_nl, iv.full_nl)
+    };
+    let last_full = f.last_full_sync.unwrap_or(i64::MIN / 2);
+    let last_recent = f.last_recent_sync.unwrap_or(i64::MIN / 2).max(last_full);
+    if now - last_full >= full_iv {
+        Some(SyncDue::Full)
+    } else if now - last_recent >= recent_iv {
+        Some(SyncDue::Recent)
+    } else {
+        None
+    }
+}
+
+pub struct Scheduler {
+    clock: Clock,
+    extra: BTreeSet<Task>,
+    /// Accounts whose folders were listed in this master's life, and when.
+    listed: HashMap<i64, i64>,
+    /// Last run of interval jobs, keyed by job name.
+    last_interval: HashMap<&'static str, i64>,
+}
+
+impl Scheduler {
+    pub fn new(clock: Clock) -> Scheduler {
+        Scheduler {
+            clock,
+            extra: BTreeSet::new(),
+            listed: HashMap::new(),
+            last_interval: HashMap::new(),
+        }
+    }
+
+    /// One-off tasks (test hooks, manual runs) due at the next tick.
+    pub fn push_extra(&mut self, t: Task) {
+        self.extra.insert(t);
+    }
+
+    fn interval_due(&mut self, store: &Store, job: &'static str, every: i64, now: i64) -> bool {
+        let last = match self.last_interval.get(job) {
+            Some(t) => *t,
+            None => store.job_last_run(job).ok().flatten().unwrap_or(0),
+        };
+        self.last_interval.insert(job, last);
+        now - last >= every
+    }
+
+    /// Every task due now that is not already queued or running, most urgent first, at most
+    /// BG_MAX_STARTS_PER_TICK of them (the rest stay due: spread over the next ticks).
+    pub fn due(
+        &mut self,
+        store: &Store,
+        config: &Config,
+        in_flight: &HashMap<Task, usize>,
+    ) -> Result<Vec<Task>, backproc_store::Error> {
+        let now = self.clock.now();
+        let mut due: Vec<Task> = self.extra.iter().copied().collect();
+        if config.email_background_sync_enabled {
+            let iv = Intervals::from_config(config);
+            let low_start = daily_start(&chrono::Local, now, config.email_bg_lo_folders_sync_start);
+            let folders = store.schedule_folders(now)?;
+            let mut accounts_seen = BTreeSet::new();
+            for f in &folders {
+                if !accounts_seen.insert(f.account_id) {
+                    continue;
+                }
+                if f.account_ready {
+                    let listed = self.listed.get(&f.account_id).copied();
+                    let full_iv = iv.full.min(iv.full_nl);
+                    if listed.is_none_or(|t| now - t >= full_iv) {
+                        due.push(Task::new(Job::ListFolders, Some(f.account_id), None));
+                    }
+                }
+            }
+            for f in folders
+                .iter()
+                .filter(|f| f.account_ready && f.folder_id.is_some())
+            {
+                let folder = f.folder_id;
+                match folder_due(f, now, &iv, low_start) {
+                    Some(SyncDue::Full) => {
+                        due.push(Task::new(Job::SyncFull, Some(f.account_id), folder))
+                    }
+                    Some(SyncDue::Recent) => {
+                        due.push(Task::new(Job::SyncRecent, Some(f.account_id), folder))
+                    }
+                    None => {}
+                }
+            }
+            let ready: BTreeSet<i64> = folders
+                .iter()
+                .filter(|f| f.account_ready)
+                .map(|f| f.account_id)
+                .collect();
+            for (account, folder) in store.folders_with_due_receive(Lane::Primary, now)? {
+                if ready.contains(&account) {
+                    due.push(Task::new(Job::Receive, Some(account), Some(folder)));
+                }
+            }
+            if self.interval_due(
+                store,
+                "receive_secondary",
+                config.email_bg_secondary_interval as i64,
+                now,
+            ) {
+                for (account, folder) in store.folders_with_due_receive(Lane::Secondary, now)? {
+                    if ready.contains(&account) {
+                        due.push(Task::new(
+                            Job::ReceiveSecondary,
+                            Some(account),
+                            Some(folder),
+                        ));
+                    }
+                }
+                self.last_interval.insert("receive_secondary", now);
+            }
+        }
+        due.retain(|t| !in_flight.contains_key(t));
+        // Urgent first; a stable order otherwise.
+        due.sort_by_key(|t| (!t.job.urgent(), *t));
+        due.dedup();
+        due.truncate(config.bg_max_starts_per_tick as usize);
+        Ok(due)
+    }
+
+    /// Records a finished task; returns follow-up tasks to dispatch at once.
+    pub fn finished(&mut self, _store: &mut Store, _config: &Config, o: &Outcome) -> Vec<Task> {
+        self.extra.remove(&o.task);
+        let _scope = crate::logctx::scope(o.task.account, o.task.folder);
+        match &o.result {
+            Ok(r) => {
+                if o.task.job == Job::ListFolders
+                    && let Some(a) = o.task.account
+                {
+                    self.listed.insert(a, self.clock.now());
+                }
+                log::debug!("{} finished ({})", o.task, r.count);
+                r.follow_up.clone()
+            }
+            Err(f) => {
+                if o.task.job == Job::ListFolders
+                    && let Some(a) = o.task.account
+                {
+                    // Retried when the account's back-off allows, not every tick.
+                    self.listed.insert(a, self.clock.now());
+                }
+                if !f.kind.account_level() {
+                    log::error!("{} failed: {f}", o.task);
+                }
+                Vec::new()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,196 @@
+//! Scheduling decisions with an injected clock: no sleeping, no store.
+
+use super::*;
+use chrono::FixedOffset;
+
+const IV: Intervals = Intervals {
+    recent: 600,
+    recent_nl: 1800,
+    full: 3600,
+    full_nl: 4800,
+};
+
+fn folder(
+    priority: &str,
+    logged_in: bool,
+    last_recent: Option<i64>,
+    last_full: Option<i64>,
+) -> SchedFolder {
+    SchedFolder {
+        account_id: 1,
+        folder_id: Some(1),
+        priority: priority.into(),
+        last_recent_sync: last_recent,
+        last_full_sync: last_full,
+        sync_requested: None,
+        logged_in,
+        account_ready: true,
+        imap_host: "h".into(),
+    }
+}
+
+fn at(h: u8, m: u8) -> TimeOfDay {
+    TimeOfDay { hour: h, minute: m }
+}
+
+// 2026-11-23 00:00:00 UTC
+const DAY: i64 = 1_795_392_000;
+
+#[test]
+fn never_synced_folder_gets_a_full_sync_whatever_its_priority() {
+    for p in ["high", "low"] {
+        assert_eq!(
+            folder_due(&folder(p, false, None, None), DAY, &IV, DAY),
+            Some(SyncDue::Full),
+            "{p}"
+        );
+    }
+}
+
+#[test]
+fn off_folders_are_never_synced() {
+    assert_eq!(
+        folder_due(&folder("off", true, None, None), DAY, &IV, DAY),
+        None
+    );
+    let mut f = folder("off", true, Some(0), Some(0));
+    f.sync_requested = Some(DAY);
+    assert_eq!(folder_due(&f, DAY, &IV, DAY), None);
+}
+
+#[test]
+fn logged_in_owner_gets_the_short_recent_interval() {
+    let t0 = DAY;
+    let f = folder("high", true, Some(t0), Some(t0));
+    assert_eq!(folder_due(&f, t0 + 599, &IV, 0), None);
+    assert_eq!(folder_due(&f, t0 + 600, &IV, 0), Some(SyncDue::Recent));
+    let nl = folder("high", false, Some(t0), Some(t0));
+    assert_eq!(folder_due(&nl, t0 + 600, &IV, 0), None);
+    assert_eq!(folder_due(&nl, t0 + 1799, &IV, 0), None);
+    assert_eq!(folder_due(&nl, t0 + 1800, &IV, 0), Some(SyncDue::Recent));
+}
+
+#[test]
+fn full_interval_depends_on_login_and_full_counts_as_recent() {
+    let t0 = DAY;
+    let f = folder("high", true, Some(t0 + 3000), Some(t0));
+    assert_eq!(folder_due(&f, t0 + 3599, &IV, 0), None);
+    assert_eq!(folder_due(&f, t0 + 3600, &IV, 0), Some(SyncDue::Full));
+    let nl = folder("high", false, Some(t0 + 3000), Some(t0));
+    assert_eq!(folder_due(&nl, t0 + 4799, &IV, 0), Some(SyncDue::Recent));
+    assert_eq!(folder_due(&nl, t0 + 4800, &IV, 0), Some(SyncDue::Full));
+    // a full sync just done: the recent one is not due either
+    let fresh = folder("high", true, Some(t0 - 10_000), Some(t0));
+    assert_eq!(folder_due(&fresh, t0 + 100, &IV, 0), None);
+}
+
+#[test]
+fn a_login_changes_the_next_due_time() {
+    let t0 = DAY;
+    let mut f = folder("high", false, Some(t0), Some(t0));
+    assert_eq!(folder_due(&f, t0 + 700, &IV, 0), None);
+    f.logged_in = true;
+    assert_eq!(folder_due(&f, t0 + 700, &IV, 0), Some(SyncDue::Recent));
+}
+
+#[test]
+fn check_mail_now_forces_a_full_sync() {
+    let mut f = folder("low", false, Some(DAY), Some(DAY));
+    f.sync_requested = Some(DAY + 1);
+    assert_eq!(
+        folder_due(&f, DAY + 2, &IV, DAY - 86_400),
+        Some(SyncDue::Full)
+    );
+}
+
+#[test]
+fn daily_start_in_utc_and_other_zones() {
+    let utc = FixedOffset::east_opt(0).unwrap();
+    // 19:59 → yesterday's 20:00; 20:00 → today's
+    assert_eq!(
+        daily_start(&utc, DAY + 19 * 3600 + 59 * 60, at(20, 0)),
+        DAY - 4 * 3600
+    );
+    assert_eq!(
+        daily_start(&utc, DAY + 20 * 3600, at(20, 0)),
+        DAY + 20 * 3600
+    );
+    // UTC+2: 20:00 local is 18:00 UTC
+    let plus2 = FixedOffset::east_opt(7200).unwrap();
+    assert_eq!(
+        daily_start(&plus2, DAY + 18 * 3600 + 1, at(20, 0)),
+        DAY + 18 * 3600
+    );
+}
+
+#[test]
+fn low_priority_runs_once_a_day_with_catch_up() {
+    let utc = FixedOffset::east_opt(0).unwrap();
+    let start = |now| daily_start(&utc, now, at(20, 0));
+    // synced yesterday at 20:05
+    let last = DAY - 4 * 3600 + 300;
+    let f = folder("low", true, Some(last), Some(last));
+    // today 19:00: not yet
+    let now = DAY + 19 * 3600;
+    assert_eq!(folder_due(&f, now, &IV, start(now)), None);
+    // today 20:00: due
+    let now = DAY + 20 * 3600;
+    assert_eq!(folder_due(&f, now, &IV, start(now)), Some(SyncDue::Full));
+    // ran at 20:00:30 → not again the same day
+    let ran = folder("low", true, Some(now + 30), Some(now + 30));
+    assert_eq!(
+        folder_due(&ran, DAY + 23 * 3600, &IV, start(DAY + 23 * 3600)),
+        None
+    );
+    // the engine was down at 20:00 yesterday and today until 10:00: catch up once at once
+    let stale = folder("low", true, Some(DAY - 3 * 86_400), Some(DAY - 3 * 86_400));
+    let now = DAY + 10 * 3600;
+    assert_eq!(
+        folder_due(&stale, now, &IV, start(now)),
+        Some(SyncDue::Full)
+    );
+    let caught_up = folder("low", true, Some(now), Some(now));
+    assert_eq!(
+        folder_due(&caught_up, now + 3600, &IV, start(now + 3600)),
+        None
+    );
+    // and tonight's run happens as usual
+    let tonight = DAY + 20 * 3600 + 1;
+    assert_eq!(
+        folder_due(&caught_up, tonight, &IV, start(tonight)),
+        Some(SyncDue::Full)
+    );
+}
+
+#[test]
+fn a_changed_start_time_applies_at_once() {
+    let utc = FixedOffset::east_opt(0).unwrap();
+    let last = DAY - 4 * 3600 + 300; // yesterday 20:05
+    let f = folder("low", false, Some(last), Some(last));
+    let now = DAY + 9 * 3600; // 09:00
+    assert_eq!(
+        folder_due(&f, now, &IV, daily_start(&utc, now, at(20, 0))),
+        None
+    );
+    assert_eq!(
+        folder_due(&f, now, &IV, daily_start(&utc, now, at(8, 30))),
+        Some(SyncDue::Full)
+    );
+}
+
+#[test]
+fn priority_change_switches_rules() {
+    let t0 = DAY + 21 * 3600;
+    let low = folder("low", true, Some(t0), Some(t0));
+    let utc = FixedOffset::east_opt(0).unwrap();
+    let now = t0 + 3600;
+    assert_eq!(
+        folder_due(&low, now, &IV, daily_start(&utc, now, at(20, 0))),
+        None
+    );
+    let high = folder("high", true, Some(t0), Some(t0));
+    assert_eq!(
+        folder_due(&high, now, &IV, daily_start(&utc, now, at(20, 0))),
+        Some(SyncDue::Full)
+    );
+}

@@ -1,0 +1,190 @@
+//! What the master hands to workers, and what workers hand back.
+
+use std::fmt;
+
+/// The kinds of background process (one button each in the original's admin page, plus
+/// maintenance). `name()` is what history and status show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Job {
+    /// Sync of one folder: new UIDs only.
+    SyncRecent,
+    /// Sync of one folder: new UIDs, all flags, vanished messages.
+    SyncFull,
+    /// Folder discovery of an account (LIST).
+    ListFolders,
+    Receive,
+    ReceiveSecondary,
+    Send,
+    SendSecondary,
+    SyncDelete,
+    PurgeDeleted,
+    CleanMailboxes,
+    Vacuum,
+    Backup,
+    FullResync,
+    PruneHistory,
+    InternalClean,
+    /// Test hook (hidden `run --test-sleep-task`): sleeps, so shutdown and logging can be
+    /// tested on a real process without a mail server.
+    Sleep,
+}
+
+impl Job {
+    pub fn name(self) -> &'static str {
+        match self {
+            Job::SyncRecent => "Sync (recent)",
+            Job::SyncFull => "Sync (full)",
+            Job::ListFolders => "Folder discovery",
+            Job::Receive => "Receive",
+            Job::ReceiveSecondary => "Receive Secondary",
+            Job::Send => "Send",
+            Job::SendSecondary => "Send Secondary",
+            Job::SyncDelete => "Sync Delete",
+            Job::PurgeDeleted => "Purge Deleted",
+            Job::CleanMailboxes => "Clean Mailboxes",
+            Job::Vacuum => "DB defragmentation",
+            Job::Backup => "Backup",
+            Job::FullResync => "Full resynchronization",
+            Job::PruneHistory => "Deleting expired history",
+            Job::InternalClean => "Deleting expired internal messages",
+            Job::Sleep => "Sleep",
+        }
+    }
+
+    /// Urgent work goes to a worker's urgent lane so it never waits behind bulk syncs.
+    pub fn urgent(self) -> bool {
+        matches!(
+            self,
+            Job::SyncRecent | Job::Receive | Job::Send | Job::ListFolders
+        )
+    }
+}
+
+/// One unit of work. Two tasks with the same key are the same work: never queued twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Task {
+    pub job: Job,
+    pub account: Option<i64>,
+    pub folder: Option<i64>,
+    /// Job-specific argument (milliseconds for Sleep).
+    pub arg: u64,
+}
+
+impl Task {
+    pub fn new(job: Job, account: Option<i64>, folder: Option<i64>) -> Task {
+        Task {
+            job,
+            account,
+            folder,
+            arg: 0,
+        }
+    }
+
+    /// The key of the worker this task must run on: all tasks of one account share a worker.
+    pub fn affinity(&self) -> u64 {
+        match self.account {
+            Some(a) => a as u64,
+            None => u64::MAX - self.job as u64,
+        }
+    }
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.job.name())?;
+        match (self.account, self.folder) {
+            (None, None) => Ok(()),
+            (a, fo) => write!(
+                f,
+                " [{},{}]",
+                a.map(|v| v.to_string()).unwrap_or_default(),
+                fo.map(|v| v.to_string()).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// Classes of failure: they decide back-off and the human status text in history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Login refused: wait EMAIL_AUTH_ERROR_CHECK_RETRY_TIME.
+    Auth,
+    /// Server unreachable, connection refused or dropped: exponential back-off.
+    Connect,
+    /// TLS handshake or certificate failure.
+    Tls,
+    /// The server answered something we could not use.
+    Protocol,
+    /// The store failed (disk full, I/O).
+    Store,
+    /// A task panicked.
+    Panic,
+    Other,
+}
+
+impl FailureKind {
+    /// Short, human status in the spirit of the original's history page.
+    pub fn status(self) -> &'static str {
+        match self {
+            FailureKind::Auth => "Authentication failed",
+            FailureKind::Connect => "Connection refused",
+            FailureKind::Tls => "Secure connection failed",
+            FailureKind::Protocol => "Invalid response from the synchronization server",
+            FailureKind::Store => "Failed to access the database during synchronization",
+            FailureKind::Panic => "Internal error",
+            FailureKind::Other => "Failed",
+        }
+    }
+    /// Whether the account as a whole is unhealthy (back off all its tasks).
+    pub fn account_level(self) -> bool {
+        matches!(
+            self,
+            FailureKind::Auth | FailureKind::Connect | FailureKind::Tls
+        )
+    }
+}
+
+/// A failed job: a class, and the technical detail kept beside the human status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub detail: String,
+}
+
+impl Failure {
+    pub fn new(kind: FailureKind, detail: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.status(), self.detail)
+    }
+}
+
+impl From<backproc_store::Error> for Failure {
+    fn from(e: backproc_store::Error) -> Failure {
+        Failure::new(FailureKind::Store, e.to_string())
+    }
+}
+
+/// What a job reports when it finishes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The job's main count (messages found, received, sent, deleted...).
+    pub count: i64,
+    /// Follow-up work the master should schedule at once (e.g. Receive after a Sync).
+    pub follow_up: Vec<Task>,
+}
+
+/// A finished task, sent from a worker to the master.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub task: Task,
+    pub worker: usize,
+    pub result: Result<Report, Failure>,
+}

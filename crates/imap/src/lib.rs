@@ -1,0 +1,15 @@
+//! IMAP: sessions to servers, folder names (modified UTF-7), and the pure sync plan.
+//!
+//! Invariants: `plan` does no I/O and knows nothing of SQL; `session` knows nothing of the
+//! store. The engine glues them.
+
+pub mod mutf7;
+pub mod plan;
+pub mod session;
+
+pub use plan::{
+    Change, Flags, LocalFolder, LocalMsg, NewMsg, ServerFlags, ServerStatus, ServerView, plan,
+};
+pub use session::{
+    Caps, ConnectParams, Error, ErrorKind, Fetched, ListedFolder, Security, Session,
+};

@@ -1,0 +1,712 @@
+//! An IMAP session to one account: connect (TLS, STARTTLS or plain), log in, and the few
+//! commands the jobs need, with errors classified for back-off and history.
+//!
+//! Invariant: passwords never reach an error message or a log line (the imap crate's debug
+//! output, which echoes LOGIN, is never enabled).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use imap_proto::types::NameAttribute;
+
+use crate::mutf7;
+use crate::plan::{Flags, NewMsg, ServerStatus};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    Ssl,
+    StartTls,
+    None,
+}
+
+/// How to reach and log in to a server. `Debug` hides the password.
+#[derive(Clone)]
+pub struct ConnectParams {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    pub login: String,
+    pub password: String,
+    /// Extra trusted CA certificate, PEM.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Skip certificate verification (explicit per-account opt-out).
+    pub insecure: bool,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for ConnectParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}@{}:{} {:?}",
+            self.login, self.host, self.port, self.security
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Login refused.
+    Auth,
+    /// Cannot reach the server, or the connection dropped.
+    Connect,
+    /// TLS handshake or certificate.
+    Tls,
+    /// NO/BAD or an unparsable response.
+    Protocol,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{detail}")]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub detail: String,
+}
+
+impl Error {
+    fn new(kind: ErrorKind, detail: impl Into<String>) -> Error {
+        Error {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn classify(what: &str, e: imap::Error) -> Error {
+    use imap::Error as E;
+    let kind = match &e {
+        E::Io(_) | E::ConnectionLost | E::Bye(_) => ErrorKind::Connect,
+        _ => ErrorKind::Protocol,
+    };
+    Error::new(kind, format!("{what}: {e}"))
+}
+
+/// The transport under the IMAP client.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<native_tls::TlsStream<TcpStream>>),
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// A folder as LIST shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedFolder {
+    /// Verbatim (modified UTF-7): what commands must use.
+    pub name: String,
+    /// Decoded for people.
+    pub display_name: String,
+    pub delimiter: Option<String>,
+    /// inbox|sent|drafts|trash|junk|archive|all|flagged
+    pub special_use: Option<&'static str>,
+    pub selectable: bool,
+}
+
+/// A downloaded message.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub uid: u32,
+    pub flags: Flags,
+    pub internal_date: Option<i64>,
+    pub raw: Vec<u8>,
+}
+
+/// What the server supports, read once after login.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caps {
+    pub condstore: bool,
+    pub uidplus: bool,
+    pub mv: bool,
+    pub special_use: bool,
+}
+
+pub struct Session {
+    inner: imap::Session<Conn>,
+    pub caps: Caps,
+    selected: Option<(String, bool)>,
+}
+
+fn tls_connector(p: &ConnectParams) -> Result<native_tls::TlsConnector> {
+    let mut b = native_tls::TlsConnector::builder();
+    if let Some(pem) = &p.ca_pem {
+        let cert = native_tls::Certificate::from_pem(pem).map_err(|e| {
+            Error::new(
+                ErrorKind::Tls,
+                format!("cannot read the account's CA certificate: {e}"),
+            )
+        })?;
+        b.add_root_certificate(cert);
+    }
+    if p.insecure {
+        b.danger_accept_invalid_certs(true)
+            .danger_accept_invalid_hostnames(true);
+    }
+    b.build()
+        .map_err(|e| Error::new(ErrorKind::Tls, format!("cannot set up TLS: {e}")))
+}
+
+fn tcp(p: &ConnectParams) -> Result<TcpStream> {
+    let addrs = (p.host.as_str(), p.port).to_socket_addrs().map_err(|e| {
+        Error::new(
+            ErrorKind::Connect,
+            format!("cannot resolve {}: {e}", p.host),
+        )
+    })?;
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, p.timeout) {
+            Ok(s) => {
+                let _ = s.set_read_timeout(Some(p.timeout));
+                let _ = s.set_write_timeout(Some(p.timeout));
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Error::new(
+        ErrorKind::Connect,
+        format!(
+            "cannot connect to {}:{}: {}",
+            p.host,
+            p.port,
+            last.map(|e| e.to_string())
+                .unwrap_or_else(|| "no address".into())
+        ),
+    ))
+}
+
+fn tls_wrap(p: &ConnectParams, s: TcpStream) -> Result<Conn> {
+    let c = tls_connector(p)?;
+    c.connect(&p.host, s)
+        .map(|t| Conn::Tls(Box::new(t)))
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Tls,
+                format!("TLS handshake with {}:{} failed: {e}", p.host, p.port),
+            )
+        })
+}
+
+/// The plain-text prelude of STARTTLS (RFC 3501 §6.2.1), done by hand because the imap
+/// crate cannot upgrade a connection with our own TLS settings. STARTTLS is required when
+/// chosen: a server (or a proxy) that does not offer it is an error, never a fall-back to
+/// plain text. Lines are read a byte at a time so nothing after the OK is consumed.
+fn starttls(p: &ConnectParams, mut s: TcpStream) -> Result<Conn> {
+    fn line(s: &mut TcpStream) -> Result<String> {
+        let mut v = Vec::new();
+        let mut b = [0u8; 1];
+        while v.len() < 64 * 1024 {
+            match s.read(&mut b) {
+                Ok(0) => {
+                    return Err(Error::new(
+                        ErrorKind::Connect,
+                        "connection closed before STARTTLS",
+                    ));
+                }
+                Ok(_) => {
+                    v.push(b[0]);
+                    if b[0] == b'\n' {
+                        return Ok(String::from_utf8_lossy(&v).into_owned());
+                    }
+                }
+                Err(e) => {
+                    return Err(Error::new(
+                        ErrorKind::Connect,
+                        format!("reading before STARTTLS: {e}"),
+                    ));
+                }
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Protocol,
+            "line too long before STARTTLS",
+        ))
+    }
+    fn until_tagged(s: &mut TcpStream, tag: &str) -> Result<(Vec<String>, String)> {
+        let mut untagged = Vec::new();
+        loop {
+            let l = line(s)?;
+            if let Some(rest) = l.strip_prefix(tag) {
+                return Ok((untagged, rest.trim().to_owned()));
+            }
+            untagged.push(l);
+        }
+    }
+    let greeting = line(&mut s)?;
+    if !greeting.starts_with("* OK") {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!("unexpected greeting: {}", greeting.trim()),
+        ));
+    }
+    let io = |e: io::Error| Error::new(ErrorKind::Connect, format!("writing before STARTTLS: {e}"));
+    s.write_all(b"s0 CAPABILITY\r\n").map_err(io)?;
+    let (caps, _) = until_tagged(&mut s, "s0 ")?;
+    let offered = caps.iter().chain(std::iter::once(&greeting)).any(|l| {
+        l.to_ascii_uppercase()
+            .split(|c: char| c == ' ' || c == ']' || c == '[')
+            .any(|w| w.trim() == "STARTTLS")
+    });
+    if !offered {
+        return Err(Error::new(
+            ErrorKind::Tls,
+            format!(
+                "{} does not offer STARTTLS; refusing to log in without TLS",
+                p.host
+            ),
+        ));
+    }
+    s.write_all(b"s1 STARTTLS\r\n").map_err(io)?;
+    let (_, status) = until_tagged(&mut s, "s1 ")?;
+    if !status.to_ascii_uppercase().starts_with("OK") {
+        return Err(Error::new(
+            ErrorKind::Tls,
+            format!("STARTTLS refused: {status}"),
+        ));
+    }
+    tls_wrap(p, s)
+}
+
+impl Session {
+    pub fn connect(p: &ConnectParams) -> Result<Session> {
+        let stream = tcp(p)?;
+        let mut client = match p.security {
+            Security::Ssl => imap::Client::new(tls_wrap(p, stream)?),
+            Security::None => imap::Client::new(Conn::Plain(stream)),
+            Security::StartTls => imap::Client::new(starttls(p, stream)?),
+        };
+        // After STARTTLS there is no new greeting (RFC 3501 §6.2.1).
+        if p.security != Security::StartTls {
+            client
+                .read_greeting()
+                .map_err(|e| classify("greeting", e))?;
+        }
+        let mut inner = client
+            .login(&p.login, &p.password)
+            .map_err(|(e, _)| match e {
+                imap::Error::No(_) | imap::Error::Bad(_) => Error::new(
+                    ErrorKind::Auth,
+                    format!("login of {} refused by {}", p.login, p.host),
+                ),
+                other => classify("login", other),
+            })?;
+        let c = inner
+            .capabilities()
+            .map_err(|e| classify("CAPABILITY", e))?;
+        let caps = Caps {
+            condstore: c.has_str("CONDSTORE"),
+            uidplus: c.has_str("UIDPLUS"),
+            mv: c.has_str("MOVE"),
+            special_use: c.has_str("SPECIAL-USE"),
+        };
+        drop(c);
+        if caps.condstore {
+            // RFC 7162 §3.1: enabling CONDSTORE makes SELECT/EXAMINE/STATUS report MODSEQs.
+            inner
+                .run_command_and_check_ok("ENABLE CONDSTORE")
+                .map_err(|e| classify("ENABLE", e))?;
+        }
+        Ok(Session {
+            inner,
+            caps,
+            selected: None,
+        })
+    }
+
+    /// Every folder, with special use from SPECIAL-USE attributes or well-known names.
+    pub fn list_folders(&mut self) -> Result<Vec<ListedFolder>> {
+        let names = self
+            .inner
+            .list(Some(""), Some("*"))
+            .map_err(|e| classify("LIST", e))?;
+        let mut out = Vec::new();
+        for n in names.iter() {
+            let raw = n.name().to_owned();
+            let display = mutf7::display(&raw);
+            let mut special = None;
+            let mut selectable = true;
+            for a in n.attributes() {
+                match a {
+                    NameAttribute::NoSelect => selectable = false,
+                    NameAttribute::All => special = Some("all"),
+                    NameAttribute::Archive => special = Some("archive"),
+                    NameAttribute::Drafts => special = Some("drafts"),
+                    NameAttribute::Flagged => special = Some("flagged"),
+                    NameAttribute::Junk => special = Some("junk"),
+                    NameAttribute::Sent => special = Some("sent"),
+                    NameAttribute::Trash => special = Some("trash"),
+                    NameAttribute::Extension(e) if e.eq_ignore_ascii_case("\\NonExistent") => {
+                        selectable = false
+                    }
+                    _ => {}
+                }
+            }
+            if raw.eq_ignore_ascii_case("INBOX") {
+                special = Some("inbox");
+            }
+            let leaf = n
+                .delimiter()
+                .and_then(|d| display.rsplit(d).next())
+                .unwrap_or(&display);
+            out.push(ListedFolder {
+                special_use: special.or_else(|| special_by_name(leaf)),
+                name: raw,
+                display_name: display,
+                delimiter: n.delimiter().map(str::to_owned),
+                selectable,
+            });
+        }
+        Ok(out)
+    }
+
+    /// STATUS: one round trip, no SELECT: what a no-change resync needs to see.
+    pub fn status(&mut self, name: &str) -> Result<ServerStatus> {
+        let items = if self.caps.condstore {
+            "(MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)"
+        } else {
+            "(MESSAGES UIDNEXT UIDVALIDITY)"
+        };
+        let mb = self
+            .inner
+            .status(name, items)
+            .map_err(|e| classify("STATUS", e))?;
+        Ok(ServerStatus {
+            uidvalidity: mb.uid_validity.unwrap_or(0),
+            uidnext: mb.uid_next.unwrap_or(0),
+            highest_modseq: mb.highest_mod_seq,
+            exists: mb.exists,
+        })
+    }
+
+    /// EXAMINE (read-only) unless already selected; `write` needs SELECT.
+    pub fn open(&mut self, name: &str, write: bool) -> Result<ServerStatus> {
+        let mb = if write {
+            self.inner.select(name).map_err(|e| classify("SELECT", e))?
+        } else {
+            self.inner
+                .examine(name)
+                .map_err(|e| classify("EXAMINE", e))?
+        };
+        self.selected = Some((name.to_owned(), write));
+        Ok(ServerStatus {
+            uidvalidity: mb.uid_validity.unwrap_or(0),
+            uidnext: mb.uid_next.unwrap_or(0),
+            highest_modseq: mb.highest_mod_seq,
+            exists: mb.exists,
+        })
+    }
+
+    /// Ensures `name` is selected (read-only is enough unless `write`).
+    pub fn ensure_open(&mut self, name: &str, write: bool) -> Result<()> {
+        match &self.selected {
+            Some((n, w)) if n == name && (*w || !write) => Ok(()),
+            _ => self.open(name, write).map(|_| ()),
+        }
+    }
+
+    /// UIDs above `last` with their sizes (the selected folder).
+    pub fn new_messages(&mut self, last: u32) -> Result<Vec<NewMsg>> {
+        let f = self
+            .inner
+            .uid_fetch(format!("{}:*", last + 1), "(UID RFC822.SIZE)")
+            .map_err(|e| classify("UID FETCH", e))?;
+        Ok(f.iter()
+            .filter_map(|m| {
+                Some(NewMsg {
+                    uid: m.uid?,
+                    size: m.size.unwrap_or(0),
+                })
+            })
+            .filter(|m| m.uid > last)
+            .collect())
+    }
+
+    /// Flags of messages up to `last` (only those changed since `changed_since` with
+    /// CONDSTORE), and the set of UIDs present up to `last`.
+    pub fn flags_and_present(
+        &mut self,
+        last: u32,
+        changed_since: Option<u64>,
+    ) -> Result<(BTreeMap<u32, Flags>, BTreeSet<u32>)> {
+        if last == 0 {
+            return Ok((BTreeMap::new(), BTreeSet::new()));
+        }
+        let range = format!("1:{last}");
+        let query = match changed_since {
+            Some(m) if self.caps.condstore => format!("(UID FLAGS) (CHANGEDSINCE {m})"),
+            _ => "(UID FLAGS)".to_owned(),
+        };
+        let f = self
+            .inner
+            .uid_fetch(&range, &query)
+            .map_err(|e| classify("UID FETCH", e))?;
+        let mut flags = BTreeMap::new();
+        for m in f.iter() {
+            if let Some(uid) = m.uid.filter(|u| *u <= last) {
+                flags.insert(uid, convert_flags(m.flags()));
+            }
+        }
+        drop(f);
+        let present: BTreeSet<u32> = if changed_since.is_some() && self.caps.condstore {
+            self.inner
+                .uid_search(format!("UID {range}"))
+                .map_err(|e| classify("UID SEARCH", e))?
+                .into_iter()
+                .filter(|u| *u <= last)
+                .collect()
+        } else {
+            flags.keys().copied().collect()
+        };
+        Ok((flags, present))
+    }
+
+    /// Downloads `uids` (a batch) without setting \Seen; calls `each` per message.
+    /// UIDs the server no longer has are simply absent from the calls.
+    pub fn fetch_bodies(&mut self, uids: &[u32], mut each: impl FnMut(Fetched)) -> Result<()> {
+        if uids.is_empty() {
+            return Ok(());
+        }
+        let set = uid_set(uids);
+        let f = self
+            .inner
+            .uid_fetch(&set, "(UID FLAGS INTERNALDATE BODY.PEEK[])")
+            .map_err(|e| classify("UID FETCH", e))?;
+        for m in f.iter() {
+            let (Some(uid), Some(body)) = (m.uid, m.body()) else {
+                continue;
+            };
+            each(Fetched {
+                uid,
+                flags: convert_flags(m.flags()),
+                internal_date: m.internal_date().map(|d| d.timestamp()),
+                raw: body.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    /// (uid, size, header block) of `uids`: enough to recognise a message by Message-ID.
+    pub fn fetch_headers(&mut self, uids: &[u32]) -> Result<Vec<(u32, u32, Vec<u8>)>> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let f = self
+            .inner
+            .uid_fetch(uid_set(uids), "(UID RFC822.SIZE RFC822.HEADER)")
+            .map_err(|e| classify("UID FETCH", e))?;
+        Ok(f.iter()
+            .filter_map(|m| {
+                Some((
+                    m.uid?,
+                    m.size.unwrap_or(0),
+                    m.header().unwrap_or_default().to_vec(),
+                ))
+            })
+            .collect())
+    }
+
+    /// Sets the system flags of `uid` exactly to `flags` (the selected folder, SELECTed).
+    /// With CONDSTORE and `unchanged_since`, the server refuses if it changed meanwhile
+    /// (RFC 7162 §3.2): returns false then, so a concurrent change is not overwritten.
+    pub fn store_flags(
+        &mut self,
+        uid: u32,
+        flags: Flags,
+        unchanged_since: Option<u64>,
+    ) -> Result<bool> {
+        let cmd = match unchanged_since {
+            Some(m) if self.caps.condstore => format!(
+                "UID STORE {uid} (UNCHANGEDSINCE {m}) FLAGS.SILENT {}",
+                flags.to_imap()
+            ),
+            _ => format!("UID STORE {uid} FLAGS.SILENT {}", flags.to_imap()),
+        };
+        let resp = self.inner.run(&cmd).map_err(|e| classify("UID STORE", e))?;
+        // A refused conditional store answers `OK [MODIFIED uid]`.
+        Ok(!String::from_utf8_lossy(&resp.0).contains("[MODIFIED"))
+    }
+
+    pub fn logout(mut self) {
+        let _ = self.inner.logout();
+    }
+
+    pub fn noop(&mut self) -> Result<()> {
+        self.inner.noop().map_err(|e| classify("NOOP", e))
+    }
+}
+
+fn convert_flags(flags: &[imap::types::Flag<'_>]) -> Flags {
+    use imap::types::Flag;
+    let mut f = Flags::default();
+    for fl in flags {
+        match fl {
+            Flag::Seen => f.seen = true,
+            Flag::Answered => f.answered = true,
+            Flag::Flagged => f.flagged = true,
+            Flag::Draft => f.draft = true,
+            Flag::Deleted => f.deleted = true,
+            _ => {}
+        }
+    }
+    f
+}
+
+/// Compresses sorted UIDs to an IMAP set: 1:5,7,9:12.
+pub fn uid_set(uids: &[u32]) -> String {
+    let mut v: Vec<u32> = uids.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < v.len() {
+        let start = v[i];
+        let mut end = start;
+        while i + 1 < v.len() && v[i + 1] == end + 1 {
+            i += 1;
+            end = v[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Special use from well-known (and localized) names, for servers without SPECIAL-USE.
+pub fn special_by_name(leaf: &str) -> Option<&'static str> {
+    let l = leaf.to_lowercase();
+    let table: &[(&str, &[&str])] = &[
+        (
+            "sent",
+            &[
+                "sent",
+                "sent items",
+                "sent messages",
+                "sent mail",
+                "gesendet",
+                "gesendete objekte",
+                "envoyés",
+                "éléments envoyés",
+                "wysłane",
+                "отправленные",
+                "enviados",
+                "itens enviados",
+                "inviata",
+                "posta inviata",
+            ],
+        ),
+        (
+            "drafts",
+            &[
+                "drafts",
+                "draft",
+                "entwürfe",
+                "brouillons",
+                "kopie robocze",
+                "черновики",
+                "rascunhos",
+                "borradores",
+                "bozze",
+            ],
+        ),
+        (
+            "trash",
+            &[
+                "trash",
+                "deleted items",
+                "deleted messages",
+                "papierkorb",
+                "corbeille",
+                "kosz",
+                "удаленные",
+                "корзина",
+                "lixeira",
+                "lixo",
+                "papelera",
+                "cestino",
+            ],
+        ),
+        (
+            "junk",
+            &[
+                "junk",
+                "spam",
+                "junk e-mail",
+                "bulk mail",
+                "спам",
+                "lixo eletrônico",
+                "correo no deseado",
+                "wiadomości-śmieci",
+            ],
+        ),
+        (
+            "archive",
+            &[
+                "archive",
+                "archives",
+                "archiv",
+                "archiwum",
+                "архив",
+                "arquivo",
+            ],
+        ),
+    ];
+    table
+        .iter()
+        .find(|(_, names)| names.contains(&l.as_str()))
+        .map(|(k, _)| *k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_sets() {
+        assert_eq!(uid_set(&[]), "");
+        assert_eq!(uid_set(&[5]), "5");
+        assert_eq!(uid_set(&[3, 1, 2, 7, 9, 10, 11]), "1:3,7,9:11");
+        assert_eq!(uid_set(&[4, 4, 5]), "4:5");
+    }
+
+    #[test]
+    fn localized_special_names() {
+        assert_eq!(special_by_name("Sent Items"), Some("sent"));
+        assert_eq!(special_by_name("Отправленные"), Some("sent"));
+        assert_eq!(special_by_name("Kosz"), Some("trash"));
+        assert_eq!(special_by_name("Entwürfe"), Some("drafts"));
+        assert_eq!(special_by_name("Projects"), None);
+    }
+}

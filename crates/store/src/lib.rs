@@ -1,0 +1,244 @@
+//! The SQLite store: schema, migrations and every SQL statement of backproc.
+//!
+//! Invariant: no other crate writes SQL; they call functions here named for what they do.
+//! Each thread opens its own [`Store`] (a connection); the database file is shared.
+//!
+//! Concurrency choice: WAL mode with short `BEGIN IMMEDIATE` write transactions and a
+//! generous busy timeout. A plain `BEGIN` that later writes fails with SQLITE_BUSY at once
+//! (SQLite cannot wait when a read transaction must be upgraded), whereas `BEGIN IMMEDIATE`
+//! takes the write lock up front and so honours `busy_timeout`. Writers are short (one batch of
+//! messages, one queue update), so waiting is cheap, and readers (`status`, the CLI) never
+//! block writers in WAL mode. A single writer thread would serialise the same way but would
+//! need a channel round trip for every write and could not share a transaction with reads.
+
+mod accounts;
+mod engine_state;
+mod history;
+pub mod internal;
+mod mail;
+pub mod outbox;
+mod schema;
+mod users;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+pub use accounts::{Account, NewAccount, Security, SmtpSettings};
+pub use engine_state::{MasterRow, WorkerRow};
+pub use history::{HistoryFilter, HistoryRow, NewHistory};
+pub use mail::*;
+pub use users::User;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open the store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the store {path} has schema version {found}, newer than this backproc knows ({known}); upgrade backproc"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("cannot migrate the store to schema version {version}: {source}")]
+    Migrate {
+        version: usize,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One connection to the store.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the store.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path).map_err(|source| Error::Open {
+            path: path.into(),
+            source,
+        })?;
+        let mut store = Store {
+            conn,
+            path: path.into(),
+        };
+        store.configure().map_err(|source| Error::Open {
+            path: path.into(),
+            source,
+        })?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Opens an existing store read-only, without migrating (for `status` while a master runs).
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
+            |source| Error::Open {
+                path: path.into(),
+                source,
+            },
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let store = Store {
+            conn,
+            path: path.into(),
+        };
+        store.check_version()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn configure(&self) -> rusqlite::Result<()> {
+        self.conn.busy_timeout(Duration::from_secs(60))?;
+        // WAL: readers never block the writer. synchronous=NORMAL: a commit is durable once
+        // the WAL is synced at checkpoint; a power cut may lose the last commits but never
+        // corrupts, and every watermark moves in the same transaction as the data it covers,
+        // so a lost commit is simply redone. Commits that must be durable at once (an SMTP
+        // SUCCESS) use `durable_write`.
+        self.conn.pragma_update(None, "journal_mode", "WAL")?;
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        self.conn.pragma_update(None, "foreign_keys", "ON")?;
+        self.conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // Checkpoint often enough that the WAL stays small under constant writes
+        // (`checkpoint_truncate` is also called by maintenance).
+        self.conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+        Ok(())
+    }
+
+    fn version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    fn check_version(&self) -> Result<()> {
+        let found = self.version()?;
+        let known = schema::MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(Error::TooNew {
+                path: self.path.clone(),
+                found,
+                known,
+            });
+        }
+        Ok(())
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        self.check_version()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Re-read under the write lock: two processes may start at once.
+        let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
+            tx.execute_batch(sql).map_err(|source| Error::Migrate {
+                version: i + 1,
+                source,
+            })?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Runs `f` in a short write transaction (BEGIN IMMEDIATE; see the crate docs).
+    pub(crate) fn write<T>(&mut self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Like `write`, but the commit is on disk when this returns (synchronous=FULL for it).
+    pub(crate) fn durable_write<T>(
+        &mut self,
+        f: impl FnOnce(&Transaction) -> Result<T>,
+    ) -> Result<T> {
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        let out = self.write(f);
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        out
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// `PRAGMA integrity_check` result ("ok" when healthy).
+    pub fn integrity_check(&self) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+
+    /// Moves the WAL into the database and truncates it.
+    pub fn checkpoint_truncate(&self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+/// Current unix time in seconds.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        {
+            let s = Store::open(&path).unwrap();
+            assert_eq!(s.version().unwrap(), schema::MIGRATIONS.len() as i64);
+        }
+        // reopening is a no-op
+        Store::open(&path).unwrap();
+        {
+            let c = Connection::open(&path).unwrap();
+            c.pragma_update(None, "user_version", 99).unwrap();
+        }
+        match Store::open(&path) {
+            Err(Error::TooNew { found: 99, .. }) => {}
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("a newer schema must be refused"),
+        }
+        // and nothing was changed
+        let c = Connection::open(&path).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 99);
+    }
+}

@@ -1,0 +1,714 @@
+//! Folders, messages and the receive queue: what the sync and receive jobs read and write.
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::{Error, Result, Store};
+
+/// A folder as `folder list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FolderInfo {
+    pub id: i64,
+    pub account_id: i64,
+    pub name: String,
+    pub display_name: String,
+    pub special_use: Option<String>,
+    pub priority: String,
+    pub messages: i64,
+    pub last_seen_uid: i64,
+    pub uidvalidity: Option<i64>,
+    pub highest_modseq: Option<i64>,
+    pub last_recent_sync: Option<i64>,
+    pub last_full_sync: Option<i64>,
+    pub gone: bool,
+}
+
+impl Store {
+    pub fn folders(&self, account: Option<i64>) -> Result<Vec<FolderInfo>> {
+        let mut st = self.conn().prepare(
+            "SELECT f.id, f.account_id, f.name, f.display_name, f.special_use, f.priority,
+                    (SELECT COUNT(*) FROM messages m WHERE m.folder_id = f.id AND m.deletion_synced IS NULL),
+                    f.last_seen_uid, f.uidvalidity, f.highest_modseq, f.last_recent_sync, f.last_full_sync, f.gone
+             FROM folders f WHERE (?1 IS NULL OR f.account_id = ?1) ORDER BY f.account_id, f.id",
+        )?;
+        let v = st
+            .query_map([account], |r| {
+                Ok(FolderInfo {
+                    id: r.get(0)?,
+                    account_id: r.get(1)?,
+                    name: r.get(2)?,
+                    display_name: r.get(3)?,
+                    special_use: r.get(4)?,
+                    priority: r.get(5)?,
+                    messages: r.get(6)?,
+                    last_seen_uid: r.get(7)?,
+                    uidvalidity: r.get(8)?,
+                    highest_modseq: r.get(9)?,
+                    last_recent_sync: r.get(10)?,
+                    last_full_sync: r.get(11)?,
+                    gone: r.get(12)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
+    pub fn set_folder_priority(&mut self, id: i64, priority: &str) -> Result<()> {
+        if !matches!(priority, "high" | "low" | "off") {
+            return Err(Error::Invalid(format!(
+                "invalid priority {priority:?}: expected high, low or off"
+            )));
+        }
+        let n = self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE folders SET priority = ? WHERE id = ?",
+                params![priority, id],
+            )?)
+        })?;
+        if n == 0 {
+            return Err(Error::NotFound {
+                what: "folder",
+                id: id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn folder_account(&self, id: i64) -> Result<i64> {
+        self.conn()
+            .query_row("SELECT account_id FROM folders WHERE id = ?", [id], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or_else(|| Error::NotFound {
+                what: "folder",
+                id: id.to_string(),
+            })
+    }
+}
+
+/// The system flags of a message as stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MsgFlags {
+    pub seen: bool,
+    pub answered: bool,
+    pub flagged: bool,
+    pub draft: bool,
+    pub deleted: bool,
+}
+
+/// A folder as LIST reported it, to be recorded.
+#[derive(Debug, Clone)]
+pub struct FolderListing {
+    pub name: String,
+    pub display_name: String,
+    pub delimiter: Option<String>,
+    pub special_use: Option<String>,
+}
+
+/// A folder's sync watermarks and identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderRow {
+    pub id: i64,
+    pub account_id: i64,
+    pub name: String,
+    pub special_use: Option<String>,
+    pub priority: String,
+    pub uidvalidity: Option<i64>,
+    pub last_seen_uid: i64,
+    pub highest_modseq: Option<i64>,
+    pub last_recent_sync: Option<i64>,
+    pub last_full_sync: Option<i64>,
+    pub gone: bool,
+}
+
+/// A stored message's sync state (what the sync plan needs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsgSyncRow {
+    pub uid: i64,
+    pub flags: MsgFlags,
+    pub flags_changed: Option<i64>,
+    pub server_deleted: bool,
+}
+
+/// The outcome of one sync run, applied in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct SyncApply {
+    /// UIDVALIDITY changed to this value: the folder's UIDs are void.
+    pub reset: Option<i64>,
+    /// (uid, size) to queue for Receive.
+    pub queue: Vec<(i64, i64)>,
+    pub set_flags: Vec<(i64, MsgFlags)>,
+    /// Local flag changes that reached the server: clear their marker.
+    pub pushed: Vec<i64>,
+    pub vanished: Vec<i64>,
+    pub unqueue: Vec<i64>,
+    pub watermarks: Option<(i64, Option<i64>)>,
+    /// The server's UIDVALIDITY, recorded on a folder's first sync.
+    pub uidvalidity: Option<i64>,
+    /// Whether this was a full sync (sets last_full_sync as well as last_recent_sync).
+    pub full: bool,
+}
+
+/// A receive queue entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub id: i64,
+    pub uid: i64,
+    pub size: i64,
+    pub attempts: i64,
+}
+
+/// A downloaded message, parsed, ready to store.
+#[derive(Debug, Clone, Default)]
+pub struct NewMessage {
+    pub uid: i64,
+    pub message_id: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub cc: Option<String>,
+    pub subject: Option<String>,
+    pub date: Option<i64>,
+    pub internal_date: Option<i64>,
+    pub flags: MsgFlags,
+    pub attachments: i64,
+    pub raw: Vec<u8>,
+}
+
+/// Which receive queue a job works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Primary,
+    Secondary,
+}
+
+impl Lane {
+    fn as_str(self) -> &'static str {
+        match self {
+            Lane::Primary => "primary",
+            Lane::Secondary => "secondary",
+        }
+    }
+}
+
+/// What `receive_failed` did, for the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FailureMoves {
+    pub to_secondary: usize,
+    pub failed: usize,
+}
+
+/// Receive-queue retry policy (from config).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub backoff_base: i64,
+    pub backoff_max: i64,
+    /// More failures than this: to the secondary queue.
+    pub secondary_after: i64,
+    /// More failures than this: failed for good.
+    pub final_after: i64,
+}
+
+impl RetryPolicy {
+    /// Exponential back-off: base, 2·base, 4·base… capped.
+    pub fn delay(&self, attempts: i64) -> i64 {
+        let shift = (attempts.clamp(1, 30) - 1) as u32;
+        self.backoff_base
+            .saturating_mul(1i64 << shift)
+            .min(self.backoff_max)
+    }
+}
+
+const FOLDER_COLS: &str =
+    "id, account_id, name, special_use, priority, uidvalidity, last_seen_uid, highest_modseq,
+    last_recent_sync, last_full_sync, gone";
+
+fn folder_row(r: &rusqlite::Row) -> rusqlite::Result<FolderRow> {
+    Ok(FolderRow {
+        id: r.get(0)?,
+        account_id: r.get(1)?,
+        name: r.get(2)?,
+        special_use: r.get(3)?,
+        priority: r.get(4)?,
+        uidvalidity: r.get(5)?,
+        last_seen_uid: r.get(6)?,
+        highest_modseq: r.get(7)?,
+        last_recent_sync: r.get(8)?,
+        last_full_sync: r.get(9)?,
+        gone: r.get(10)?,
+    })
+}
+
+impl Store {
+    /// Records what LIST returned: new folders appear (INBOX high priority, others low),
+    /// known ones get their special use refreshed, missing ones are marked gone (their
+    /// messages stay until Sync Delete decides). Returns the ids of new folders.
+    pub fn record_folder_list(
+        &mut self,
+        account_id: i64,
+        listed: &[FolderListing],
+    ) -> Result<Vec<i64>> {
+        self.write(|tx| {
+            let mut new = Vec::new();
+            tx.execute("UPDATE folders SET gone = 1 WHERE account_id = ?", [account_id])?;
+            for f in listed {
+                let updated = tx.execute(
+                    "UPDATE folders SET gone = 0, display_name = ?, delimiter = ?, special_use = ?
+                     WHERE account_id = ? AND name = ?",
+                    params![f.display_name, f.delimiter, f.special_use, account_id, f.name],
+                )?;
+                if updated == 0 {
+                    let priority = if f.special_use.as_deref() == Some("inbox") { "high" } else { "low" };
+                    tx.execute(
+                        "INSERT INTO folders (account_id, name, display_name, delimiter, special_use, priority)
+                         VALUES (?,?,?,?,?,?)",
+                        params![account_id, f.name, f.display_name, f.delimiter, f.special_use, priority],
+                    )?;
+                    new.push(tx.last_insert_rowid());
+                }
+            }
+            Ok(new)
+        })
+    }
+
+    pub fn folder(&self, id: i64) -> Result<FolderRow> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {FOLDER_COLS} FROM folders WHERE id = ?"),
+                [id],
+                folder_row,
+            )
+            .optional()?
+            .ok_or_else(|| Error::NotFound {
+                what: "folder",
+                id: id.to_string(),
+            })
+    }
+
+    pub fn account_folders(&self, account_id: i64) -> Result<Vec<FolderRow>> {
+        let mut st = self.conn().prepare_cached(&format!(
+            "SELECT {FOLDER_COLS} FROM folders WHERE account_id = ? ORDER BY id"
+        ))?;
+        let v = st
+            .query_map([account_id], folder_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
+    /// Stored messages (with a current UID) and queued UIDs of a folder.
+    pub fn folder_sync_rows(&self, folder_id: i64) -> Result<(Vec<MsgSyncRow>, Vec<i64>)> {
+        let mut st = self.conn().prepare_cached(
+            "SELECT uid, seen, answered, flagged, draft, deleted, flags_changed, server_deleted IS NOT NULL
+             FROM messages WHERE folder_id = ? AND uid > 0 ORDER BY uid",
+        )?;
+        let msgs = st
+            .query_map([folder_id], |r| {
+                Ok(MsgSyncRow {
+                    uid: r.get(0)?,
+                    flags: MsgFlags {
+                        seen: r.get(1)?,
+                        answered: r.get(2)?,
+                        flagged: r.get(3)?,
+                        draft: r.get(4)?,
+                        deleted: r.get(5)?,
+                    },
+                    flags_changed: r.get(6)?,
+                    server_deleted: r.get(7)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut st = self
+            .conn()
+            .prepare_cached("SELECT uid FROM receive_queue WHERE folder_id = ? ORDER BY uid")?;
+        let queued = st
+            .query_map([folder_id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok((msgs, queued))
+    }
+
+    /// Applies one sync run. The watermarks move in the same transaction as the queue
+    /// entries and flags they cover, so a crash never leaves the store believing it has
+    /// seen what it has not.
+    pub fn apply_sync(&mut self, folder_id: i64, a: &SyncApply, now: i64) -> Result<()> {
+        self.write(|tx| {
+            if let Some(uv) = a.reset {
+                // Old UIDs are void. Rows are kept aside (negative uid) so Receive can re-match
+                // them by Message-ID + size instead of downloading them again; whatever is
+                // left unmatched is dropped once the folder's queue is empty.
+                tx.execute("DELETE FROM receive_queue WHERE folder_id = ?", [folder_id])?;
+                tx.execute(
+                    "UPDATE messages SET uid = -id WHERE folder_id = ? AND uid > 0",
+                    [folder_id],
+                )?;
+                tx.execute(
+                    "UPDATE folders SET uidvalidity = ?, last_seen_uid = 0, highest_modseq = NULL WHERE id = ?",
+                    params![uv, folder_id],
+                )?;
+            }
+            {
+                let mut q = tx.prepare_cached(
+                    "INSERT INTO receive_queue (folder_id, uid, size, queued) VALUES (?,?,?,?)
+                     ON CONFLICT (folder_id, uid) DO NOTHING",
+                )?;
+                for (uid, size) in &a.queue {
+                    q.execute(params![folder_id, uid, size, now])?;
+                }
+                let mut f = tx.prepare_cached(
+                    "UPDATE messages SET seen = ?, answered = ?, flagged = ?, draft = ?, deleted = ?, flags_changed = NULL
+                     WHERE folder_id = ? AND uid = ?",
+                )?;
+                for (uid, fl) in &a.set_flags {
+                    f.execute(params![fl.seen, fl.answered, fl.flagged, fl.draft, fl.deleted, folder_id, uid])?;
+                }
+                let mut p = tx.prepare_cached("UPDATE messages SET flags_changed = NULL WHERE folder_id = ? AND uid = ?")?;
+                for uid in &a.pushed {
+                    p.execute(params![folder_id, uid])?;
+                }
+                let mut v = tx.prepare_cached(
+                    "UPDATE messages SET server_deleted = ? WHERE folder_id = ? AND uid = ? AND server_deleted IS NULL",
+                )?;
+                for uid in &a.vanished {
+                    v.execute(params![now, folder_id, uid])?;
+                }
+                let mut u = tx.prepare_cached("DELETE FROM receive_queue WHERE folder_id = ? AND uid = ?")?;
+                for uid in &a.unqueue {
+                    u.execute(params![folder_id, uid])?;
+                }
+            }
+            if let Some((last, modseq)) = a.watermarks {
+                if a.reset.is_none() {
+                    // never backwards, whatever the caller computed
+                    tx.execute(
+                        "UPDATE folders SET uidvalidity = COALESCE(uidvalidity, ?3), last_seen_uid = MAX(last_seen_uid, ?1),
+                            highest_modseq = ?2 WHERE id = ?4",
+                        params![last, modseq, a.uidvalidity, folder_id],
+                    )?;
+                }
+            }
+            if a.full {
+                tx.execute(
+                    "UPDATE folders SET last_full_sync = ?, last_recent_sync = ?, sync_requested = NULL WHERE id = ?",
+                    params![now, now, folder_id],
+                )?;
+            } else {
+                tx.execute(
+                    "UPDATE folders SET last_recent_sync = ?, sync_requested = NULL WHERE id = ?",
+                    params![now, folder_id],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Due entries of a folder's queue, by UID, bounded by count and bytes (at least one).
+    pub fn receive_batch(
+        &self,
+        folder_id: i64,
+        lane: Lane,
+        now: i64,
+        max_count: usize,
+        max_bytes: i64,
+    ) -> Result<Vec<QueueEntry>> {
+        let mut st = self.conn().prepare_cached(
+            "SELECT id, uid, COALESCE(size, 0), attempts FROM receive_queue
+             WHERE folder_id = ? AND queue = ? AND next_attempt <= ? ORDER BY uid LIMIT ?",
+        )?;
+        let rows = st.query_map(
+            params![folder_id, lane.as_str(), now, max_count as i64],
+            |r| {
+                Ok(QueueEntry {
+                    id: r.get(0)?,
+                    uid: r.get(1)?,
+                    size: r.get(2)?,
+                    attempts: r.get(3)?,
+                })
+            },
+        )?;
+        let mut out = Vec::new();
+        let mut bytes = 0i64;
+        for r in rows {
+            let e = r?;
+            if !out.is_empty() && bytes + e.size > max_bytes {
+                break;
+            }
+            bytes += e.size;
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// Folders with due entries in a queue lane.
+    pub fn folders_with_due_receive(&self, lane: Lane, now: i64) -> Result<Vec<(i64, i64)>> {
+        let mut st = self.conn().prepare_cached(
+            "SELECT DISTINCT f.account_id, q.folder_id FROM receive_queue q JOIN folders f ON f.id = q.folder_id
+             WHERE q.queue = ? AND q.next_attempt <= ?",
+        )?;
+        let v = st
+            .query_map(params![lane.as_str(), now], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
+    /// Stale rows (from before a UIDVALIDITY change) matching a message by Message-ID and
+    /// size: re-keyed to the new UID instead of being downloaded again. Returns whether one
+    /// matched (and the queue entry went with it).
+    pub fn rematch_stale(
+        &mut self,
+        folder_id: i64,
+        uid: i64,
+        message_id: &str,
+        size: i64,
+    ) -> Result<bool> {
+        self.write(|tx| {
+            let id: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM messages WHERE folder_id = ? AND uid < 0 AND message_id = ? AND size = ? LIMIT 1",
+                    params![folder_id, message_id, size],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(id) = id else { return Ok(false) };
+            tx.execute("UPDATE messages SET uid = ? WHERE id = ?", params![uid, id])?;
+            tx.execute("DELETE FROM receive_queue WHERE folder_id = ? AND uid = ?", params![folder_id, uid])?;
+            Ok(true)
+        })
+    }
+
+    pub fn has_stale(&self, folder_id: i64) -> Result<bool> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS(SELECT 1 FROM messages WHERE folder_id = ? AND uid < 0)",
+            [folder_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Drops stale rows nobody re-matched, once the folder's queue is empty.
+    pub fn drop_stale_if_done(&mut self, folder_id: i64) -> Result<usize> {
+        self.write(|tx| {
+            let pending: bool = tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM receive_queue WHERE folder_id = ? AND queue != 'failed')",
+                [folder_id],
+                |r| r.get(0),
+            )?;
+            if pending {
+                return Ok(0);
+            }
+            Ok(tx.execute("DELETE FROM messages WHERE folder_id = ? AND uid < 0", [folder_id])?)
+        })
+    }
+
+    /// Stores downloaded messages and removes their queue entries, plus the entries of UIDs
+    /// the server no longer has, in one transaction: a kill at any point leaves both or
+    /// neither. Storing the same UID twice is one message.
+    pub fn store_received(
+        &mut self,
+        folder_id: i64,
+        msgs: &[NewMessage],
+        gone: &[i64],
+    ) -> Result<usize> {
+        self.write(|tx| {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO messages (folder_id, uid, message_id, from_addr, to_addr, cc_addr, subject, date,
+                    internal_date, size, seen, answered, flagged, draft, deleted, attachments)
+                 VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                 ON CONFLICT (folder_id, uid) DO NOTHING",
+            )?;
+            let mut body = tx.prepare_cached("INSERT INTO message_bodies (message_id, raw) VALUES (?, ?)")?;
+            let mut deq = tx.prepare_cached("DELETE FROM receive_queue WHERE folder_id = ? AND uid = ?")?;
+            let mut stored = 0;
+            for m in msgs {
+                let n = ins.execute(params![
+                    folder_id,
+                    m.uid,
+                    m.message_id,
+                    m.from,
+                    m.to,
+                    m.cc,
+                    m.subject,
+                    m.date,
+                    m.internal_date,
+                    m.raw.len() as i64,
+                    m.flags.seen,
+                    m.flags.answered,
+                    m.flags.flagged,
+                    m.flags.draft,
+                    m.flags.deleted,
+                    m.attachments
+                ])?;
+                if n == 1 {
+                    body.execute(params![tx.last_insert_rowid(), m.raw])?;
+                    stored += 1;
+                }
+                deq.execute(params![folder_id, m.uid])?;
+            }
+            for uid in gone {
+                deq.execute(params![folder_id, uid])?;
+            }
+            Ok(stored)
+        })
+    }
+
+    /// Counts one failed attempt for each entry; moves entries past the limits to the
+    /// secondary queue or to failed.
+    pub fn receive_failed(
+        &mut self,
+        ids: &[i64],
+        error: &str,
+        now: i64,
+        p: &RetryPolicy,
+    ) -> Result<FailureMoves> {
+        self.write(|tx| {
+            let mut moves = FailureMoves::default();
+            let mut get = tx.prepare_cached("SELECT attempts, queue FROM receive_queue WHERE id = ?")?;
+            let mut upd = tx.prepare_cached(
+                "UPDATE receive_queue SET attempts = ?, last_error = ?, next_attempt = ?, queue = ? WHERE id = ?",
+            )?;
+            for id in ids {
+                let Some((attempts, queue)): Option<(i64, String)> =
+                    get.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?
+                else {
+                    continue;
+                };
+                let attempts = attempts + 1;
+                let new_queue = if attempts > p.final_after {
+                    if queue != "failed" {
+                        moves.failed += 1;
+                    }
+                    "failed"
+                } else if attempts > p.secondary_after {
+                    if queue == "primary" {
+                        moves.to_secondary += 1;
+                    }
+                    "secondary"
+                } else {
+                    "primary"
+                };
+                upd.execute(params![attempts, error, now + p.delay(attempts), new_queue, id])?;
+            }
+            Ok(moves)
+        })
+    }
+
+    /// Queue depths by lane: (primary, secondary, failed).
+    pub fn receive_queue_depths(&self) -> Result<(i64, i64, i64)> {
+        Ok(self.conn().query_row(
+            "SELECT COALESCE(SUM(queue = 'primary'), 0), COALESCE(SUM(queue = 'secondary'), 0),
+                    COALESCE(SUM(queue = 'failed'), 0) FROM receive_queue",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?)
+    }
+
+    /// The messages of a folder as the store has them (uid, Message-ID, flags, raw size):
+    /// for tests and `mail list`.
+    pub fn folder_messages(
+        &self,
+        folder_id: i64,
+    ) -> Result<Vec<(i64, Option<String>, MsgFlags, i64)>> {
+        let mut st = self.conn().prepare(
+            "SELECT uid, message_id, seen, answered, flagged, draft, deleted, size FROM messages
+             WHERE folder_id = ? AND deletion_synced IS NULL ORDER BY uid",
+        )?;
+        let v = st
+            .query_map([folder_id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    MsgFlags {
+                        seen: r.get(2)?,
+                        answered: r.get(3)?,
+                        flagged: r.get(4)?,
+                        draft: r.get(5)?,
+                        deleted: r.get(6)?,
+                    },
+                    r.get(7)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
+    /// Raw bytes of the message with this UID in a folder.
+    pub fn message_raw(&self, folder_id: i64, uid: i64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT b.raw FROM messages m JOIN message_bodies b ON b.message_id = m.id WHERE m.folder_id = ? AND m.uid = ?",
+                params![folder_id, uid],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+}
+
+impl Store {
+    /// Entries of a folder in a queue lane (due or not).
+    pub fn receive_queue_len(&self, folder_id: i64, lane: Lane) -> Result<i64> {
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM receive_queue WHERE folder_id = ? AND queue = ?",
+            params![folder_id, lane.as_str()],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+/// One row of the scheduler's view: a folder with what decides when it syncs. Accounts
+/// without folders yet appear once with `folder_id` None (they need folder discovery).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SchedFolder {
+    pub account_id: i64,
+    pub folder_id: Option<i64>,
+    pub priority: String,
+    pub last_recent_sync: Option<i64>,
+    pub last_full_sync: Option<i64>,
+    pub sync_requested: Option<i64>,
+    /// The account's owner has a session that has not expired.
+    pub logged_in: bool,
+    /// Enabled and not backed off.
+    pub account_ready: bool,
+    pub imap_host: String,
+}
+
+impl Store {
+    /// The scheduler's view of every folder of every enabled account.
+    pub fn schedule_folders(&self, now: i64) -> Result<Vec<SchedFolder>> {
+        let mut st = self.conn().prepare_cached(
+            "SELECT a.id, f.id, COALESCE(f.priority, 'low'), f.last_recent_sync, f.last_full_sync, f.sync_requested,
+                    COALESCE(u.session_expires > ?1, 0), (a.retry_after IS NULL OR a.retry_after <= ?1), a.imap_host
+             FROM accounts a JOIN users u ON u.id = a.owner_id
+             LEFT JOIN folders f ON f.account_id = a.id AND f.gone = 0
+             WHERE a.enabled = 1 ORDER BY a.id, f.id",
+        )?;
+        let v = st
+            .query_map([now], |r| {
+                Ok(SchedFolder {
+                    account_id: r.get(0)?,
+                    folder_id: r.get(1)?,
+                    priority: r.get(2)?,
+                    last_recent_sync: r.get(3)?,
+                    last_full_sync: r.get(4)?,
+                    sync_requested: r.get(5)?,
+                    logged_in: r.get(6)?,
+                    account_ready: r.get(7)?,
+                    imap_host: r.get(8)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
+    /// "Check mail now": makes folders due at the next tick.
+    pub fn request_sync(
+        &mut self,
+        account: Option<i64>,
+        folder: Option<i64>,
+        now: i64,
+    ) -> Result<usize> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE folders SET sync_requested = ?1
+                 WHERE gone = 0 AND priority != 'off' AND (?2 IS NULL OR account_id = ?2) AND (?3 IS NULL OR id = ?3)",
+                params![now, account, folder],
+            )?)
+        })
+    }
+}

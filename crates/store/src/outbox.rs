@@ -1,0 +1,1 @@
+//! Outbox entries and their delivery record (DESIGN.md §4).

@@ -1,0 +1,205 @@
+//! The schema, as an ordered list of migrations; `PRAGMA user_version` is the applied count.
+//!
+//! Times are unix seconds (UTC) in INTEGER columns. Booleans are 0/1.
+//! Invariant: a migration, once released, is never edited; add a new one at the end.
+
+pub const MIGRATIONS: &[&str] = &[V1];
+
+const V1: &str = r#"
+-- users of the store: owners of accounts, and parties of internal messages
+CREATE TABLE users (
+    id              INTEGER PRIMARY KEY,
+    login           TEXT NOT NULL UNIQUE,
+    session_expires INTEGER,            -- logged in while now < session_expires
+    poll_interval   INTEGER,            -- internal messages: client poll, NULL = INTERNAL_MSG_POLL_INTERVAL
+    last_check      INTEGER,            -- internal messages: time of the last `internal check`
+    last_check_id   INTEGER,            -- internal messages: newest message id that check saw
+    created         INTEGER NOT NULL
+);
+
+CREATE TABLE accounts (
+    id                    INTEGER PRIMARY KEY,
+    owner_id              INTEGER NOT NULL REFERENCES users(id),
+    email                 TEXT NOT NULL,
+    imap_host             TEXT NOT NULL,
+    imap_port             INTEGER NOT NULL,
+    imap_security         TEXT NOT NULL CHECK (imap_security IN ('ssl','starttls','none')),
+    login                 TEXT NOT NULL,
+    password              TEXT,          -- NULL when password_command is used
+    password_command      TEXT,
+    tls_ca_file           TEXT,          -- extra trusted CA (PEM) for a private server
+    tls_insecure          INTEGER NOT NULL DEFAULT 0, -- explicit opt-out of certificate checks
+    smtp_host             TEXT,
+    smtp_port             INTEGER,
+    smtp_security         TEXT CHECK (smtp_security IN ('ssl','starttls','none')),
+    smtp_login            TEXT,          -- NULL = IMAP login
+    smtp_password         TEXT,          -- NULL = IMAP password (unless smtp_password_command)
+    smtp_password_command TEXT,
+    sent_append           INTEGER NOT NULL DEFAULT 1,
+    keep_days             INTEGER,       -- Clean Mailboxes: keep messages N days; NULL = forever
+    enabled               INTEGER NOT NULL DEFAULT 1,
+    created               INTEGER NOT NULL,
+    -- engine's view of the account's health (back-off, auth retry, status page)
+    failures              INTEGER NOT NULL DEFAULT 0,
+    retry_after           INTEGER,       -- no connection attempt before this time
+    last_error            TEXT,
+    last_error_at         INTEGER,
+    last_success          INTEGER
+);
+
+CREATE TABLE folders (
+    id               INTEGER PRIMARY KEY,
+    account_id       INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name             TEXT NOT NULL,      -- verbatim IMAP name (modified UTF-7), used in commands
+    display_name     TEXT NOT NULL,      -- decoded for people
+    delimiter        TEXT,
+    special_use      TEXT,               -- inbox|sent|drafts|trash|junk|archive|all|flagged
+    priority         TEXT NOT NULL DEFAULT 'low' CHECK (priority IN ('high','low','off')),
+    uidvalidity      INTEGER,
+    last_seen_uid    INTEGER NOT NULL DEFAULT 0,
+    highest_modseq   INTEGER,
+    last_recent_sync INTEGER,
+    last_full_sync   INTEGER,
+    sync_requested   INTEGER,            -- manual "check mail now": due at once
+    gone             INTEGER NOT NULL DEFAULT 0, -- no longer listed by the server
+    delete_confirmed INTEGER NOT NULL DEFAULT 0, -- safety brake overridden once by an admin
+    UNIQUE (account_id, name)
+);
+
+CREATE TABLE messages (
+    id                 INTEGER PRIMARY KEY,
+    folder_id          INTEGER NOT NULL REFERENCES folders(id) ON DELETE CASCADE,
+    uid                INTEGER NOT NULL,
+    message_id         TEXT,
+    from_addr          TEXT,
+    to_addr            TEXT,
+    cc_addr            TEXT,
+    subject            TEXT,
+    date               INTEGER,
+    internal_date      INTEGER,
+    size               INTEGER NOT NULL,
+    seen               INTEGER NOT NULL DEFAULT 0,
+    answered           INTEGER NOT NULL DEFAULT 0,
+    flagged            INTEGER NOT NULL DEFAULT 0,
+    draft              INTEGER NOT NULL DEFAULT 0,
+    deleted            INTEGER NOT NULL DEFAULT 0, -- the \Deleted flag as the server has it
+    attachments        INTEGER NOT NULL DEFAULT 0,
+    modseq             INTEGER,
+    flags_changed      INTEGER,  -- local flag change not yet on the server (time of change)
+    local_deleted      INTEGER,  -- user deleted it here (time); server side pending
+    server_deleted     INTEGER,  -- the server no longer has it (time seen)
+    deletion_synced    INTEGER,  -- both sides agree it is gone: Purge Deleted may remove it
+    move_to            INTEGER REFERENCES folders(id), -- pending local move
+    UNIQUE (folder_id, uid)
+);
+CREATE INDEX messages_message_id ON messages(message_id);
+CREATE INDEX messages_pending ON messages(folder_id) WHERE flags_changed IS NOT NULL OR local_deleted IS NOT NULL OR move_to IS NOT NULL;
+
+-- raw RFC 822 bytes apart from the row, so that flag scans never page through bodies
+CREATE TABLE message_bodies (
+    message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+    raw        BLOB NOT NULL
+);
+
+CREATE TABLE receive_queue (
+    id            INTEGER PRIMARY KEY,
+    folder_id     INTEGER NOT NULL REFERENCES folders(id) ON DELETE CASCADE,
+    uid           INTEGER NOT NULL,
+    size          INTEGER,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    last_error    TEXT,
+    next_attempt  INTEGER NOT NULL DEFAULT 0,
+    queue         TEXT NOT NULL DEFAULT 'primary' CHECK (queue IN ('primary','secondary','failed')),
+    queued        INTEGER NOT NULL,
+    UNIQUE (folder_id, uid)
+);
+CREATE INDEX receive_queue_due ON receive_queue(queue, folder_id, next_attempt);
+
+-- outbox with the delivery record of DESIGN.md §4
+CREATE TABLE outbox (
+    id                INTEGER PRIMARY KEY,
+    account_id        INTEGER NOT NULL REFERENCES accounts(id),
+    created           INTEGER NOT NULL,
+    message_id        TEXT NOT NULL,
+    mail_from         TEXT NOT NULL,
+    recipients        TEXT NOT NULL,      -- JSON array: envelope recipients (To, Cc, Bcc)
+    raw               BLOB NOT NULL,      -- the message as sent (no Bcc header)
+    state             TEXT NOT NULL DEFAULT 'PENDING'
+                      CHECK (state IN ('PENDING','PROCESSING','SUCCESS','ERROR','RETRY')),
+    start_time        INTEGER,
+    end_time          INTEGER,
+    error             TEXT,
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    lease_expire_time INTEGER,
+    lease_token       TEXT,
+    next_attempt      INTEGER NOT NULL DEFAULT 0,
+    secondary         INTEGER NOT NULL DEFAULT 0,
+    info              TEXT,               -- JSON {messageId, accepted, rejected, pending, response}
+    sent_append       TEXT                -- NULL | 'pending' | 'done' | 'failed'
+);
+CREATE INDEX outbox_due ON outbox(state, secondary, next_attempt);
+
+-- every background process's Started/Finished/error records (DESIGN.md §6)
+CREATE TABLE history (
+    id          INTEGER PRIMARY KEY,
+    time        INTEGER NOT NULL,
+    process     TEXT NOT NULL,
+    status      TEXT NOT NULL,      -- Started | Finished | a short human error text
+    detail      TEXT,               -- technical detail of an error
+    account_id  INTEGER,
+    folder_id   INTEGER,
+    count       INTEGER,
+    duration_ms INTEGER,
+    pid         INTEGER,
+    thread      TEXT
+);
+CREATE INDEX history_time ON history(time);
+
+-- the running master, for `status`
+CREATE TABLE master (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    pid       INTEGER NOT NULL,
+    started   INTEGER NOT NULL,
+    heartbeat INTEGER NOT NULL,
+    stopped   INTEGER
+);
+CREATE TABLE workers (
+    thread     INTEGER PRIMARY KEY,
+    task       TEXT,              -- e.g. "Receive [53,824]"; NULL = idle
+    account_id INTEGER,
+    folder_id  INTEGER,
+    done       INTEGER,
+    total      INTEGER,
+    since      INTEGER
+);
+-- last run of interval jobs (maintenance, secondary queues, daily low-priority run)
+CREATE TABLE job_runs (
+    job      TEXT PRIMARY KEY,
+    last_run INTEGER NOT NULL
+);
+-- counters for metrics that must survive restarts
+CREATE TABLE counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+
+-- internal message service (DESIGN.md §5)
+CREATE TABLE internal_messages (
+    id          INTEGER PRIMARY KEY,
+    sender_id   INTEGER NOT NULL REFERENCES users(id),
+    subject     TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    importance  TEXT NOT NULL DEFAULT 'normal' CHECK (importance IN ('normal','high')),
+    created     INTEGER NOT NULL,
+    draft       INTEGER NOT NULL DEFAULT 0,
+    sent_seq    INTEGER UNIQUE          -- order of delivery (NULL for drafts): `check` watermark
+);
+CREATE INDEX internal_messages_sender ON internal_messages(sender_id, draft, created);
+CREATE TABLE internal_recipients (
+    message_id INTEGER NOT NULL REFERENCES internal_messages(id) ON DELETE CASCADE,
+    user_id    INTEGER NOT NULL REFERENCES users(id),
+    read_time  INTEGER,
+    PRIMARY KEY (message_id, user_id)
+);
+CREATE INDEX internal_recipients_user ON internal_recipients(user_id, read_time);
+"#;

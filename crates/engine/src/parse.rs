@@ -90,7 +90,7 @@ Subject: =?UTF-8?B?0J/RgNC40LLQtdGC?=\r\nMessage-ID: <abc@x>\r\nDate: Sun, 12 Ja
         assert_eq!(m.from.as_deref(), Some("Иван <ivan@example.ru>"));
         assert_eq!(m.to.as_deref(), Some("a@x.test, B <b@x.test>"));
         assert_eq!(m.message_id.as_deref(), Some("abc@x"));
-        assert_eq!(m.date, Some(1389561885));
+        assert_eq!(m.date, Some(1389562085));
         assert_eq!(m.raw, raw.to_vec());
     }
 

@@ -76,7 +76,7 @@ fn full_interval_depends_on_login_and_full_counts_as_recent() {
     let f = folder("high", true, Some(t0 + 3000), Some(t0));
     assert_eq!(folder_due(&f, t0 + 3599, &IV, 0), None);
     assert_eq!(folder_due(&f, t0 + 3600, &IV, 0), Some(SyncDue::Full));
-    let nl = folder("high", false, Some(t0 + 3000), Some(t0));
+    let nl = folder("high", false, Some(t0 + 2900), Some(t0));
     assert_eq!(folder_due(&nl, t0 + 4799, &IV, 0), Some(SyncDue::Recent));
     assert_eq!(folder_due(&nl, t0 + 4800, &IV, 0), Some(SyncDue::Full));
     // a full sync just done: the recent one is not due either

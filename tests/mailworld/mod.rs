@@ -1,0 +1,180 @@
+//! A home with sync enabled and accounts on a real Dovecot, and comparisons of store and server.
+
+#![allow(dead_code)]
+
+use std::process::Output;
+
+use crate::util::{Home, stderr, stdout};
+
+/// A home with sync enabled and one account on a real Dovecot.
+pub struct MailWorld {
+    pub home: Home,
+    pub dovecot: backproc_testkit::Dovecot,
+    pub user: String,
+    pub password: String,
+    pub account: i64,
+}
+
+pub const FAST_SYNC: &str = "<?php
+define('EMAIL_BACKGROUND_SYNC_ENABLED', TRUE);
+define('BG_TICK_INTERVAL', 1);
+";
+
+impl MailWorld {
+    pub fn start(config: &str) -> MailWorld {
+        let dovecot = backproc_testkit::Dovecot::start().expect("start dovecot");
+        let user = "alice".to_string();
+        let password = "s3cr3t-Pa55".to_string();
+        dovecot.add_user(&user, &password).expect("add user");
+        let home = Home::with_config(config);
+        let account = add_account(
+            &home,
+            &dovecot,
+            &user,
+            &password,
+            "none",
+            dovecot.imap_port(),
+            &[],
+        );
+        MailWorld {
+            home,
+            dovecot,
+            user,
+            password,
+            account,
+        }
+    }
+
+    pub fn store(&self) -> backproc_store::Store {
+        backproc_store::Store::open(&self.home.file("data/backproc.sqlite")).expect("open store")
+    }
+
+    pub fn imap(&self) -> imap::Session<std::net::TcpStream> {
+        self.dovecot
+            .session(&self.user, &self.password)
+            .expect("imap session")
+    }
+
+    pub fn run_once(&self) -> Output {
+        let o = self.home.run(&["run", "--once"]);
+        assert!(
+            o.status.success(),
+            "run --once failed: {}\n{}",
+            stderr(&o),
+            self.home.log("l-info.log")
+        );
+        o
+    }
+}
+
+/// `user add` (once) + `account add`; returns the account id.
+pub fn add_account(
+    home: &Home,
+    dovecot: &backproc_testkit::Dovecot,
+    user: &str,
+    password: &str,
+    security: &str,
+    port: u16,
+    extra: &[&str],
+) -> i64 {
+    let owner = format!("owner-{user}");
+    let _ = home.run(&["user", "add", &owner]);
+    let port = port.to_string();
+    let email = format!("{user}@backproc.test");
+    let mut args = vec![
+        "account",
+        "add",
+        "--owner",
+        &owner,
+        "--email",
+        &email,
+        "--imap-host",
+        dovecot.host(),
+        "--imap-port",
+        &port,
+        "--imap-security",
+        security,
+        "--login",
+        user,
+        "--password-stdin",
+    ];
+    args.extend_from_slice(extra);
+    let o = home.run_stdin(&args, password);
+    assert!(o.status.success(), "account add: {}", stderr(&o));
+    stdout(&o).trim().parse().expect("account id")
+}
+
+/// (uid, flags as IMAP text sorted, raw bytes) of every message in a server folder.
+pub fn server_messages(
+    s: &mut imap::Session<std::net::TcpStream>,
+    folder: &str,
+) -> Vec<(u32, String, Vec<u8>)> {
+    s.examine(folder).expect("examine");
+    let f = s
+        .uid_fetch("1:*", "(UID FLAGS BODY.PEEK[])")
+        .expect("fetch");
+    let mut v: Vec<_> = f
+        .iter()
+        .map(|m| {
+            let mut fl: Vec<String> = m
+                .flags()
+                .iter()
+                .filter(|f| !matches!(f, imap::types::Flag::Recent))
+                .map(|f| f.to_string())
+                .collect();
+            fl.sort();
+            (
+                m.uid.unwrap(),
+                fl.join(" "),
+                m.body().unwrap_or_default().to_vec(),
+            )
+        })
+        .collect();
+    v.sort_by_key(|m| m.0);
+    v
+}
+
+/// The same view of the store's folder.
+pub fn store_messages(
+    store: &backproc_store::Store,
+    folder_id: i64,
+) -> Vec<(u32, String, Vec<u8>)> {
+    store
+        .folder_messages(folder_id)
+        .unwrap()
+        .into_iter()
+        .map(|(uid, _, f, _)| {
+            let mut fl = Vec::new();
+            for (on, n) in [
+                (f.answered, "\\Answered"),
+                (f.deleted, "\\Deleted"),
+                (f.draft, "\\Draft"),
+                (f.flagged, "\\Flagged"),
+                (f.seen, "\\Seen"),
+            ] {
+                if on {
+                    fl.push(n.to_string());
+                }
+            }
+            fl.sort();
+            (
+                uid as u32,
+                fl.join(" "),
+                store
+                    .message_raw(folder_id, uid)
+                    .unwrap()
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+pub fn folder_id(store: &backproc_store::Store, account: i64, display: &str) -> i64 {
+    store
+        .folders(Some(account))
+        .unwrap()
+        .into_iter()
+        .find(|f| f.display_name == display)
+        .unwrap_or_else(|| panic!("folder {display} not in the store"))
+        .id
+}

@@ -54,6 +54,9 @@ enum Command {
     Folder(cmd::accounts::FolderCmd),
     /// Check mail now: make folders due at once (in the foreground when no master runs).
     Sync(cmd::sync::SyncArgs),
+    /// Queue outgoing mail and read delivery records.
+    #[command(subcommand)]
+    Outbox(cmd::outbox::OutboxCmd),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Account(c) => cmd::accounts::account(home, c),
         Command::Folder(c) => cmd::accounts::folder(home, c),
         Command::Sync(a) => cmd::sync::run(home, a),
+        Command::Outbox(c) => cmd::outbox::run(home, c),
     };
     match result {
         Ok(code) => code,

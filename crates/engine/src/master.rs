@@ -129,7 +129,7 @@ pub fn run(
                 if let Err(e) = store.master_heartbeat(clock.now()) {
                     log::error!("cannot write the heartbeat: {e}");
                 }
-                let due = match scheduler.due(&store, &config, &in_flight) {
+                let due = match scheduler.due(&mut store, &config, &in_flight) {
                     Ok(d) => d,
                     Err(e) => {
                         log::error!("cannot read the schedule from the store: {e}");

@@ -141,7 +141,7 @@ impl Scheduler {
     /// BG_MAX_STARTS_PER_TICK of them (the rest stay due: spread over the next ticks).
     pub fn due(
         &mut self,
-        store: &Store,
+        store: &mut Store,
         config: &Config,
         in_flight: &HashMap<Task, usize>,
     ) -> Result<Vec<Task>, backproc_store::Error> {
@@ -205,6 +205,38 @@ impl Scheduler {
                     }
                 }
                 self.last_interval.insert("receive_secondary", now);
+            }
+        }
+        if config.email_outbox_enabled
+            && self.interval_due(
+                store,
+                "send_poll",
+                config.email_bg_send_poll_interval as i64,
+                now,
+            )
+        {
+            self.last_interval.insert("send_poll", now);
+            for id in store.outbox_expire_leases(now)? {
+                log::error!(
+                    "outbox entry {id} was still PROCESSING past its lease: delivery outcome unknown, marked ERROR"
+                );
+            }
+            let mut accounts: BTreeSet<i64> =
+                store.outbox_due_accounts(now, false)?.into_iter().collect();
+            accounts.extend(store.outbox_append_accounts()?);
+            for a in accounts {
+                due.push(Task::new(Job::Send, Some(a), None));
+            }
+            if self.interval_due(
+                store,
+                "send_secondary",
+                config.email_bg_secondary_interval as i64,
+                now,
+            ) {
+                self.last_interval.insert("send_secondary", now);
+                for a in store.outbox_due_accounts(now, true)? {
+                    due.push(Task::new(Job::SendSecondary, Some(a), None));
+                }
             }
         }
         due.retain(|t| !in_flight.contains_key(t));

@@ -552,6 +552,17 @@ impl Session {
         Ok(!String::from_utf8_lossy(&resp.0).contains("[MODIFIED"))
     }
 
+    /// APPEND a message with \Seen (e.g. to the Sent folder).
+    pub fn append_seen(&mut self, folder: &str, raw: &[u8]) -> Result<()> {
+        self.selected = None;
+        self.inner
+            .append(folder, raw)
+            .flag(imap::types::Flag::Seen)
+            .finish()
+            .map(|_| ())
+            .map_err(|e| classify("APPEND", e))
+    }
+
     pub fn logout(mut self) {
         let _ = self.inner.logout();
     }

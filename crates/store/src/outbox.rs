@@ -1,1 +1,399 @@
 //! Outbox entries and their delivery record (DESIGN.md §4).
+//!
+//! Application code may insert rows directly: `INSERT INTO outbox (account_id, created,
+//! message_id, mail_from, recipients, raw) VALUES (?, strftime('%s','now'), '<id@host>',
+//! 'from@x', '["to@y"]', CAST(? AS BLOB))`; state defaults to PENDING. Setting `state` to
+//! PENDING or RETRY sends an entry again; SUCCESS and ERROR are final otherwise.
+//!
+//! Invariants: every write after a claim is fenced by the claim's lease token and must change
+//! exactly one row, so a worker that lost its lease cannot overwrite the final state; the
+//! SUCCESS write is durable when it returns (a forgotten SUCCESS would mean a resend).
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use crate::{Error, Result, Store};
+
+/// `info` of the delivery record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryInfo {
+    pub message_id: String,
+    pub accepted: Vec<String>,
+    pub rejected: Vec<String>,
+    pub pending: Vec<String>,
+    pub response: String,
+}
+
+/// The delivery record as `outbox show` prints it (names as in the Firebase extension).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxRecord {
+    pub id: i64,
+    pub account_id: i64,
+    pub state: String,
+    pub start_time: Option<i64>,
+    pub end_time: Option<i64>,
+    pub error: Option<String>,
+    pub attempts: i64,
+    pub lease_expire_time: Option<i64>,
+    pub info: Option<DeliveryInfo>,
+    pub message_id: String,
+    pub recipients: Vec<String>,
+    pub created: i64,
+    pub secondary: bool,
+    pub parent_id: Option<i64>,
+}
+
+/// A claimed entry, ready to send.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: i64,
+    pub account_id: i64,
+    pub message_id: String,
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+    pub raw: Vec<u8>,
+    pub token: String,
+    pub attempts: i64,
+    pub created: i64,
+}
+
+/// How a send ended, as the Send job saw it.
+#[derive(Debug, Clone)]
+pub enum SendOutcome {
+    /// At least one recipient accepted.
+    Success { info: DeliveryInfo },
+    /// Nobody accepted and the refusal is final (5xx).
+    Permanent { error: String, info: DeliveryInfo },
+    /// Temporary (4xx, connection refused or dropped before the end of DATA): try later.
+    Temporary { error: String },
+    /// The server may have accepted it (e.g. the connection dropped after the final "."):
+    /// never sent again automatically.
+    Unknown { error: String },
+}
+
+/// Send retry policy (from config).
+#[derive(Debug, Clone, Copy)]
+pub struct SendPolicy {
+    pub backoff_base: i64,
+    pub backoff_max: i64,
+    /// More failed attempts than this: Send Secondary takes over.
+    pub secondary_after: i64,
+    /// Entries older than this (seconds) that still fail become ERROR.
+    pub max_age: i64,
+}
+
+fn token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}{:08x}", h.finish(), std::process::id())
+}
+
+const STATES: [&str; 5] = ["PENDING", "PROCESSING", "SUCCESS", "ERROR", "RETRY"];
+
+impl Store {
+    /// Queues a message; returns the entry id.
+    pub fn outbox_add(
+        &mut self,
+        account_id: i64,
+        message_id: &str,
+        mail_from: &str,
+        recipients: &[String],
+        raw: &[u8],
+        sent_append: bool,
+        now: i64,
+    ) -> Result<i64> {
+        self.account(account_id)?;
+        if recipients.is_empty() {
+            return Err(Error::Invalid(
+                "a message needs at least one recipient".into(),
+            ));
+        }
+        let rcpts = serde_json::to_string(recipients).map_err(|e| Error::Invalid(e.to_string()))?;
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO outbox (account_id, created, message_id, mail_from, recipients, raw, sent_append)
+                 VALUES (?,?,?,?,?,?,?)",
+                params![account_id, now, message_id, mail_from, rcpts, raw, sent_append.then_some("pending")],
+            )?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    /// Entries stuck in PROCESSING past their lease become ERROR: the outcome is unknown
+    /// (the engine was killed or frozen), so they are never sent again automatically.
+    pub fn outbox_expire_leases(&mut self, now: i64) -> Result<Vec<i64>> {
+        self.write(|tx| {
+            let mut st = tx.prepare_cached(
+                "SELECT id FROM outbox WHERE state = 'PROCESSING' AND lease_expire_time < ?",
+            )?;
+            let ids: Vec<i64> = st.query_map([now], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            for id in &ids {
+                tx.execute(
+                    "UPDATE outbox SET state = 'ERROR', end_time = ?, lease_token = NULL,
+                        error = 'delivery outcome unknown: the lease expired while sending (engine killed or frozen); not sent again automatically, use `backproc outbox retry` to send it again'
+                     WHERE id = ? AND state = 'PROCESSING'",
+                    params![now, id],
+                )?;
+            }
+            Ok(ids)
+        })
+    }
+
+    /// Accounts with due entries (primary or secondary lane).
+    pub fn outbox_due_accounts(&self, now: i64, secondary: bool) -> Result<Vec<i64>> {
+        let mut st = self.conn().prepare_cached(
+            "SELECT DISTINCT account_id FROM outbox WHERE state IN ('PENDING','RETRY') AND secondary = ? AND next_attempt <= ?",
+        )?;
+        let v = st
+            .query_map(params![secondary, now], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
+    /// Claims up to `limit` due entries of an account atomically: PROCESSING, startTime,
+    /// leaseExpireTime, a new lease token, one more attempt.
+    pub fn outbox_claim(
+        &mut self,
+        account_id: i64,
+        secondary: bool,
+        now: i64,
+        lease: i64,
+        limit: usize,
+    ) -> Result<Vec<Claimed>> {
+        self.write(|tx| {
+            let mut st = tx.prepare_cached(
+                "SELECT id, message_id, mail_from, recipients, raw, attempts, created FROM outbox
+                 WHERE account_id = ? AND state IN ('PENDING','RETRY') AND secondary = ? AND next_attempt <= ?
+                 ORDER BY id LIMIT ?",
+            )?;
+            let rows: Vec<(i64, String, String, String, Vec<u8>, i64, i64)> = st
+                .query_map(params![account_id, secondary, now, limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (id, message_id, mail_from, rcpts, raw, attempts, created) in rows {
+                let token = token();
+                tx.execute(
+                    "UPDATE outbox SET state = 'PROCESSING', start_time = ?, end_time = NULL, lease_expire_time = ?,
+                        lease_token = ?, attempts = attempts + 1 WHERE id = ?",
+                    params![now, now + lease, token, id],
+                )?;
+                out.push(Claimed {
+                    id,
+                    account_id,
+                    message_id,
+                    mail_from,
+                    recipients: serde_json::from_str(&rcpts).unwrap_or_default(),
+                    raw,
+                    token,
+                    attempts: attempts + 1,
+                    created,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records how a claimed send ended. Returns false when the lease was lost (another
+    /// worker or the lease expiry owns the entry now): nothing was changed.
+    pub fn outbox_finish(
+        &mut self,
+        c: &Claimed,
+        outcome: &SendOutcome,
+        now: i64,
+        p: &SendPolicy,
+    ) -> Result<bool> {
+        let fenced = "WHERE id = ? AND lease_token = ? AND state = 'PROCESSING'";
+        let json = |i: &DeliveryInfo| serde_json::to_string(i).unwrap_or_default();
+        match outcome {
+            SendOutcome::Success { info } => self.durable_write(|tx| {
+                let n = tx.execute(
+                    &format!("UPDATE outbox SET state = 'SUCCESS', end_time = ?, error = NULL, info = ?, lease_token = NULL {fenced}"),
+                    params![now, json(info), c.id, c.token],
+                )?;
+                if n == 1 && !info.pending.is_empty() {
+                    // Temporarily refused recipients are retried on their own, in a child
+                    // entry, so those who accepted never get the message twice.
+                    tx.execute(
+                        "INSERT INTO outbox (account_id, created, message_id, mail_from, recipients, raw, next_attempt, parent_id)
+                         SELECT account_id, ?, message_id, mail_from, ?, raw, ?, id FROM outbox WHERE id = ?",
+                        params![now, serde_json::to_string(&info.pending).unwrap_or_default(), now + p.backoff_base, c.id],
+                    )?;
+                }
+                Ok(n == 1)
+            }),
+            SendOutcome::Permanent { error, info } => self.write(|tx| {
+                let n = tx.execute(
+                    &format!("UPDATE outbox SET state = 'ERROR', end_time = ?, error = ?, info = ?, lease_token = NULL {fenced}"),
+                    params![now, error, json(info), c.id, c.token],
+                )?;
+                Ok(n == 1)
+            }),
+            SendOutcome::Unknown { error } => self.durable_write(|tx| {
+                let n = tx.execute(
+                    &format!("UPDATE outbox SET state = 'ERROR', end_time = ?, error = ?, lease_token = NULL {fenced}"),
+                    params![now, format!("delivery outcome unknown: {error}"), c.id, c.token],
+                )?;
+                Ok(n == 1)
+            }),
+            SendOutcome::Temporary { error } => self.write(|tx| {
+                let n = if now - c.created >= p.max_age {
+                    tx.execute(
+                        &format!("UPDATE outbox SET state = 'ERROR', end_time = ?, error = ?, lease_token = NULL {fenced}"),
+                        params![now, format!("gave up after {} attempts over {}s: {error}", c.attempts, now - c.created), c.id, c.token],
+                    )?
+                } else {
+                    let shift = (c.attempts.clamp(1, 30) - 1) as u32;
+                    let delay = p.backoff_base.saturating_mul(1 << shift).min(p.backoff_max);
+                    tx.execute(
+                        &format!(
+                            "UPDATE outbox SET state = 'PENDING', error = ?, next_attempt = ?, lease_token = NULL,
+                                lease_expire_time = NULL, secondary = (attempts > ?) {fenced}"
+                        ),
+                        params![error, now + delay, p.secondary_after, c.id, c.token],
+                    )?
+                };
+                Ok(n == 1)
+            }),
+        }
+    }
+
+    pub fn outbox_record(&self, id: i64) -> Result<OutboxRecord> {
+        self.outbox_records(Some(id), None)?
+            .pop()
+            .ok_or_else(|| Error::NotFound {
+                what: "outbox entry",
+                id: id.to_string(),
+            })
+    }
+
+    /// Entries, newest first, optionally of one state.
+    pub fn outbox_records(
+        &self,
+        id: Option<i64>,
+        state: Option<&str>,
+    ) -> Result<Vec<OutboxRecord>> {
+        if let Some(s) = state
+            && !STATES.contains(&s)
+        {
+            return Err(Error::Invalid(format!(
+                "unknown state {s:?}: expected one of {}",
+                STATES.join(", ")
+            )));
+        }
+        let mut st = self.conn().prepare_cached(
+            "SELECT id, account_id, state, start_time, end_time, error, attempts, lease_expire_time, info, message_id,
+                    recipients, created, secondary, parent_id
+             FROM outbox WHERE (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR state = ?2) ORDER BY id DESC",
+        )?;
+        let v = st
+            .query_map(params![id, state], |r| {
+                let info: Option<String> = r.get(8)?;
+                let rcpts: String = r.get(10)?;
+                Ok(OutboxRecord {
+                    id: r.get(0)?,
+                    account_id: r.get(1)?,
+                    state: r.get(2)?,
+                    start_time: r.get(3)?,
+                    end_time: r.get(4)?,
+                    error: r.get(5)?,
+                    attempts: r.get(6)?,
+                    lease_expire_time: r.get(7)?,
+                    info: info.and_then(|i| serde_json::from_str(&i).ok()),
+                    message_id: r.get(9)?,
+                    recipients: serde_json::from_str(&rcpts).unwrap_or_default(),
+                    created: r.get(11)?,
+                    secondary: r.get(12)?,
+                    parent_id: r.get(13)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
+    /// Sends a final entry again on purpose: state RETRY (the next claim counts the attempt).
+    pub fn outbox_retry(&mut self, id: i64, now: i64) -> Result<()> {
+        let rec = self.outbox_record(id)?;
+        if rec.state == "PROCESSING" {
+            return Err(Error::Invalid(format!(
+                "entry {id} is being sent now (PROCESSING)"
+            )));
+        }
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE outbox SET state = 'RETRY', next_attempt = ?, secondary = 0, end_time = NULL WHERE id = ?",
+                params![now, id],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Outbox entry counts by state, for `status` and metrics.
+    pub fn outbox_depths(&self) -> Result<Vec<(String, i64)>> {
+        let mut st = self
+            .conn()
+            .prepare_cached("SELECT state, COUNT(*) FROM outbox GROUP BY state ORDER BY state")?;
+        let v = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
+    /// Sent messages of an account still to be appended to its Sent folder: (id, raw).
+    pub fn outbox_pending_appends(
+        &self,
+        account_id: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Vec<u8>)>> {
+        let mut st = self.conn().prepare_cached(
+            "SELECT id, raw FROM outbox WHERE account_id = ? AND state = 'SUCCESS' AND sent_append = 'pending' ORDER BY id LIMIT ?",
+        )?;
+        let v = st
+            .query_map(params![account_id, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
+    pub fn outbox_append_done(&mut self, id: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute("UPDATE outbox SET sent_append = 'done' WHERE id = ?", [id])?;
+            Ok(())
+        })
+    }
+
+    /// Accounts with sent messages waiting for their Sent-folder append.
+    pub fn outbox_append_accounts(&self) -> Result<Vec<i64>> {
+        let mut st = self
+            .conn()
+            .prepare_cached("SELECT DISTINCT account_id FROM outbox WHERE state = 'SUCCESS' AND sent_append = 'pending'")?;
+        let v = st
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
+    /// Whether an entry is still PROCESSING under this token (for tests of fencing).
+    pub fn outbox_holds_lease(&self, id: i64, token: &str) -> Result<bool> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT 1 FROM outbox WHERE id = ? AND lease_token = ? AND state = 'PROCESSING'",
+                params![id, token],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+}

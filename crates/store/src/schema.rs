@@ -135,7 +135,8 @@ CREATE TABLE outbox (
     next_attempt      INTEGER NOT NULL DEFAULT 0,
     secondary         INTEGER NOT NULL DEFAULT 0,
     info              TEXT,               -- JSON {messageId, accepted, rejected, pending, response}
-    sent_append       TEXT                -- NULL | 'pending' | 'done' | 'failed'
+    sent_append       TEXT,               -- NULL | 'pending' | 'done'
+    parent_id         INTEGER REFERENCES outbox(id) -- retry of a parent's temporarily refused recipients
 );
 CREATE INDEX outbox_due ON outbox(state, secondary, next_attempt);
 

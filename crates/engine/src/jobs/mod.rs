@@ -1,6 +1,7 @@
 //! The jobs: each a function of (context, task) → report, run on a worker thread.
 
 pub mod receive;
+pub mod send;
 pub mod sync;
 
 use backproc_config::Config;

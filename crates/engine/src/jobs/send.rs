@@ -1,0 +1,276 @@
+//! Send and Send Secondary: claim due outbox entries of one account, deliver them over one
+//! SMTP connection, record each delivery record (fenced by the claim's lease), then append
+//! what was sent to the account's Sent folder.
+
+use std::time::{Duration, Instant};
+
+use backproc_smtp::{ErrorKind, Params, Security, Smtp};
+use backproc_store::outbox::{Claimed, DeliveryInfo, SendOutcome, SendPolicy};
+use backproc_store::{Account, Security as StoreSecurity};
+
+use super::Ctx;
+use crate::sessions::run_password_command;
+use crate::task::{Failure, FailureKind, Report, Task};
+
+pub fn policy(c: &backproc_config::Config) -> SendPolicy {
+    SendPolicy {
+        backoff_base: c.bg_backoff_base as i64,
+        backoff_max: c.bg_backoff_max as i64,
+        secondary_after: c.email_bg_send_max_attempts as i64,
+        max_age: c.email_bg_send_max_age as i64,
+    }
+}
+
+fn smtp_params(a: &Account) -> Result<Params, String> {
+    let host = a.smtp.host.clone().ok_or_else(|| {
+        format!(
+            "account {} has no SMTP server (account set --smtp-host)",
+            a.id
+        )
+    })?;
+    let security = match a.smtp.security {
+        Some(StoreSecurity::Ssl) => Security::Ssl,
+        Some(StoreSecurity::Starttls) => Security::StartTls,
+        Some(StoreSecurity::None) => Security::None,
+        None if a.smtp.port == Some(465) => Security::Ssl,
+        None => Security::StartTls,
+    };
+    let port = a.smtp.port.unwrap_or(match security {
+        Security::Ssl => 465,
+        Security::StartTls => 587,
+        Security::None => 25,
+    });
+    let password = match (
+        &a.smtp.password_command,
+        &a.smtp.password,
+        &a.password_command,
+        &a.password,
+    ) {
+        (Some(cmd), _, _, _) => Some(run_password_command(cmd).map_err(|f| f.detail)?),
+        (None, Some(p), _, _) => Some(p.clone()),
+        (None, None, Some(cmd), _) => Some(run_password_command(cmd).map_err(|f| f.detail)?),
+        (None, None, None, p) => p.clone(),
+    };
+    let ca_pem = match &a.tls_ca_file {
+        Some(f) => Some(std::fs::read(f).map_err(|e| format!("cannot read CA file {f}: {e}"))?),
+        None => None,
+    };
+    Ok(Params {
+        host,
+        port,
+        security,
+        login: Some(a.smtp.login.clone().unwrap_or_else(|| a.login.clone())),
+        password,
+        ca_pem,
+        insecure: a.tls_insecure,
+        timeout: Duration::from_secs(60),
+    })
+}
+
+fn outcome(c: &Claimed, r: Result<backproc_smtp::Delivery, backproc_smtp::Error>) -> SendOutcome {
+    match r {
+        Ok(d) => {
+            let info = DeliveryInfo {
+                message_id: c.message_id.clone(),
+                accepted: d.accepted,
+                rejected: d.rejected,
+                pending: d.pending,
+                response: d.response,
+            };
+            if !info.accepted.is_empty() {
+                SendOutcome::Success { info }
+            } else if !info.pending.is_empty() {
+                SendOutcome::Temporary {
+                    error: format!("no recipient accepted yet: {}", info.response),
+                }
+            } else {
+                SendOutcome::Permanent {
+                    error: format!("every recipient was refused: {}", info.response),
+                    info,
+                }
+            }
+        }
+        Err(e) => match e.kind {
+            ErrorKind::Permanent => SendOutcome::Permanent {
+                error: e.detail,
+                info: DeliveryInfo {
+                    message_id: c.message_id.clone(),
+                    rejected: c.recipients.clone(),
+                    ..DeliveryInfo::default()
+                },
+            },
+            ErrorKind::Unknown => SendOutcome::Unknown { error: e.detail },
+            _ => SendOutcome::Temporary { error: e.detail },
+        },
+    }
+}
+
+pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failure> {
+    let account = task
+        .account
+        .ok_or_else(|| Failure::new(FailureKind::Other, "send needs an account"))?;
+    let policy = policy(ctx.config);
+    let now = ctx.clock.now();
+    let claimed = ctx.store.outbox_claim(
+        account,
+        secondary,
+        now,
+        ctx.config.email_bg_send_lease as i64,
+        ctx.config.email_bg_send_batch as usize,
+    )?;
+    let a = ctx.store.account(account)?;
+    let mut sent = 0i64;
+    let mut smtp: Option<Smtp> = None;
+    let mut last_failure = None;
+    for c in &claimed {
+        let started = Instant::now();
+        // A worker frozen past its lease must not send what may now be someone else's.
+        if !ctx.store.outbox_holds_lease(c.id, &c.token)? {
+            log::warn!(
+                "lost the lease of outbox entry {} before sending; not sent",
+                c.id
+            );
+            continue;
+        }
+        if smtp.as_ref().is_none_or(Smtp::is_broken) {
+            smtp = match smtp_params(&a)
+                .map_err(|d| backproc_smtp::Error {
+                    kind: ErrorKind::Connect,
+                    detail: d,
+                })
+                .and_then(|p| Smtp::connect(&p))
+            {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    log::error!("cannot send outbox entry {}: {e}", c.id);
+                    let o = SendOutcome::Temporary {
+                        error: e.detail.clone(),
+                    };
+                    finish(ctx, c, &o, &policy)?;
+                    last_failure = Some(Failure::new(
+                        if e.kind == ErrorKind::Auth {
+                            FailureKind::Auth
+                        } else if e.kind == ErrorKind::Tls {
+                            FailureKind::Tls
+                        } else {
+                            FailureKind::Connect
+                        },
+                        e.detail,
+                    ));
+                    continue;
+                }
+            };
+        }
+        let s = smtp.as_mut().expect("connected above");
+        let o = outcome(c, s.send(&c.mail_from, &c.recipients, &c.raw));
+        match &o {
+            SendOutcome::Success { info } => {
+                sent += 1;
+                log::info!(
+                    "sent message {} to {} recipients in {}s{}",
+                    c.id,
+                    info.accepted.len(),
+                    started.elapsed().as_secs(),
+                    if info.rejected.is_empty() && info.pending.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " ({} refused, {} to retry: {})",
+                            info.rejected.len(),
+                            info.pending.len(),
+                            info.response
+                        )
+                    }
+                );
+            }
+            SendOutcome::Permanent { error, .. } => {
+                log::error!("message {} refused: {error}", c.id)
+            }
+            SendOutcome::Temporary { error } => {
+                log::warn!("message {} not sent, will retry: {error}", c.id)
+            }
+            SendOutcome::Unknown { error } => {
+                log::error!(
+                    "message {}: delivery outcome unknown, not sent again automatically: {error}",
+                    c.id
+                );
+                smtp = None;
+            }
+        }
+        finish(ctx, c, &o, &policy)?;
+    }
+    if let Some(s) = smtp {
+        s.quit();
+    }
+    append_sent(ctx, &a);
+    match last_failure {
+        Some(f) if sent == 0 => Err(f),
+        _ => Ok(Report {
+            count: sent,
+            follow_up: Vec::new(),
+        }),
+    }
+}
+
+fn finish(ctx: &mut Ctx, c: &Claimed, o: &SendOutcome, p: &SendPolicy) -> Result<(), Failure> {
+    if !ctx.store.outbox_finish(c, o, ctx.clock.now(), p)? {
+        log::warn!(
+            "lost the lease of outbox entry {}: its record was left as the lease expiry set it",
+            c.id
+        );
+    }
+    Ok(())
+}
+
+/// Appends sent messages to the Sent folder; a failure leaves them pending for the next run
+/// and never resends the mail.
+fn append_sent(ctx: &mut Ctx, a: &Account) {
+    if !a.sent_append || !ctx.config.email_bg_sent_append {
+        return;
+    }
+    let pending = match ctx.store.outbox_pending_appends(a.id, 100) {
+        Ok(p) if !p.is_empty() => p,
+        _ => return,
+    };
+    let folder = ctx
+        .store
+        .account_folders(a.id)
+        .ok()
+        .and_then(|fs| {
+            fs.into_iter()
+                .find(|f| f.special_use.as_deref() == Some("sent"))
+                .map(|f| f.name)
+        })
+        .unwrap_or_else(|| "Sent".to_owned());
+    let now = ctx.clock.now();
+    let session = match ctx.sessions.get(ctx.store, ctx.config, a.id, now) {
+        Ok(s) => s,
+        Err(f) => {
+            log::warn!(
+                "cannot append {} sent message(s) to {folder}: {f}",
+                pending.len()
+            );
+            return;
+        }
+    };
+    let mut failed = None;
+    let mut done = Vec::new();
+    for (id, raw) in &pending {
+        match session.append_seen(&folder, raw) {
+            Ok(()) => done.push(*id),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(e) = failed {
+        ctx.sessions.discard(a.id);
+        log::warn!("cannot append a sent message to {folder}, will retry: {e}");
+    }
+    for id in done {
+        if let Err(e) = ctx.store.outbox_append_done(id) {
+            log::error!("cannot record the Sent append of entry {id}: {e}");
+        }
+    }
+}

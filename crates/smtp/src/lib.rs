@@ -1,0 +1,273 @@
+//! SMTP delivery on lettre's low-level connection, so that each recipient's answer to
+//! RCPT TO is known (lettre's `SmtpTransport::send` aborts the whole transaction on the first
+//! refused recipient), and message building with lettre's builder.
+//!
+//! Invariants: STARTTLS, when chosen, is required (a server that does not offer it is an
+//! error, never a plain-text fall-back); certificates are verified unless the account opts out;
+//! passwords never reach an error message.
+
+mod build;
+
+use std::time::Duration;
+
+use lettre::address::Address;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{Certificate, SmtpConnection, Tls, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::ClientId;
+
+pub use build::{Draft, build_message, read_eml};
+
+/// Checks an envelope address (`user@domain`).
+pub fn check_address(s: &str) -> Result<(), Error> {
+    s.parse::<Address>()
+        .map(|_| ())
+        .map_err(|e| err(ErrorKind::Permanent, format!("invalid address {s:?}: {e}")))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    Ssl,
+    StartTls,
+    None,
+}
+
+/// Where and how to connect. `Debug` hides the password.
+#[derive(Clone)]
+pub struct Params {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    pub login: Option<String>,
+    pub password: Option<String>,
+    pub ca_pem: Option<Vec<u8>>,
+    pub insecure: bool,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Params {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{} {:?} login {:?}",
+            self.host, self.port, self.security, self.login
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Cannot reach the server / connection dropped before the end of DATA.
+    Connect,
+    Tls,
+    Auth,
+    /// 4xx for the whole transaction.
+    Temporary,
+    /// 5xx for the whole transaction.
+    Permanent,
+    /// The connection failed after the final "." was sent: the server may have accepted it.
+    Unknown,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{detail}")]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub detail: String,
+}
+
+fn err(kind: ErrorKind, detail: impl Into<String>) -> Error {
+    Error {
+        kind,
+        detail: detail.into(),
+    }
+}
+
+/// lettre's error, classified; the SMTP reply (code and text) is kept in the detail.
+fn classify(stage: &str, e: lettre::transport::smtp::Error) -> Error {
+    let kind = if e.is_permanent() {
+        ErrorKind::Permanent
+    } else if e.is_transient() {
+        ErrorKind::Temporary
+    } else if e.is_tls() {
+        ErrorKind::Tls
+    } else {
+        ErrorKind::Connect
+    };
+    err(kind, format!("{stage}: {e}"))
+}
+
+/// Per-recipient result of one transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    pub accepted: Vec<String>,
+    pub rejected: Vec<String>,
+    pub pending: Vec<String>,
+    /// The last reply of the server.
+    pub response: String,
+}
+
+pub struct Smtp {
+    conn: SmtpConnection,
+}
+
+fn tls_params(p: &Params) -> Result<TlsParameters, Error> {
+    let mut b = TlsParameters::builder(p.host.clone());
+    if let Some(pem) = &p.ca_pem {
+        let c = Certificate::from_pem(pem).map_err(|e| {
+            err(
+                ErrorKind::Tls,
+                format!("cannot read the CA certificate: {e}"),
+            )
+        })?;
+        b = b.add_root_certificate(c);
+    }
+    if p.insecure {
+        b = b
+            .dangerous_accept_invalid_certs(true)
+            .dangerous_accept_invalid_hostnames(true);
+    }
+    b.build_native()
+        .map_err(|e| err(ErrorKind::Tls, format!("cannot set up TLS: {e}")))
+}
+
+impl Smtp {
+    pub fn connect(p: &Params) -> Result<Smtp, Error> {
+        let hello = ClientId::Domain("backproc.localhost".into());
+        let tls = match p.security {
+            Security::Ssl => Some(tls_params(p)?),
+            _ => None,
+        };
+        let wrapped = tls.map(Tls::Wrapper);
+        let tls_ref = match &wrapped {
+            Some(Tls::Wrapper(t)) => Some(t),
+            _ => None,
+        };
+        let mut conn = SmtpConnection::connect(
+            (p.host.as_str(), p.port),
+            Some(p.timeout),
+            &hello,
+            tls_ref,
+            None,
+        )
+        .map_err(|e| {
+            let kind = if e.is_tls()
+                || p.security == Security::Ssl
+                    && !e.is_transient()
+                    && !e.is_permanent()
+                    && e.to_string().contains("certificate")
+            {
+                ErrorKind::Tls
+            } else {
+                ErrorKind::Connect
+            };
+            err(
+                kind,
+                format!("cannot connect to {}:{}: {e}", p.host, p.port),
+            )
+        })?;
+        if p.security == Security::StartTls {
+            if !conn.can_starttls() {
+                conn.abort();
+                return Err(err(
+                    ErrorKind::Tls,
+                    format!(
+                        "{} does not offer STARTTLS; refusing to send without TLS",
+                        p.host
+                    ),
+                ));
+            }
+            let t = tls_params(p)?;
+            conn.starttls(&t, &hello).map_err(|e| {
+                err(
+                    ErrorKind::Tls,
+                    format!("STARTTLS with {} failed: {e}", p.host),
+                )
+            })?;
+        }
+        if let (Some(login), Some(password)) = (&p.login, &p.password) {
+            let creds = Credentials::new(login.clone(), password.clone());
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds)
+                .map_err(|e| {
+                    conn.abort();
+                    // lettre's error text is the server's reply; it never contains the password.
+                    err(
+                        ErrorKind::Auth,
+                        format!("login of {login} refused by {}: {e}", p.host),
+                    )
+                })?;
+        }
+        Ok(Smtp { conn })
+    }
+
+    /// One transaction: MAIL, RCPT per recipient (each answer recorded), DATA if anyone
+    /// accepted. Errors are whole-transaction failures; per-recipient refusals are in the
+    /// `Delivery`.
+    pub fn send(
+        &mut self,
+        from: &str,
+        recipients: &[String],
+        raw: &[u8],
+    ) -> Result<Delivery, Error> {
+        let from: Address = from.parse().map_err(|e| {
+            err(
+                ErrorKind::Permanent,
+                format!("invalid sender {from:?}: {e}"),
+            )
+        })?;
+        self.conn
+            .command(Mail::new(Some(from), vec![]))
+            .map_err(|e| classify("MAIL FROM", e))?;
+        let mut d = Delivery::default();
+        for r in recipients {
+            let Ok(addr) = r.parse::<Address>() else {
+                d.rejected.push(r.clone());
+                continue;
+            };
+            match self.conn.command(Rcpt::new(addr, vec![])) {
+                Ok(resp) => {
+                    d.accepted.push(r.clone());
+                    d.response = resp.message().collect::<Vec<_>>().join(" ");
+                }
+                Err(e) if e.is_permanent() => {
+                    d.rejected.push(r.clone());
+                    d.response = e.to_string();
+                }
+                Err(e) if e.is_transient() => {
+                    d.pending.push(r.clone());
+                    d.response = e.to_string();
+                }
+                Err(e) => return Err(classify("RCPT TO", e)),
+            }
+        }
+        if d.accepted.is_empty() {
+            let _ = self.conn.command(lettre::transport::smtp::commands::Rset);
+            return Ok(d);
+        }
+        self.conn.command(Data).map_err(|e| classify("DATA", e))?;
+        match self.conn.message(raw) {
+            Ok(resp) => {
+                d.response = format!(
+                    "{} {}",
+                    resp.code(),
+                    resp.message().collect::<Vec<_>>().join(" ")
+                );
+                Ok(d)
+            }
+            Err(e) if e.is_permanent() || e.is_transient() => Err(classify("end of DATA", e)),
+            // The final "." was sent; the reply was lost. The server may have accepted it.
+            Err(e) => Err(err(
+                ErrorKind::Unknown,
+                format!("connection lost after the end of DATA: {e}"),
+            )),
+        }
+    }
+
+    pub fn quit(mut self) {
+        let _ = self.conn.quit();
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.conn.has_broken()
+    }
+}

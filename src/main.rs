@@ -57,6 +57,9 @@ enum Command {
     /// Queue outgoing mail and read delivery records.
     #[command(subcommand)]
     Outbox(cmd::outbox::OutboxCmd),
+    /// Internal messages between users of this store.
+    #[command(subcommand)]
+    Internal(cmd::internal::InternalCmd),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
         Command::Folder(c) => cmd::accounts::folder(home, c),
         Command::Sync(a) => cmd::sync::run(home, a),
         Command::Outbox(c) => cmd::outbox::run(home, c),
+        Command::Internal(c) => cmd::internal::run(home, c),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod config;
+pub mod internal;
 pub mod outbox;
 pub mod run;
 pub mod sync;

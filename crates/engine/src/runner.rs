@@ -61,6 +61,8 @@ fn execute(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
         Job::SyncFull => jobs::sync::sync_folder(ctx, task, true),
         Job::Receive => jobs::receive::receive(ctx, task, Lane::Primary),
         Job::ReceiveSecondary => jobs::receive::receive(ctx, task, Lane::Secondary),
+        Job::InternalClean => jobs::maintenance::internal_clean(ctx, task),
+        Job::PruneHistory => jobs::maintenance::prune_history(ctx, task),
         Job::Send => jobs::send::send(ctx, task, false),
         Job::SendSecondary => jobs::send::send(ctx, task, true),
         Job::Sleep => {

@@ -239,6 +239,15 @@ impl Scheduler {
                 }
             }
         }
+        // Housekeeping on its own intervals, whatever else is enabled.
+        for (job, every) in [
+            (Job::InternalClean, config.internal_msg_clean_interval),
+            (Job::PruneHistory, 86_400),
+        ] {
+            if self.interval_due(store, job.key(), every as i64, now) {
+                due.push(Task::new(job, None, None));
+            }
+        }
         due.retain(|t| !in_flight.contains_key(t));
         // Urgent first; a stable order otherwise.
         due.sort_by_key(|t| (!t.job.urgent(), *t));
@@ -248,11 +257,19 @@ impl Scheduler {
     }
 
     /// Records a finished task; returns follow-up tasks to dispatch at once.
-    pub fn finished(&mut self, _store: &mut Store, _config: &Config, o: &Outcome) -> Vec<Task> {
+    pub fn finished(&mut self, store: &mut Store, _config: &Config, o: &Outcome) -> Vec<Task> {
         self.extra.remove(&o.task);
         let _scope = crate::logctx::scope(o.task.account, o.task.folder);
         match &o.result {
             Ok(r) => {
+                if o.task.account.is_none() && o.task.job != Job::Sleep {
+                    // interval jobs: remembered across restarts
+                    let now = self.clock.now();
+                    self.last_interval.insert(o.task.job.key(), now);
+                    if let Err(e) = store.set_job_last_run(o.task.job.key(), now) {
+                        log::error!("cannot record the run of {}: {e}", o.task);
+                    }
+                }
                 if o.task.job == Job::ListFolders
                     && let Some(a) = o.task.account
                 {

@@ -51,6 +51,28 @@ impl Job {
         }
     }
 
+    /// A stable identifier (for job_runs and metrics).
+    pub fn key(self) -> &'static str {
+        match self {
+            Job::SyncRecent => "sync_recent",
+            Job::SyncFull => "sync_full",
+            Job::ListFolders => "list_folders",
+            Job::Receive => "receive",
+            Job::ReceiveSecondary => "receive_secondary",
+            Job::Send => "send",
+            Job::SendSecondary => "send_secondary",
+            Job::SyncDelete => "sync_delete",
+            Job::PurgeDeleted => "purge_deleted",
+            Job::CleanMailboxes => "clean_mailboxes",
+            Job::Vacuum => "vacuum",
+            Job::Backup => "backup",
+            Job::FullResync => "full_resync",
+            Job::PruneHistory => "prune_history",
+            Job::InternalClean => "internal_clean",
+            Job::Sleep => "sleep",
+        }
+    }
+
     /// Urgent work goes to a worker's urgent lane so it never waits behind bulk syncs.
     pub fn urgent(self) -> bool {
         matches!(

@@ -57,6 +57,10 @@ enum Command {
     /// Queue outgoing mail and read delivery records.
     #[command(subcommand)]
     Outbox(cmd::outbox::OutboxCmd),
+    /// Whether a master runs, what each worker does now, queue depths, last errors.
+    Status(cmd::status::StatusArgs),
+    /// Background process history, newest first.
+    History(cmd::status::HistoryArgs),
     /// Internal messages between users of this store.
     #[command(subcommand)]
     Internal(cmd::internal::InternalCmd),
@@ -86,6 +90,8 @@ fn main() -> ExitCode {
         Command::Sync(a) => cmd::sync::run(home, a),
         Command::Outbox(c) => cmd::outbox::run(home, c),
         Command::Internal(c) => cmd::internal::run(home, c),
+        Command::Status(a) => cmd::status::status(home, a),
+        Command::History(a) => cmd::status::history(home, a),
     };
     match result {
         Ok(code) => code,

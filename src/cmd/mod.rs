@@ -6,6 +6,7 @@ pub mod config;
 pub mod internal;
 pub mod outbox;
 pub mod run;
+pub mod status;
 pub mod sync;
 
 use std::path::{Path, PathBuf};

@@ -262,3 +262,156 @@ impl WorkerLoop {
         runner.idle();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Mutex;
+
+    use crossbeam_channel::{Receiver, unbounded};
+
+    use super::*;
+    use crate::task::Job;
+
+    /// Records which thread ran which account; panics on folder 666; sleeps `arg` ms.
+    struct Probe {
+        seen: Arc<Mutex<Vec<(i64, String)>>>,
+        panic_in_idle: bool,
+    }
+
+    impl Runner for Probe {
+        fn run(&mut self, task: &Task) -> Result<Report, Failure> {
+            if task.folder == Some(666) {
+                panic!("boom");
+            }
+            std::thread::sleep(Duration::from_millis(task.arg));
+            let name = std::thread::current().name().unwrap_or("?").to_owned();
+            self.seen.lock().unwrap().push((task.account.unwrap_or(-1), name));
+            Ok(Report::default())
+        }
+        fn idle(&mut self) {
+            if self.panic_in_idle {
+                panic!("worker dies outside a task");
+            }
+        }
+    }
+
+    fn pool(max: usize, cap: usize, panic_in_idle: bool) -> (Pool, Receiver<Outcome>, Arc<Mutex<Vec<(i64, String)>>>) {
+        let (tx, rx) = unbounded();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let factory: RunnerFactory = Arc::new(move |_| Box::new(Probe { seen: s.clone(), panic_in_idle }));
+        let mut p = Pool::new(max, cap, tx, factory);
+        p.idle_every = Duration::from_millis(20);
+        (p, rx, seen)
+    }
+
+    fn task(account: i64, folder: i64, ms: u64) -> Task {
+        Task { job: Job::SyncFull, account: Some(account), folder: Some(folder), arg: ms }
+    }
+
+    #[test]
+    fn at_most_max_threads_and_stable_affinity() {
+        let (mut p, rx, seen) = pool(2, 100, false);
+        for round in 0..4 {
+            for a in 1..=5 {
+                assert!(matches!(p.offer(task(a, round, 1)), Offer::Queued { .. }));
+            }
+        }
+        for _ in 0..20 {
+            rx.recv_timeout(Duration::from_secs(5)).unwrap().result.unwrap();
+        }
+        assert_eq!(p.threads(), 2);
+        let mut by_account: HashMap<i64, HashSet<String>> = HashMap::new();
+        for (a, t) in seen.lock().unwrap().iter() {
+            by_account.entry(*a).or_default().insert(t.clone());
+        }
+        assert_eq!(by_account.len(), 5);
+        assert!(by_account.values().all(|t| t.len() == 1), "{by_account:?}");
+        let threads: HashSet<_> = by_account.values().flatten().collect();
+        assert_eq!(threads.len(), 2);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_nothing_is_lost() {
+        let (mut p, rx, seen) = pool(1, 3, false);
+        let mut pending: Vec<Task> = (0..20).map(|i| task(1, i, 5)).collect();
+        let mut refused = 0;
+        let mut done = 0;
+        while done < 20 {
+            pending.retain(|t| match p.offer(*t) {
+                Offer::Queued { .. } => false,
+                Offer::Full => {
+                    refused += 1;
+                    true
+                }
+            });
+            if let Ok(o) = rx.recv_timeout(Duration::from_millis(50)) {
+                o.result.unwrap();
+                done += 1;
+            }
+        }
+        assert!(refused > 0, "capacity 3 must push back");
+        assert_eq!(seen.lock().unwrap().len(), 20);
+    }
+
+    #[test]
+    fn a_panicking_task_is_an_outcome_and_the_worker_goes_on() {
+        let (mut p, rx, seen) = pool(1, 10, false);
+        p.offer(task(1, 666, 0));
+        p.offer(task(1, 1, 0));
+        let first = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(first.result.unwrap_err().kind, FailureKind::Panic);
+        rx.recv_timeout(Duration::from_secs(5)).unwrap().result.unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        assert_eq!(p.reap(), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn a_dead_worker_is_replaced() {
+        let (mut p, rx, _seen) = pool(1, 10, true);
+        p.offer(task(1, 1, 0));
+        rx.recv_timeout(Duration::from_secs(5)).unwrap().result.unwrap();
+        // idle() panics after ~20 ms: the thread dies outside any task
+        let mut dead = Vec::new();
+        for _ in 0..100 {
+            dead = p.reap();
+            if !dead.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(dead, vec![0]);
+        assert_eq!(p.threads(), 0);
+        assert!(matches!(p.offer(task(1, 2, 0)), Offer::Queued { worker: 0 }));
+        rx.recv_timeout(Duration::from_secs(5)).unwrap().result.unwrap();
+    }
+
+    #[test]
+    fn stop_lets_the_running_task_finish_and_starts_nothing_new() {
+        let (mut p, rx, seen) = pool(1, 10, false);
+        p.offer(task(1, 1, 300));
+        p.offer(task(1, 2, 0));
+        std::thread::sleep(Duration::from_millis(50));
+        p.stop();
+        assert!(p.join(Instant::now() + Duration::from_secs(5)));
+        let o = rx.recv_timeout(Duration::from_secs(1)).unwrap();
+        assert_eq!(o.task.folder, Some(1));
+        assert!(rx.try_recv().is_err(), "the queued task must not start after stop");
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn urgent_work_overtakes_bulk_work() {
+        let (mut p, rx, _seen) = pool(1, 100, false);
+        p.offer(task(1, 0, 100)); // keeps the worker busy while the lanes fill
+        std::thread::sleep(Duration::from_millis(20));
+        for f in 1..=5 {
+            p.offer(task(1, f, 0));
+        }
+        p.offer(Task { job: Job::Receive, account: Some(1), folder: Some(99), arg: 0 });
+        let order: Vec<Option<i64>> = (0..7).map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap().task.folder).collect();
+        assert_eq!(order[0], Some(0));
+        assert_eq!(order[1], Some(99), "{order:?}");
+    }
+}

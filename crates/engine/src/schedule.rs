@@ -104,6 +104,40 @@ pub fn folder_due(f: &SchedFolder, now: i64, iv: &Intervals, low_start: i64) -> 
     }
 }
 
+/// Keeps at most `per_host` tasks queued or running per server host, so that many accounts on
+/// one server (which caps connections per user and per IP) share it instead of being refused.
+/// Tasks over the budget stay due and are offered again at the next tick.
+pub fn budget(due: Vec<Task>, in_flight: &HashMap<Task, usize>, hosts: &HashMap<i64, String>, per_host: usize) -> Vec<Task> {
+    let mut busy: HashMap<&str, usize> = HashMap::new();
+    let mut accounts_busy: BTreeSet<i64> = BTreeSet::new();
+    for t in in_flight.keys() {
+        if let Some(a) = t.account
+            && accounts_busy.insert(a)
+            && let Some(h) = hosts.get(&a)
+        {
+            *busy.entry(h).or_default() += 1;
+        }
+    }
+    due.into_iter()
+        .filter(|t| {
+            let Some(a) = t.account else { return true };
+            let Some(h) = hosts.get(&a) else { return true };
+            // An account already holding a connection reuses it (tasks of one account run on
+            // one worker, one after the other).
+            if accounts_busy.contains(&a) {
+                return true;
+            }
+            let n = busy.entry(h).or_default();
+            if *n >= per_host {
+                return false;
+            }
+            *n += 1;
+            accounts_busy.insert(a);
+            true
+        })
+        .collect()
+}
+
 pub struct Scheduler {
     clock: Clock,
     extra: BTreeSet<Task>,
@@ -111,6 +145,8 @@ pub struct Scheduler {
     listed: HashMap<i64, i64>,
     /// Last run of interval jobs, keyed by job name.
     last_interval: HashMap<&'static str, i64>,
+    /// The IMAP host of each account (refreshed every tick), for the per-host budget.
+    hosts: HashMap<i64, String>,
 }
 
 impl Scheduler {
@@ -120,6 +156,7 @@ impl Scheduler {
             extra: BTreeSet::new(),
             listed: HashMap::new(),
             last_interval: HashMap::new(),
+            hosts: HashMap::new(),
         }
     }
 
@@ -151,6 +188,7 @@ impl Scheduler {
             let iv = Intervals::from_config(config);
             let low_start = daily_start(&chrono::Local, now, config.email_bg_lo_folders_sync_start);
             let folders = store.schedule_folders(now)?;
+            self.hosts = folders.iter().map(|f| (f.account_id, f.imap_host.to_ascii_lowercase())).collect();
             let mut accounts_seen = BTreeSet::new();
             for f in &folders {
                 if !accounts_seen.insert(f.account_id) {
@@ -252,6 +290,7 @@ impl Scheduler {
         // Urgent first; a stable order otherwise.
         due.sort_by_key(|t| (!t.job.urgent(), *t));
         due.dedup();
+        let mut due = budget(due, in_flight, &self.hosts, config.bg_max_connections_per_host as usize);
         due.truncate(config.bg_max_starts_per_tick as usize);
         Ok(due)
     }

@@ -194,3 +194,17 @@ fn priority_change_switches_rules() {
         Some(SyncDue::Full)
     );
 }
+
+#[test]
+fn per_host_budget_limits_concurrent_accounts_on_one_server() {
+    use crate::task::{Job, Task};
+    let hosts: HashMap<i64, String> =
+        (1..=10).map(|a| (a, if a <= 8 { "imap.big.test".to_string() } else { "other.test".to_string() })).collect();
+    let due: Vec<Task> = (1..=10).map(|a| Task::new(Job::SyncFull, Some(a), Some(a))).collect();
+    let mut in_flight = HashMap::new();
+    in_flight.insert(Task::new(Job::Receive, Some(1), Some(1)), 0);
+    let kept = budget(due, &in_flight, &hosts, 3);
+    let accounts: Vec<i64> = kept.iter().filter_map(|t| t.account).collect();
+    // account 1 already holds a connection; two more of the big host fit; the other host is free
+    assert_eq!(accounts, vec![1, 2, 3, 9, 10]);
+}

@@ -397,3 +397,112 @@ impl Store {
             .is_some())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NewAccount, SmtpSettings};
+
+    fn store() -> (tempfile::TempDir, Store, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        s.add_user("u", 0).unwrap();
+        let a = s
+            .add_account(
+                &NewAccount {
+                    owner_login: "u".into(),
+                    email: "u@x.test".into(),
+                    imap_host: "127.0.0.1".into(),
+                    imap_port: 143,
+                    login: "u".into(),
+                    password: Some("p".into()),
+                    smtp: SmtpSettings::default(),
+                    ..NewAccount::default()
+                },
+                0,
+            )
+            .unwrap();
+        (dir, s, a)
+    }
+
+    const P: SendPolicy = SendPolicy { backoff_base: 10, backoff_max: 100, secondary_after: 5, max_age: 1000 };
+
+    fn info(accepted: &[&str], pending: &[&str]) -> DeliveryInfo {
+        DeliveryInfo {
+            message_id: "m@x".into(),
+            accepted: accepted.iter().map(|s| s.to_string()).collect(),
+            pending: pending.iter().map(|s| s.to_string()).collect(),
+            ..DeliveryInfo::default()
+        }
+    }
+
+    #[test]
+    fn a_worker_that_lost_its_lease_cannot_overwrite_the_final_state() {
+        let (_d, mut s, a) = store();
+        let id = s.outbox_add(a, "m@x", "u@x.test", &["b@x.test".into()], b"raw", false, 100).unwrap();
+        let c = s.outbox_claim(a, false, 100, 30, 10).unwrap().pop().unwrap();
+        assert_eq!(s.outbox_record(id).unwrap().state, "PROCESSING");
+        assert_eq!(s.outbox_record(id).unwrap().lease_expire_time, Some(130));
+        // frozen past the lease: the expiry makes it ERROR (outcome unknown)
+        assert!(s.outbox_expire_leases(129).unwrap().is_empty());
+        assert_eq!(s.outbox_expire_leases(131).unwrap(), vec![id]);
+        // the late write changes nothing
+        assert!(!s.outbox_finish(&c, &SendOutcome::Success { info: info(&["b@x.test"], &[]) }, 140, &P).unwrap());
+        let r = s.outbox_record(id).unwrap();
+        assert_eq!(r.state, "ERROR");
+        assert!(r.error.unwrap().starts_with("delivery outcome unknown"));
+        assert!(r.info.is_none());
+        // never picked up again automatically
+        assert!(s.outbox_claim(a, false, 10_000, 30, 10).unwrap().is_empty());
+        // until retried on purpose; the retry counts one more attempt
+        s.outbox_retry(id, 200).unwrap();
+        let c2 = s.outbox_claim(a, false, 200, 30, 10).unwrap().pop().unwrap();
+        assert_eq!(c2.attempts, 2);
+        assert!(!s.outbox_finish(&c, &SendOutcome::Temporary { error: "x".into() }, 201, &P).unwrap(), "old token");
+        assert!(s.outbox_finish(&c2, &SendOutcome::Success { info: info(&["b@x.test"], &[]) }, 202, &P).unwrap());
+        assert_eq!(s.outbox_record(id).unwrap().state, "SUCCESS");
+    }
+
+    #[test]
+    fn temporary_failures_back_off_then_go_secondary_then_error_at_max_age() {
+        let (_d, mut s, a) = store();
+        const P2: SendPolicy = SendPolicy { max_age: 1100, ..P };
+        let id = s.outbox_add(a, "m@x", "u@x.test", &["b@x.test".into()], b"raw", false, 0).unwrap();
+        let mut now = 0;
+        for attempt in 1..=6 {
+            let c = s.outbox_claim(a, false, now, 30, 10).unwrap().pop().expect("due");
+            assert!(s.outbox_finish(&c, &SendOutcome::Temporary { error: "450 later".into() }, now, &P2).unwrap());
+            let r = s.outbox_record(id).unwrap();
+            assert_eq!((r.state.as_str(), r.attempts), ("PENDING", attempt));
+            assert_eq!(r.secondary, attempt > 5, "attempt {attempt}");
+            // not due before its back-off
+            assert!(s.outbox_claim(a, r.secondary, now + 1, 30, 10).unwrap().is_empty());
+            now += 200;
+        }
+        assert!(s.outbox_claim(a, false, now, 30, 10).unwrap().is_empty(), "secondary entries leave the primary lane");
+        let c = s.outbox_claim(a, true, 1200, 30, 10).unwrap().pop().unwrap();
+        assert!(s.outbox_finish(&c, &SendOutcome::Temporary { error: "450 later".into() }, 1200, &P2).unwrap());
+        let r = s.outbox_record(id).unwrap();
+        assert_eq!(r.state, "ERROR");
+        assert!(r.error.unwrap().contains("450 later"));
+    }
+
+    #[test]
+    fn pending_recipients_after_a_partial_success_are_retried_alone() {
+        let (_d, mut s, a) = store();
+        let rcpts: Vec<String> = ["a@x.test", "b@x.test", "c@x.test"].iter().map(|s| s.to_string()).collect();
+        let id = s.outbox_add(a, "m@x", "u@x.test", &rcpts, b"raw", true, 0).unwrap();
+        let c = s.outbox_claim(a, false, 0, 30, 10).unwrap().pop().unwrap();
+        let mut i = info(&["a@x.test"], &["c@x.test"]);
+        i.rejected = vec!["b@x.test".into()];
+        assert!(s.outbox_finish(&c, &SendOutcome::Success { info: i }, 1, &P).unwrap());
+        let parent = s.outbox_record(id).unwrap();
+        assert_eq!(parent.state, "SUCCESS");
+        let child = s.outbox_records(None, Some("PENDING")).unwrap().pop().unwrap();
+        assert_eq!(child.parent_id, Some(id));
+        assert_eq!(child.recipients, vec!["c@x.test".to_string()]);
+        assert_eq!(child.message_id, "m@x");
+        // only the parent is appended to Sent
+        assert_eq!(s.outbox_pending_appends(a, 10).unwrap().len(), 1);
+    }
+}

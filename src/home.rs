@@ -15,8 +15,7 @@ impl Home {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
         for dir in ["data", "logs"] {
             let p = root.join(dir);
-            std::fs::create_dir_all(&p)
-                .with_context(|| format!("cannot create {}", p.display()))?;
+            std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
         }
         Ok(Home { root })
     }

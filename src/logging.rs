@@ -70,11 +70,7 @@ pub fn format_line(
     let message = message.replace(['\r', '\n'], " ");
     match (account, folder) {
         (None, None) => format!("[{time}][#{pid}.{thread}] {message}\n"),
-        (a, f) => format!(
-            "[{time}][#{pid}.{thread}] {message} [{},{}]\n",
-            a.unwrap_or(""),
-            f.unwrap_or("")
-        ),
+        (a, f) => format!("[{time}][#{pid}.{thread}] {message} [{},{}]\n", a.unwrap_or(""), f.unwrap_or("")),
     }
 }
 
@@ -113,38 +109,16 @@ fn appender(
     };
     let policy = CompoundPolicy::new(Box::new(SizeTrigger::new(rotation.max_size)), roller);
     let file = RollingFileAppender::builder()
-        .encoder(Box::new(LineEncoder {
-            pid: std::process::id(),
-        }))
+        .encoder(Box::new(LineEncoder { pid: std::process::id() }))
         .build(&path, Box::new(policy))
         .with_context(|| format!("cannot open log file {}", path.display()))?;
-    Ok(Appender::builder()
-        .filter(filter)
-        .build(name, Box::new(file)))
+    Ok(Appender::builder().filter(filter).build(name, Box::new(file)))
 }
 
 fn build(logs: &Path, rotation: Rotation) -> anyhow::Result<Config> {
-    let info = appender(
-        logs,
-        "l-info",
-        "log",
-        rotation,
-        Box::new(ThresholdFilter::new(LevelFilter::Info)),
-    )?;
-    let debug = appender(
-        logs,
-        "l-debug",
-        "log",
-        rotation,
-        Box::new(ThresholdFilter::new(LevelFilter::Trace)),
-    )?;
-    let threading = appender(
-        logs,
-        "l-threading-error",
-        "txt",
-        rotation,
-        Box::new(ThreadingFilter),
-    )?;
+    let info = appender(logs, "l-info", "log", rotation, Box::new(ThresholdFilter::new(LevelFilter::Info)))?;
+    let debug = appender(logs, "l-debug", "log", rotation, Box::new(ThresholdFilter::new(LevelFilter::Trace)))?;
+    let threading = appender(logs, "l-threading-error", "txt", rotation, Box::new(ThreadingFilter))?;
     Config::builder()
         .appender(info)
         .appender(debug)
@@ -154,11 +128,7 @@ fn build(logs: &Path, rotation: Rotation) -> anyhow::Result<Config> {
         .logger(log4rs::config::Logger::builder().build("imap", LevelFilter::Warn))
         .logger(log4rs::config::Logger::builder().build("lettre", LevelFilter::Warn))
         .logger(log4rs::config::Logger::builder().build("native_tls", LevelFilter::Warn))
-        .build(
-            Root::builder()
-                .appenders(["l-info", "l-debug", "l-threading-error"])
-                .build(LevelFilter::Debug),
-        )
+        .build(Root::builder().appenders(["l-info", "l-debug", "l-threading-error"]).build(LevelFilter::Debug))
         .context("cannot configure logging")
 }
 
@@ -173,11 +143,7 @@ impl Logging {
     pub fn init(logs: &Path, rotation: Rotation) -> anyhow::Result<Logging> {
         let handle = log4rs::init_config(build(logs, rotation)?).context("cannot start logging")?;
         log_mdc::insert("thread", "t0");
-        Ok(Logging {
-            handle,
-            logs: logs.to_path_buf(),
-            rotation,
-        })
+        Ok(Logging { handle, logs: logs.to_path_buf(), rotation })
     }
 
     pub fn set_rotation(&mut self, rotation: Rotation) {
@@ -198,10 +164,8 @@ impl Logging {
 /// the thread and account context of the MDC at the moment of the panic.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let location = info
-            .location()
-            .map(|l| format!("{}:{}", l.file(), l.line()))
-            .unwrap_or_else(|| "unknown location".into());
+        let location =
+            info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_else(|| "unknown location".into());
         let message = info
             .payload()
             .downcast_ref::<&str>()
@@ -242,9 +206,6 @@ mod tests {
 
     #[test]
     fn line_with_account_only_and_newlines_flattened() {
-        assert_eq!(
-            format_line(1, "t", "t0", "a\r\nb", Some("7"), None),
-            "[t][#1.t0] a  b [7,]\n"
-        );
+        assert_eq!(format_line(1, "t", "t0", "a\r\nb", Some("7"), None), "[t][#1.t0] a  b [7,]\n");
     }
 }

@@ -61,6 +61,9 @@ enum Command {
     Status(cmd::status::StatusArgs),
     /// Background process history, newest first.
     History(cmd::status::HistoryArgs),
+    /// List, read, flag, delete and move messages (as the application does).
+    #[command(subcommand)]
+    Mail(cmd::mail::MailCmd),
     /// Internal messages between users of this store.
     #[command(subcommand)]
     Internal(cmd::internal::InternalCmd),
@@ -68,12 +71,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let home = match cli
-        .home
-        .clone()
-        .map(Ok)
-        .unwrap_or_else(std::env::current_dir)
-    {
+    let home = match cli.home.clone().map(Ok).unwrap_or_else(std::env::current_dir) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("backproc: cannot determine the current directory: {e}");
@@ -90,6 +88,7 @@ fn main() -> ExitCode {
         Command::Sync(a) => cmd::sync::run(home, a),
         Command::Outbox(c) => cmd::outbox::run(home, c),
         Command::Internal(c) => cmd::internal::run(home, c),
+        Command::Mail(c) => cmd::mail::run(home, c),
         Command::Status(a) => cmd::status::status(home, a),
         Command::History(a) => cmd::status::history(home, a),
     };
@@ -97,10 +96,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             if let Some(ce) = e.downcast_ref::<cmd::ConfigInvalid>() {
-                eprintln!(
-                    "backproc: config.inc is invalid; nothing was started:\n{}",
-                    ce.0
-                );
+                eprintln!("backproc: config.inc is invalid; nothing was started:\n{}", ce.0);
                 return ExitCode::from(EX_CONFIG);
             }
             log::error!("{e:#}");

@@ -61,8 +61,5 @@ pub fn is_held(dir: &Path) -> bool {
     let Ok(file) = File::open(dir.join(PID_FILE)) else {
         return false;
     };
-    matches!(
-        Flock::lock(file, FlockArg::LockSharedNonblock),
-        Err((_, Errno::EWOULDBLOCK))
-    )
+    matches!(Flock::lock(file, FlockArg::LockSharedNonblock), Err((_, Errno::EWOULDBLOCK)))
 }

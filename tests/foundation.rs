@@ -10,53 +10,29 @@ use util::{Home, stderr, stdout, wait_until};
 
 fn kill(pid: u32, sig: i32) {
     // SAFETY-free: libc::kill via the nix-free std path is not available; use the kill command.
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
+    let status = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
     assert!(status.success(), "kill -{sig} {pid}");
 }
 
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
 }
 
 fn pid_in_file(h: &Home) -> Option<u32> {
-    std::fs::read_to_string(h.file("pid/engine.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    std::fs::read_to_string(h.file("pid/engine.pid")).ok()?.trim().parse().ok()
 }
 
 #[test]
 fn config_prints_every_constant_with_its_source() {
-    let h = Home::with_config(
-        "<?php\n// app settings\ndefine('APP_NAME', 'x');\ndefine('BG_MAX_THREADS', 3);\n",
-    );
+    let h = Home::with_config("<?php\n// app settings\ndefine('APP_NAME', 'x');\ndefine('BG_MAX_THREADS', 3);\n");
     let o = h.run(&["config"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("BG_MAX_THREADS "))
-        .expect("BG_MAX_THREADS listed");
-    assert!(
-        line.contains(" 3 ") && line.ends_with("config.inc:4"),
-        "{line}"
-    );
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("EMAIL_BG_LO_FOLDERS_SYNC_START "))
-        .unwrap();
-    assert!(
-        line.contains("'20:00'") && line.ends_with("default"),
-        "{line}"
-    );
+    let line = out.lines().find(|l| l.starts_with("BG_MAX_THREADS ")).expect("BG_MAX_THREADS listed");
+    assert!(line.contains(" 3 ") && line.ends_with("config.inc:4"), "{line}");
+    let line = out.lines().find(|l| l.starts_with("EMAIL_BG_LO_FOLDERS_SYNC_START ")).unwrap();
+    assert!(line.contains("'20:00'") && line.ends_with("default"), "{line}");
     assert!(!out.contains("APP_NAME"));
 
     let o = h.run(&["config", "--json"]);
@@ -67,10 +43,7 @@ fn config_prints_every_constant_with_its_source() {
     let t = arr.iter().find(|e| e["name"] == "BG_MAX_THREADS").unwrap();
     assert_eq!(t["value"], 3);
     assert_eq!(t["source"], "config.inc:4");
-    let s = arr
-        .iter()
-        .find(|e| e["name"] == "EMAIL_BACKGROUND_SYNC_ENABLED")
-        .unwrap();
+    let s = arr.iter().find(|e| e["name"] == "EMAIL_BACKGROUND_SYNC_ENABLED").unwrap();
     assert_eq!(s["value"], false);
     assert_eq!(s["source"], "default");
     // reading the config creates nothing
@@ -86,14 +59,8 @@ fn invalid_config_exits_78_and_starts_nothing() {
         let o = h.run(args);
         assert_eq!(o.status.code(), Some(78), "{args:?}");
         let err = stderr(&o);
-        assert!(
-            err.contains("config.inc:2") && err.contains("BG_MAX_THREADS"),
-            "{err}"
-        );
-        assert!(
-            err.contains("config.inc:4") && err.contains("EMAIL_BG_LO_FOLDERS_SYNC_START"),
-            "{err}"
-        );
+        assert!(err.contains("config.inc:2") && err.contains("BG_MAX_THREADS"), "{err}");
+        assert!(err.contains("config.inc:4") && err.contains("EMAIL_BG_LO_FOLDERS_SYNC_START"), "{err}");
     }
     assert!(!h.file("pid/engine.pid").exists());
     assert!(!h.file("data").exists());
@@ -112,11 +79,7 @@ fn missing_config_means_defaults_said_once_in_the_log() {
     let o = h.run(&["run", "--once"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let info = h.log("l-info.log");
-    assert_eq!(
-        info.matches("not found: running with all defaults").count(),
-        1,
-        "{info}"
-    );
+    assert_eq!(info.matches("not found: running with all defaults").count(), 1, "{info}");
 }
 
 #[test]
@@ -125,21 +88,12 @@ fn worker_log_line_has_the_exact_format_and_files_are_private() {
     let o = h.run(&["run", "--once", "--test-sleep-task", "1"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let info = h.log("l-info.log");
-    let re = regex::Regex::new(
-        r"(?m)^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\]\[#(\d+)\.t1\] sleep task started \(1ms\)$",
-    )
-    .unwrap();
-    let caps = re
-        .captures(&info)
-        .unwrap_or_else(|| panic!("no worker line in:\n{info}"));
+    let re = regex::Regex::new(r"(?m)^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\]\[#(\d+)\.t1\] sleep task started \(1ms\)$")
+        .unwrap();
+    let caps = re.captures(&info).unwrap_or_else(|| panic!("no worker line in:\n{info}"));
     assert!(caps[2].parse::<u32>().unwrap() > 1);
     // the master's lines are t0
-    assert!(
-        regex::Regex::new(r"(?m)^\[[^\]]+\]\[#\d+\.t0\] master started")
-            .unwrap()
-            .is_match(&info),
-        "{info}"
-    );
+    assert!(regex::Regex::new(r"(?m)^\[[^\]]+\]\[#\d+\.t0\] master started").unwrap().is_match(&info), "{info}");
     // every line of every log has the format
     let line = regex::Regex::new(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\]\[#\d+\.t\d+\] .*$").unwrap();
     for name in ["l-info.log", "l-debug.log"] {
@@ -179,10 +133,7 @@ fn logs_rotate_at_the_configured_size() {
     assert!(o.status.success(), "{}", stderr(&o));
     let size = |n: &str| std::fs::metadata(h.file(n)).map(|m| m.len()).ok();
     assert!(size("logs/l-info.1.log").is_some(), "no rotated file");
-    assert!(
-        size("logs/l-info.3.log").is_none(),
-        "kept more than BG_LOG_KEEP"
-    );
+    assert!(size("logs/l-info.3.log").is_none(), "kept more than BG_LOG_KEEP");
     // a rotated file holds about the limit (one line may straddle it)
     assert!(size("logs/l-info.1.log").unwrap() <= 1024 + 200);
 }
@@ -203,23 +154,13 @@ fn one_master_among_simultaneous_starts_and_a_killed_master_is_replaced() {
             assert!(s.success());
             break (a, t0.elapsed());
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "neither start exited"
-        );
+        assert!(t0.elapsed() < Duration::from_secs(5), "neither start exited");
         std::thread::sleep(Duration::from_millis(5));
     };
-    assert!(
-        loser < Duration::from_secs(2),
-        "the second start took {loser:?}"
-    );
-    assert!(wait_until(Duration::from_secs(5), || pid_in_file(&h)
-        == Some(master.id())));
+    assert!(loser < Duration::from_secs(2), "the second start took {loser:?}");
+    assert!(wait_until(Duration::from_secs(5), || pid_in_file(&h) == Some(master.id())));
     std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        master.try_wait().unwrap().is_none(),
-        "the master must stay up"
-    );
+    assert!(master.try_wait().unwrap().is_none(), "the master must stay up");
 
     // 20 more starts in a loop: each exits 0 quickly and the master stays the same
     for _ in 0..20 {
@@ -227,10 +168,7 @@ fn one_master_among_simultaneous_starts_and_a_killed_master_is_replaced() {
         let o = h.run(&["run"]);
         assert!(o.status.success());
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-        assert!(
-            stdout(&o).is_empty() && stderr(&o).is_empty(),
-            "cron must see nothing"
-        );
+        assert!(stdout(&o).is_empty() && stderr(&o).is_empty(), "cron must see nothing");
     }
     assert_eq!(pid_in_file(&h), Some(master.id()));
 
@@ -238,13 +176,9 @@ fn one_master_among_simultaneous_starts_and_a_killed_master_is_replaced() {
     kill(master.id(), 9);
     master.wait().unwrap();
     let mut next = h.spawn(&["run"]);
-    assert!(wait_until(Duration::from_secs(5), || pid_in_file(&h)
-        == Some(next.id())));
+    assert!(wait_until(Duration::from_secs(5), || pid_in_file(&h) == Some(next.id())));
     std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        next.try_wait().unwrap().is_none(),
-        "the new master must stay up"
-    );
+    assert!(next.try_wait().unwrap().is_none(), "the new master must stay up");
     // `stop` stops it
     let o = h.run(&["stop"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -257,17 +191,13 @@ fn one_master_among_simultaneous_starts_and_a_killed_master_is_replaced() {
 fn sigterm_lets_a_slow_task_finish_and_exits_0() {
     let h = Home::new();
     let mut master = h.spawn(&["run", "--test-sleep-task", "1500"]);
-    assert!(wait_until(Duration::from_secs(10), || h
-        .log("l-info.log")
-        .contains("sleep task started")));
+    assert!(wait_until(Duration::from_secs(10), || h.log("l-info.log").contains("sleep task started")));
     kill(master.id(), 15);
     let status = master.wait().unwrap();
     assert!(status.success(), "{status:?}");
     let info = h.log("l-info.log");
     let started = info.find("sleep task started").unwrap();
-    let finished = info
-        .find("sleep task finished")
-        .expect("the task finished before exit");
+    let finished = info.find("sleep task finished").expect("the task finished before exit");
     let stopped = info.find("master stopped").expect("clean stop");
     assert!(started < finished && finished < stopped, "{info}");
     assert!(info.contains("stopping: no new work"));
@@ -277,25 +207,16 @@ fn sigterm_lets_a_slow_task_finish_and_exits_0() {
 fn config_changes_are_picked_up_and_invalid_ones_rejected() {
     let h = Home::with_config("<?php define('BG_TICK_INTERVAL', 1);");
     let mut master = h.spawn(&["run"]);
-    assert!(wait_until(Duration::from_secs(5), || h
-        .log("l-info.log")
-        .contains("master started")));
+    assert!(wait_until(Duration::from_secs(5), || h.log("l-info.log").contains("master started")));
     std::thread::sleep(Duration::from_millis(1100)); // a different mtime second
     h.write_config("<?php define('BG_TICK_INTERVAL', 1); define('BG_MAX_THREADS', 0);");
-    assert!(wait_until(Duration::from_secs(5), || h
-        .log("l-info.log")
-        .contains("changed but is invalid")));
+    assert!(wait_until(Duration::from_secs(5), || h.log("l-info.log").contains("changed but is invalid")));
     let info = h.log("l-info.log");
     assert!(info.contains("BG_MAX_THREADS"), "{info}");
     std::thread::sleep(Duration::from_millis(1100));
     h.write_config("<?php define('BG_TICK_INTERVAL', 1); define('BG_MAX_THREADS', 2);");
-    assert!(wait_until(Duration::from_secs(5), || h
-        .log("l-info.log")
-        .contains("new settings applied")));
-    assert!(
-        master.try_wait().unwrap().is_none(),
-        "the master keeps running"
-    );
+    assert!(wait_until(Duration::from_secs(5), || h.log("l-info.log").contains("new settings applied")));
+    assert!(master.try_wait().unwrap().is_none(), "the master keeps running");
     kill(master.id(), 15);
     assert!(master.wait().unwrap().success());
 }

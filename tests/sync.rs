@@ -42,9 +42,7 @@ fn assert_same(w: &MailWorld, folders: &[&str]) {
 fn set_all_high(w: &MailWorld) {
     let store = w.store();
     for f in store.folders(Some(w.account)).unwrap() {
-        let o = w
-            .home
-            .run(&["folder", "set-priority", &f.id.to_string(), "high"]);
+        let o = w.home.run(&["folder", "set-priority", &f.id.to_string(), "high"]);
         assert!(o.status.success());
     }
 }
@@ -57,13 +55,9 @@ fn a_mailbox_lands_completely_once_and_changes_follow() {
     for f in &folders[1..] {
         w.dovecot.create_folder(&w.user, &w.password, f).unwrap();
     }
-    w.dovecot
-        .populate(&w.user, &w.password, "INBOX", &msgs[..700])
-        .unwrap();
+    w.dovecot.populate(&w.user, &w.password, "INBOX", &msgs[..700]).unwrap();
     for (i, f) in folders[1..].iter().enumerate() {
-        w.dovecot
-            .populate(&w.user, &w.password, f, &msgs[700 + i * 100..800 + i * 100])
-            .unwrap();
+        w.dovecot.populate(&w.user, &w.password, f, &msgs[700 + i * 100..800 + i * 100]).unwrap();
     }
     // some flags on the server before the first sync
     let mut s = w.imap();
@@ -76,17 +70,9 @@ fn a_mailbox_lands_completely_once_and_changes_follow() {
     assert_same(&w, &folders);
     let info = w.home.log("l-info.log");
     assert!(info.contains("received 700 new messages in"), "{info}");
-    let folder_names: Vec<String> = w
-        .store()
-        .folders(Some(w.account))
-        .unwrap()
-        .into_iter()
-        .map(|f| f.display_name)
-        .collect();
-    assert!(
-        folder_names.contains(&"Входящие 2024 & more".to_string()),
-        "{folder_names:?}"
-    );
+    let folder_names: Vec<String> =
+        w.store().folders(Some(w.account)).unwrap().into_iter().map(|f| f.display_name).collect();
+    assert!(folder_names.contains(&"Входящие 2024 & more".to_string()), "{folder_names:?}");
 
     // a second run fetches nothing
     set_all_high(&w);
@@ -95,18 +81,11 @@ fn a_mailbox_lands_completely_once_and_changes_follow() {
     w.run_once();
     let second = w.home.log("l-info.log")[before..].to_string();
     assert!(second.contains("found 0 new messages"), "{second}");
-    assert!(
-        !regex::Regex::new(r"received [1-9]")
-            .unwrap()
-            .is_match(&second),
-        "{second}"
-    );
+    assert!(!regex::Regex::new(r"received [1-9]").unwrap().is_match(&second), "{second}");
 
     // 10 new messages and 20 flag changes on the server
     let extra = mailgen::mailbox(8, 10);
-    w.dovecot
-        .populate(&w.user, &w.password, "INBOX", &extra)
-        .unwrap();
+    w.dovecot.populate(&w.user, &w.password, "INBOX", &extra).unwrap();
     let mut s = w.imap();
     s.select("INBOX").unwrap();
     s.uid_store("1:10", "-FLAGS (\\Seen)").unwrap();
@@ -120,26 +99,16 @@ fn a_mailbox_lands_completely_once_and_changes_follow() {
 #[test]
 fn uidvalidity_change_resyncs_the_folder_without_duplicates() {
     let w = MailWorld::start(CONFIG);
-    w.dovecot
-        .create_folder(&w.user, &w.password, "Lists")
-        .unwrap();
+    w.dovecot.create_folder(&w.user, &w.password, "Lists").unwrap();
     let msgs = mailgen::mailbox(11, 60);
-    w.dovecot
-        .populate(&w.user, &w.password, "Lists", &msgs[..40])
-        .unwrap();
+    w.dovecot.populate(&w.user, &w.password, "Lists", &msgs[..40]).unwrap();
     w.run_once();
     assert_same(&w, &["Lists"]);
     set_all_high(&w);
     // recreate the folder: new UIDVALIDITY, partly the same messages, partly new ones
-    w.dovecot
-        .delete_folder(&w.user, &w.password, "Lists")
-        .unwrap();
-    w.dovecot
-        .create_folder(&w.user, &w.password, "Lists")
-        .unwrap();
-    w.dovecot
-        .populate(&w.user, &w.password, "Lists", &msgs[20..60])
-        .unwrap();
+    w.dovecot.delete_folder(&w.user, &w.password, "Lists").unwrap();
+    w.dovecot.create_folder(&w.user, &w.password, "Lists").unwrap();
+    w.dovecot.populate(&w.user, &w.password, "Lists", &msgs[20..60]).unwrap();
     std::thread::sleep(Duration::from_millis(1100));
     w.run_once();
     assert_same(&w, &["Lists"]);
@@ -156,13 +125,9 @@ fn uidvalidity_change_resyncs_the_folder_without_duplicates() {
 
 #[test]
 fn kill_9_during_receive_loses_and_duplicates_nothing() {
-    let w = MailWorld::start(&format!(
-        "{CONFIG}define('EMAIL_BG_RECEIVE_BATCH_MESSAGES', 25);\n"
-    ));
+    let w = MailWorld::start(&format!("{CONFIG}define('EMAIL_BG_RECEIVE_BATCH_MESSAGES', 25);\n"));
     let msgs = mailgen::mailbox(21, 600);
-    w.dovecot
-        .populate(&w.user, &w.password, "INBOX", &msgs)
-        .unwrap();
+    w.dovecot.populate(&w.user, &w.password, "INBOX", &msgs).unwrap();
     for delay_ms in [150u64, 300, 450, 700, 1000] {
         let mut child = w.home.spawn(&["run", "--once"]);
         std::thread::sleep(Duration::from_millis(delay_ms));
@@ -187,15 +152,8 @@ fn a_connection_cut_mid_fetch_counts_attempts_then_secondary_fetches_it() {
         &"0123456789abcdef".repeat(8000),
     );
     dovecot.append("bob", "pw-bob", "INBOX", &big, &[]).unwrap();
-    let proxy = FaultProxy::start(
-        format!("127.0.0.1:{}", dovecot.imap_port())
-            .parse()
-            .unwrap(),
-    )
-    .unwrap();
-    proxy.set_fault(Fault::CutAfter {
-        server_bytes: 60_000,
-    });
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", dovecot.imap_port()).parse().unwrap()).unwrap();
+    proxy.set_fault(Fault::CutAfter { server_bytes: 60_000 });
     let home = Home::with_config(CONFIG);
     let account = add_account(&home, &dovecot, "bob", "pw-bob", "none", proxy.port(), &[]);
     for _ in 0..6 {
@@ -205,12 +163,7 @@ fn a_connection_cut_mid_fetch_counts_attempts_then_secondary_fetches_it() {
     }
     let store = backproc_store::Store::open(&home.file("data/backproc.sqlite")).unwrap();
     let (primary, secondary, failed) = store.receive_queue_depths().unwrap();
-    assert_eq!(
-        (primary, secondary, failed),
-        (0, 1, 0),
-        "{}",
-        home.log("l-info.log")
-    );
+    assert_eq!((primary, secondary, failed), (0, 1, 0), "{}", home.log("l-info.log"));
     let inbox = folder_id(&store, account, "INBOX");
     assert!(store_messages(&store, inbox).is_empty());
     // the cut stops: Receive Secondary fetches it
@@ -226,109 +179,38 @@ fn a_connection_cut_mid_fetch_counts_attempts_then_secondary_fetches_it() {
 #[test]
 fn bad_password_unreachable_host_and_untrusted_certificate_are_clear_errors() {
     let w = MailWorld::start(CONFIG);
-    w.dovecot
-        .populate(&w.user, &w.password, "INBOX", &mailgen::mailbox(3, 5))
-        .unwrap();
-    let bad_pw = add_account(
-        &w.home,
-        &w.dovecot,
-        &w.user,
-        "wrong-password",
-        "none",
-        w.dovecot.imap_port(),
-        &[],
-    );
+    w.dovecot.populate(&w.user, &w.password, "INBOX", &mailgen::mailbox(3, 5)).unwrap();
+    let bad_pw = add_account(&w.home, &w.dovecot, &w.user, "wrong-password", "none", w.dovecot.imap_port(), &[]);
     let closed = backproc_testkit::free_port();
-    let unreachable = add_account(
-        &w.home,
-        &w.dovecot,
-        &w.user,
-        &w.password,
-        "none",
-        closed,
-        &[],
-    );
+    let unreachable = add_account(&w.home, &w.dovecot, &w.user, &w.password, "none", closed, &[]);
     // IMAPS with a self-signed certificate that is not trusted
-    let untrusted = add_account(
-        &w.home,
-        &w.dovecot,
-        &w.user,
-        &w.password,
-        "ssl",
-        w.dovecot.imaps_port(),
-        &[],
-    );
+    let untrusted = add_account(&w.home, &w.dovecot, &w.user, &w.password, "ssl", w.dovecot.imaps_port(), &[]);
     w.run_once();
     assert_same(&w, &["INBOX"]);
     let info = w.home.log("l-info.log");
-    assert!(
-        info.contains(&format!(
-            "Authentication failed: login of {} refused",
-            w.user
-        )),
-        "{info}"
-    );
+    assert!(info.contains(&format!("Authentication failed: login of {} refused", w.user)), "{info}");
     assert!(info.contains(&format!("[{bad_pw},]")), "{info}");
-    assert!(
-        info.contains(&format!("[{unreachable},]")) && info.contains("Connection refused"),
-        "{info}"
-    );
-    assert!(
-        info.contains(&format!("[{untrusted},]")) && info.contains("Secure connection failed"),
-        "{info}"
-    );
-    assert!(
-        !info.contains("wrong-password") && !info.contains(&w.password),
-        "a password leaked into the log"
-    );
-    assert!(
-        w.home
-            .log("l-threading-error.txt")
-            .lines()
-            .all(|l| !l.contains("panic"))
-    );
+    assert!(info.contains(&format!("[{unreachable},]")) && info.contains("Connection refused"), "{info}");
+    assert!(info.contains(&format!("[{untrusted},]")) && info.contains("Secure connection failed"), "{info}");
+    assert!(!info.contains("wrong-password") && !info.contains(&w.password), "a password leaked into the log");
+    assert!(w.home.log("l-threading-error.txt").lines().all(|l| !l.contains("panic")));
     let store = w.store();
-    let errors = store
-        .history(&backproc_store::HistoryFilter {
-            errors_only: true,
-            ..Default::default()
-        })
-        .unwrap();
-    let status_of = |a: i64| {
-        errors
-            .iter()
-            .find(|h| h.account_id == Some(a))
-            .map(|h| h.status.clone())
-    };
+    let errors = store.history(&backproc_store::HistoryFilter { errors_only: true, ..Default::default() }).unwrap();
+    let status_of = |a: i64| errors.iter().find(|h| h.account_id == Some(a)).map(|h| h.status.clone());
     assert_eq!(status_of(bad_pw).as_deref(), Some("Authentication failed"));
-    assert_eq!(
-        status_of(unreachable).as_deref(),
-        Some("Connection refused")
-    );
-    assert_eq!(
-        status_of(untrusted).as_deref(),
-        Some("Secure connection failed")
-    );
+    assert_eq!(status_of(unreachable).as_deref(), Some("Connection refused"));
+    assert_eq!(status_of(untrusted).as_deref(), Some("Secure connection failed"));
     assert_eq!(status_of(w.account), None);
 }
 
 #[test]
 fn imaps_and_starttls_with_a_trusted_certificate() {
     let w = MailWorld::start(CONFIG);
-    w.dovecot
-        .populate(&w.user, &w.password, "INBOX", &mailgen::mailbox(5, 20))
-        .unwrap();
+    w.dovecot.populate(&w.user, &w.password, "INBOX", &mailgen::mailbox(5, 20)).unwrap();
     let ca = w.dovecot.ca_cert_path().to_string_lossy().into_owned();
     let home2 = Home::with_config(CONFIG);
-    let a = add_account(
-        &home2,
-        &w.dovecot,
-        &w.user,
-        &w.password,
-        "ssl",
-        w.dovecot.imaps_port(),
-        &["--tls-ca-file", &ca],
-    );
+    let a =
+        add_account(&home2, &w.dovecot, &w.user, &w.password, "ssl", w.dovecot.imaps_port(), &["--tls-ca-file", &ca]);
     let b = add_account(
         &home2,
         &w.dovecot,
@@ -343,12 +225,7 @@ fn imaps_and_starttls_with_a_trusted_certificate() {
     let store = backproc_store::Store::open(&home2.file("data/backproc.sqlite")).unwrap();
     for acct in [a, b] {
         let inbox = folder_id(&store, acct, "INBOX");
-        assert_eq!(
-            store_messages(&store, inbox).len(),
-            20,
-            "{}",
-            home2.log("l-info.log")
-        );
+        assert_eq!(store_messages(&store, inbox).len(), 20, "{}", home2.log("l-info.log"));
     }
 }
 
@@ -377,12 +254,5 @@ fn plaintext_to_a_remote_host_is_refused() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("in clear"), "{}", stderr(&o));
     let o = h.run(&["account", "list", "--json"]);
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&o.stdout)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .len(),
-        0
-    );
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap().as_array().unwrap().len(), 0);
 }

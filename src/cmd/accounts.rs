@@ -93,11 +93,7 @@ pub struct AddAccount {
     #[arg(long)]
     login: String,
     /// Read the password from standard input (never from the command line).
-    #[arg(
-        long,
-        required_unless_present = "password_command",
-        conflicts_with = "password_command"
-    )]
+    #[arg(long, required_unless_present = "password_command", conflicts_with = "password_command")]
     password_stdin: bool,
     /// Command whose output is the password, run at connect time (like mbsync's PassCmd),
     /// so that no password rests in the store.
@@ -192,11 +188,7 @@ pub fn user(home: PathBuf, cmd: UserCmd) -> anyhow::Result<ExitCode> {
             } else {
                 let t = now();
                 for u in users {
-                    let state = if u.session_expires.is_some_and(|e| e > t) {
-                        "logged in"
-                    } else {
-                        "-"
-                    };
+                    let state = if u.session_expires.is_some_and(|e| e > t) { "logged in" } else { "-" };
                     println!("{:>4}  {:<24}  {state}", u.id, u.login);
                 }
             }
@@ -206,17 +198,11 @@ pub fn user(home: PathBuf, cmd: UserCmd) -> anyhow::Result<ExitCode> {
 }
 
 /// Security `none` sends the password in clear: only to this machine unless asked.
-pub fn check_plaintext(
-    host: &str,
-    security: Security,
-    insecure: bool,
-    what: &str,
-) -> anyhow::Result<()> {
+pub fn check_plaintext(host: &str, security: Security, insecure: bool, what: &str) -> anyhow::Result<()> {
     if security != Security::None || insecure {
         return Ok(());
     }
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let loopback = host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if !loopback {
         bail!(
             "{what} security 'none' would send the password in clear to {host}; use ssl or starttls, or add --insecure"
@@ -227,9 +213,7 @@ pub fn check_plaintext(
 
 fn read_secret_stdin(what: &str) -> anyhow::Result<String> {
     let mut s = String::new();
-    std::io::stdin()
-        .read_to_string(&mut s)
-        .with_context(|| format!("cannot read the {what} from standard input"))?;
+    std::io::stdin().read_to_string(&mut s).with_context(|| format!("cannot read the {what} from standard input"))?;
     let s = s.trim_end_matches(['\r', '\n']).to_owned();
     if s.is_empty() {
         bail!("the {what} read from standard input is empty");
@@ -237,11 +221,7 @@ fn read_secret_stdin(what: &str) -> anyhow::Result<String> {
     Ok(s)
 }
 
-fn smtp_settings(
-    a: &SmtpArgs,
-    imap_host: Option<&str>,
-    insecure: bool,
-) -> anyhow::Result<SmtpSettings> {
+fn smtp_settings(a: &SmtpArgs, imap_host: Option<&str>, insecure: bool) -> anyhow::Result<SmtpSettings> {
     let security = a.smtp_security.map(Security::from);
     if let (Some(sec), Some(host)) = (security, a.smtp_host.as_deref().or(imap_host)) {
         check_plaintext(host, sec, insecure, "SMTP")?;
@@ -251,11 +231,7 @@ fn smtp_settings(
         port: a.smtp_port,
         security,
         login: a.smtp_login.clone(),
-        password: if a.smtp_password_stdin {
-            Some(read_secret_stdin("SMTP password")?)
-        } else {
-            None
-        },
+        password: if a.smtp_password_stdin { Some(read_secret_stdin("SMTP password")?) } else { None },
         password_command: a.smtp_password_command.clone(),
     })
 }
@@ -268,18 +244,11 @@ pub fn account(home: PathBuf, cmd: AccountCmd) -> anyhow::Result<ExitCode> {
             let security = Security::from(a.imap_security);
             check_plaintext(&a.imap_host, security, a.insecure, "IMAP")?;
             if let Some(f) = &a.tls_ca_file {
-                std::fs::metadata(f)
-                    .with_context(|| format!("cannot read the CA file {}", f.display()))?;
+                std::fs::metadata(f).with_context(|| format!("cannot read the CA file {}", f.display()))?;
             }
             let smtp = smtp_settings(&a.smtp, Some(&a.imap_host), a.insecure)?;
-            let password = if a.password_stdin {
-                Some(read_secret_stdin("password")?)
-            } else {
-                None
-            };
-            let port = a
-                .imap_port
-                .unwrap_or(if security == Security::Ssl { 993 } else { 143 });
+            let password = if a.password_stdin { Some(read_secret_stdin("password")?) } else { None };
+            let port = a.imap_port.unwrap_or(if security == Security::Ssl { 993 } else { 143 });
             let id = store.add_account(
                 &NewAccount {
                     owner_login: a.owner.clone(),
@@ -290,12 +259,10 @@ pub fn account(home: PathBuf, cmd: AccountCmd) -> anyhow::Result<ExitCode> {
                     login: a.login.clone(),
                     password,
                     password_command: a.password_command.clone(),
-                    tls_ca_file: a.tls_ca_file.as_ref().map(|p| {
-                        std::path::absolute(p)
-                            .unwrap_or_else(|_| p.clone())
-                            .to_string_lossy()
-                            .into_owned()
-                    }),
+                    tls_ca_file: a
+                        .tls_ca_file
+                        .as_ref()
+                        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).to_string_lossy().into_owned()),
                     tls_insecure: a.tls_no_verify,
                     smtp,
                     sent_append: !a.smtp.no_sent_append,
@@ -306,27 +273,10 @@ pub fn account(home: PathBuf, cmd: AccountCmd) -> anyhow::Result<ExitCode> {
             log::info!("account {id} added ({})", a.email);
             println!("{id}");
         }
-        AccountCmd::Set {
-            id,
-            smtp,
-            keep_days,
-            insecure,
-        } => {
+        AccountCmd::Set { id, smtp, keep_days, insecure } => {
             let acc = store.account(id)?;
-            let s = smtp_settings(
-                &smtp,
-                Some(acc.smtp.host.as_deref().unwrap_or(&acc.imap_host)),
-                insecure,
-            )?;
-            store.set_account_smtp(
-                id,
-                &s,
-                if smtp.no_sent_append {
-                    Some(false)
-                } else {
-                    None
-                },
-            )?;
+            let s = smtp_settings(&smtp, Some(acc.smtp.host.as_deref().unwrap_or(&acc.imap_host)), insecure)?;
+            store.set_account_smtp(id, &s, if smtp.no_sent_append { Some(false) } else { None })?;
             if let Some(k) = keep_days {
                 store.set_account_keep_days(id, if k == 0 { None } else { Some(i64::from(k)) })?;
             }
@@ -359,9 +309,7 @@ pub fn account(home: PathBuf, cmd: AccountCmd) -> anyhow::Result<ExitCode> {
                         a.imap_port,
                         a.imap_security.as_str(),
                         a.login,
-                        a.last_error
-                            .map(|e| format!("  last error: {e}"))
-                            .unwrap_or_default()
+                        a.last_error.map(|e| format!("  last error: {e}")).unwrap_or_default()
                     );
                 }
             }
@@ -407,9 +355,7 @@ pub fn folder(home: PathBuf, cmd: FolderCmd) -> anyhow::Result<ExitCode> {
                         f.priority,
                         f.messages,
                         f.last_seen_uid,
-                        f.uidvalidity
-                            .map(|v| v.to_string())
-                            .unwrap_or_else(|| "-".into()),
+                        f.uidvalidity.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
                         fmt_time(f.last_recent_sync),
                         fmt_time(f.last_full_sync)
                     );

@@ -27,19 +27,11 @@ pub fn run(home: PathBuf, args: ConfigArgs) -> anyhow::Result<ExitCode> {
         super::print_json(&v)?;
     } else {
         if loaded.file_missing {
-            println!(
-                "# {} not found: every constant has its default",
-                home.join("config.inc").display()
-            );
+            println!("# {} not found: every constant has its default", home.join("config.inc").display());
         }
         let width = entries.iter().map(|e| e.name.len()).max().unwrap_or(0);
         for e in &entries {
-            println!(
-                "{:width$}  {:<12}  {}",
-                e.name,
-                e.value.to_string(),
-                e.source
-            );
+            println!("{:width$}  {:<12}  {}", e.name, e.value.to_string(), e.source);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod config;
 pub mod internal;
+pub mod mail;
 pub mod outbox;
 pub mod run;
 pub mod status;
@@ -34,10 +35,7 @@ pub fn load_config(path: &Path) -> anyhow::Result<Loaded> {
 }
 
 pub fn rotation(c: &Config) -> Rotation {
-    Rotation {
-        max_size: c.bg_log_max_size,
-        keep: c.bg_log_keep.min(u32::MAX as u64) as u32,
-    }
+    Rotation { max_size: c.bg_log_max_size, keep: c.bg_log_keep.min(u32::MAX as u64) as u32 }
 }
 
 /// What every command that works on a home needs: the home, its config and the log files.
@@ -57,11 +55,7 @@ impl Env {
         for w in &loaded.warnings {
             log::warn!("{w}");
         }
-        Ok(Env {
-            home,
-            loaded,
-            logging,
-        })
+        Ok(Env { home, loaded, logging })
     }
 
     pub fn config(&self) -> &Config {

@@ -57,16 +57,9 @@ fn message_id(email: &str) -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     h.write_u128(nanos);
-    let domain = email
-        .rsplit_once('@')
-        .map(|(_, d)| d)
-        .filter(|d| !d.is_empty())
-        .unwrap_or("backproc.localhost");
+    let domain = email.rsplit_once('@').map(|(_, d)| d).filter(|d| !d.is_empty()).unwrap_or("backproc.localhost");
     format!("{nanos:x}.{:016x}@{domain}", h.finish())
 }
 
@@ -78,18 +71,7 @@ pub fn run(home: PathBuf, cmd: OutboxCmd) -> anyhow::Result<ExitCode> {
     let env = Env::open(home)?;
     let mut store = env.store()?;
     match cmd {
-        OutboxCmd::Add {
-            account,
-            to,
-            cc,
-            bcc,
-            subject,
-            body,
-            body_file,
-            eml,
-            html,
-            attach,
-        } => {
+        OutboxCmd::Add { account, to, cc, bcc, subject, body, body_file, eml, html, attach } => {
             let acc = store.account(account)?;
             let mid = message_id(&acc.email);
             let (raw, rcpts, mid) = if let Some(f) = eml {
@@ -105,23 +87,19 @@ pub fn run(home: PathBuf, cmd: OutboxCmd) -> anyhow::Result<ExitCode> {
             } else {
                 let text = match (body, body_file) {
                     (Some(b), _) => b,
-                    (None, Some(f)) => String::from_utf8(read(&f, "body file")?)
-                        .context("the body file is not UTF-8")?,
+                    (None, Some(f)) => {
+                        String::from_utf8(read(&f, "body file")?).context("the body file is not UTF-8")?
+                    }
                     (None, None) => bail!("--body or --body-file is required"),
                 };
                 let html = match html {
-                    Some(f) => Some(
-                        String::from_utf8(read(&f, "HTML file")?)
-                            .context("the HTML file is not UTF-8")?,
-                    ),
+                    Some(f) => Some(String::from_utf8(read(&f, "HTML file")?).context("the HTML file is not UTF-8")?),
                     None => None,
                 };
                 let mut attachments = Vec::new();
                 for a in &attach {
-                    let name = a
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_else(|| "attachment".into());
+                    let name =
+                        a.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "attachment".into());
                     attachments.push((name, read(a, "attachment")?));
                 }
                 let draft = backproc_smtp::Draft {
@@ -138,19 +116,8 @@ pub fn run(home: PathBuf, cmd: OutboxCmd) -> anyhow::Result<ExitCode> {
                 let (raw, rcpts) = backproc_smtp::build_message(&draft)?;
                 (raw, rcpts, mid)
             };
-            let id = store.outbox_add(
-                account,
-                &mid,
-                &acc.email,
-                &rcpts,
-                &raw,
-                acc.sent_append,
-                now(),
-            )?;
-            log::info!(
-                "queued outbox entry {id} <{mid}> for {} recipient(s)",
-                rcpts.len()
-            );
+            let id = store.outbox_add(account, &mid, &acc.email, &rcpts, &raw, acc.sent_append, now())?;
+            log::info!("queued outbox entry {id} <{mid}> for {} recipient(s)", rcpts.len());
             println!("{id}");
         }
         OutboxCmd::Show { id } => print_json(&store.outbox_record(id)?)?,

@@ -44,10 +44,7 @@ pub fn run(home: PathBuf, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if env.loaded.file_missing {
-        log::info!(
-            "{} not found: running with all defaults",
-            env.home.config_file().display()
-        );
+        log::info!("{} not found: running with all defaults", env.home.config_file().display());
     }
 
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
@@ -109,19 +106,13 @@ pub fn stop(home: PathBuf, args: StopArgs) -> anyhow::Result<ExitCode> {
     let Some(pid) = pidlock::read_pid(&pid_dir.join(pidlock::PID_FILE)) else {
         anyhow::bail!("a master holds the pid lock but its pid file is unreadable");
     };
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .with_context(|| format!("cannot signal the master (pid {pid})"))?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
+        .with_context(|| format!("cannot signal the master (pid {pid})"))?;
     let wait = Duration::from_secs(args.timeout.unwrap_or(loaded.config.bg_shutdown_grace + 30));
     let deadline = Instant::now() + wait;
     while pidlock::is_held(&pid_dir) {
         if Instant::now() >= deadline {
-            anyhow::bail!(
-                "the master (pid {pid}) is still running after {}s",
-                wait.as_secs()
-            );
+            anyhow::bail!("the master (pid {pid}) is still running after {}s", wait.as_secs());
         }
         std::thread::sleep(Duration::from_millis(50));
     }

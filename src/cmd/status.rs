@@ -172,7 +172,11 @@ pub fn history(home: PathBuf, args: HistoryArgs) -> anyhow::Result<ExitCode> {
     for r in rows {
         let ctx = match (r.account_id, r.folder_id) {
             (None, None) => String::new(),
-            (a, f) => format!("[{},{}]", a.map(|v| v.to_string()).unwrap_or_default(), f.map(|v| v.to_string()).unwrap_or_default()),
+            (a, f) => format!(
+                "[{},{}]",
+                a.map(|v| v.to_string()).unwrap_or_default(),
+                f.map(|v| v.to_string()).unwrap_or_default()
+            ),
         };
         let mut status = r.status.clone();
         if let Some(c) = r.count.filter(|_| r.status == "Finished") {

@@ -25,10 +25,7 @@ pub fn run(home: PathBuf, args: SyncArgs) -> anyhow::Result<ExitCode> {
     if let Some(f) = args.folder {
         let acct = store.folder_account(f)?;
         if args.account.is_some_and(|a| a != acct) {
-            anyhow::bail!(
-                "folder {f} belongs to account {acct}, not {}",
-                args.account.unwrap_or_default()
-            );
+            anyhow::bail!("folder {f} belongs to account {acct}, not {}", args.account.unwrap_or_default());
         }
     } else if let Some(a) = args.account {
         store.account(a)?;
@@ -56,25 +53,15 @@ pub fn run(home: PathBuf, args: SyncArgs) -> anyhow::Result<ExitCode> {
                 sleep_tasks: Vec::new(),
             };
             backproc_engine::run(opts, config, &mut || None, rx)?;
-            let rows = store.history(&HistoryFilter {
-                since: start,
-                ..HistoryFilter::default()
-            })?;
+            let rows = store.history(&HistoryFilter { since: start, ..HistoryFilter::default() })?;
             let sum = |p: &str| {
                 rows.iter()
                     .filter(|r| r.process.starts_with(p) && r.status == "Finished")
                     .filter_map(|r| r.count)
                     .sum::<i64>()
             };
-            let errors: Vec<_> = rows
-                .iter()
-                .filter(|r| r.status != "Started" && r.status != "Finished")
-                .collect();
-            println!(
-                "synced {n} folder(s): {} new message(s) found, {} received",
-                sum("Sync"),
-                sum("Receive")
-            );
+            let errors: Vec<_> = rows.iter().filter(|r| r.status != "Started" && r.status != "Finished").collect();
+            println!("synced {n} folder(s): {} new message(s) found, {} received", sum("Sync"), sum("Receive"));
             for e in &errors {
                 println!(
                     "error: {} [{}]: {} ({})",

@@ -27,22 +27,8 @@ impl MailWorld {
         let password = "s3cr3t-Pa55".to_string();
         dovecot.add_user(&user, &password).expect("add user");
         let home = Home::with_config(config);
-        let account = add_account(
-            &home,
-            &dovecot,
-            &user,
-            &password,
-            "none",
-            dovecot.imap_port(),
-            &[],
-        );
-        MailWorld {
-            home,
-            dovecot,
-            user,
-            password,
-            account,
-        }
+        let account = add_account(&home, &dovecot, &user, &password, "none", dovecot.imap_port(), &[]);
+        MailWorld { home, dovecot, user, password, account }
     }
 
     pub fn store(&self) -> backproc_store::Store {
@@ -50,19 +36,12 @@ impl MailWorld {
     }
 
     pub fn imap(&self) -> imap::Session<std::net::TcpStream> {
-        self.dovecot
-            .session(&self.user, &self.password)
-            .expect("imap session")
+        self.dovecot.session(&self.user, &self.password).expect("imap session")
     }
 
     pub fn run_once(&self) -> Output {
         let o = self.home.run(&["run", "--once"]);
-        assert!(
-            o.status.success(),
-            "run --once failed: {}\n{}",
-            stderr(&o),
-            self.home.log("l-info.log")
-        );
+        assert!(o.status.success(), "run --once failed: {}\n{}", stderr(&o), self.home.log("l-info.log"));
         o
     }
 }
@@ -105,29 +84,16 @@ pub fn add_account(
 }
 
 /// (uid, flags as IMAP text sorted, raw bytes) of every message in a server folder.
-pub fn server_messages(
-    s: &mut imap::Session<std::net::TcpStream>,
-    folder: &str,
-) -> Vec<(u32, String, Vec<u8>)> {
+pub fn server_messages(s: &mut imap::Session<std::net::TcpStream>, folder: &str) -> Vec<(u32, String, Vec<u8>)> {
     s.examine(folder).expect("examine");
-    let f = s
-        .uid_fetch("1:*", "(UID FLAGS BODY.PEEK[])")
-        .expect("fetch");
+    let f = s.uid_fetch("1:*", "(UID FLAGS BODY.PEEK[])").expect("fetch");
     let mut v: Vec<_> = f
         .iter()
         .map(|m| {
-            let mut fl: Vec<String> = m
-                .flags()
-                .iter()
-                .filter(|f| !matches!(f, imap::types::Flag::Recent))
-                .map(|f| f.to_string())
-                .collect();
+            let mut fl: Vec<String> =
+                m.flags().iter().filter(|f| !matches!(f, imap::types::Flag::Recent)).map(|f| f.to_string()).collect();
             fl.sort();
-            (
-                m.uid.unwrap(),
-                fl.join(" "),
-                m.body().unwrap_or_default().to_vec(),
-            )
+            (m.uid.unwrap(), fl.join(" "), m.body().unwrap_or_default().to_vec())
         })
         .collect();
     v.sort_by_key(|m| m.0);
@@ -135,10 +101,7 @@ pub fn server_messages(
 }
 
 /// The same view of the store's folder.
-pub fn store_messages(
-    store: &backproc_store::Store,
-    folder_id: i64,
-) -> Vec<(u32, String, Vec<u8>)> {
+pub fn store_messages(store: &backproc_store::Store, folder_id: i64) -> Vec<(u32, String, Vec<u8>)> {
     store
         .folder_messages(folder_id)
         .unwrap()
@@ -157,14 +120,7 @@ pub fn store_messages(
                 }
             }
             fl.sort();
-            (
-                uid as u32,
-                fl.join(" "),
-                store
-                    .message_raw(folder_id, uid)
-                    .unwrap()
-                    .unwrap_or_default(),
-            )
+            (uid as u32, fl.join(" "), store.message_raw(folder_id, uid).unwrap().unwrap_or_default())
         })
         .collect()
 }

@@ -12,9 +12,7 @@ pub struct Home {
 
 impl Home {
     pub fn new() -> Home {
-        Home {
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
+        Home { dir: tempfile::tempdir().expect("temp dir") }
     }
 
     pub fn with_config(config: &str) -> Home {
@@ -40,11 +38,7 @@ impl Home {
 
     /// Runs `backproc ARGS` to completion.
     pub fn run(&self, args: &[&str]) -> Output {
-        self.cmd()
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run backproc")
+        self.cmd().args(args).stdin(Stdio::null()).output().expect("run backproc")
     }
 
     /// Runs with `stdin` fed to the process.
@@ -58,23 +52,12 @@ impl Home {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn backproc");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("write stdin");
+        child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
         child.wait_with_output().expect("wait backproc")
     }
 
     pub fn spawn(&self, args: &[&str]) -> Child {
-        self.cmd()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn")
+        self.cmd().args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn")
     }
 
     pub fn log(&self, name: &str) -> String {

@@ -22,11 +22,7 @@ pub fn tokenize(src: &str) -> Vec<(Tok, usize)> {
     let n = b.len();
     let starts = |i: usize, s: &str| -> bool {
         let cs: Vec<char> = s.chars().collect();
-        i + cs.len() <= n
-            && b[i..i + cs.len()]
-                .iter()
-                .zip(&cs)
-                .all(|(a, c)| a.eq_ignore_ascii_case(c))
+        i + cs.len() <= n && b[i..i + cs.len()].iter().zip(&cs).all(|(a, c)| a.eq_ignore_ascii_case(c))
     };
     while i < n {
         let c = b[i];
@@ -109,10 +105,8 @@ pub fn tokenize(src: &str) -> Vec<(Tok, usize)> {
                             continue;
                         }
                         if e == 'x' {
-                            let hex: String = b[i + 2..n.min(i + 4)]
-                                .iter()
-                                .take_while(|h| h.is_ascii_hexdigit())
-                                .collect();
+                            let hex: String =
+                                b[i + 2..n.min(i + 4)].iter().take_while(|h| h.is_ascii_hexdigit()).collect();
                             if let Ok(v) = u8::from_str_radix(&hex, 16) {
                                 s.push(char::from(v));
                                 i += 2 + hex.len();
@@ -136,10 +130,7 @@ pub fn tokenize(src: &str) -> Vec<(Tok, usize)> {
             }
             let text: String = b[i..j].iter().collect();
             let clean = text.replace('_', "");
-            let v = if let Some(h) = clean
-                .strip_prefix("0x")
-                .or_else(|| clean.strip_prefix("0X"))
-            {
+            let v = if let Some(h) = clean.strip_prefix("0x").or_else(|| clean.strip_prefix("0X")) {
                 i128::from_str_radix(h, 16).ok()
             } else {
                 clean.parse::<i128>().ok()

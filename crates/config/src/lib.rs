@@ -87,10 +87,7 @@ impl Loaded {
 
 /// Reads a config file; a missing file means every default (`file_missing`).
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-    let label = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "config.inc".into());
+    let label = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "config.inc".into());
     match std::fs::read(path) {
         Ok(bytes) => parse(&bytes, &label),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Loaded {
@@ -101,11 +98,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
             lines: HashMap::new(),
         }),
         Err(e) => Err(ConfigErrors {
-            errors: vec![Diagnostic {
-                file: label,
-                line: 0,
-                message: format!("cannot read {}: {e}", path.display()),
-            }],
+            errors: vec![Diagnostic { file: label, line: 0, message: format!("cannot read {}: {e}", path.display()) }],
         }),
     }
 }
@@ -156,12 +149,8 @@ fn convert(kind: Kind, toks: &[Tok]) -> Result<Value, String> {
                 Ok(Value::Int(v as u64))
             }
         }
-        (Kind::Str, Tok::Str(s)) if !neg && !s.is_empty() && !s.contains('\0') => {
-            Ok(Value::Str(s.clone()))
-        }
-        (Kind::Time, Tok::Str(s)) if !neg => TimeOfDay::parse(s)
-            .map(Value::Time)
-            .ok_or_else(|| "is not a time".into()),
+        (Kind::Str, Tok::Str(s)) if !neg && !s.is_empty() && !s.contains('\0') => Ok(Value::Str(s.clone())),
+        (Kind::Time, Tok::Str(s)) if !neg => TimeOfDay::parse(s).map(Value::Time).ok_or_else(|| "is not a time".into()),
         (_, Tok::Ident(s)) if s.eq_ignore_ascii_case("null") => Err("is NULL".into()),
         _ => Err("has the wrong type".into()),
     }
@@ -181,9 +170,7 @@ fn distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
             }
@@ -201,19 +188,12 @@ pub fn parse(bytes: &[u8], label: &str) -> Result<Loaded, ConfigErrors> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let mut lines: HashMap<usize, usize> = HashMap::new();
-    let diag = |line: usize, message: String| Diagnostic {
-        file: label.to_owned(),
-        line,
-        message,
-    };
+    let diag = |line: usize, message: String| Diagnostic { file: label.to_owned(), line, message };
     let mut i = 0;
     while i < toks.len() {
         let (tok, line) = &toks[i];
         if let Tok::Unterminated(what) = tok {
-            errors.push(diag(
-                *line,
-                format!("unterminated {what}: the rest of the file cannot be read"),
-            ));
+            errors.push(diag(*line, format!("unterminated {what}: the rest of the file cannot be read")));
             break;
         }
         let is_define = matches!(tok, Tok::Ident(s) if s.trim_start_matches('\\').eq_ignore_ascii_case("define"))
@@ -258,10 +238,7 @@ pub fn parse(bytes: &[u8], label: &str) -> Result<Loaded, ConfigErrors> {
                 if !closed || value.is_empty() {
                     errors.push(diag(
                         line,
-                        format!(
-                            "{name}: cannot read this define(): expected define('{name}', {});",
-                            spec.default
-                        ),
+                        format!("{name}: cannot read this define(): expected define('{name}', {});", spec.default),
                     ));
                 } else {
                     match convert(spec.kind, &value) {
@@ -270,18 +247,17 @@ pub fn parse(bytes: &[u8], label: &str) -> Result<Loaded, ConfigErrors> {
                                 // PHP itself keeps the first definition and emits a notice;
                                 // here the later one wins, as administrators editing the file
                                 // bottom-up expect, and we say so.
-                                warnings.push(diag(line, format!("{name} defined again (first at line {first}); the later value wins")));
+                                warnings.push(diag(
+                                    line,
+                                    format!("{name} defined again (first at line {first}); the later value wins"),
+                                ));
                             }
                             config.set(idx, v);
                             lines.insert(idx, line);
                         }
                         Err(why) => errors.push(diag(
                             line,
-                            format!(
-                                "{name} = {} {why}: expected {}",
-                                written(&value),
-                                expected(spec.kind)
-                            ),
+                            format!("{name} = {} {why}: expected {}", written(&value), expected(spec.kind)),
                         )),
                     }
                 }
@@ -291,10 +267,7 @@ pub fn parse(bytes: &[u8], label: &str) -> Result<Loaded, ConfigErrors> {
                 if let Some(s) = specs.iter().find(|s| s.name == upper) {
                     warnings.push(diag(
                         line,
-                        format!(
-                            "unknown constant {name}, did you mean {}? (names are case-sensitive)",
-                            s.name
-                        ),
+                        format!("unknown constant {name}, did you mean {}? (names are case-sensitive)", s.name),
                     ));
                 } else if let Some(s) = specs
                     .iter()
@@ -303,10 +276,7 @@ pub fn parse(bytes: &[u8], label: &str) -> Result<Loaded, ConfigErrors> {
                     .min_by_key(|(d, _)| *d)
                     .map(|(_, s)| s)
                 {
-                    warnings.push(diag(
-                        line,
-                        format!("unknown constant {name}, did you mean {}?", s.name),
-                    ));
+                    warnings.push(diag(line, format!("unknown constant {name}, did you mean {}?", s.name)));
                 }
             }
         }
@@ -315,13 +285,7 @@ pub fn parse(bytes: &[u8], label: &str) -> Result<Loaded, ConfigErrors> {
     if !errors.is_empty() {
         return Err(ConfigErrors { errors });
     }
-    Ok(Loaded {
-        config,
-        warnings,
-        file_missing: false,
-        label: label.to_owned(),
-        lines,
-    })
+    Ok(Loaded { config, warnings, file_missing: false, label: label.to_owned(), lines })
 }
 
 #[cfg(test)]

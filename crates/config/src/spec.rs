@@ -19,11 +19,7 @@ impl TimeOfDay {
     /// `HH:MM` or `H:MM`, 00:00–23:59.
     pub fn parse(s: &str) -> Option<TimeOfDay> {
         let (h, m) = s.trim().split_once(':')?;
-        if h.is_empty()
-            || h.len() > 2
-            || m.len() != 2
-            || !h.bytes().chain(m.bytes()).all(|c| c.is_ascii_digit())
-        {
+        if h.is_empty() || h.len() > 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|c| c.is_ascii_digit()) {
             return None;
         }
         let (hour, minute) = (h.parse().ok()?, m.parse().ok()?);
@@ -86,11 +82,7 @@ impl Field for bool {
         Value::Bool(*self)
     }
     fn from_value(v: Value) -> Option<bool> {
-        if let Value::Bool(b) = v {
-            Some(b)
-        } else {
-            None
-        }
+        if let Value::Bool(b) = v { Some(b) } else { None }
     }
 }
 impl Field for u64 {
@@ -114,11 +106,7 @@ impl Field for TimeOfDay {
         Value::Time(*self)
     }
     fn from_value(v: Value) -> Option<TimeOfDay> {
-        if let Value::Time(t) = v {
-            Some(t)
-        } else {
-            None
-        }
+        if let Value::Time(t) = v { Some(t) } else { None }
     }
 }
 

@@ -18,16 +18,8 @@ fn table() -> Vec<(&'static str, &'static str, Expect)> {
     vec![
         ("empty file", "", Ok(vec![])),
         ("only the php tag", "<?php\n", Ok(vec![])),
-        (
-            "int",
-            "<?php define('BG_MAX_THREADS', 3);",
-            Ok(vec![("BG_MAX_THREADS", Value::Int(3))]),
-        ),
-        (
-            "double-quoted name",
-            "<?php define(\"BG_MAX_THREADS\", 4);",
-            Ok(vec![("BG_MAX_THREADS", Value::Int(4))]),
-        ),
+        ("int", "<?php define('BG_MAX_THREADS', 3);", Ok(vec![("BG_MAX_THREADS", Value::Int(3))])),
+        ("double-quoted name", "<?php define(\"BG_MAX_THREADS\", 4);", Ok(vec![("BG_MAX_THREADS", Value::Int(4))])),
         (
             "spaces and newlines",
             "<?php\ndefine (\n  'BG_MAX_THREADS' ,\n  5\n) ;",
@@ -56,71 +48,41 @@ fn table() -> Vec<(&'static str, &'static str, Expect)> {
         (
             "time",
             "<?php define('EMAIL_BG_LO_FOLDERS_SYNC_START', '07:30');",
-            Ok(vec![(
-                "EMAIL_BG_LO_FOLDERS_SYNC_START",
-                Value::Time(TimeOfDay {
-                    hour: 7,
-                    minute: 30,
-                }),
-            )]),
+            Ok(vec![("EMAIL_BG_LO_FOLDERS_SYNC_START", Value::Time(TimeOfDay { hour: 7, minute: 30 }))]),
         ),
         (
             "time one-digit hour",
             "<?php define('EMAIL_BG_LO_FOLDERS_SYNC_START', \"7:05\");",
-            Ok(vec![(
-                "EMAIL_BG_LO_FOLDERS_SYNC_START",
-                Value::Time(TimeOfDay { hour: 7, minute: 5 }),
-            )]),
+            Ok(vec![("EMAIL_BG_LO_FOLDERS_SYNC_START", Value::Time(TimeOfDay { hour: 7, minute: 5 }))]),
         ),
         (
             "string",
             "<?php define('BACKPROC_PID_LOCATION', 'run/pid');",
-            Ok(vec![(
-                "BACKPROC_PID_LOCATION",
-                Value::Str("run/pid".into()),
-            )]),
+            Ok(vec![("BACKPROC_PID_LOCATION", Value::Str("run/pid".into()))]),
         ),
         (
             "string with escapes",
             r#"<?php define('BACKPROC_PID_LOCATION', 'it\'s\\here');"#,
-            Ok(vec![(
-                "BACKPROC_PID_LOCATION",
-                Value::Str("it's\\here".into()),
-            )]),
+            Ok(vec![("BACKPROC_PID_LOCATION", Value::Str("it's\\here".into()))]),
         ),
         (
             "double-quoted escapes",
             r#"<?php define('BACKPROC_PID_LOCATION', "a\x41\$b\q");"#,
-            Ok(vec![(
-                "BACKPROC_PID_LOCATION",
-                Value::Str("aA$b\\q".into()),
-            )]),
+            Ok(vec![("BACKPROC_PID_LOCATION", Value::Str("aA$b\\q".into()))]),
         ),
-        (
-            "hex int",
-            "<?php define('BG_MAX_THREADS', 0x10);",
-            Ok(vec![("BG_MAX_THREADS", int(16))]),
-        ),
+        ("hex int", "<?php define('BG_MAX_THREADS', 0x10);", Ok(vec![("BG_MAX_THREADS", int(16))])),
         (
             "underscored int",
             "<?php define('BG_LOG_MAX_SIZE', 1_048_576);",
             Ok(vec![("BG_LOG_MAX_SIZE", int(1_048_576))]),
         ),
-        (
-            "third argument ignored",
-            "<?php define('BG_MAX_THREADS', 6, true);",
-            Ok(vec![("BG_MAX_THREADS", int(6))]),
-        ),
+        ("third argument ignored", "<?php define('BG_MAX_THREADS', 6, true);", Ok(vec![("BG_MAX_THREADS", int(6))])),
         (
             "line comment",
             "<?php // define('BG_MAX_THREADS', 0);\ndefine('BG_MAX_THREADS', 7);",
             Ok(vec![("BG_MAX_THREADS", int(7))]),
         ),
-        (
-            "hash comment",
-            "<?php # define('BG_MAX_THREADS', 0);\n",
-            Ok(vec![("BG_MAX_THREADS", int(14))]),
-        ),
+        ("hash comment", "<?php # define('BG_MAX_THREADS', 0);\n", Ok(vec![("BG_MAX_THREADS", int(14))])),
         (
             "block comment",
             "<?php /* define('BG_MAX_THREADS', 0);\n define('X', 1); */ define('BG_MAX_THREADS', 8);",
@@ -129,10 +91,7 @@ fn table() -> Vec<(&'static str, &'static str, Expect)> {
         (
             "comment marker inside a string",
             "<?php define('BACKPROC_PID_LOCATION', 'a//b#c/*d');",
-            Ok(vec![(
-                "BACKPROC_PID_LOCATION",
-                Value::Str("a//b#c/*d".into()),
-            )]),
+            Ok(vec![("BACKPROC_PID_LOCATION", Value::Str("a//b#c/*d".into()))]),
         ),
         (
             "close tag then html",
@@ -149,29 +108,14 @@ fn table() -> Vec<(&'static str, &'static str, Expect)> {
             "<?php define('APP_DIR', __DIR__ . '/x'); define('LIST', [1, 2]); define('BG_MAX_THREADS', 11);",
             Ok(vec![("BG_MAX_THREADS", int(11))]),
         ),
-        (
-            "crlf",
-            "<?php\r\ndefine('BG_MAX_THREADS', 12);\r\n",
-            Ok(vec![("BG_MAX_THREADS", int(12))]),
-        ),
-        (
-            "max bound",
-            "<?php define('BG_MAX_THREADS', 256);",
-            Ok(vec![("BG_MAX_THREADS", int(256))]),
-        ),
-        (
-            "zero grace allowed",
-            "<?php define('BG_SHUTDOWN_GRACE', 0);",
-            Ok(vec![("BG_SHUTDOWN_GRACE", int(0))]),
-        ),
+        ("crlf", "<?php\r\ndefine('BG_MAX_THREADS', 12);\r\n", Ok(vec![("BG_MAX_THREADS", int(12))])),
+        ("max bound", "<?php define('BG_MAX_THREADS', 256);", Ok(vec![("BG_MAX_THREADS", int(256))])),
+        ("zero grace allowed", "<?php define('BG_SHUTDOWN_GRACE', 0);", Ok(vec![("BG_SHUTDOWN_GRACE", int(0))])),
         // invalid ones: line and constant in the message
         (
             "zero threads",
             "<?php\ndefine('BG_MAX_THREADS', 0);",
-            Err(&[(
-                2,
-                "BG_MAX_THREADS = 0 is out of range: expected an integer from 1 to 256",
-            )]),
+            Err(&[(2, "BG_MAX_THREADS = 0 is out of range: expected an integer from 1 to 256")]),
         ),
         (
             "too many threads",
@@ -181,18 +125,12 @@ fn table() -> Vec<(&'static str, &'static str, Expect)> {
         (
             "negative interval",
             "<?php define('EMAIL_BG_HI_FOLDERS_RECENT_SYNC_INTERVAL', -5);",
-            Err(&[(
-                1,
-                "EMAIL_BG_HI_FOLDERS_RECENT_SYNC_INTERVAL = - 5 is out of range",
-            )]),
+            Err(&[(1, "EMAIL_BG_HI_FOLDERS_RECENT_SYNC_INTERVAL = - 5 is out of range")]),
         ),
         (
             "time out of range",
             "<?php\ndefine('EMAIL_BG_LO_FOLDERS_SYNC_START', '25:61');",
-            Err(&[(
-                2,
-                "EMAIL_BG_LO_FOLDERS_SYNC_START = '25:61' is not a time: expected 'HH:MM'",
-            )]),
+            Err(&[(2, "EMAIL_BG_LO_FOLDERS_SYNC_START = '25:61' is not a time: expected 'HH:MM'")]),
         ),
         (
             "time garbage",
@@ -207,10 +145,7 @@ fn table() -> Vec<(&'static str, &'static str, Expect)> {
         (
             "string for int",
             "<?php define('BG_MAX_THREADS', 'abc');",
-            Err(&[(
-                1,
-                "BG_MAX_THREADS = 'abc' has the wrong type: expected an integer",
-            )]),
+            Err(&[(1, "BG_MAX_THREADS = 'abc' has the wrong type: expected an integer")]),
         ),
         (
             "float for int",
@@ -220,21 +155,14 @@ fn table() -> Vec<(&'static str, &'static str, Expect)> {
         (
             "yes for bool",
             "<?php define('EMAIL_OUTBOX_ENABLED', 'yes');",
-            Err(&[(
-                1,
-                "EMAIL_OUTBOX_ENABLED = 'yes' has the wrong type: expected TRUE or FALSE",
-            )]),
+            Err(&[(1, "EMAIL_OUTBOX_ENABLED = 'yes' has the wrong type: expected TRUE or FALSE")]),
         ),
         (
             "2 for bool",
             "<?php define('EMAIL_OUTBOX_ENABLED', 2);",
             Err(&[(1, "EMAIL_OUTBOX_ENABLED = 2 has the wrong type")]),
         ),
-        (
-            "null",
-            "<?php define('BG_MAX_THREADS', NULL);",
-            Err(&[(1, "BG_MAX_THREADS = NULL is NULL")]),
-        ),
+        ("null", "<?php define('BG_MAX_THREADS', NULL);", Err(&[(1, "BG_MAX_THREADS = NULL is NULL")])),
         (
             "expression for ours",
             "<?php define('BG_MAX_THREADS', 2 * 3);",
@@ -243,10 +171,7 @@ fn table() -> Vec<(&'static str, &'static str, Expect)> {
         (
             "empty string",
             "<?php define('BACKPROC_PID_LOCATION', '');",
-            Err(&[(
-                1,
-                "BACKPROC_PID_LOCATION = '' has the wrong type: expected a non-empty 'string'",
-            )]),
+            Err(&[(1, "BACKPROC_PID_LOCATION = '' has the wrong type: expected a non-empty 'string'")]),
         ),
         (
             "unterminated define",
@@ -256,24 +181,13 @@ fn table() -> Vec<(&'static str, &'static str, Expect)> {
         (
             "unterminated string",
             "<?php\n\ndefine('BG_MAX_THREADS', 'x);\n",
-            Err(&[
-                (3, "BG_MAX_THREADS: cannot read this define()"),
-                (3, "unterminated string"),
-            ]),
+            Err(&[(3, "BG_MAX_THREADS: cannot read this define()"), (3, "unterminated string")]),
         ),
-        (
-            "unterminated comment",
-            "<?php /* \n\n",
-            Err(&[(1, "unterminated comment")]),
-        ),
+        ("unterminated comment", "<?php /* \n\n", Err(&[(1, "unterminated comment")])),
         (
             "every error is reported",
             "<?php\ndefine('BG_MAX_THREADS', 0);\ndefine('BG_TICK_INTERVAL', 301);\ndefine('EMAIL_OUTBOX_ENABLED', 'no');",
-            Err(&[
-                (2, "BG_MAX_THREADS"),
-                (3, "BG_TICK_INTERVAL = 301"),
-                (4, "EMAIL_OUTBOX_ENABLED"),
-            ]),
+            Err(&[(2, "BG_MAX_THREADS"), (3, "BG_TICK_INTERVAL = 301"), (4, "EMAIL_OUTBOX_ENABLED")]),
         ),
     ]
 }
@@ -297,10 +211,7 @@ fn table_of_inputs() {
                 for ((line, text), d) in want.iter().zip(&errs.errors) {
                     assert_eq!(d.line, *line, "{name}: {d}");
                     let shown = d.to_string();
-                    assert!(
-                        shown.starts_with(&format!("config.inc:{line}: ")),
-                        "{name}: {shown}"
-                    );
+                    assert!(shown.starts_with(&format!("config.inc:{line}: ")), "{name}: {shown}");
                     assert!(shown.contains(text), "{name}: {shown:?} lacks {text:?}");
                 }
             }
@@ -316,28 +227,15 @@ fn sources_say_default_or_the_line() {
     let e = l.entries();
     assert_eq!(e.len(), specs().len());
     let t = e.iter().find(|e| e.name == "BG_MAX_THREADS").unwrap();
-    assert_eq!(
-        (t.value.to_string(), t.source.as_str()),
-        ("3".into(), "config.inc:3")
-    );
-    let d = e
-        .iter()
-        .find(|e| e.name == "EMAIL_BG_LO_FOLDERS_SYNC_START")
-        .unwrap();
-    assert_eq!(
-        (d.value.to_string(), d.source.as_str()),
-        ("'20:00'".into(), "default")
-    );
+    assert_eq!((t.value.to_string(), t.source.as_str()), ("3".into(), "config.inc:3"));
+    let d = e.iter().find(|e| e.name == "EMAIL_BG_LO_FOLDERS_SYNC_START").unwrap();
+    assert_eq!((d.value.to_string(), d.source.as_str()), ("'20:00'".into(), "default"));
     assert_eq!(l.config.bg_max_threads, 3);
 }
 
 #[test]
 fn duplicates_warn_and_the_later_wins() {
-    let l = parse(
-        b"<?php\ndefine('BG_MAX_THREADS', 3);\ndefine('BG_MAX_THREADS', 4);",
-        "config.inc",
-    )
-    .unwrap();
+    let l = parse(b"<?php\ndefine('BG_MAX_THREADS', 3);\ndefine('BG_MAX_THREADS', 4);", "config.inc").unwrap();
     assert_eq!(l.config.bg_max_threads, 4);
     assert_eq!(l.warnings.len(), 1);
     assert_eq!(
@@ -355,11 +253,7 @@ fn misspellings_warn_with_the_intended_name() {
     .unwrap();
     let w: Vec<String> = l.warnings.iter().map(|w| w.to_string()).collect();
     assert_eq!(w.len(), 3, "{w:?}");
-    assert!(
-        w[0].starts_with(
-            "config.inc:2: unknown constant BG_MAX_THREAD, did you mean BG_MAX_THREADS?"
-        )
-    );
+    assert!(w[0].starts_with("config.inc:2: unknown constant BG_MAX_THREAD, did you mean BG_MAX_THREADS?"));
     assert!(w[1].contains("bg_max_threads, did you mean BG_MAX_THREADS?"));
     assert!(w[2].contains("EMAIL_OUTBOX_ENABLD, did you mean EMAIL_OUTBOX_ENABLED?"));
     assert_eq!(l.config.bg_max_threads, 14);
@@ -408,19 +302,8 @@ define('ITEMS_PER_PAGE', 50);
     assert!(l.warnings.is_empty(), "{:?}", l.warnings);
     assert!(l.config.email_outbox_enabled && l.config.email_background_sync_enabled);
     assert_eq!(l.config.bg_max_threads, 4);
-    assert_eq!(
-        l.config.email_bg_lo_folders_sync_start,
-        TimeOfDay {
-            hour: 21,
-            minute: 30
-        }
-    );
-    let src = l
-        .entries()
-        .into_iter()
-        .find(|e| e.name == "BG_MAX_THREADS")
-        .unwrap()
-        .source;
+    assert_eq!(l.config.email_bg_lo_folders_sync_start, TimeOfDay { hour: 21, minute: 30 });
+    let src = l.entries().into_iter().find(|e| e.name == "BG_MAX_THREADS").unwrap().source;
     assert_eq!(src, "config.inc:20");
 }
 
@@ -455,11 +338,7 @@ fn a_missing_file_means_defaults() {
 
 #[test]
 fn the_example_file_documents_every_constant_with_its_default() {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../config.inc.example"
-    ))
-    .unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config.inc.example")).unwrap();
     // uncommented, the example must parse to exactly the defaults
     let uncommented = text.replace("// define(", "define(");
     let l = parse(uncommented.as_bytes(), "config.inc.example").unwrap();
@@ -477,8 +356,5 @@ fn the_example_file_documents_every_constant_with_its_default() {
 fn values_render_as_php() {
     assert_eq!(Value::Bool(true).to_string(), "TRUE");
     assert_eq!(Value::Str("it's".into()).to_string(), "'it\\'s'");
-    assert_eq!(
-        Value::Time(TimeOfDay { hour: 7, minute: 5 }).to_string(),
-        "'07:05'"
-    );
+    assert_eq!(Value::Time(TimeOfDay { hour: 7, minute: 5 }).to_string(), "'07:05'");
 }

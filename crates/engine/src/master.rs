@@ -53,40 +53,19 @@ pub fn run(
         let shared = shared.clone();
         let store_path = opts.store_path.clone();
         let data_dir = opts.data_dir.clone();
-        Arc::new(move |idx| {
-            Box::new(JobRunner::new(
-                idx,
-                store_path.clone(),
-                data_dir.clone(),
-                shared.clone(),
-                clock,
-            ))
-        })
+        Arc::new(move |idx| Box::new(JobRunner::new(idx, store_path.clone(), data_dir.clone(), shared.clone(), clock)))
     };
-    let mut pool = Pool::new(
-        config.bg_max_threads as usize,
-        config.bg_max_tasks_per_thread as usize,
-        outcome_tx,
-        factory,
-    );
+    let mut pool =
+        Pool::new(config.bg_max_threads as usize, config.bg_max_tasks_per_thread as usize, outcome_tx, factory);
     let mut scheduler = Scheduler::new(clock);
     for secs in &opts.sleep_tasks {
-        scheduler.push_extra(Task {
-            job: Job::Sleep,
-            account: None,
-            folder: None,
-            arg: *secs,
-        });
+        scheduler.push_extra(Task { job: Job::Sleep, account: None, folder: None, arg: *secs });
     }
     let mut config = config;
     let mut in_flight: HashMap<Task, usize> = HashMap::new();
     let mut tick_every = Duration::from_secs(config.bg_tick_interval);
     let mut next_tick = Instant::now();
-    log::info!(
-        "master started (pid {}, up to {} workers)",
-        std::process::id(),
-        config.bg_max_threads
-    );
+    log::info!("master started (pid {}, up to {} workers)", std::process::id(), config.bg_max_threads);
 
     loop {
         let timeout = next_tick.saturating_duration_since(Instant::now());
@@ -97,10 +76,7 @@ pub fn run(
         };
         match event {
             Event::Shutdown => {
-                log::info!(
-                    "stopping: no new work, waiting up to {}s for running tasks",
-                    config.bg_shutdown_grace
-                );
+                log::info!("stopping: no new work, waiting up to {}s for running tasks", config.bg_shutdown_grace);
                 break;
             }
             Event::Outcome(o) => {
@@ -115,10 +91,7 @@ pub fn run(
                 next_tick = Instant::now() + tick_every;
                 if let Some(new) = reload() {
                     log::info!("config.inc changed: new settings applied");
-                    pool.set_limits(
-                        new.bg_max_threads as usize,
-                        new.bg_max_tasks_per_thread as usize,
-                    );
+                    pool.set_limits(new.bg_max_threads as usize, new.bg_max_tasks_per_thread as usize);
                     tick_every = Duration::from_secs(new.bg_tick_interval);
                     *shared.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new.clone());
                     config = new;

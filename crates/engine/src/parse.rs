@@ -28,36 +28,19 @@ fn addresses(a: Option<&Address<'_>>) -> Option<String> {
         (None, None) => String::new(),
     };
     let parts: Vec<String> = match a {
-        Address::List(list) => list
-            .iter()
-            .map(|x| one(x.name.as_deref(), x.address.as_deref()))
-            .collect(),
+        Address::List(list) => list.iter().map(|x| one(x.name.as_deref(), x.address.as_deref())).collect(),
         Address::Group(groups) => groups
             .iter()
-            .flat_map(|g| {
-                g.addresses
-                    .iter()
-                    .map(|x| one(x.name.as_deref(), x.address.as_deref()))
-            })
+            .flat_map(|g| g.addresses.iter().map(|x| one(x.name.as_deref(), x.address.as_deref())))
             .collect(),
     };
-    let s = parts
-        .into_iter()
-        .filter(|p| !p.is_empty())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let s = parts.into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join(", ");
     (!s.is_empty()).then(|| clip(&s))
 }
 
 /// Parses what we index of a message; the raw bytes are kept unchanged.
 pub fn message(uid: i64, raw: Vec<u8>, flags: MsgFlags, internal_date: Option<i64>) -> NewMessage {
-    let mut m = NewMessage {
-        uid,
-        raw,
-        flags,
-        internal_date,
-        ..NewMessage::default()
-    };
+    let mut m = NewMessage { uid, raw, flags, internal_date, ..NewMessage::default() };
     if let Some(p) = MessageParser::default().parse(&m.raw[..]) {
         m.message_id = p.message_id().map(clip);
         m.subject = p.subject().map(clip);
@@ -72,9 +55,7 @@ pub fn message(uid: i64, raw: Vec<u8>, flags: MsgFlags, internal_date: Option<i6
 
 /// The Message-ID of a header block, for re-matching after a UIDVALIDITY change.
 pub fn message_id(header: &[u8]) -> Option<String> {
-    MessageParser::default()
-        .parse_headers(header)
-        .and_then(|p| p.message_id().map(clip))
+    MessageParser::default().parse_headers(header).and_then(|p| p.message_id().map(clip))
 }
 
 #[cfg(test)]

@@ -52,12 +52,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(
-        max: usize,
-        capacity: usize,
-        outcomes: Sender<Outcome>,
-        factory: RunnerFactory,
-    ) -> Pool {
+    pub fn new(max: usize, capacity: usize, outcomes: Sender<Outcome>, factory: RunnerFactory) -> Pool {
         Pool {
             workers: Vec::new(),
             max: max.max(1),
@@ -83,10 +78,7 @@ impl Pool {
     /// The worker index for an affinity key: sticky once chosen.
     pub fn worker_for(&mut self, key: u64) -> usize {
         let max = self.max;
-        *self
-            .affinity
-            .entry(key)
-            .or_insert_with(|| (key % max as u64) as usize)
+        *self.affinity.entry(key).or_insert_with(|| (key % max as u64) as usize)
     }
 
     pub fn offer(&mut self, task: Task) -> Offer {
@@ -98,11 +90,7 @@ impl Pool {
             self.workers[idx] = Some(self.spawn(idx));
         }
         let w = self.workers[idx].as_ref().expect("spawned above");
-        let lane = if task.job.urgent() {
-            &w.urgent
-        } else {
-            &w.bulk
-        };
+        let lane = if task.job.urgent() { &w.urgent } else { &w.bulk };
         match lane.try_send(task) {
             Ok(()) => Offer::Queued { worker: idx },
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Offer::Full,
@@ -128,12 +116,7 @@ impl Pool {
             .spawn(move || ctx.run(factory))
             .expect("cannot spawn a worker thread");
         log::debug!("started worker t{}", idx + 1);
-        Worker {
-            urgent: urgent_tx,
-            bulk: bulk_tx,
-            alive,
-            join: Some(join),
-        }
+        Worker { urgent: urgent_tx, bulk: bulk_tx, alive, join: Some(join) }
     }
 
     /// Replaces workers whose thread died; returns their indexes (their queued and running
@@ -142,10 +125,7 @@ impl Pool {
     pub fn reap(&mut self) -> Vec<usize> {
         let mut dead = Vec::new();
         for (i, slot) in self.workers.iter_mut().enumerate() {
-            if slot
-                .as_ref()
-                .is_some_and(|w| !w.alive.load(Ordering::SeqCst))
-            {
+            if slot.as_ref().is_some_and(|w| !w.alive.load(Ordering::SeqCst)) {
                 log::error!(target: "threading", "worker t{} died; replacing it", i + 1);
                 *slot = None;
                 dead.push(i);
@@ -169,11 +149,7 @@ impl Pool {
     /// Waits until every worker has exited or `deadline` passes; returns whether all exited.
     pub fn join(&mut self, deadline: Instant) -> bool {
         loop {
-            let all = self
-                .workers
-                .iter()
-                .flatten()
-                .all(|w| w.join.as_ref().is_none_or(|j| j.is_finished()));
+            let all = self.workers.iter().flatten().all(|w| w.join.as_ref().is_none_or(|j| j.is_finished()));
             if all {
                 for w in self.workers.iter_mut().flatten() {
                     if let Some(j) = w.join.take() {
@@ -238,24 +214,13 @@ impl WorkerLoop {
                         .or_else(|| payload.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "non-string panic payload".into());
                     log::error!(target: "threading", "task {task} panicked: {msg}");
-                    Err(Failure::new(
-                        FailureKind::Panic,
-                        format!("task panicked: {msg}"),
-                    ))
+                    Err(Failure::new(FailureKind::Panic, format!("task panicked: {msg}")))
                 }
             };
             // Clear any account/folder context a job left behind.
             log_mdc::remove("account");
             log_mdc::remove("folder");
-            if self
-                .outcomes
-                .send(Outcome {
-                    task,
-                    worker: self.idx,
-                    result,
-                })
-                .is_err()
-            {
+            if self.outcomes.send(Outcome { task, worker: self.idx, result }).is_err() {
                 break;
             }
         }
@@ -410,7 +375,8 @@ mod tests {
             p.offer(task(1, f, 0));
         }
         p.offer(Task { job: Job::Receive, account: Some(1), folder: Some(99), arg: 0 });
-        let order: Vec<Option<i64>> = (0..7).map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap().task.folder).collect();
+        let order: Vec<Option<i64>> =
+            (0..7).map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap().task.folder).collect();
         assert_eq!(order[0], Some(0));
         assert_eq!(order[1], Some(99), "{order:?}");
     }

@@ -24,22 +24,8 @@ pub struct JobRunner {
 }
 
 impl JobRunner {
-    pub fn new(
-        idx: usize,
-        store_path: PathBuf,
-        data_dir: PathBuf,
-        config: SharedConfig,
-        clock: Clock,
-    ) -> JobRunner {
-        JobRunner {
-            idx,
-            store_path,
-            data_dir,
-            config,
-            clock,
-            store: None,
-            sessions: Sessions::new(),
-        }
+    pub fn new(idx: usize, store_path: PathBuf, data_dir: PathBuf, config: SharedConfig, clock: Clock) -> JobRunner {
+        JobRunner { idx, store_path, data_dir, config, clock, store: None, sessions: Sessions::new() }
     }
 
     fn store(&mut self) -> Result<&mut Store, Failure> {
@@ -61,6 +47,9 @@ fn execute(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
         Job::SyncFull => jobs::sync::sync_folder(ctx, task, true),
         Job::Receive => jobs::receive::receive(ctx, task, Lane::Primary),
         Job::ReceiveSecondary => jobs::receive::receive(ctx, task, Lane::Secondary),
+        Job::SyncDelete => jobs::delete::sync_delete(ctx, task),
+        Job::PurgeDeleted => jobs::delete::purge_deleted(ctx, task),
+        Job::CleanMailboxes => jobs::delete::clean_mailboxes(ctx, task),
         Job::InternalClean => jobs::maintenance::internal_clean(ctx, task),
         Job::PruneHistory => jobs::maintenance::prune_history(ctx, task),
         Job::Send => jobs::send::send(ctx, task, false),
@@ -74,31 +63,20 @@ fn execute(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
             log::info!("sleep task finished");
             Ok(Report::default())
         }
-        other => Err(Failure::new(
-            FailureKind::Other,
-            format!("{} is not available in this version", other.name()),
-        )),
+        other => Err(Failure::new(FailureKind::Other, format!("{} is not available in this version", other.name()))),
     }
 }
 
 impl Runner for JobRunner {
     fn run(&mut self, task: &Task) -> Result<Report, Failure> {
-        let config = self
-            .config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let config = self.config.read().unwrap_or_else(|e| e.into_inner()).clone();
         let _scope = crate::logctx::scope(task.account, task.folder);
         let thread = self.thread_name();
         let clock = self.clock;
         let idx = self.idx;
         let started = Instant::now();
         let store = self.store()?;
-        let history = |store: &mut Store,
-                       status: &str,
-                       detail: Option<&str>,
-                       count: Option<i64>,
-                       ms: Option<i64>| {
+        let history = |store: &mut Store, status: &str, detail: Option<&str>, count: Option<i64>, ms: Option<i64>| {
             let h = NewHistory {
                 process: task.job.name(),
                 status,
@@ -124,13 +102,7 @@ impl Runner for JobRunner {
             since: Some(clock.now()),
         });
         let store = self.store.as_mut().expect("opened above");
-        let mut ctx = Ctx {
-            store: &mut *store,
-            config: &config,
-            clock,
-            sessions: &mut self.sessions,
-            thread: idx,
-        };
+        let mut ctx = Ctx { store: &mut *store, config: &config, clock, sessions: &mut self.sessions, thread: idx };
         let result = execute(&mut ctx, task);
         let ms = started.elapsed().as_millis() as i64;
         match &result {
@@ -150,11 +122,7 @@ impl Runner for JobRunner {
     }
 
     fn idle(&mut self) {
-        let idle = self
-            .config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .bg_session_idle_timeout;
+        let idle = self.config.read().unwrap_or_else(|e| e.into_inner()).bg_session_idle_timeout;
         self.sessions.close_idle(Duration::from_secs(idle));
     }
 }

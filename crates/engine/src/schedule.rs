@@ -46,8 +46,7 @@ pub fn daily_start<Tz: TimeZone>(tz: &Tz, now: i64, at: TimeOfDay) -> i64 {
     let Some(now_local) = tz.timestamp_opt(now, 0).single() else {
         return now;
     };
-    let time = NaiveTime::from_hms_opt(u32::from(at.hour), u32::from(at.minute), 0)
-        .unwrap_or(NaiveTime::MIN);
+    let time = NaiveTime::from_hms_opt(u32::from(at.hour), u32::from(at.minute), 0).unwrap_or(NaiveTime::MIN);
     let at_day = |date: chrono::NaiveDate| -> i64 {
         let mut naive = date.and_time(time);
         for _ in 0..180 {
@@ -60,14 +59,7 @@ pub fn daily_start<Tz: TimeZone>(tz: &Tz, now: i64, at: TimeOfDay) -> i64 {
     };
     let today = now_local.date_naive();
     let start = at_day(today);
-    if start <= now {
-        start
-    } else {
-        today
-            .checked_sub_days(Days::new(1))
-            .map(at_day)
-            .unwrap_or(start)
-    }
+    if start <= now { start } else { today.checked_sub_days(Days::new(1)).map(at_day).unwrap_or(start) }
 }
 
 /// Whether a folder is due for a sync, and which.
@@ -88,11 +80,7 @@ pub fn folder_due(f: &SchedFolder, now: i64, iv: &Intervals, low_start: i64) -> 
             return (f.last_full_sync.is_some_and(|t| t < low_start)).then_some(SyncDue::Full);
         }
     }
-    let (recent_iv, full_iv) = if f.logged_in {
-        (iv.recent, iv.full)
-    } else {
-        (iv.recent_nl, iv.full_nl)
-    };
+    let (recent_iv, full_iv) = if f.logged_in { (iv.recent, iv.full) } else { (iv.recent_nl, iv.full_nl) };
     let last_full = f.last_full_sync.unwrap_or(i64::MIN / 2);
     let last_recent = f.last_recent_sync.unwrap_or(i64::MIN / 2).max(last_full);
     if now - last_full >= full_iv {
@@ -107,7 +95,12 @@ pub fn folder_due(f: &SchedFolder, now: i64, iv: &Intervals, low_start: i64) -> 
 /// Keeps at most `per_host` tasks queued or running per server host, so that many accounts on
 /// one server (which caps connections per user and per IP) share it instead of being refused.
 /// Tasks over the budget stay due and are offered again at the next tick.
-pub fn budget(due: Vec<Task>, in_flight: &HashMap<Task, usize>, hosts: &HashMap<i64, String>, per_host: usize) -> Vec<Task> {
+pub fn budget(
+    due: Vec<Task>,
+    in_flight: &HashMap<Task, usize>,
+    hosts: &HashMap<i64, String>,
+    per_host: usize,
+) -> Vec<Task> {
     let mut busy: HashMap<&str, usize> = HashMap::new();
     let mut accounts_busy: BTreeSet<i64> = BTreeSet::new();
     for t in in_flight.keys() {
@@ -147,6 +140,8 @@ pub struct Scheduler {
     last_interval: HashMap<&'static str, i64>,
     /// The IMAP host of each account (refreshed every tick), for the per-host budget.
     hosts: HashMap<i64, String>,
+    /// Last Sync Delete of each folder in this master's life.
+    last_delete: HashMap<i64, i64>,
 }
 
 impl Scheduler {
@@ -157,6 +152,7 @@ impl Scheduler {
             listed: HashMap::new(),
             last_interval: HashMap::new(),
             hosts: HashMap::new(),
+            last_delete: HashMap::new(),
         }
     }
 
@@ -202,56 +198,51 @@ impl Scheduler {
                     }
                 }
             }
-            for f in folders
-                .iter()
-                .filter(|f| f.account_ready && f.folder_id.is_some())
-            {
+            for f in folders.iter().filter(|f| f.account_ready && f.folder_id.is_some()) {
                 let folder = f.folder_id;
                 match folder_due(f, now, &iv, low_start) {
-                    Some(SyncDue::Full) => {
-                        due.push(Task::new(Job::SyncFull, Some(f.account_id), folder))
-                    }
-                    Some(SyncDue::Recent) => {
-                        due.push(Task::new(Job::SyncRecent, Some(f.account_id), folder))
-                    }
+                    Some(SyncDue::Full) => due.push(Task::new(Job::SyncFull, Some(f.account_id), folder)),
+                    Some(SyncDue::Recent) => due.push(Task::new(Job::SyncRecent, Some(f.account_id), folder)),
                     None => {}
                 }
             }
-            let ready: BTreeSet<i64> = folders
-                .iter()
-                .filter(|f| f.account_ready)
-                .map(|f| f.account_id)
-                .collect();
+            let ready: BTreeSet<i64> = folders.iter().filter(|f| f.account_ready).map(|f| f.account_id).collect();
             for (account, folder) in store.folders_with_due_receive(Lane::Primary, now)? {
                 if ready.contains(&account) {
                     due.push(Task::new(Job::Receive, Some(account), Some(folder)));
                 }
             }
-            if self.interval_due(
-                store,
-                "receive_secondary",
-                config.email_bg_secondary_interval as i64,
-                now,
-            ) {
+            let every = config.email_bg_sync_delete_interval as i64;
+            for f in folders.iter().filter(|f| f.account_ready && f.priority != "off" && f.last_full_sync.is_some()) {
+                let Some(folder) = f.folder_id else { continue };
+                if self.last_delete.get(&folder).is_none_or(|t| now - t >= every) {
+                    self.last_delete.insert(folder, now);
+                    due.push(Task::new(Job::SyncDelete, Some(f.account_id), Some(folder)));
+                }
+            }
+            if self.interval_due(store, "clean_mailboxes", config.email_bg_clean_mailboxes_interval as i64, now) {
+                self.last_interval.insert("clean_mailboxes", now);
+                store.set_job_last_run("clean_mailboxes", now)?;
+                for (account, _) in store.accounts_with_retention()? {
+                    if ready.contains(&account) {
+                        due.push(Task::new(Job::CleanMailboxes, Some(account), None));
+                    }
+                }
+            }
+            if self.interval_due(store, Job::PurgeDeleted.key(), config.email_bg_purge_deleted_interval as i64, now) {
+                due.push(Task::new(Job::PurgeDeleted, None, None));
+            }
+            if self.interval_due(store, "receive_secondary", config.email_bg_secondary_interval as i64, now) {
                 for (account, folder) in store.folders_with_due_receive(Lane::Secondary, now)? {
                     if ready.contains(&account) {
-                        due.push(Task::new(
-                            Job::ReceiveSecondary,
-                            Some(account),
-                            Some(folder),
-                        ));
+                        due.push(Task::new(Job::ReceiveSecondary, Some(account), Some(folder)));
                     }
                 }
                 self.last_interval.insert("receive_secondary", now);
             }
         }
         if config.email_outbox_enabled
-            && self.interval_due(
-                store,
-                "send_poll",
-                config.email_bg_send_poll_interval as i64,
-                now,
-            )
+            && self.interval_due(store, "send_poll", config.email_bg_send_poll_interval as i64, now)
         {
             self.last_interval.insert("send_poll", now);
             for id in store.outbox_expire_leases(now)? {
@@ -259,18 +250,12 @@ impl Scheduler {
                     "outbox entry {id} was still PROCESSING past its lease: delivery outcome unknown, marked ERROR"
                 );
             }
-            let mut accounts: BTreeSet<i64> =
-                store.outbox_due_accounts(now, false)?.into_iter().collect();
+            let mut accounts: BTreeSet<i64> = store.outbox_due_accounts(now, false)?.into_iter().collect();
             accounts.extend(store.outbox_append_accounts()?);
             for a in accounts {
                 due.push(Task::new(Job::Send, Some(a), None));
             }
-            if self.interval_due(
-                store,
-                "send_secondary",
-                config.email_bg_secondary_interval as i64,
-                now,
-            ) {
+            if self.interval_due(store, "send_secondary", config.email_bg_secondary_interval as i64, now) {
                 self.last_interval.insert("send_secondary", now);
                 for a in store.outbox_due_accounts(now, true)? {
                     due.push(Task::new(Job::SendSecondary, Some(a), None));
@@ -278,10 +263,7 @@ impl Scheduler {
             }
         }
         // Housekeeping on its own intervals, whatever else is enabled.
-        for (job, every) in [
-            (Job::InternalClean, config.internal_msg_clean_interval),
-            (Job::PruneHistory, 86_400),
-        ] {
+        for (job, every) in [(Job::InternalClean, config.internal_msg_clean_interval), (Job::PruneHistory, 86_400)] {
             if self.interval_due(store, job.key(), every as i64, now) {
                 due.push(Task::new(job, None, None));
             }

@@ -24,25 +24,14 @@ pub fn run_password_command(cmd: &str) -> Result<String, Failure> {
         .arg(cmd)
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| {
-            Failure::new(
-                FailureKind::Auth,
-                format!("cannot run the password command: {e}"),
-            )
-        })?;
+        .map_err(|e| Failure::new(FailureKind::Auth, format!("cannot run the password command: {e}")))?;
     if !out.status.success() {
-        return Err(Failure::new(
-            FailureKind::Auth,
-            format!("the password command failed ({})", out.status),
-        ));
+        return Err(Failure::new(FailureKind::Auth, format!("the password command failed ({})", out.status)));
     }
     let s = String::from_utf8_lossy(&out.stdout);
     let pw = s.lines().next().unwrap_or("").to_owned();
     if pw.is_empty() {
-        return Err(Failure::new(
-            FailureKind::Auth,
-            "the password command printed nothing",
-        ));
+        return Err(Failure::new(FailureKind::Auth, "the password command printed nothing"));
     }
     Ok(pw)
 }
@@ -52,16 +41,13 @@ pub fn imap_params(a: &Account, timeout: Duration) -> Result<ConnectParams, Fail
         (Some(cmd), _) => run_password_command(cmd)?,
         (None, Some(p)) => p.clone(),
         (None, None) => {
-            return Err(Failure::new(
-                FailureKind::Auth,
-                "the account has no password",
-            ));
+            return Err(Failure::new(FailureKind::Auth, "the account has no password"));
         }
     };
     let ca_pem = match &a.tls_ca_file {
-        Some(f) => Some(std::fs::read(f).map_err(|e| {
-            Failure::new(FailureKind::Tls, format!("cannot read CA file {f}: {e}"))
-        })?),
+        Some(f) => Some(
+            std::fs::read(f).map_err(|e| Failure::new(FailureKind::Tls, format!("cannot read CA file {f}: {e}")))?,
+        ),
         None => None,
     };
     Ok(ConnectParams {
@@ -92,30 +78,19 @@ pub fn failure_from_imap(e: backproc_imap::Error) -> Failure {
 
 impl Sessions {
     pub fn new() -> Sessions {
-        Sessions {
-            open: HashMap::new(),
-        }
+        Sessions { open: HashMap::new() }
     }
 
     /// The account's session, connecting (and recording the account's health) if needed.
-    pub fn get(
-        &mut self,
-        store: &mut Store,
-        config: &Config,
-        account: i64,
-        now: i64,
-    ) -> Result<&mut Session, Failure> {
+    pub fn get(&mut self, store: &mut Store, config: &Config, account: i64, now: i64) -> Result<&mut Session, Failure> {
         if !self.open.contains_key(&account) {
             let a = store.account(account)?;
-            let connected = imap_params(&a, Duration::from_secs(60))
-                .and_then(|p| Session::connect(&p).map_err(failure_from_imap));
+            let connected =
+                imap_params(&a, Duration::from_secs(60)).and_then(|p| Session::connect(&p).map_err(failure_from_imap));
             match connected {
                 Ok(s) => {
                     if a.failures > 0 {
-                        log::info!(
-                            "account {account} is reachable again after {} failure(s)",
-                            a.failures
-                        );
+                        log::info!("account {account} is reachable again after {} failure(s)", a.failures);
                     }
                     store.record_account_success(account, now)?;
                     self.open.insert(account, (s, Instant::now()));
@@ -138,12 +113,7 @@ impl Sessions {
 
     /// Logs out of sessions unused for `idle`.
     pub fn close_idle(&mut self, idle: Duration) {
-        let stale: Vec<i64> = self
-            .open
-            .iter()
-            .filter(|(_, (_, t))| t.elapsed() >= idle)
-            .map(|(k, _)| *k)
-            .collect();
+        let stale: Vec<i64> = self.open.iter().filter(|(_, (_, t))| t.elapsed() >= idle).map(|(k, _)| *k).collect();
         for k in stale {
             if let Some((s, _)) = self.open.remove(&k) {
                 log::debug!("closing idle session of account {k}");
@@ -162,27 +132,15 @@ impl Sessions {
 /// Records an account-level failure and when to try again: after a refused login wait
 /// EMAIL_AUTH_ERROR_CHECK_RETRY_TIME (retrying a wrong password every tick can lock the
 /// mailbox); otherwise back off exponentially. Logged at info once per change of state.
-pub fn record_failure(
-    store: &mut Store,
-    config: &Config,
-    a: &Account,
-    f: &Failure,
-    now: i64,
-) -> Result<(), Failure> {
+pub fn record_failure(store: &mut Store, config: &Config, a: &Account, f: &Failure, now: i64) -> Result<(), Failure> {
     let delay = if f.kind == FailureKind::Auth {
         config.email_auth_error_check_retry_time as i64
     } else {
         let shift = a.failures.clamp(0, 20) as u32;
-        (config.bg_backoff_base as i64)
-            .saturating_mul(1 << shift)
-            .min(config.bg_backoff_max as i64)
+        (config.bg_backoff_base as i64).saturating_mul(1 << shift).min(config.bg_backoff_max as i64)
     };
     let status = f.kind.status();
-    if a.last_error
-        .as_deref()
-        .is_none_or(|e| !e.starts_with(status))
-        || a.failures == 0
-    {
+    if a.last_error.as_deref().is_none_or(|e| !e.starts_with(status)) || a.failures == 0 {
         log::error!("{}; next try in {}s", f, delay);
     } else {
         log::debug!("{}; next try in {}s", f, delay);

@@ -75,10 +75,7 @@ impl Job {
 
     /// Urgent work goes to a worker's urgent lane so it never waits behind bulk syncs.
     pub fn urgent(self) -> bool {
-        matches!(
-            self,
-            Job::SyncRecent | Job::Receive | Job::Send | Job::ListFolders
-        )
+        matches!(self, Job::SyncRecent | Job::Receive | Job::Send | Job::ListFolders)
     }
 }
 
@@ -94,12 +91,7 @@ pub struct Task {
 
 impl Task {
     pub fn new(job: Job, account: Option<i64>, folder: Option<i64>) -> Task {
-        Task {
-            job,
-            account,
-            folder,
-            arg: 0,
-        }
+        Task { job, account, folder, arg: 0 }
     }
 
     /// The key of the worker this task must run on: all tasks of one account share a worker.
@@ -159,10 +151,7 @@ impl FailureKind {
     }
     /// Whether the account as a whole is unhealthy (back off all its tasks).
     pub fn account_level(self) -> bool {
-        matches!(
-            self,
-            FailureKind::Auth | FailureKind::Connect | FailureKind::Tls
-        )
+        matches!(self, FailureKind::Auth | FailureKind::Connect | FailureKind::Tls)
     }
 }
 
@@ -175,10 +164,7 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(kind: FailureKind, detail: impl Into<String>) -> Failure {
-        Failure {
-            kind,
-            detail: detail.into(),
-        }
+        Failure { kind, detail: detail.into() }
     }
 }
 

@@ -7,9 +7,5 @@ pub mod mutf7;
 pub mod plan;
 pub mod session;
 
-pub use plan::{
-    Change, Flags, LocalFolder, LocalMsg, NewMsg, ServerFlags, ServerStatus, ServerView, plan,
-};
-pub use session::{
-    Caps, ConnectParams, Error, ErrorKind, Fetched, ListedFolder, Security, Session,
-};
+pub use plan::{Change, Flags, LocalFolder, LocalMsg, NewMsg, ServerFlags, ServerStatus, ServerView, plan};
+pub use session::{Caps, ConnectParams, Error, ErrorKind, Fetched, ListedFolder, Security, Session};

@@ -21,11 +21,7 @@ pub fn encode(name: &str) -> String {
         out.push('&');
         let bytes: Vec<u8> = pending.iter().flat_map(|u| u.to_be_bytes()).collect();
         for chunk in bytes.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             let chars = chunk.len() + 1;
             for i in 0..chars {
@@ -128,15 +124,7 @@ mod tests {
 
     #[test]
     fn invalid_inputs_are_refused_not_panicked() {
-        for bad in [
-            "&",
-            "&ZeVnLIqe",
-            "&!!!-",
-            "&AGE-",
-            "caf\u{e9}",
-            "&A-",
-            "&////////-",
-        ] {
+        for bad in ["&", "&ZeVnLIqe", "&!!!-", "&AGE-", "caf\u{e9}", "&A-", "&////////-"] {
             assert_eq!(decode(bad), None, "{bad:?}");
             assert_eq!(display(bad), bad);
         }
@@ -151,8 +139,7 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
-                let c = char::from_u32(x % 0x1_0000 + if x % 7 == 0 { 0x1_0000 } else { 0 })
-                    .unwrap_or('a');
+                let c = char::from_u32(x % 0x1_0000 + if x % 7 == 0 { 0x1_0000 } else { 0 }).unwrap_or('a');
                 if !c.is_control() {
                     s.push(c);
                 }

@@ -121,10 +121,7 @@ pub enum Change {
     /// The server no longer has this queued UID: drop it from the receive queue.
     Unqueue { uid: u32 },
     /// New watermarks, recorded in the same transaction as the changes above.
-    Watermarks {
-        last_seen_uid: u32,
-        highest_modseq: Option<u64>,
-    },
+    Watermarks { last_seen_uid: u32, highest_modseq: Option<u64> },
 }
 
 impl fmt::Display for Change {
@@ -140,14 +137,8 @@ impl fmt::Display for Change {
             Change::PushFlags { uid, flags } => write!(f, "store flags {flags} on UID {uid}"),
             Change::VanishedOnServer { uid } => write!(f, "UID {uid} vanished on the server"),
             Change::Unqueue { uid } => write!(f, "unqueue UID {uid} (expunged before download)"),
-            Change::Watermarks {
-                last_seen_uid,
-                highest_modseq,
-            } => {
-                write!(
-                    f,
-                    "last seen UID {last_seen_uid}, HIGHESTMODSEQ {highest_modseq:?}"
-                )
+            Change::Watermarks { last_seen_uid, highest_modseq } => {
+                write!(f, "last seen UID {last_seen_uid}, HIGHESTMODSEQ {highest_modseq:?}")
             }
         }
     }
@@ -157,67 +148,41 @@ impl fmt::Display for Change {
 ///
 /// `local` is the folder row; `messages` its stored messages; `queued` the UIDs waiting in
 /// the receive queue. With `server.full == None` only new messages are considered.
-pub fn plan(
-    local: &LocalFolder,
-    messages: &[LocalMsg],
-    queued: &[u32],
-    server: &ServerView,
-) -> Vec<Change> {
+pub fn plan(local: &LocalFolder, messages: &[LocalMsg], queued: &[u32], server: &ServerView) -> Vec<Change> {
     let mut out = Vec::new();
     let st = server.status;
     if local.uidvalidity.is_some_and(|v| v != st.uidvalidity) {
         // Nothing else this run: the old UIDs mean nothing now, so no flag or deletion can be
         // inferred from them. The next run starts from a clean folder.
-        out.push(Change::Reset {
-            uidvalidity: st.uidvalidity,
-        });
+        out.push(Change::Reset { uidvalidity: st.uidvalidity });
         return out;
     }
     let last = local.last_seen_uid;
-    let mut new: Vec<NewMsg> = server
-        .new
-        .iter()
-        .copied()
-        .filter(|m| m.uid > last)
-        .collect();
+    let mut new: Vec<NewMsg> = server.new.iter().copied().filter(|m| m.uid > last).collect();
     new.sort_by_key(|m| m.uid);
     new.dedup_by_key(|m| m.uid);
     let new_last = new.last().map_or(last, |m| m.uid.max(last));
 
     let mut modseq = local.highest_modseq;
     if let Some(full) = &server.full {
-        for m in messages
-            .iter()
-            .filter(|m| m.uid <= last && !m.server_deleted)
-        {
+        for m in messages.iter().filter(|m| m.uid <= last && !m.server_deleted) {
             if !full.present.contains(&m.uid) {
                 out.push(Change::VanishedOnServer { uid: m.uid });
                 continue;
             }
-            let local_newer = m
-                .flags_changed
-                .is_some_and(|t| local.last_full_sync.is_none_or(|s| t >= s));
+            let local_newer = m.flags_changed.is_some_and(|t| local.last_full_sync.is_none_or(|s| t >= s));
             if local_newer {
                 // Local change after the last sync: it wins, whatever the server says now.
                 if full.flags.get(&m.uid) == Some(&m.flags) {
                     // Already equal: only the pending marker needs clearing.
-                    out.push(Change::SetLocalFlags {
-                        uid: m.uid,
-                        flags: m.flags,
-                    });
+                    out.push(Change::SetLocalFlags { uid: m.uid, flags: m.flags });
                 } else {
-                    out.push(Change::PushFlags {
-                        uid: m.uid,
-                        flags: m.flags,
-                    });
+                    out.push(Change::PushFlags { uid: m.uid, flags: m.flags });
                 }
             } else if let Some(f) = full.flags.get(&m.uid)
                 && *f != m.flags
             {
-                out.push(Change::SetLocalFlags {
-                    uid: m.uid,
-                    flags: *f,
-                });
+                out.push(Change::SetLocalFlags { uid: m.uid, flags: *f });
             }
         }
         for &uid in queued.iter().filter(|&&u| u <= last) {
@@ -232,10 +197,7 @@ pub fn plan(
         out.push(Change::Queue(new));
     }
     if local.uidvalidity.is_none() || new_last != last || modseq != local.highest_modseq {
-        out.push(Change::Watermarks {
-            last_seen_uid: new_last,
-            highest_modseq: modseq,
-        });
+        out.push(Change::Watermarks { last_seen_uid: new_last, highest_modseq: modseq });
     }
     out
 }

@@ -38,11 +38,7 @@ pub struct ConnectParams {
 
 impl std::fmt::Debug for ConnectParams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}@{}:{} {:?}",
-            self.login, self.host, self.port, self.security
-        )
+        write!(f, "{}@{}:{} {:?}", self.login, self.host, self.port, self.security)
     }
 }
 
@@ -67,10 +63,7 @@ pub struct Error {
 
 impl Error {
     fn new(kind: ErrorKind, detail: impl Into<String>) -> Error {
-        Error {
-            kind,
-            detail: detail.into(),
-        }
+        Error { kind, detail: detail.into() }
     }
 }
 
@@ -154,29 +147,20 @@ pub struct Session {
 fn tls_connector(p: &ConnectParams) -> Result<native_tls::TlsConnector> {
     let mut b = native_tls::TlsConnector::builder();
     if let Some(pem) = &p.ca_pem {
-        let cert = native_tls::Certificate::from_pem(pem).map_err(|e| {
-            Error::new(
-                ErrorKind::Tls,
-                format!("cannot read the account's CA certificate: {e}"),
-            )
-        })?;
+        let cert = native_tls::Certificate::from_pem(pem)
+            .map_err(|e| Error::new(ErrorKind::Tls, format!("cannot read the account's CA certificate: {e}")))?;
         b.add_root_certificate(cert);
     }
     if p.insecure {
-        b.danger_accept_invalid_certs(true)
-            .danger_accept_invalid_hostnames(true);
+        b.danger_accept_invalid_certs(true).danger_accept_invalid_hostnames(true);
     }
-    b.build()
-        .map_err(|e| Error::new(ErrorKind::Tls, format!("cannot set up TLS: {e}")))
+    b.build().map_err(|e| Error::new(ErrorKind::Tls, format!("cannot set up TLS: {e}")))
 }
 
 fn tcp(p: &ConnectParams) -> Result<TcpStream> {
-    let addrs = (p.host.as_str(), p.port).to_socket_addrs().map_err(|e| {
-        Error::new(
-            ErrorKind::Connect,
-            format!("cannot resolve {}: {e}", p.host),
-        )
-    })?;
+    let addrs = (p.host.as_str(), p.port)
+        .to_socket_addrs()
+        .map_err(|e| Error::new(ErrorKind::Connect, format!("cannot resolve {}: {e}", p.host)))?;
     let mut last = None;
     for a in addrs {
         match TcpStream::connect_timeout(&a, p.timeout) {
@@ -195,8 +179,7 @@ fn tcp(p: &ConnectParams) -> Result<TcpStream> {
             "cannot connect to {}:{}: {}",
             p.host,
             p.port,
-            last.map(|e| e.to_string())
-                .unwrap_or_else(|| "no address".into())
+            last.map(|e| e.to_string()).unwrap_or_else(|| "no address".into())
         ),
     ))
 }
@@ -205,12 +188,7 @@ fn tls_wrap(p: &ConnectParams, s: TcpStream) -> Result<Conn> {
     let c = tls_connector(p)?;
     c.connect(&p.host, s)
         .map(|t| Conn::Tls(Box::new(t)))
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Tls,
-                format!("TLS handshake with {}:{} failed: {e}", p.host, p.port),
-            )
-        })
+        .map_err(|e| Error::new(ErrorKind::Tls, format!("TLS handshake with {}:{} failed: {e}", p.host, p.port)))
 }
 
 /// The plain-text prelude of STARTTLS (RFC 3501 §6.2.1), done by hand because the imap
@@ -224,10 +202,7 @@ fn starttls(p: &ConnectParams, mut s: TcpStream) -> Result<Conn> {
         while v.len() < 64 * 1024 {
             match s.read(&mut b) {
                 Ok(0) => {
-                    return Err(Error::new(
-                        ErrorKind::Connect,
-                        "connection closed before STARTTLS",
-                    ));
+                    return Err(Error::new(ErrorKind::Connect, "connection closed before STARTTLS"));
                 }
                 Ok(_) => {
                     v.push(b[0]);
@@ -236,17 +211,11 @@ fn starttls(p: &ConnectParams, mut s: TcpStream) -> Result<Conn> {
                     }
                 }
                 Err(e) => {
-                    return Err(Error::new(
-                        ErrorKind::Connect,
-                        format!("reading before STARTTLS: {e}"),
-                    ));
+                    return Err(Error::new(ErrorKind::Connect, format!("reading before STARTTLS: {e}")));
                 }
             }
         }
-        Err(Error::new(
-            ErrorKind::Protocol,
-            "line too long before STARTTLS",
-        ))
+        Err(Error::new(ErrorKind::Protocol, "line too long before STARTTLS"))
     }
     fn until_tagged(s: &mut TcpStream, tag: &str) -> Result<(Vec<String>, String)> {
         let mut untagged = Vec::new();
@@ -260,35 +229,24 @@ fn starttls(p: &ConnectParams, mut s: TcpStream) -> Result<Conn> {
     }
     let greeting = line(&mut s)?;
     if !greeting.starts_with("* OK") {
-        return Err(Error::new(
-            ErrorKind::Protocol,
-            format!("unexpected greeting: {}", greeting.trim()),
-        ));
+        return Err(Error::new(ErrorKind::Protocol, format!("unexpected greeting: {}", greeting.trim())));
     }
     let io = |e: io::Error| Error::new(ErrorKind::Connect, format!("writing before STARTTLS: {e}"));
     s.write_all(b"s0 CAPABILITY\r\n").map_err(io)?;
     let (caps, _) = until_tagged(&mut s, "s0 ")?;
     let offered = caps.iter().chain(std::iter::once(&greeting)).any(|l| {
-        l.to_ascii_uppercase()
-            .split(|c: char| c == ' ' || c == ']' || c == '[')
-            .any(|w| w.trim() == "STARTTLS")
+        l.to_ascii_uppercase().split(|c: char| c == ' ' || c == ']' || c == '[').any(|w| w.trim() == "STARTTLS")
     });
     if !offered {
         return Err(Error::new(
             ErrorKind::Tls,
-            format!(
-                "{} does not offer STARTTLS; refusing to log in without TLS",
-                p.host
-            ),
+            format!("{} does not offer STARTTLS; refusing to log in without TLS", p.host),
         ));
     }
     s.write_all(b"s1 STARTTLS\r\n").map_err(io)?;
     let (_, status) = until_tagged(&mut s, "s1 ")?;
     if !status.to_ascii_uppercase().starts_with("OK") {
-        return Err(Error::new(
-            ErrorKind::Tls,
-            format!("STARTTLS refused: {status}"),
-        ));
+        return Err(Error::new(ErrorKind::Tls, format!("STARTTLS refused: {status}")));
     }
     tls_wrap(p, s)
 }
@@ -303,22 +261,15 @@ impl Session {
         };
         // After STARTTLS there is no new greeting (RFC 3501 §6.2.1).
         if p.security != Security::StartTls {
-            client
-                .read_greeting()
-                .map_err(|e| classify("greeting", e))?;
+            client.read_greeting().map_err(|e| classify("greeting", e))?;
         }
-        let mut inner = client
-            .login(&p.login, &p.password)
-            .map_err(|(e, _)| match e {
-                imap::Error::No(_) | imap::Error::Bad(_) => Error::new(
-                    ErrorKind::Auth,
-                    format!("login of {} refused by {}", p.login, p.host),
-                ),
-                other => classify("login", other),
-            })?;
-        let c = inner
-            .capabilities()
-            .map_err(|e| classify("CAPABILITY", e))?;
+        let mut inner = client.login(&p.login, &p.password).map_err(|(e, _)| match e {
+            imap::Error::No(_) | imap::Error::Bad(_) => {
+                Error::new(ErrorKind::Auth, format!("login of {} refused by {}", p.login, p.host))
+            }
+            other => classify("login", other),
+        })?;
+        let c = inner.capabilities().map_err(|e| classify("CAPABILITY", e))?;
         let caps = Caps {
             condstore: c.has_str("CONDSTORE"),
             uidplus: c.has_str("UIDPLUS"),
@@ -328,23 +279,14 @@ impl Session {
         drop(c);
         if caps.condstore {
             // RFC 7162 §3.1: enabling CONDSTORE makes SELECT/EXAMINE/STATUS report MODSEQs.
-            inner
-                .run_command_and_check_ok("ENABLE CONDSTORE")
-                .map_err(|e| classify("ENABLE", e))?;
+            inner.run_command_and_check_ok("ENABLE CONDSTORE").map_err(|e| classify("ENABLE", e))?;
         }
-        Ok(Session {
-            inner,
-            caps,
-            selected: None,
-        })
+        Ok(Session { inner, caps, selected: None })
     }
 
     /// Every folder, with special use from SPECIAL-USE attributes or well-known names.
     pub fn list_folders(&mut self) -> Result<Vec<ListedFolder>> {
-        let names = self
-            .inner
-            .list(Some(""), Some("*"))
-            .map_err(|e| classify("LIST", e))?;
+        let names = self.inner.list(Some(""), Some("*")).map_err(|e| classify("LIST", e))?;
         let mut out = Vec::new();
         for n in names.iter() {
             let raw = n.name().to_owned();
@@ -361,19 +303,14 @@ impl Session {
                     NameAttribute::Junk => special = Some("junk"),
                     NameAttribute::Sent => special = Some("sent"),
                     NameAttribute::Trash => special = Some("trash"),
-                    NameAttribute::Extension(e) if e.eq_ignore_ascii_case("\\NonExistent") => {
-                        selectable = false
-                    }
+                    NameAttribute::Extension(e) if e.eq_ignore_ascii_case("\\NonExistent") => selectable = false,
                     _ => {}
                 }
             }
             if raw.eq_ignore_ascii_case("INBOX") {
                 special = Some("inbox");
             }
-            let leaf = n
-                .delimiter()
-                .and_then(|d| display.rsplit(d).next())
-                .unwrap_or(&display);
+            let leaf = n.delimiter().and_then(|d| display.rsplit(d).next()).unwrap_or(&display);
             out.push(ListedFolder {
                 special_use: special.or_else(|| special_by_name(leaf)),
                 name: raw,
@@ -392,10 +329,7 @@ impl Session {
         } else {
             "(MESSAGES UIDNEXT UIDVALIDITY)"
         };
-        let mb = self
-            .inner
-            .status(name, items)
-            .map_err(|e| classify("STATUS", e))?;
+        let mb = self.inner.status(name, items).map_err(|e| classify("STATUS", e))?;
         Ok(ServerStatus {
             uidvalidity: mb.uid_validity.unwrap_or(0),
             uidnext: mb.uid_next.unwrap_or(0),
@@ -409,9 +343,7 @@ impl Session {
         let mb = if write {
             self.inner.select(name).map_err(|e| classify("SELECT", e))?
         } else {
-            self.inner
-                .examine(name)
-                .map_err(|e| classify("EXAMINE", e))?
+            self.inner.examine(name).map_err(|e| classify("EXAMINE", e))?
         };
         self.selected = Some((name.to_owned(), write));
         Ok(ServerStatus {
@@ -437,12 +369,7 @@ impl Session {
             .uid_fetch(format!("{}:*", last + 1), "(UID RFC822.SIZE)")
             .map_err(|e| classify("UID FETCH", e))?;
         Ok(f.iter()
-            .filter_map(|m| {
-                Some(NewMsg {
-                    uid: m.uid?,
-                    size: m.size.unwrap_or(0),
-                })
-            })
+            .filter_map(|m| Some(NewMsg { uid: m.uid?, size: m.size.unwrap_or(0) }))
             .filter(|m| m.uid > last)
             .collect())
     }
@@ -462,10 +389,7 @@ impl Session {
             Some(m) if self.caps.condstore => format!("(UID FLAGS) (CHANGEDSINCE {m})"),
             _ => "(UID FLAGS)".to_owned(),
         };
-        let f = self
-            .inner
-            .uid_fetch(&range, &query)
-            .map_err(|e| classify("UID FETCH", e))?;
+        let f = self.inner.uid_fetch(&range, &query).map_err(|e| classify("UID FETCH", e))?;
         let mut flags = BTreeMap::new();
         for m in f.iter() {
             if let Some(uid) = m.uid.filter(|u| *u <= last) {
@@ -493,10 +417,8 @@ impl Session {
             return Ok(());
         }
         let set = uid_set(uids);
-        let f = self
-            .inner
-            .uid_fetch(&set, "(UID FLAGS INTERNALDATE BODY.PEEK[])")
-            .map_err(|e| classify("UID FETCH", e))?;
+        let f =
+            self.inner.uid_fetch(&set, "(UID FLAGS INTERNALDATE BODY.PEEK[])").map_err(|e| classify("UID FETCH", e))?;
         for m in f.iter() {
             let (Some(uid), Some(body)) = (m.uid, m.body()) else {
                 continue;
@@ -521,35 +443,75 @@ impl Session {
             .uid_fetch(uid_set(uids), "(UID RFC822.SIZE RFC822.HEADER)")
             .map_err(|e| classify("UID FETCH", e))?;
         Ok(f.iter()
-            .filter_map(|m| {
-                Some((
-                    m.uid?,
-                    m.size.unwrap_or(0),
-                    m.header().unwrap_or_default().to_vec(),
-                ))
-            })
+            .filter_map(|m| Some((m.uid?, m.size.unwrap_or(0), m.header().unwrap_or_default().to_vec())))
             .collect())
     }
 
     /// Sets the system flags of `uid` exactly to `flags` (the selected folder, SELECTed).
     /// With CONDSTORE and `unchanged_since`, the server refuses if it changed meanwhile
     /// (RFC 7162 §3.2): returns false then, so a concurrent change is not overwritten.
-    pub fn store_flags(
-        &mut self,
-        uid: u32,
-        flags: Flags,
-        unchanged_since: Option<u64>,
-    ) -> Result<bool> {
+    pub fn store_flags(&mut self, uid: u32, flags: Flags, unchanged_since: Option<u64>) -> Result<bool> {
         let cmd = match unchanged_since {
-            Some(m) if self.caps.condstore => format!(
-                "UID STORE {uid} (UNCHANGEDSINCE {m}) FLAGS.SILENT {}",
-                flags.to_imap()
-            ),
+            Some(m) if self.caps.condstore => {
+                format!("UID STORE {uid} (UNCHANGEDSINCE {m}) FLAGS.SILENT {}", flags.to_imap())
+            }
             _ => format!("UID STORE {uid} FLAGS.SILENT {}", flags.to_imap()),
         };
         let resp = self.inner.run(&cmd).map_err(|e| classify("UID STORE", e))?;
         // A refused conditional store answers `OK [MODIFIED uid]`.
         Ok(!String::from_utf8_lossy(&resp.0).contains("[MODIFIED"))
+    }
+
+    /// Every UID up to `last` that the selected folder has.
+    pub fn present_uids(&mut self, last: u32) -> Result<BTreeSet<u32>> {
+        if last == 0 {
+            return Ok(BTreeSet::new());
+        }
+        Ok(self
+            .inner
+            .uid_search(format!("UID 1:{last}"))
+            .map_err(|e| classify("UID SEARCH", e))?
+            .into_iter()
+            .filter(|u| *u <= last)
+            .collect())
+    }
+
+    /// Moves `uids` of the selected (read-write) folder to `dest`: UID MOVE (RFC 6851), or
+    /// COPY then delete when the server lacks MOVE.
+    pub fn move_uids(&mut self, uids: &[u32], dest: &str) -> Result<()> {
+        if uids.is_empty() {
+            return Ok(());
+        }
+        let set = uid_set(uids);
+        if self.caps.mv {
+            return self.inner.uid_mv(&set, dest).map_err(|e| classify("UID MOVE", e));
+        }
+        self.inner.uid_copy(&set, dest).map_err(|e| classify("UID COPY", e))?;
+        self.delete_uids(uids).map(|_| ())
+    }
+
+    /// Deletes `uids` of the selected (read-write) folder: \Deleted, then UID EXPUNGE of
+    /// exactly these (RFC 4315). Without UIDPLUS a plain EXPUNGE would also remove messages
+    /// another client flagged \Deleted, so it is used only when no other message is flagged;
+    /// otherwise ours stay flagged and `false` is returned.
+    pub fn delete_uids(&mut self, uids: &[u32]) -> Result<bool> {
+        if uids.is_empty() {
+            return Ok(true);
+        }
+        let set = uid_set(uids);
+        self.inner.uid_store(&set, "+FLAGS.SILENT (\\Deleted)").map_err(|e| classify("UID STORE", e))?;
+        if self.caps.uidplus {
+            self.inner.uid_expunge(&set).map_err(|e| classify("UID EXPUNGE", e))?;
+            return Ok(true);
+        }
+        let flagged = self.inner.uid_search("DELETED").map_err(|e| classify("UID SEARCH", e))?;
+        let ours: BTreeSet<u32> = uids.iter().copied().collect();
+        if flagged.iter().all(|u| ours.contains(u)) {
+            self.inner.expunge().map_err(|e| classify("EXPUNGE", e))?;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
     }
 
     /// APPEND a message with \Seen (e.g. to the Sent folder).
@@ -682,22 +644,9 @@ pub fn special_by_name(leaf: &str) -> Option<&'static str> {
                 "wiadomości-śmieci",
             ],
         ),
-        (
-            "archive",
-            &[
-                "archive",
-                "archives",
-                "archiv",
-                "archiwum",
-                "архив",
-                "arquivo",
-            ],
-        ),
+        ("archive", &["archive", "archives", "archiv", "archiwum", "архив", "arquivo"]),
     ];
-    table
-        .iter()
-        .find(|(_, names)| names.contains(&l.as_str()))
-        .map(|(k, _)| *k)
+    table.iter().find(|(_, names)| names.contains(&l.as_str())).map(|(k, _)| *k)
 }
 
 #[cfg(test)]

@@ -27,12 +27,9 @@ fn bad(detail: String) -> Error {
 
 fn mailbox(what: &str, s: &str) -> Result<Mailbox, Error> {
     if s.chars().any(|c| c.is_control()) {
-        return Err(bad(format!(
-            "invalid {what} address {s:?}: control characters"
-        )));
+        return Err(bad(format!("invalid {what} address {s:?}: control characters")));
     }
-    s.parse()
-        .map_err(|e| bad(format!("invalid {what} address {s:?}: {e}")))
+    s.parse().map_err(|e| bad(format!("invalid {what} address {s:?}: {e}")))
 }
 
 /// Builds the message (the Bcc header is left out; Bcc recipients are in the envelope).
@@ -62,13 +59,9 @@ pub fn build_message(d: &Draft) -> Result<(Vec<u8>, Vec<String>), Error> {
     }
     let text = SinglePart::plain(d.text.clone());
     let body = match &d.html {
-        Some(h) => MultiPart::alternative()
-            .singlepart(text)
-            .singlepart(SinglePart::html(h.clone())),
+        Some(h) => MultiPart::alternative().singlepart(text).singlepart(SinglePart::html(h.clone())),
         None if d.attachments.is_empty() => {
-            let m = b
-                .singlepart(text)
-                .map_err(|e| bad(format!("cannot build the message: {e}")))?;
+            let m = b.singlepart(text).map_err(|e| bad(format!("cannot build the message: {e}")))?;
             return Ok((m.formatted(), rcpts));
         }
         None => MultiPart::mixed().singlepart(text),
@@ -78,28 +71,21 @@ pub fn build_message(d: &Draft) -> Result<(Vec<u8>, Vec<String>), Error> {
     } else {
         let mut mixed = MultiPart::mixed().multipart(body);
         for (name, bytes) in &d.attachments {
-            let ct =
-                ContentType::parse("application/octet-stream").map_err(|e| bad(e.to_string()))?;
+            let ct = ContentType::parse("application/octet-stream").map_err(|e| bad(e.to_string()))?;
             mixed = mixed.singlepart(Attachment::new(name.clone()).body(bytes.clone(), ct));
         }
         mixed
     };
-    let m = b
-        .multipart(body)
-        .map_err(|e| bad(format!("cannot build the message: {e}")))?;
+    let m = b.multipart(body).map_err(|e| bad(format!("cannot build the message: {e}")))?;
     Ok((m.formatted(), rcpts))
 }
 
 /// Takes a ready message: keeps its Message-ID or adds `message_id`; drops a Bcc header.
 /// Returns the bytes and the Message-ID used (without brackets).
 pub fn read_eml(raw: &[u8], message_id: &str) -> Result<(Vec<u8>, String), Error> {
-    let split = find(raw, b"\r\n\r\n")
-        .map(|i| i + 2)
-        .or_else(|| find(raw, b"\n\n").map(|i| i + 1));
+    let split = find(raw, b"\r\n\r\n").map(|i| i + 2).or_else(|| find(raw, b"\n\n").map(|i| i + 1));
     let Some(header_end) = split else {
-        return Err(bad(
-            "the .eml file has no header/body separator (empty line)".into(),
-        ));
+        return Err(bad("the .eml file has no header/body separator (empty line)".into()));
     };
     let (head, body) = raw.split_at(header_end);
     let text = String::from_utf8_lossy(head);
@@ -109,20 +95,12 @@ pub fn read_eml(raw: &[u8], message_id: &str) -> Result<(Vec<u8>, String), Error
     for line in text.split_inclusive('\n') {
         let continuation = line.starts_with([' ', '\t']);
         if !continuation {
-            let name = line
-                .split(':')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
+            let name = line.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
             skipping = name == "bcc";
             if name == "message-id" {
-                id = line.split_once(':').map(|(_, v)| {
-                    v.trim()
-                        .trim_start_matches('<')
-                        .trim_end_matches('>')
-                        .to_owned()
-                });
+                id = line
+                    .split_once(':')
+                    .map(|(_, v)| v.trim().trim_start_matches('<').trim_end_matches('>').to_owned());
             }
         }
         if !skipping {
@@ -180,26 +158,17 @@ mod tests {
             ..Draft::default()
         };
         assert!(build_message(&d).is_err());
-        let d = Draft {
-            to: vec!["b@x.test".into()],
-            subject: "s\r\nBcc: evil@x.test".into(),
-            ..d
-        };
+        let d = Draft { to: vec!["b@x.test".into()], subject: "s\r\nBcc: evil@x.test".into(), ..d };
         assert!(build_message(&d).is_err());
     }
 
     #[test]
     fn eml_keeps_or_adds_message_id_and_drops_bcc() {
-        let (out, id) = read_eml(
-            b"Subject: x\r\nBcc: h@x.test,\r\n  h2@x.test\r\nMessage-ID: <keep@x>\r\n\r\nbody",
-            "new@x",
-        )
-        .unwrap();
+        let (out, id) =
+            read_eml(b"Subject: x\r\nBcc: h@x.test,\r\n  h2@x.test\r\nMessage-ID: <keep@x>\r\n\r\nbody", "new@x")
+                .unwrap();
         assert_eq!(id, "keep@x");
-        assert_eq!(
-            String::from_utf8_lossy(&out),
-            "Subject: x\r\nMessage-ID: <keep@x>\r\n\r\nbody"
-        );
+        assert_eq!(String::from_utf8_lossy(&out), "Subject: x\r\nMessage-ID: <keep@x>\r\n\r\nbody");
         let (out, id) = read_eml(b"Subject: y\r\n\r\nbody", "new@x").unwrap();
         assert_eq!(id, "new@x");
         assert!(out.starts_with(b"Message-ID: <new@x>\r\nSubject: y"));

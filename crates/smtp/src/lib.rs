@@ -20,9 +20,7 @@ pub use build::{Draft, build_message, read_eml};
 
 /// Checks an envelope address (`user@domain`).
 pub fn check_address(s: &str) -> Result<(), Error> {
-    s.parse::<Address>()
-        .map(|_| ())
-        .map_err(|e| err(ErrorKind::Permanent, format!("invalid address {s:?}: {e}")))
+    s.parse::<Address>().map(|_| ()).map_err(|e| err(ErrorKind::Permanent, format!("invalid address {s:?}: {e}")))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,11 +45,7 @@ pub struct Params {
 
 impl std::fmt::Debug for Params {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{} {:?} login {:?}",
-            self.host, self.port, self.security, self.login
-        )
+        write!(f, "{}:{} {:?} login {:?}", self.host, self.port, self.security, self.login)
     }
 }
 
@@ -77,10 +71,7 @@ pub struct Error {
 }
 
 fn err(kind: ErrorKind, detail: impl Into<String>) -> Error {
-    Error {
-        kind,
-        detail: detail.into(),
-    }
+    Error { kind, detail: detail.into() }
 }
 
 /// lettre's error, classified; the SMTP reply (code and text) is kept in the detail.
@@ -114,21 +105,14 @@ pub struct Smtp {
 fn tls_params(p: &Params) -> Result<TlsParameters, Error> {
     let mut b = TlsParameters::builder(p.host.clone());
     if let Some(pem) = &p.ca_pem {
-        let c = Certificate::from_pem(pem).map_err(|e| {
-            err(
-                ErrorKind::Tls,
-                format!("cannot read the CA certificate: {e}"),
-            )
-        })?;
+        let c = Certificate::from_pem(pem)
+            .map_err(|e| err(ErrorKind::Tls, format!("cannot read the CA certificate: {e}")))?;
         b = b.add_root_certificate(c);
     }
     if p.insecure {
-        b = b
-            .dangerous_accept_invalid_certs(true)
-            .dangerous_accept_invalid_hostnames(true);
+        b = b.dangerous_accept_invalid_certs(true).dangerous_accept_invalid_hostnames(true);
     }
-    b.build_native()
-        .map_err(|e| err(ErrorKind::Tls, format!("cannot set up TLS: {e}")))
+    b.build_native().map_err(|e| err(ErrorKind::Tls, format!("cannot set up TLS: {e}")))
 }
 
 impl Smtp {
@@ -143,59 +127,39 @@ impl Smtp {
             Some(Tls::Wrapper(t)) => Some(t),
             _ => None,
         };
-        let mut conn = SmtpConnection::connect(
-            (p.host.as_str(), p.port),
-            Some(p.timeout),
-            &hello,
-            tls_ref,
-            None,
-        )
-        .map_err(|e| {
-            let kind = if e.is_tls()
-                || p.security == Security::Ssl
-                    && !e.is_transient()
-                    && !e.is_permanent()
-                    && e.to_string().contains("certificate")
-            {
-                ErrorKind::Tls
-            } else {
-                ErrorKind::Connect
-            };
-            err(
-                kind,
-                format!("cannot connect to {}:{}: {e}", p.host, p.port),
-            )
-        })?;
+        let mut conn = SmtpConnection::connect((p.host.as_str(), p.port), Some(p.timeout), &hello, tls_ref, None)
+            .map_err(|e| {
+                let kind = if e.is_tls()
+                    || p.security == Security::Ssl
+                        && !e.is_transient()
+                        && !e.is_permanent()
+                        && e.to_string().contains("certificate")
+                {
+                    ErrorKind::Tls
+                } else {
+                    ErrorKind::Connect
+                };
+                err(kind, format!("cannot connect to {}:{}: {e}", p.host, p.port))
+            })?;
         if p.security == Security::StartTls {
             if !conn.can_starttls() {
                 conn.abort();
                 return Err(err(
                     ErrorKind::Tls,
-                    format!(
-                        "{} does not offer STARTTLS; refusing to send without TLS",
-                        p.host
-                    ),
+                    format!("{} does not offer STARTTLS; refusing to send without TLS", p.host),
                 ));
             }
             let t = tls_params(p)?;
-            conn.starttls(&t, &hello).map_err(|e| {
-                err(
-                    ErrorKind::Tls,
-                    format!("STARTTLS with {} failed: {e}", p.host),
-                )
-            })?;
+            conn.starttls(&t, &hello)
+                .map_err(|e| err(ErrorKind::Tls, format!("STARTTLS with {} failed: {e}", p.host)))?;
         }
         if let (Some(login), Some(password)) = (&p.login, &p.password) {
             let creds = Credentials::new(login.clone(), password.clone());
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds)
-                .map_err(|e| {
-                    conn.abort();
-                    // lettre's error text is the server's reply; it never contains the password.
-                    err(
-                        ErrorKind::Auth,
-                        format!("login of {login} refused by {}: {e}", p.host),
-                    )
-                })?;
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds).map_err(|e| {
+                conn.abort();
+                // lettre's error text is the server's reply; it never contains the password.
+                err(ErrorKind::Auth, format!("login of {login} refused by {}: {e}", p.host))
+            })?;
         }
         Ok(Smtp { conn })
     }
@@ -203,21 +167,10 @@ impl Smtp {
     /// One transaction: MAIL, RCPT per recipient (each answer recorded), DATA if anyone
     /// accepted. Errors are whole-transaction failures; per-recipient refusals are in the
     /// `Delivery`.
-    pub fn send(
-        &mut self,
-        from: &str,
-        recipients: &[String],
-        raw: &[u8],
-    ) -> Result<Delivery, Error> {
-        let from: Address = from.parse().map_err(|e| {
-            err(
-                ErrorKind::Permanent,
-                format!("invalid sender {from:?}: {e}"),
-            )
-        })?;
-        self.conn
-            .command(Mail::new(Some(from), vec![]))
-            .map_err(|e| classify("MAIL FROM", e))?;
+    pub fn send(&mut self, from: &str, recipients: &[String], raw: &[u8]) -> Result<Delivery, Error> {
+        let from: Address =
+            from.parse().map_err(|e| err(ErrorKind::Permanent, format!("invalid sender {from:?}: {e}")))?;
+        self.conn.command(Mail::new(Some(from), vec![])).map_err(|e| classify("MAIL FROM", e))?;
         let mut d = Delivery::default();
         for r in recipients {
             let Ok(addr) = r.parse::<Address>() else {
@@ -247,19 +200,12 @@ impl Smtp {
         self.conn.command(Data).map_err(|e| classify("DATA", e))?;
         match self.conn.message(raw) {
             Ok(resp) => {
-                d.response = format!(
-                    "{} {}",
-                    resp.code(),
-                    resp.message().collect::<Vec<_>>().join(" ")
-                );
+                d.response = format!("{} {}", resp.code(), resp.message().collect::<Vec<_>>().join(" "));
                 Ok(d)
             }
             Err(e) if e.is_permanent() || e.is_transient() => Err(classify("end of DATA", e)),
             // The final "." was sent; the reply was lost. The server may have accepted it.
-            Err(e) => Err(err(
-                ErrorKind::Unknown,
-                format!("connection lost after the end of DATA: {e}"),
-            )),
+            Err(e) => Err(err(ErrorKind::Unknown, format!("connection lost after the end of DATA: {e}"))),
         }
     }
 

@@ -71,13 +71,7 @@ impl std::fmt::Debug for Account {
         f.debug_struct("Account")
             .field("id", &self.id)
             .field("email", &self.email)
-            .field(
-                "imap",
-                &format_args!(
-                    "{}:{} {:?}",
-                    self.imap_host, self.imap_port, self.imap_security
-                ),
-            )
+            .field("imap", &format_args!("{}:{} {:?}", self.imap_host, self.imap_port, self.imap_security))
             .field("login", &self.login)
             .field("password", &"****")
             .finish_non_exhaustive()
@@ -162,9 +156,7 @@ impl Store {
             return Err(Error::Invalid("invalid IMAP port 0".into()));
         }
         if a.password.is_none() && a.password_command.is_none() {
-            return Err(Error::Invalid(
-                "an account needs a password or a password command".into(),
-            ));
+            return Err(Error::Invalid("an account needs a password or a password command".into()));
         }
         let owner = self.user_by_login(&a.owner_login)?;
         let security = a.imap_security.unwrap_or(Security::Ssl);
@@ -203,23 +195,18 @@ impl Store {
     pub fn account(&self, id: i64) -> Result<Account> {
         self.conn()
             .query_row(
-                &format!(
-                    "SELECT {COLS} FROM accounts a JOIN users u ON u.id = a.owner_id WHERE a.id = ?"
-                ),
+                &format!("SELECT {COLS} FROM accounts a JOIN users u ON u.id = a.owner_id WHERE a.id = ?"),
                 [id],
                 row,
             )
             .optional()?
-            .ok_or_else(|| Error::NotFound {
-                what: "account",
-                id: id.to_string(),
-            })
+            .ok_or_else(|| Error::NotFound { what: "account", id: id.to_string() })
     }
 
     pub fn accounts(&self) -> Result<Vec<Account>> {
-        let mut st = self.conn().prepare(&format!(
-            "SELECT {COLS} FROM accounts a JOIN users u ON u.id = a.owner_id ORDER BY a.id"
-        ))?;
+        let mut st = self
+            .conn()
+            .prepare(&format!("SELECT {COLS} FROM accounts a JOIN users u ON u.id = a.owner_id ORDER BY a.id"))?;
         let v = st.query_map([], row)?.collect::<rusqlite::Result<_>>()?;
         Ok(v)
     }
@@ -231,21 +218,13 @@ impl Store {
             Ok(tx.execute("DELETE FROM accounts WHERE id = ?", [id])?)
         })?;
         if n == 0 {
-            return Err(Error::NotFound {
-                what: "account",
-                id: id.to_string(),
-            });
+            return Err(Error::NotFound { what: "account", id: id.to_string() });
         }
         Ok(())
     }
 
     /// Replaces the SMTP settings (fields left None keep their value).
-    pub fn set_account_smtp(
-        &mut self,
-        id: i64,
-        s: &SmtpSettings,
-        sent_append: Option<bool>,
-    ) -> Result<()> {
+    pub fn set_account_smtp(&mut self, id: i64, s: &SmtpSettings, sent_append: Option<bool>) -> Result<()> {
         self.account(id)?;
         self.write(|tx| {
             tx.execute(
@@ -273,22 +252,13 @@ impl Store {
     pub fn set_account_keep_days(&mut self, id: i64, keep_days: Option<i64>) -> Result<()> {
         self.account(id)?;
         self.write(|tx| {
-            tx.execute(
-                "UPDATE accounts SET keep_days = ? WHERE id = ?",
-                params![keep_days, id],
-            )?;
+            tx.execute("UPDATE accounts SET keep_days = ? WHERE id = ?", params![keep_days, id])?;
             Ok(())
         })
     }
 
     /// Records a failed connection or login: back off until `retry_after`.
-    pub fn record_account_failure(
-        &mut self,
-        id: i64,
-        error: &str,
-        now: i64,
-        retry_after: i64,
-    ) -> Result<()> {
+    pub fn record_account_failure(&mut self, id: i64, error: &str, now: i64, retry_after: i64) -> Result<()> {
         self.write(|tx| {
             tx.execute(
                 "UPDATE accounts SET failures = failures + 1, last_error = ?, last_error_at = ?, retry_after = ?

@@ -54,18 +54,9 @@ impl Store {
     pub fn master(&self) -> Result<Option<MasterRow>> {
         Ok(self
             .conn()
-            .query_row(
-                "SELECT pid, started, heartbeat, stopped FROM master WHERE id = 1",
-                [],
-                |r| {
-                    Ok(MasterRow {
-                        pid: r.get(0)?,
-                        started: r.get(1)?,
-                        heartbeat: r.get(2)?,
-                        stopped: r.get(3)?,
-                    })
-                },
-            )
+            .query_row("SELECT pid, started, heartbeat, stopped FROM master WHERE id = 1", [], |r| {
+                Ok(MasterRow { pid: r.get(0)?, started: r.get(1)?, heartbeat: r.get(2)?, stopped: r.get(3)? })
+            })
             .optional()?)
     }
 
@@ -102,20 +93,12 @@ impl Store {
     }
 
     pub fn job_last_run(&self, job: &str) -> Result<Option<i64>> {
-        Ok(self
-            .conn()
-            .query_row("SELECT last_run FROM job_runs WHERE job = ?", [job], |r| {
-                r.get(0)
-            })
-            .optional()?)
+        Ok(self.conn().query_row("SELECT last_run FROM job_runs WHERE job = ?", [job], |r| r.get(0)).optional()?)
     }
 
     pub fn set_job_last_run(&mut self, job: &str, when: i64) -> Result<()> {
         self.write(|tx| {
-            tx.execute(
-                "INSERT OR REPLACE INTO job_runs (job, last_run) VALUES (?, ?)",
-                params![job, when],
-            )?;
+            tx.execute("INSERT OR REPLACE INTO job_runs (job, last_run) VALUES (?, ?)", params![job, when])?;
             Ok(())
         })
     }
@@ -132,12 +115,8 @@ impl Store {
     }
 
     pub fn counters(&self) -> Result<Vec<(String, i64)>> {
-        let mut st = self
-            .conn()
-            .prepare("SELECT name, value FROM counters ORDER BY name")?;
-        let v = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
+        let mut st = self.conn().prepare("SELECT name, value FROM counters ORDER BY name")?;
+        let v = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
         Ok(v)
     }
 }

@@ -73,30 +73,21 @@ impl Store {
              ORDER BY time DESC, id DESC LIMIT ?5",
         )?;
         let rows = st
-            .query_map(
-                params![
-                    f.since,
-                    f.process,
-                    f.account_id,
-                    f.errors_only,
-                    f.limit.unwrap_or(-1)
-                ],
-                |r| {
-                    Ok(HistoryRow {
-                        id: r.get(0)?,
-                        time: r.get(1)?,
-                        process: r.get(2)?,
-                        status: r.get(3)?,
-                        detail: r.get(4)?,
-                        account_id: r.get(5)?,
-                        folder_id: r.get(6)?,
-                        count: r.get(7)?,
-                        duration_ms: r.get(8)?,
-                        pid: r.get(9)?,
-                        thread: r.get(10)?,
-                    })
-                },
-            )?
+            .query_map(params![f.since, f.process, f.account_id, f.errors_only, f.limit.unwrap_or(-1)], |r| {
+                Ok(HistoryRow {
+                    id: r.get(0)?,
+                    time: r.get(1)?,
+                    process: r.get(2)?,
+                    status: r.get(3)?,
+                    detail: r.get(4)?,
+                    account_id: r.get(5)?,
+                    folder_id: r.get(6)?,
+                    count: r.get(7)?,
+                    duration_ms: r.get(8)?,
+                    pid: r.get(9)?,
+                    thread: r.get(10)?,
+                })
+            })?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }

@@ -25,11 +25,7 @@ impl Importance {
         }
     }
     fn parse(s: &str) -> Importance {
-        if s == "high" {
-            Importance::High
-        } else {
-            Importance::Normal
-        }
+        if s == "high" { Importance::High } else { Importance::Normal }
     }
 }
 
@@ -68,9 +64,7 @@ pub struct InternalDraft<'a> {
 
 fn check_text(what: &str, s: &str, max: usize) -> Result<()> {
     if s.len() > max || s.contains('\0') {
-        return Err(Error::Invalid(format!(
-            "{what} is too long or contains a NUL byte (at most {max} bytes)"
-        )));
+        return Err(Error::Invalid(format!("{what} is too long or contains a NUL byte (at most {max} bytes)")));
     }
     Ok(())
 }
@@ -78,19 +72,12 @@ fn check_text(what: &str, s: &str, max: usize) -> Result<()> {
 impl Store {
     fn user_ids(tx: &rusqlite::Transaction, logins: &[String]) -> Result<Vec<i64>> {
         if logins.is_empty() {
-            return Err(Error::Invalid(
-                "a message needs at least one recipient".into(),
-            ));
+            return Err(Error::Invalid("a message needs at least one recipient".into()));
         }
         let mut ids = Vec::new();
         for l in logins {
-            let id: Option<i64> = tx
-                .query_row("SELECT id FROM users WHERE login = ?", [l], |r| r.get(0))
-                .optional()?;
-            let id = id.ok_or_else(|| Error::NotFound {
-                what: "user",
-                id: l.clone(),
-            })?;
+            let id: Option<i64> = tx.query_row("SELECT id FROM users WHERE login = ?", [l], |r| r.get(0)).optional()?;
+            let id = id.ok_or_else(|| Error::NotFound { what: "user", id: l.clone() })?;
             if !ids.contains(&id) {
                 ids.push(id);
             }
@@ -152,13 +139,8 @@ impl Store {
             .optional()?;
         match row {
             Some((owner, true)) if owner == login => Ok(()),
-            Some((_, true)) => Err(Error::Invalid(format!(
-                "draft {id} belongs to another user"
-            ))),
-            _ => Err(Error::NotFound {
-                what: "draft",
-                id: id.to_string(),
-            }),
+            Some((_, true)) => Err(Error::Invalid(format!("draft {id} belongs to another user"))),
+            _ => Err(Error::NotFound { what: "draft", id: id.to_string() }),
         }
     }
 
@@ -166,7 +148,8 @@ impl Store {
     pub fn internal_send_draft(&mut self, id: i64, login: &str, now: i64) -> Result<()> {
         self.write(|tx| {
             Self::own_draft(tx, id, login)?;
-            let n: i64 = tx.query_row("SELECT COUNT(*) FROM internal_recipients WHERE message_id = ?", [id], |r| r.get(0))?;
+            let n: i64 =
+                tx.query_row("SELECT COUNT(*) FROM internal_recipients WHERE message_id = ?", [id], |r| r.get(0))?;
             if n == 0 {
                 return Err(Error::Invalid(format!("draft {id} has no recipient")));
             }
@@ -213,16 +196,7 @@ impl Store {
     ) -> Result<Vec<InternalMessage>> {
         let mut st = self.conn().prepare_cached(sql)?;
         let base: Vec<(i64, String, String, String, String, i64)> = st
-            .query_map(args, |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })?
+            .query_map(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
             .collect::<rusqlite::Result<_>>()?;
         let mut rc = self.conn().prepare_cached(
             "SELECT u.login, r.read_time, r.user_id FROM internal_recipients r JOIN users u ON u.id = r.user_id
@@ -230,9 +204,8 @@ impl Store {
         )?;
         let mut out = Vec::with_capacity(base.len());
         for (id, from, subject, body, importance, created) in base {
-            let rcpts: Vec<(String, Option<i64>, i64)> = rc
-                .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?;
+            let rcpts: Vec<(String, Option<i64>, i64)> =
+                rc.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?;
             out.push(InternalMessage {
                 id,
                 from,
@@ -242,22 +215,14 @@ impl Store {
                 importance: Importance::parse(&importance),
                 created,
                 read: reader.is_some_and(|u| rcpts.iter().any(|r| r.2 == u && r.1.is_some())),
-                not_delivered: rcpts
-                    .iter()
-                    .filter(|r| r.1.is_none())
-                    .map(|r| r.0.clone())
-                    .collect(),
+                not_delivered: rcpts.iter().filter(|r| r.1.is_none()).map(|r| r.0.clone()).collect(),
             });
         }
         Ok(out)
     }
 
     /// A user's folder, newest first.
-    pub fn internal_list(
-        &self,
-        login: &str,
-        folder: InternalFolder,
-    ) -> Result<Vec<InternalMessage>> {
+    pub fn internal_list(&self, login: &str, folder: InternalFolder) -> Result<Vec<InternalMessage>> {
         let user = self.user_by_login(login)?;
         let cols = "m.id, u.login, m.subject, m.body, m.importance, m.created";
         match folder {
@@ -298,9 +263,10 @@ impl Store {
         // message created in the same second as the previous check.
         let user = self.user_by_login(login)?;
         self.write(|tx| {
-            let since: i64 = tx
-                .query_row("SELECT COALESCE(last_check_id, 0) FROM users WHERE id = ?", [user.id], |r| r.get(0))?;
-            let newest: i64 = tx.query_row("SELECT COALESCE(MAX(sent_seq), 0) FROM internal_messages", [], |r| r.get(0))?;
+            let since: i64 =
+                tx.query_row("SELECT COALESCE(last_check_id, 0) FROM users WHERE id = ?", [user.id], |r| r.get(0))?;
+            let newest: i64 =
+                tx.query_row("SELECT COALESCE(MAX(sent_seq), 0) FROM internal_messages", [], |r| r.get(0))?;
             tx.execute(
                 "UPDATE users SET last_check = ?, last_check_id = ? WHERE id = ?",
                 params![now, newest, user.id],
@@ -324,10 +290,7 @@ impl Store {
         let user = self.user_by_login(login)?;
         if let Some(v) = set {
             self.write(|tx| {
-                tx.execute(
-                    "UPDATE users SET poll_interval = ? WHERE id = ?",
-                    params![v, user.id],
-                )?;
+                tx.execute("UPDATE users SET poll_interval = ? WHERE id = ?", params![v, user.id])?;
                 Ok(())
             })?;
             return Ok(Some(v));

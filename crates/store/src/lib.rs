@@ -15,6 +15,7 @@ mod accounts;
 mod engine_state;
 mod history;
 pub mod internal;
+mod local;
 mod mail;
 pub mod outbox;
 mod schema;
@@ -28,6 +29,7 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 pub use accounts::{Account, NewAccount, Security, SmtpSettings};
 pub use engine_state::{MasterRow, WorkerRow};
 pub use history::{HistoryFilter, HistoryRow, NewHistory};
+pub use local::{DeletionWork, MailRow};
 pub use mail::*;
 pub use users::User;
 
@@ -39,14 +41,8 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
-    #[error(
-        "the store {path} has schema version {found}, newer than this backproc knows ({known}); upgrade backproc"
-    )]
-    TooNew {
-        path: PathBuf,
-        found: i64,
-        known: i64,
-    },
+    #[error("the store {path} has schema version {found}, newer than this backproc knows ({known}); upgrade backproc")]
+    TooNew { path: PathBuf, found: i64, known: i64 },
     #[error("cannot migrate the store to schema version {version}: {source}")]
     Migrate {
         version: usize,
@@ -72,35 +68,19 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) and migrates the store.
     pub fn open(path: &Path) -> Result<Store> {
-        let conn = Connection::open(path).map_err(|source| Error::Open {
-            path: path.into(),
-            source,
-        })?;
-        let mut store = Store {
-            conn,
-            path: path.into(),
-        };
-        store.configure().map_err(|source| Error::Open {
-            path: path.into(),
-            source,
-        })?;
+        let conn = Connection::open(path).map_err(|source| Error::Open { path: path.into(), source })?;
+        let mut store = Store { conn, path: path.into() };
+        store.configure().map_err(|source| Error::Open { path: path.into(), source })?;
         store.migrate()?;
         Ok(store)
     }
 
     /// Opens an existing store read-only, without migrating (for `status` while a master runs).
     pub fn open_read_only(path: &Path) -> Result<Store> {
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
-            |source| Error::Open {
-                path: path.into(),
-                source,
-            },
-        )?;
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|source| Error::Open { path: path.into(), source })?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        let store = Store {
-            conn,
-            path: path.into(),
-        };
+        let store = Store { conn, path: path.into() };
         store.check_version()?;
         Ok(store)
     }
@@ -127,36 +107,25 @@ impl Store {
     }
 
     fn version(&self) -> Result<i64> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
     fn check_version(&self) -> Result<()> {
         let found = self.version()?;
         let known = schema::MIGRATIONS.len() as i64;
         if found > known {
-            return Err(Error::TooNew {
-                path: self.path.clone(),
-                found,
-                known,
-            });
+            return Err(Error::TooNew { path: self.path.clone(), found, known });
         }
         Ok(())
     }
 
     fn migrate(&mut self) -> Result<()> {
         self.check_version()?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Re-read under the write lock: two processes may start at once.
         let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
-            tx.execute_batch(sql).map_err(|source| Error::Migrate {
-                version: i + 1,
-                source,
-            })?;
+            tx.execute_batch(sql).map_err(|source| Error::Migrate { version: i + 1, source })?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         }
         tx.commit()?;
@@ -165,19 +134,14 @@ impl Store {
 
     /// Runs `f` in a short write transaction (BEGIN IMMEDIATE; see the crate docs).
     pub(crate) fn write<T>(&mut self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
     }
 
     /// Like `write`, but the commit is on disk when this returns (synchronous=FULL for it).
-    pub(crate) fn durable_write<T>(
-        &mut self,
-        f: impl FnOnce(&Transaction) -> Result<T>,
-    ) -> Result<T> {
+    pub(crate) fn durable_write<T>(&mut self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
         self.conn.pragma_update(None, "synchronous", "FULL")?;
         let out = self.write(f);
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -190,25 +154,19 @@ impl Store {
 
     /// `PRAGMA integrity_check` result ("ok" when healthy).
     pub fn integrity_check(&self) -> Result<String> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+        Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
 
     /// Moves the WAL into the database and truncates it.
     pub fn checkpoint_truncate(&self) -> Result<()> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 }
 
 /// Current unix time in seconds.
 pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -236,9 +194,7 @@ mod tests {
         }
         // and nothing was changed
         let c = Connection::open(&path).unwrap();
-        let v: i64 = c
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, 99);
     }
 }

@@ -54,35 +54,21 @@ impl Store {
 
     pub fn set_folder_priority(&mut self, id: i64, priority: &str) -> Result<()> {
         if !matches!(priority, "high" | "low" | "off") {
-            return Err(Error::Invalid(format!(
-                "invalid priority {priority:?}: expected high, low or off"
-            )));
+            return Err(Error::Invalid(format!("invalid priority {priority:?}: expected high, low or off")));
         }
-        let n = self.write(|tx| {
-            Ok(tx.execute(
-                "UPDATE folders SET priority = ? WHERE id = ?",
-                params![priority, id],
-            )?)
-        })?;
+        let n =
+            self.write(|tx| Ok(tx.execute("UPDATE folders SET priority = ? WHERE id = ?", params![priority, id])?))?;
         if n == 0 {
-            return Err(Error::NotFound {
-                what: "folder",
-                id: id.to_string(),
-            });
+            return Err(Error::NotFound { what: "folder", id: id.to_string() });
         }
         Ok(())
     }
 
     pub fn folder_account(&self, id: i64) -> Result<i64> {
         self.conn()
-            .query_row("SELECT account_id FROM folders WHERE id = ?", [id], |r| {
-                r.get(0)
-            })
+            .query_row("SELECT account_id FROM folders WHERE id = ?", [id], |r| r.get(0))
             .optional()?
-            .ok_or_else(|| Error::NotFound {
-                what: "folder",
-                id: id.to_string(),
-            })
+            .ok_or_else(|| Error::NotFound { what: "folder", id: id.to_string() })
     }
 }
 
@@ -212,14 +198,11 @@ impl RetryPolicy {
     /// Exponential back-off: base, 2·base, 4·base… capped.
     pub fn delay(&self, attempts: i64) -> i64 {
         let shift = (attempts.clamp(1, 30) - 1) as u32;
-        self.backoff_base
-            .saturating_mul(1i64 << shift)
-            .min(self.backoff_max)
+        self.backoff_base.saturating_mul(1i64 << shift).min(self.backoff_max)
     }
 }
 
-const FOLDER_COLS: &str =
-    "id, account_id, name, special_use, priority, uidvalidity, last_seen_uid, highest_modseq,
+const FOLDER_COLS: &str = "id, account_id, name, special_use, priority, uidvalidity, last_seen_uid, highest_modseq,
     last_recent_sync, last_full_sync, gone";
 
 fn folder_row(r: &rusqlite::Row) -> rusqlite::Result<FolderRow> {
@@ -242,11 +225,7 @@ impl Store {
     /// Records what LIST returned: new folders appear (INBOX high priority, others low),
     /// known ones get their special use refreshed, missing ones are marked gone (their
     /// messages stay until Sync Delete decides). Returns the ids of new folders.
-    pub fn record_folder_list(
-        &mut self,
-        account_id: i64,
-        listed: &[FolderListing],
-    ) -> Result<Vec<i64>> {
+    pub fn record_folder_list(&mut self, account_id: i64, listed: &[FolderListing]) -> Result<Vec<i64>> {
         self.write(|tx| {
             let mut new = Vec::new();
             tx.execute("UPDATE folders SET gone = 1 WHERE account_id = ?", [account_id])?;
@@ -272,25 +251,16 @@ impl Store {
 
     pub fn folder(&self, id: i64) -> Result<FolderRow> {
         self.conn()
-            .query_row(
-                &format!("SELECT {FOLDER_COLS} FROM folders WHERE id = ?"),
-                [id],
-                folder_row,
-            )
+            .query_row(&format!("SELECT {FOLDER_COLS} FROM folders WHERE id = ?"), [id], folder_row)
             .optional()?
-            .ok_or_else(|| Error::NotFound {
-                what: "folder",
-                id: id.to_string(),
-            })
+            .ok_or_else(|| Error::NotFound { what: "folder", id: id.to_string() })
     }
 
     pub fn account_folders(&self, account_id: i64) -> Result<Vec<FolderRow>> {
-        let mut st = self.conn().prepare_cached(&format!(
-            "SELECT {FOLDER_COLS} FROM folders WHERE account_id = ? ORDER BY id"
-        ))?;
-        let v = st
-            .query_map([account_id], folder_row)?
-            .collect::<rusqlite::Result<_>>()?;
+        let mut st = self
+            .conn()
+            .prepare_cached(&format!("SELECT {FOLDER_COLS} FROM folders WHERE account_id = ? ORDER BY id"))?;
+        let v = st.query_map([account_id], folder_row)?.collect::<rusqlite::Result<_>>()?;
         Ok(v)
     }
 
@@ -316,12 +286,8 @@ impl Store {
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
-        let mut st = self
-            .conn()
-            .prepare_cached("SELECT uid FROM receive_queue WHERE folder_id = ? ORDER BY uid")?;
-        let queued = st
-            .query_map([folder_id], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        let mut st = self.conn().prepare_cached("SELECT uid FROM receive_queue WHERE folder_id = ? ORDER BY uid")?;
+        let queued = st.query_map([folder_id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
         Ok((msgs, queued))
     }
 
@@ -412,17 +378,9 @@ impl Store {
             "SELECT id, uid, COALESCE(size, 0), attempts FROM receive_queue
              WHERE folder_id = ? AND queue = ? AND next_attempt <= ? ORDER BY uid LIMIT ?",
         )?;
-        let rows = st.query_map(
-            params![folder_id, lane.as_str(), now, max_count as i64],
-            |r| {
-                Ok(QueueEntry {
-                    id: r.get(0)?,
-                    uid: r.get(1)?,
-                    size: r.get(2)?,
-                    attempts: r.get(3)?,
-                })
-            },
-        )?;
+        let rows = st.query_map(params![folder_id, lane.as_str(), now, max_count as i64], |r| {
+            Ok(QueueEntry { id: r.get(0)?, uid: r.get(1)?, size: r.get(2)?, attempts: r.get(3)? })
+        })?;
         let mut out = Vec::new();
         let mut bytes = 0i64;
         for r in rows {
@@ -451,13 +409,7 @@ impl Store {
     /// Stale rows (from before a UIDVALIDITY change) matching a message by Message-ID and
     /// size: re-keyed to the new UID instead of being downloaded again. Returns whether one
     /// matched (and the queue entry went with it).
-    pub fn rematch_stale(
-        &mut self,
-        folder_id: i64,
-        uid: i64,
-        message_id: &str,
-        size: i64,
-    ) -> Result<bool> {
+    pub fn rematch_stale(&mut self, folder_id: i64, uid: i64, message_id: &str, size: i64) -> Result<bool> {
         self.write(|tx| {
             let id: Option<i64> = tx
                 .query_row(
@@ -499,12 +451,7 @@ impl Store {
     /// Stores downloaded messages and removes their queue entries, plus the entries of UIDs
     /// the server no longer has, in one transaction: a kill at any point leaves both or
     /// neither. Storing the same UID twice is one message.
-    pub fn store_received(
-        &mut self,
-        folder_id: i64,
-        msgs: &[NewMessage],
-        gone: &[i64],
-    ) -> Result<usize> {
+    pub fn store_received(&mut self, folder_id: i64, msgs: &[NewMessage], gone: &[i64]) -> Result<usize> {
         self.write(|tx| {
             let mut ins = tx.prepare_cached(
                 "INSERT INTO messages (folder_id, uid, message_id, from_addr, to_addr, cc_addr, subject, date,
@@ -549,13 +496,7 @@ impl Store {
 
     /// Counts one failed attempt for each entry; moves entries past the limits to the
     /// secondary queue or to failed.
-    pub fn receive_failed(
-        &mut self,
-        ids: &[i64],
-        error: &str,
-        now: i64,
-        p: &RetryPolicy,
-    ) -> Result<FailureMoves> {
+    pub fn receive_failed(&mut self, ids: &[i64], error: &str, now: i64, p: &RetryPolicy) -> Result<FailureMoves> {
         self.write(|tx| {
             let mut moves = FailureMoves::default();
             let mut get = tx.prepare_cached("SELECT attempts, queue FROM receive_queue WHERE id = ?")?;
@@ -600,10 +541,7 @@ impl Store {
 
     /// The messages of a folder as the store has them (uid, Message-ID, flags, raw size):
     /// for tests and `mail list`.
-    pub fn folder_messages(
-        &self,
-        folder_id: i64,
-    ) -> Result<Vec<(i64, Option<String>, MsgFlags, i64)>> {
+    pub fn folder_messages(&self, folder_id: i64) -> Result<Vec<(i64, Option<String>, MsgFlags, i64)>> {
         let mut st = self.conn().prepare(
             "SELECT uid, message_id, seen, answered, flagged, draft, deleted, size FROM messages
              WHERE folder_id = ? AND deletion_synced IS NULL ORDER BY uid",
@@ -697,12 +635,7 @@ impl Store {
     }
 
     /// "Check mail now": makes folders due at the next tick.
-    pub fn request_sync(
-        &mut self,
-        account: Option<i64>,
-        folder: Option<i64>,
-        now: i64,
-    ) -> Result<usize> {
+    pub fn request_sync(&mut self, account: Option<i64>, folder: Option<i64>, now: i64) -> Result<usize> {
         self.write(|tx| {
             Ok(tx.execute(
                 "UPDATE folders SET sync_requested = ?1

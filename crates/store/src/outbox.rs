@@ -87,12 +87,7 @@ pub struct SendPolicy {
 fn token() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
     h.write_u32(std::process::id());
     format!("{:016x}{:08x}", h.finish(), std::process::id())
 }
@@ -113,9 +108,7 @@ impl Store {
     ) -> Result<i64> {
         self.account(account_id)?;
         if recipients.is_empty() {
-            return Err(Error::Invalid(
-                "a message needs at least one recipient".into(),
-            ));
+            return Err(Error::Invalid("a message needs at least one recipient".into()));
         }
         let rcpts = serde_json::to_string(recipients).map_err(|e| Error::Invalid(e.to_string()))?;
         self.write(|tx| {
@@ -153,9 +146,7 @@ impl Store {
         let mut st = self.conn().prepare_cached(
             "SELECT DISTINCT account_id FROM outbox WHERE state IN ('PENDING','RETRY') AND secondary = ? AND next_attempt <= ?",
         )?;
-        let v = st
-            .query_map(params![secondary, now], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        let v = st.query_map(params![secondary, now], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
         Ok(v)
     }
 
@@ -206,13 +197,7 @@ impl Store {
 
     /// Records how a claimed send ended. Returns false when the lease was lost (another
     /// worker or the lease expiry owns the entry now): nothing was changed.
-    pub fn outbox_finish(
-        &mut self,
-        c: &Claimed,
-        outcome: &SendOutcome,
-        now: i64,
-        p: &SendPolicy,
-    ) -> Result<bool> {
+    pub fn outbox_finish(&mut self, c: &Claimed, outcome: &SendOutcome, now: i64, p: &SendPolicy) -> Result<bool> {
         let fenced = "WHERE id = ? AND lease_token = ? AND state = 'PROCESSING'";
         let json = |i: &DeliveryInfo| serde_json::to_string(i).unwrap_or_default();
         match outcome {
@@ -271,25 +256,15 @@ impl Store {
     pub fn outbox_record(&self, id: i64) -> Result<OutboxRecord> {
         self.outbox_records(Some(id), None)?
             .pop()
-            .ok_or_else(|| Error::NotFound {
-                what: "outbox entry",
-                id: id.to_string(),
-            })
+            .ok_or_else(|| Error::NotFound { what: "outbox entry", id: id.to_string() })
     }
 
     /// Entries, newest first, optionally of one state.
-    pub fn outbox_records(
-        &self,
-        id: Option<i64>,
-        state: Option<&str>,
-    ) -> Result<Vec<OutboxRecord>> {
+    pub fn outbox_records(&self, id: Option<i64>, state: Option<&str>) -> Result<Vec<OutboxRecord>> {
         if let Some(s) = state
             && !STATES.contains(&s)
         {
-            return Err(Error::Invalid(format!(
-                "unknown state {s:?}: expected one of {}",
-                STATES.join(", ")
-            )));
+            return Err(Error::Invalid(format!("unknown state {s:?}: expected one of {}", STATES.join(", "))));
         }
         let mut st = self.conn().prepare_cached(
             "SELECT id, account_id, state, start_time, end_time, error, attempts, lease_expire_time, info, message_id,
@@ -325,9 +300,7 @@ impl Store {
     pub fn outbox_retry(&mut self, id: i64, now: i64) -> Result<()> {
         let rec = self.outbox_record(id)?;
         if rec.state == "PROCESSING" {
-            return Err(Error::Invalid(format!(
-                "entry {id} is being sent now (PROCESSING)"
-            )));
+            return Err(Error::Invalid(format!("entry {id} is being sent now (PROCESSING)")));
         }
         self.write(|tx| {
             tx.execute(
@@ -340,28 +313,18 @@ impl Store {
 
     /// Outbox entry counts by state, for `status` and metrics.
     pub fn outbox_depths(&self) -> Result<Vec<(String, i64)>> {
-        let mut st = self
-            .conn()
-            .prepare_cached("SELECT state, COUNT(*) FROM outbox GROUP BY state ORDER BY state")?;
-        let v = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
+        let mut st = self.conn().prepare_cached("SELECT state, COUNT(*) FROM outbox GROUP BY state ORDER BY state")?;
+        let v = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
         Ok(v)
     }
 
     /// Sent messages of an account still to be appended to its Sent folder: (id, raw).
-    pub fn outbox_pending_appends(
-        &self,
-        account_id: i64,
-        limit: usize,
-    ) -> Result<Vec<(i64, Vec<u8>)>> {
+    pub fn outbox_pending_appends(&self, account_id: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>> {
         let mut st = self.conn().prepare_cached(
             "SELECT id, raw FROM outbox WHERE account_id = ? AND state = 'SUCCESS' AND sent_append = 'pending' ORDER BY id LIMIT ?",
         )?;
         let v = st
-            .query_map(params![account_id, limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?
+            .query_map(params![account_id, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(v)
     }
@@ -375,12 +338,10 @@ impl Store {
 
     /// Accounts with sent messages waiting for their Sent-folder append.
     pub fn outbox_append_accounts(&self) -> Result<Vec<i64>> {
-        let mut st = self
-            .conn()
-            .prepare_cached("SELECT DISTINCT account_id FROM outbox WHERE state = 'SUCCESS' AND sent_append = 'pending'")?;
-        let v = st
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        let mut st = self.conn().prepare_cached(
+            "SELECT DISTINCT account_id FROM outbox WHERE state = 'SUCCESS' AND sent_append = 'pending'",
+        )?;
+        let v = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
         Ok(v)
     }
 

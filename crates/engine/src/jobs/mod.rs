@@ -1,5 +1,6 @@
 //! The jobs: each a function of (context, task) → report, run on a worker thread.
 
+pub mod delete;
 pub mod maintenance;
 pub mod receive;
 pub mod send;

@@ -22,10 +22,7 @@ pub fn policy(c: &backproc_config::Config) -> RetryPolicy {
 
 pub fn receive(ctx: &mut Ctx, task: &Task, lane: Lane) -> Result<Report, Failure> {
     let (Some(account), Some(folder_id)) = (task.account, task.folder) else {
-        return Err(Failure::new(
-            FailureKind::Other,
-            "receive needs an account and a folder",
-        ));
+        return Err(Failure::new(FailureKind::Other, "receive needs an account and a folder"));
     };
     let started = Instant::now();
     let folder = ctx.store.folder(folder_id)?;
@@ -54,10 +51,7 @@ pub fn receive(ctx: &mut Ctx, task: &Task, lane: Lane) -> Result<Report, Failure
             let ids: Vec<i64> = too_big.iter().map(|e| e.id).collect();
             failed_ids.extend(ids.iter().copied());
             let msg = format!("message larger than EMAIL_BG_MAX_MESSAGE_SIZE ({max_size} bytes)");
-            log::error!(
-                "Not enough memory to process the message: {} message(s) skipped: {msg}",
-                ids.len()
-            );
+            log::error!("Not enough memory to process the message: {} message(s) skipped: {msg}", ids.len());
             ctx.store.receive_failed(&ids, &msg, now, &policy)?;
             if batch.is_empty() {
                 continue;
@@ -74,10 +68,7 @@ pub fn receive(ctx: &mut Ctx, task: &Task, lane: Lane) -> Result<Report, Failure
             if ctx.store.has_stale(folder_id).unwrap_or(false) {
                 for (uid, size, header) in session.fetch_headers(&uids)? {
                     if let Some(mid) = parse::message_id(&header)
-                        && ctx
-                            .store
-                            .rematch_stale(folder_id, uid as i64, &mid, size as i64)
-                            .unwrap_or(false)
+                        && ctx.store.rematch_stale(folder_id, uid as i64, &mid, size as i64).unwrap_or(false)
                     {
                         rematched.push(uid);
                     }
@@ -96,11 +87,7 @@ pub fn receive(ctx: &mut Ctx, task: &Task, lane: Lane) -> Result<Report, Failure
             })?;
             let got: HashSet<i64> = msgs.iter().map(|m| m.uid).collect();
             // Asked for but not returned: expunged on the server before we fetched it.
-            Ok(uids
-                .iter()
-                .map(|u| *u as i64)
-                .filter(|u| !got.contains(u))
-                .collect())
+            Ok(uids.iter().map(|u| *u as i64).filter(|u| !got.contains(u)).collect())
         };
         let gone = match fetch() {
             Ok(g) => g,
@@ -108,9 +95,7 @@ pub fn receive(ctx: &mut Ctx, task: &Task, lane: Lane) -> Result<Report, Failure
                 ctx.sessions.discard(account);
                 let f = failure_from_imap(e);
                 let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
-                let moves = ctx
-                    .store
-                    .receive_failed(&ids, &f.to_string(), now, &policy)?;
+                let moves = ctx.store.receive_failed(&ids, &f.to_string(), now, &policy)?;
                 if moves.to_secondary > 0 {
                     log::warn!(
                         "{} message(s) failed more than {} times: moved to the secondary queue",
@@ -119,16 +104,9 @@ pub fn receive(ctx: &mut Ctx, task: &Task, lane: Lane) -> Result<Report, Failure
                     );
                 }
                 if moves.failed > 0 {
-                    log::error!(
-                        "{} message(s) failed more than {} times: given up",
-                        moves.failed,
-                        policy.final_after
-                    );
+                    log::error!("{} message(s) failed more than {} times: given up", moves.failed, policy.final_after);
                 }
-                log::info!(
-                    "received {received} new messages in {}s",
-                    started.elapsed().as_secs()
-                );
+                log::info!("received {received} new messages in {}s", started.elapsed().as_secs());
                 return Err(f);
             }
         };
@@ -137,12 +115,6 @@ pub fn receive(ctx: &mut Ctx, task: &Task, lane: Lane) -> Result<Report, Failure
         ctx.progress(task, done, total);
     }
     ctx.store.drop_stale_if_done(folder_id)?;
-    log::info!(
-        "received {received} new messages in {}s",
-        started.elapsed().as_secs()
-    );
-    Ok(Report {
-        count: received,
-        follow_up: Vec::new(),
-    })
+    log::info!("received {received} new messages in {}s", started.elapsed().as_secs());
+    Ok(Report { count: received, follow_up: Vec::new() })
 }

@@ -22,12 +22,8 @@ pub fn policy(c: &backproc_config::Config) -> SendPolicy {
 }
 
 fn smtp_params(a: &Account) -> Result<Params, String> {
-    let host = a.smtp.host.clone().ok_or_else(|| {
-        format!(
-            "account {} has no SMTP server (account set --smtp-host)",
-            a.id
-        )
-    })?;
+    let host =
+        a.smtp.host.clone().ok_or_else(|| format!("account {} has no SMTP server (account set --smtp-host)", a.id))?;
     let security = match a.smtp.security {
         Some(StoreSecurity::Ssl) => Security::Ssl,
         Some(StoreSecurity::Starttls) => Security::StartTls,
@@ -40,12 +36,7 @@ fn smtp_params(a: &Account) -> Result<Params, String> {
         Security::StartTls => 587,
         Security::None => 25,
     });
-    let password = match (
-        &a.smtp.password_command,
-        &a.smtp.password,
-        &a.password_command,
-        &a.password,
-    ) {
+    let password = match (&a.smtp.password_command, &a.smtp.password, &a.password_command, &a.password) {
         (Some(cmd), _, _, _) => Some(run_password_command(cmd).map_err(|f| f.detail)?),
         (None, Some(p), _, _) => Some(p.clone()),
         (None, None, Some(cmd), _) => Some(run_password_command(cmd).map_err(|f| f.detail)?),
@@ -80,14 +71,9 @@ fn outcome(c: &Claimed, r: Result<backproc_smtp::Delivery, backproc_smtp::Error>
             if !info.accepted.is_empty() {
                 SendOutcome::Success { info }
             } else if !info.pending.is_empty() {
-                SendOutcome::Temporary {
-                    error: format!("no recipient accepted yet: {}", info.response),
-                }
+                SendOutcome::Temporary { error: format!("no recipient accepted yet: {}", info.response) }
             } else {
-                SendOutcome::Permanent {
-                    error: format!("every recipient was refused: {}", info.response),
-                    info,
-                }
+                SendOutcome::Permanent { error: format!("every recipient was refused: {}", info.response), info }
             }
         }
         Err(e) => match e.kind {
@@ -106,9 +92,7 @@ fn outcome(c: &Claimed, r: Result<backproc_smtp::Delivery, backproc_smtp::Error>
 }
 
 pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failure> {
-    let account = task
-        .account
-        .ok_or_else(|| Failure::new(FailureKind::Other, "send needs an account"))?;
+    let account = task.account.ok_or_else(|| Failure::new(FailureKind::Other, "send needs an account"))?;
     let policy = policy(ctx.config);
     let now = ctx.clock.now();
     let claimed = ctx.store.outbox_claim(
@@ -126,26 +110,18 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
         let started = Instant::now();
         // A worker frozen past its lease must not send what may now be someone else's.
         if !ctx.store.outbox_holds_lease(c.id, &c.token)? {
-            log::warn!(
-                "lost the lease of outbox entry {} before sending; not sent",
-                c.id
-            );
+            log::warn!("lost the lease of outbox entry {} before sending; not sent", c.id);
             continue;
         }
         if smtp.as_ref().is_none_or(Smtp::is_broken) {
             smtp = match smtp_params(&a)
-                .map_err(|d| backproc_smtp::Error {
-                    kind: ErrorKind::Connect,
-                    detail: d,
-                })
+                .map_err(|d| backproc_smtp::Error { kind: ErrorKind::Connect, detail: d })
                 .and_then(|p| Smtp::connect(&p))
             {
                 Ok(s) => Some(s),
                 Err(e) => {
                     log::error!("cannot send outbox entry {}: {e}", c.id);
-                    let o = SendOutcome::Temporary {
-                        error: e.detail.clone(),
-                    };
+                    let o = SendOutcome::Temporary { error: e.detail.clone() };
                     finish(ctx, c, &o, &policy)?;
                     last_failure = Some(Failure::new(
                         if e.kind == ErrorKind::Auth {
@@ -190,10 +166,7 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
                 log::warn!("message {} not sent, will retry: {error}", c.id)
             }
             SendOutcome::Unknown { error } => {
-                log::error!(
-                    "message {}: delivery outcome unknown, not sent again automatically: {error}",
-                    c.id
-                );
+                log::error!("message {}: delivery outcome unknown, not sent again automatically: {error}", c.id);
                 smtp = None;
             }
         }
@@ -205,19 +178,13 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     append_sent(ctx, &a);
     match last_failure {
         Some(f) if sent == 0 => Err(f),
-        _ => Ok(Report {
-            count: sent,
-            follow_up: Vec::new(),
-        }),
+        _ => Ok(Report { count: sent, follow_up: Vec::new() }),
     }
 }
 
 fn finish(ctx: &mut Ctx, c: &Claimed, o: &SendOutcome, p: &SendPolicy) -> Result<(), Failure> {
     if !ctx.store.outbox_finish(c, o, ctx.clock.now(), p)? {
-        log::warn!(
-            "lost the lease of outbox entry {}: its record was left as the lease expiry set it",
-            c.id
-        );
+        log::warn!("lost the lease of outbox entry {}: its record was left as the lease expiry set it", c.id);
     }
     Ok(())
 }
@@ -236,20 +203,13 @@ fn append_sent(ctx: &mut Ctx, a: &Account) {
         .store
         .account_folders(a.id)
         .ok()
-        .and_then(|fs| {
-            fs.into_iter()
-                .find(|f| f.special_use.as_deref() == Some("sent"))
-                .map(|f| f.name)
-        })
+        .and_then(|fs| fs.into_iter().find(|f| f.special_use.as_deref() == Some("sent")).map(|f| f.name))
         .unwrap_or_else(|| "Sent".to_owned());
     let now = ctx.clock.now();
     let session = match ctx.sessions.get(ctx.store, ctx.config, a.id, now) {
         Ok(s) => s,
         Err(f) => {
-            log::warn!(
-                "cannot append {} sent message(s) to {folder}: {f}",
-                pending.len()
-            );
+            log::warn!("cannot append {} sent message(s) to {folder}: {f}", pending.len());
             return;
         }
     };

@@ -11,29 +11,15 @@ use crate::sessions::failure_from_imap;
 use crate::task::{Failure, FailureKind, Job, Report, Task};
 
 fn to_store(f: Flags) -> MsgFlags {
-    MsgFlags {
-        seen: f.seen,
-        answered: f.answered,
-        flagged: f.flagged,
-        draft: f.draft,
-        deleted: f.deleted,
-    }
+    MsgFlags { seen: f.seen, answered: f.answered, flagged: f.flagged, draft: f.draft, deleted: f.deleted }
 }
 fn to_plan(f: MsgFlags) -> Flags {
-    Flags {
-        seen: f.seen,
-        answered: f.answered,
-        flagged: f.flagged,
-        draft: f.draft,
-        deleted: f.deleted,
-    }
+    Flags { seen: f.seen, answered: f.answered, flagged: f.flagged, draft: f.draft, deleted: f.deleted }
 }
 
 /// LIST the account's folders and record them.
 pub fn list_folders(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
-    let account = task
-        .account
-        .ok_or_else(|| Failure::new(FailureKind::Other, "no account"))?;
+    let account = task.account.ok_or_else(|| Failure::new(FailureKind::Other, "no account"))?;
     let now = ctx.clock.now();
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
     let listed = match session.list_folders() {
@@ -58,23 +44,14 @@ pub fn list_folders(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
         log::info!("found {} new folder(s)", new.len());
     }
     // New folders get their initial sync at once, whatever their priority.
-    let follow_up = new
-        .iter()
-        .map(|&f| Task::new(Job::SyncFull, Some(account), Some(f)))
-        .collect();
-    Ok(Report {
-        count: new.len() as i64,
-        follow_up,
-    })
+    let follow_up = new.iter().map(|&f| Task::new(Job::SyncFull, Some(account), Some(f))).collect();
+    Ok(Report { count: new.len() as i64, follow_up })
 }
 
 /// Sync one folder: recent (new UIDs) or full (also flags and vanished messages).
 pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Failure> {
     let (Some(account), Some(folder_id)) = (task.account, task.folder) else {
-        return Err(Failure::new(
-            FailureKind::Other,
-            "sync needs an account and a folder",
-        ));
+        return Err(Failure::new(FailureKind::Other, "sync needs an account and a folder"));
     };
     let started = Instant::now();
     let now = ctx.clock.now();
@@ -92,18 +69,13 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
     let result = (|| -> Result<(ServerView, Vec<Change>, Vec<u32>), backproc_imap::Error> {
         let status = session.status(&folder.name)?;
-        let mut view = ServerView {
-            status,
-            new: Vec::new(),
-            full: None,
-        };
+        let mut view = ServerView { status, new: Vec::new(), full: None };
         if local.uidvalidity.is_some_and(|v| v != status.uidvalidity) {
             let changes = plan(&local, &[], &[], &view);
             return Ok((view, changes, Vec::new()));
         }
         let has_new = status.uidnext == 0 || status.uidnext > local.last_seen_uid + 1;
-        let known_on_server =
-            rows.iter().filter(|r| !r.server_deleted).count() as u32 + queued.len() as u32;
+        let known_on_server = rows.iter().filter(|r| !r.server_deleted).count() as u32 + queued.len() as u32;
         // With CONDSTORE an unchanged HIGHESTMODSEQ and message count mean no flag change
         // and no expunge: the no-change full sync costs one STATUS.
         let flags_unchanged = session.caps.condstore
@@ -119,11 +91,7 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
         }
         let mut pushed = Vec::new();
         if want_flags {
-            let since = if session.caps.condstore {
-                local.highest_modseq
-            } else {
-                None
-            };
+            let since = if session.caps.condstore { local.highest_modseq } else { None };
             let (flags, present) = session.flags_and_present(local.last_seen_uid, since)?;
             view.full = Some(ServerFlags { flags, present });
         } else if full && local.last_seen_uid == 0 {
@@ -157,11 +125,7 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
             return Err(failure_from_imap(e));
         }
     };
-    let mut apply = SyncApply {
-        full,
-        uidvalidity: Some(view.status.uidvalidity as i64),
-        ..SyncApply::default()
-    };
+    let mut apply = SyncApply { full, uidvalidity: Some(view.status.uidvalidity as i64), ..SyncApply::default() };
     let mut found = 0usize;
     for c in changes {
         log::debug!("{c}");
@@ -175,13 +139,9 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
             }
             Change::Queue(v) => {
                 found += v.len();
-                apply
-                    .queue
-                    .extend(v.iter().map(|m| (m.uid as i64, m.size as i64)));
+                apply.queue.extend(v.iter().map(|m| (m.uid as i64, m.size as i64)));
             }
-            Change::SetLocalFlags { uid, flags } => {
-                apply.set_flags.push((uid as i64, to_store(flags)))
-            }
+            Change::SetLocalFlags { uid, flags } => apply.set_flags.push((uid as i64, to_store(flags))),
             Change::PushFlags { uid, .. } => {
                 if pushed.contains(&uid) {
                     apply.pushed.push(uid as i64);
@@ -189,20 +149,14 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
             }
             Change::VanishedOnServer { uid } => apply.vanished.push(uid as i64),
             Change::Unqueue { uid } => apply.unqueue.push(uid as i64),
-            Change::Watermarks {
-                last_seen_uid,
-                highest_modseq,
-            } => {
+            Change::Watermarks { last_seen_uid, highest_modseq } => {
                 apply.watermarks = Some((last_seen_uid as i64, highest_modseq.map(|m| m as i64)));
             }
         }
     }
     let reset = apply.reset.is_some();
     ctx.store.apply_sync(folder_id, &apply, now)?;
-    log::info!(
-        "found {found} new messages in {}s",
-        started.elapsed().as_secs()
-    );
+    log::info!("found {found} new messages in {}s", started.elapsed().as_secs());
     let mut follow_up = Vec::new();
     if found > 0 || !queued.is_empty() {
         follow_up.push(Task::new(Job::Receive, Some(account), Some(folder_id)));
@@ -211,10 +165,7 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
         // Read the folder again from scratch right away.
         follow_up.push(Task::new(Job::SyncFull, Some(account), Some(folder_id)));
     }
-    Ok(Report {
-        count: found as i64,
-        follow_up,
-    })
+    Ok(Report { count: found as i64, follow_up })
 }
 
 fn local_msg(r: &backproc_store::MsgSyncRow) -> LocalMsg {

@@ -3,19 +3,9 @@
 use super::*;
 use chrono::FixedOffset;
 
-const IV: Intervals = Intervals {
-    recent: 600,
-    recent_nl: 1800,
-    full: 3600,
-    full_nl: 4800,
-};
+const IV: Intervals = Intervals { recent: 600, recent_nl: 1800, full: 3600, full_nl: 4800 };
 
-fn folder(
-    priority: &str,
-    logged_in: bool,
-    last_recent: Option<i64>,
-    last_full: Option<i64>,
-) -> SchedFolder {
+fn folder(priority: &str, logged_in: bool, last_recent: Option<i64>, last_full: Option<i64>) -> SchedFolder {
     SchedFolder {
         account_id: 1,
         folder_id: Some(1),
@@ -39,20 +29,13 @@ const DAY: i64 = 1_795_392_000;
 #[test]
 fn never_synced_folder_gets_a_full_sync_whatever_its_priority() {
     for p in ["high", "low"] {
-        assert_eq!(
-            folder_due(&folder(p, false, None, None), DAY, &IV, DAY),
-            Some(SyncDue::Full),
-            "{p}"
-        );
+        assert_eq!(folder_due(&folder(p, false, None, None), DAY, &IV, DAY), Some(SyncDue::Full), "{p}");
     }
 }
 
 #[test]
 fn off_folders_are_never_synced() {
-    assert_eq!(
-        folder_due(&folder("off", true, None, None), DAY, &IV, DAY),
-        None
-    );
+    assert_eq!(folder_due(&folder("off", true, None, None), DAY, &IV, DAY), None);
     let mut f = folder("off", true, Some(0), Some(0));
     f.sync_requested = Some(DAY);
     assert_eq!(folder_due(&f, DAY, &IV, DAY), None);
@@ -97,30 +80,18 @@ fn a_login_changes_the_next_due_time() {
 fn check_mail_now_forces_a_full_sync() {
     let mut f = folder("low", false, Some(DAY), Some(DAY));
     f.sync_requested = Some(DAY + 1);
-    assert_eq!(
-        folder_due(&f, DAY + 2, &IV, DAY - 86_400),
-        Some(SyncDue::Full)
-    );
+    assert_eq!(folder_due(&f, DAY + 2, &IV, DAY - 86_400), Some(SyncDue::Full));
 }
 
 #[test]
 fn daily_start_in_utc_and_other_zones() {
     let utc = FixedOffset::east_opt(0).unwrap();
     // 19:59 → yesterday's 20:00; 20:00 → today's
-    assert_eq!(
-        daily_start(&utc, DAY + 19 * 3600 + 59 * 60, at(20, 0)),
-        DAY - 4 * 3600
-    );
-    assert_eq!(
-        daily_start(&utc, DAY + 20 * 3600, at(20, 0)),
-        DAY + 20 * 3600
-    );
+    assert_eq!(daily_start(&utc, DAY + 19 * 3600 + 59 * 60, at(20, 0)), DAY - 4 * 3600);
+    assert_eq!(daily_start(&utc, DAY + 20 * 3600, at(20, 0)), DAY + 20 * 3600);
     // UTC+2: 20:00 local is 18:00 UTC
     let plus2 = FixedOffset::east_opt(7200).unwrap();
-    assert_eq!(
-        daily_start(&plus2, DAY + 18 * 3600 + 1, at(20, 0)),
-        DAY + 18 * 3600
-    );
+    assert_eq!(daily_start(&plus2, DAY + 18 * 3600 + 1, at(20, 0)), DAY + 18 * 3600);
 }
 
 #[test]
@@ -138,28 +109,16 @@ fn low_priority_runs_once_a_day_with_catch_up() {
     assert_eq!(folder_due(&f, now, &IV, start(now)), Some(SyncDue::Full));
     // ran at 20:00:30 → not again the same day
     let ran = folder("low", true, Some(now + 30), Some(now + 30));
-    assert_eq!(
-        folder_due(&ran, DAY + 23 * 3600, &IV, start(DAY + 23 * 3600)),
-        None
-    );
+    assert_eq!(folder_due(&ran, DAY + 23 * 3600, &IV, start(DAY + 23 * 3600)), None);
     // the engine was down at 20:00 yesterday and today until 10:00: catch up once at once
     let stale = folder("low", true, Some(DAY - 3 * 86_400), Some(DAY - 3 * 86_400));
     let now = DAY + 10 * 3600;
-    assert_eq!(
-        folder_due(&stale, now, &IV, start(now)),
-        Some(SyncDue::Full)
-    );
+    assert_eq!(folder_due(&stale, now, &IV, start(now)), Some(SyncDue::Full));
     let caught_up = folder("low", true, Some(now), Some(now));
-    assert_eq!(
-        folder_due(&caught_up, now + 3600, &IV, start(now + 3600)),
-        None
-    );
+    assert_eq!(folder_due(&caught_up, now + 3600, &IV, start(now + 3600)), None);
     // and tonight's run happens as usual
     let tonight = DAY + 20 * 3600 + 1;
-    assert_eq!(
-        folder_due(&caught_up, tonight, &IV, start(tonight)),
-        Some(SyncDue::Full)
-    );
+    assert_eq!(folder_due(&caught_up, tonight, &IV, start(tonight)), Some(SyncDue::Full));
 }
 
 #[test]
@@ -168,14 +127,8 @@ fn a_changed_start_time_applies_at_once() {
     let last = DAY - 4 * 3600 + 300; // yesterday 20:05
     let f = folder("low", false, Some(last), Some(last));
     let now = DAY + 9 * 3600; // 09:00
-    assert_eq!(
-        folder_due(&f, now, &IV, daily_start(&utc, now, at(20, 0))),
-        None
-    );
-    assert_eq!(
-        folder_due(&f, now, &IV, daily_start(&utc, now, at(8, 30))),
-        Some(SyncDue::Full)
-    );
+    assert_eq!(folder_due(&f, now, &IV, daily_start(&utc, now, at(20, 0))), None);
+    assert_eq!(folder_due(&f, now, &IV, daily_start(&utc, now, at(8, 30))), Some(SyncDue::Full));
 }
 
 #[test]
@@ -184,15 +137,9 @@ fn priority_change_switches_rules() {
     let low = folder("low", true, Some(t0), Some(t0));
     let utc = FixedOffset::east_opt(0).unwrap();
     let now = t0 + 3600;
-    assert_eq!(
-        folder_due(&low, now, &IV, daily_start(&utc, now, at(20, 0))),
-        None
-    );
+    assert_eq!(folder_due(&low, now, &IV, daily_start(&utc, now, at(20, 0))), None);
     let high = folder("high", true, Some(t0), Some(t0));
-    assert_eq!(
-        folder_due(&high, now, &IV, daily_start(&utc, now, at(20, 0))),
-        Some(SyncDue::Full)
-    );
+    assert_eq!(folder_due(&high, now, &IV, daily_start(&utc, now, at(20, 0))), Some(SyncDue::Full));
 }
 
 #[test]

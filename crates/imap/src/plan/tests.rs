@@ -2,65 +2,24 @@
 
 use super::*;
 
-const SEEN: Flags = Flags {
-    seen: true,
-    answered: false,
-    flagged: false,
-    draft: false,
-    deleted: false,
-};
-const NONE: Flags = Flags {
-    seen: false,
-    answered: false,
-    flagged: false,
-    draft: false,
-    deleted: false,
-};
-const FLAGGED: Flags = Flags {
-    seen: false,
-    answered: false,
-    flagged: true,
-    draft: false,
-    deleted: false,
-};
+const SEEN: Flags = Flags { seen: true, answered: false, flagged: false, draft: false, deleted: false };
+const NONE: Flags = Flags { seen: false, answered: false, flagged: false, draft: false, deleted: false };
+const FLAGGED: Flags = Flags { seen: false, answered: false, flagged: true, draft: false, deleted: false };
 
 fn local(uv: Option<u32>, last: u32, modseq: Option<u64>, last_full: Option<i64>) -> LocalFolder {
-    LocalFolder {
-        uidvalidity: uv,
-        last_seen_uid: last,
-        highest_modseq: modseq,
-        last_full_sync: last_full,
-    }
+    LocalFolder { uidvalidity: uv, last_seen_uid: last, highest_modseq: modseq, last_full_sync: last_full }
 }
 fn msg(uid: u32, flags: Flags) -> LocalMsg {
-    LocalMsg {
-        uid,
-        flags,
-        flags_changed: None,
-        server_deleted: false,
-    }
+    LocalMsg { uid, flags, flags_changed: None, server_deleted: false }
 }
 fn status(uv: u32, next: u32, modseq: Option<u64>) -> ServerStatus {
-    ServerStatus {
-        uidvalidity: uv,
-        uidnext: next,
-        highest_modseq: modseq,
-        exists: 0,
-    }
+    ServerStatus { uidvalidity: uv, uidnext: next, highest_modseq: modseq, exists: 0 }
 }
 fn new(uids: &[u32]) -> Vec<NewMsg> {
-    uids.iter()
-        .map(|&uid| NewMsg {
-            uid,
-            size: 100 + uid,
-        })
-        .collect()
+    uids.iter().map(|&uid| NewMsg { uid, size: 100 + uid }).collect()
 }
 fn full(flags: &[(u32, Flags)], present: &[u32]) -> Option<ServerFlags> {
-    Some(ServerFlags {
-        flags: flags.iter().copied().collect(),
-        present: present.iter().copied().collect(),
-    })
+    Some(ServerFlags { flags: flags.iter().copied().collect(), present: present.iter().copied().collect() })
 }
 
 struct Case {
@@ -79,44 +38,23 @@ fn cases() -> Vec<Case> {
             local: local(None, 0, None, None),
             messages: vec![],
             queued: vec![],
-            server: ServerView {
-                status: status(7, 1, None),
-                new: vec![],
-                full: None,
-            },
-            expect: vec![Change::Watermarks {
-                last_seen_uid: 0,
-                highest_modseq: None,
-            }],
+            server: ServerView { status: status(7, 1, None), new: vec![], full: None },
+            expect: vec![Change::Watermarks { last_seen_uid: 0, highest_modseq: None }],
         },
         Case {
             name: "first sync queues everything",
             local: local(None, 0, None, None),
             messages: vec![],
             queued: vec![],
-            server: ServerView {
-                status: status(7, 4, None),
-                new: new(&[1, 2, 3]),
-                full: None,
-            },
-            expect: vec![
-                Change::Queue(new(&[1, 2, 3])),
-                Change::Watermarks {
-                    last_seen_uid: 3,
-                    highest_modseq: None,
-                },
-            ],
+            server: ServerView { status: status(7, 4, None), new: new(&[1, 2, 3]), full: None },
+            expect: vec![Change::Queue(new(&[1, 2, 3])), Change::Watermarks { last_seen_uid: 3, highest_modseq: None }],
         },
         Case {
             name: "nothing new: no change at all",
             local: local(Some(7), 3, None, None),
             messages: vec![msg(1, NONE), msg(2, NONE), msg(3, NONE)],
             queued: vec![],
-            server: ServerView {
-                status: status(7, 4, None),
-                new: vec![],
-                full: None,
-            },
+            server: ServerView { status: status(7, 4, None), new: vec![], full: None },
             expect: vec![],
         },
         Case {
@@ -124,11 +62,7 @@ fn cases() -> Vec<Case> {
             local: local(Some(7), 3, None, None),
             messages: vec![msg(3, NONE)],
             queued: vec![],
-            server: ServerView {
-                status: status(7, 4, None),
-                new: new(&[3]),
-                full: None,
-            },
+            server: ServerView { status: status(7, 4, None), new: new(&[3]), full: None },
             expect: vec![],
         },
         Case {
@@ -136,29 +70,15 @@ fn cases() -> Vec<Case> {
             local: local(Some(7), 3, None, None),
             messages: vec![],
             queued: vec![],
-            server: ServerView {
-                status: status(7, 9, None),
-                new: new(&[8, 2, 5, 5]),
-                full: None,
-            },
-            expect: vec![
-                Change::Queue(new(&[5, 8])),
-                Change::Watermarks {
-                    last_seen_uid: 8,
-                    highest_modseq: None,
-                },
-            ],
+            server: ServerView { status: status(7, 9, None), new: new(&[8, 2, 5, 5]), full: None },
+            expect: vec![Change::Queue(new(&[5, 8])), Change::Watermarks { last_seen_uid: 8, highest_modseq: None }],
         },
         Case {
             name: "UIDVALIDITY change resets and infers nothing else",
             local: local(Some(7), 3, Some(10), Some(1)),
             messages: vec![msg(1, NONE), msg(2, NONE)],
             queued: vec![3],
-            server: ServerView {
-                status: status(8, 3, Some(1)),
-                new: new(&[1, 2]),
-                full: full(&[], &[]),
-            },
+            server: ServerView { status: status(8, 3, Some(1)), new: new(&[1, 2]), full: full(&[], &[]) },
             expect: vec![Change::Reset { uidvalidity: 8 }],
         },
         Case {
@@ -171,104 +91,44 @@ fn cases() -> Vec<Case> {
                 new: vec![],
                 full: full(&[(1, SEEN), (2, NONE)], &[1, 2]),
             },
-            expect: vec![
-                Change::SetLocalFlags {
-                    uid: 1,
-                    flags: SEEN,
-                },
-                Change::SetLocalFlags {
-                    uid: 2,
-                    flags: NONE,
-                },
-            ],
+            expect: vec![Change::SetLocalFlags { uid: 1, flags: SEEN }, Change::SetLocalFlags { uid: 2, flags: NONE }],
         },
         Case {
             name: "a local change after the last sync wins and is pushed",
             local: local(Some(7), 1, None, Some(100)),
-            messages: vec![LocalMsg {
-                uid: 1,
-                flags: SEEN,
-                flags_changed: Some(150),
-                server_deleted: false,
-            }],
+            messages: vec![LocalMsg { uid: 1, flags: SEEN, flags_changed: Some(150), server_deleted: false }],
             queued: vec![],
-            server: ServerView {
-                status: status(7, 2, None),
-                new: vec![],
-                full: full(&[(1, NONE)], &[1]),
-            },
-            expect: vec![Change::PushFlags {
-                uid: 1,
-                flags: SEEN,
-            }],
+            server: ServerView { status: status(7, 2, None), new: vec![], full: full(&[(1, NONE)], &[1]) },
+            expect: vec![Change::PushFlags { uid: 1, flags: SEEN }],
         },
         Case {
             name: "a local change older than the last sync loses to the server",
             local: local(Some(7), 1, None, Some(200)),
-            messages: vec![LocalMsg {
-                uid: 1,
-                flags: SEEN,
-                flags_changed: Some(150),
-                server_deleted: false,
-            }],
+            messages: vec![LocalMsg { uid: 1, flags: SEEN, flags_changed: Some(150), server_deleted: false }],
             queued: vec![],
-            server: ServerView {
-                status: status(7, 2, None),
-                new: vec![],
-                full: full(&[(1, FLAGGED)], &[1]),
-            },
-            expect: vec![Change::SetLocalFlags {
-                uid: 1,
-                flags: FLAGGED,
-            }],
+            server: ServerView { status: status(7, 2, None), new: vec![], full: full(&[(1, FLAGGED)], &[1]) },
+            expect: vec![Change::SetLocalFlags { uid: 1, flags: FLAGGED }],
         },
         Case {
             name: "a pending local change equal to the server only clears the marker",
             local: local(Some(7), 1, None, Some(100)),
-            messages: vec![LocalMsg {
-                uid: 1,
-                flags: SEEN,
-                flags_changed: Some(150),
-                server_deleted: false,
-            }],
+            messages: vec![LocalMsg { uid: 1, flags: SEEN, flags_changed: Some(150), server_deleted: false }],
             queued: vec![],
-            server: ServerView {
-                status: status(7, 2, None),
-                new: vec![],
-                full: full(&[(1, SEEN)], &[1]),
-            },
-            expect: vec![Change::SetLocalFlags {
-                uid: 1,
-                flags: SEEN,
-            }],
+            server: ServerView { status: status(7, 2, None), new: vec![], full: full(&[(1, SEEN)], &[1]) },
+            expect: vec![Change::SetLocalFlags { uid: 1, flags: SEEN }],
         },
         Case {
             name: "CONDSTORE: unchanged messages are absent from the flag map, a pending local change is pushed",
             local: local(Some(7), 2, Some(50), Some(100)),
             messages: vec![
                 msg(1, NONE),
-                LocalMsg {
-                    uid: 2,
-                    flags: SEEN,
-                    flags_changed: Some(120),
-                    server_deleted: false,
-                },
+                LocalMsg { uid: 2, flags: SEEN, flags_changed: Some(120), server_deleted: false },
             ],
             queued: vec![],
-            server: ServerView {
-                status: status(7, 3, Some(60)),
-                new: vec![],
-                full: full(&[], &[1, 2]),
-            },
+            server: ServerView { status: status(7, 3, Some(60)), new: vec![], full: full(&[], &[1, 2]) },
             expect: vec![
-                Change::PushFlags {
-                    uid: 2,
-                    flags: SEEN,
-                },
-                Change::Watermarks {
-                    last_seen_uid: 2,
-                    highest_modseq: Some(60),
-                },
+                Change::PushFlags { uid: 2, flags: SEEN },
+                Change::Watermarks { last_seen_uid: 2, highest_modseq: Some(60) },
             ],
         },
         Case {
@@ -277,19 +137,10 @@ fn cases() -> Vec<Case> {
             messages: vec![
                 msg(1, NONE),
                 msg(2, NONE),
-                LocalMsg {
-                    uid: 3,
-                    flags: NONE,
-                    flags_changed: None,
-                    server_deleted: true,
-                },
+                LocalMsg { uid: 3, flags: NONE, flags_changed: None, server_deleted: true },
             ],
             queued: vec![],
-            server: ServerView {
-                status: status(7, 4, None),
-                new: vec![],
-                full: full(&[(1, NONE)], &[1]),
-            },
+            server: ServerView { status: status(7, 4, None), new: vec![], full: full(&[(1, NONE)], &[1]) },
             expect: vec![Change::VanishedOnServer { uid: 2 }],
         },
         Case {
@@ -297,11 +148,7 @@ fn cases() -> Vec<Case> {
             local: local(Some(7), 3, None, Some(1)),
             messages: vec![msg(1, NONE)],
             queued: vec![2, 3],
-            server: ServerView {
-                status: status(7, 4, None),
-                new: vec![],
-                full: full(&[(1, NONE)], &[1, 3]),
-            },
+            server: ServerView { status: status(7, 4, None), new: vec![], full: full(&[(1, NONE)], &[1, 3]) },
             expect: vec![Change::Unqueue { uid: 2 }],
         },
         Case {
@@ -309,36 +156,16 @@ fn cases() -> Vec<Case> {
             local: local(Some(7), 3, None, Some(1)),
             messages: vec![msg(1, NONE), msg(2, NONE)],
             queued: vec![3],
-            server: ServerView {
-                status: status(7, 6, None),
-                new: new(&[5]),
-                full: None,
-            },
-            expect: vec![
-                Change::Queue(new(&[5])),
-                Change::Watermarks {
-                    last_seen_uid: 5,
-                    highest_modseq: None,
-                },
-            ],
+            server: ServerView { status: status(7, 6, None), new: new(&[5]), full: None },
+            expect: vec![Change::Queue(new(&[5])), Change::Watermarks { last_seen_uid: 5, highest_modseq: None }],
         },
         Case {
             name: "recent sync does not move HIGHESTMODSEQ (flags were not read)",
             local: local(Some(7), 1, Some(5), Some(1)),
             messages: vec![msg(1, NONE)],
             queued: vec![],
-            server: ServerView {
-                status: status(7, 3, Some(9)),
-                new: new(&[2]),
-                full: None,
-            },
-            expect: vec![
-                Change::Queue(new(&[2])),
-                Change::Watermarks {
-                    last_seen_uid: 2,
-                    highest_modseq: Some(5),
-                },
-            ],
+            server: ServerView { status: status(7, 3, Some(9)), new: new(&[2]), full: None },
+            expect: vec![Change::Queue(new(&[2])), Change::Watermarks { last_seen_uid: 2, highest_modseq: Some(5) }],
         },
         Case {
             name: "full sync with new messages and flag changes at once",
@@ -351,15 +178,9 @@ fn cases() -> Vec<Case> {
                 full: full(&[(2, FLAGGED)], &[1, 2]),
             },
             expect: vec![
-                Change::SetLocalFlags {
-                    uid: 2,
-                    flags: FLAGGED,
-                },
+                Change::SetLocalFlags { uid: 2, flags: FLAGGED },
                 Change::Queue(new(&[3, 4])),
-                Change::Watermarks {
-                    last_seen_uid: 4,
-                    highest_modseq: Some(9),
-                },
+                Change::Watermarks { last_seen_uid: 4, highest_modseq: Some(9) },
             ],
         },
         Case {
@@ -367,26 +188,15 @@ fn cases() -> Vec<Case> {
             local: local(Some(7), 2, None, Some(1)),
             messages: vec![msg(1, NONE), msg(2, SEEN)],
             queued: vec![],
-            server: ServerView {
-                status: status(7, 3, None),
-                new: vec![],
-                full: full(&[], &[]),
-            },
-            expect: vec![
-                Change::VanishedOnServer { uid: 1 },
-                Change::VanishedOnServer { uid: 2 },
-            ],
+            server: ServerView { status: status(7, 3, None), new: vec![], full: full(&[], &[]) },
+            expect: vec![Change::VanishedOnServer { uid: 1 }, Change::VanishedOnServer { uid: 2 }],
         },
         Case {
             name: "messages above the watermark (being received) are not judged by a full sync",
             local: local(Some(7), 1, None, Some(1)),
             messages: vec![msg(1, NONE), msg(2, NONE)],
             queued: vec![],
-            server: ServerView {
-                status: status(7, 3, None),
-                new: vec![],
-                full: full(&[(1, NONE)], &[1]),
-            },
+            server: ServerView { status: status(7, 3, None), new: vec![], full: full(&[(1, NONE)], &[1]) },
             expect: vec![],
         },
     ]
@@ -414,17 +224,6 @@ fn watermark_never_moves_backwards() {
 #[test]
 fn flags_render_as_imap() {
     assert_eq!(NONE.to_imap(), "()");
-    assert_eq!(
-        Flags {
-            seen: true,
-            flagged: true,
-            ..NONE
-        }
-        .to_imap(),
-        "(\\Seen \\Flagged)"
-    );
-    assert_eq!(
-        Change::Queue(new(&[1])).to_string(),
-        "queue 1 new message(s)"
-    );
+    assert_eq!(Flags { seen: true, flagged: true, ..NONE }.to_imap(), "(\\Seen \\Flagged)");
+    assert_eq!(Change::Queue(new(&[1])).to_string(), "queue 1 new message(s)");
 }

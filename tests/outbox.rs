@@ -1,0 +1,317 @@
+//! The outbox against real SMTP servers: delivery records, per-recipient answers, retries,
+//! the secondary lane, crashes, fencing, and the Sent folder.
+
+mod util;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use backproc_testkit::{Dovecot, PySmtp, SinkOptions, SmtpRules, SmtpSink};
+use serde_json::Value;
+use util::*;
+
+const SEND: &str = "<?php
+define('EMAIL_OUTBOX_ENABLED', TRUE);
+define('EMAIL_BG_SENT_APPEND', FALSE);
+define('BG_TICK_INTERVAL', 1);
+define('EMAIL_BG_SEND_POLL_INTERVAL', 1);
+define('BG_BACKOFF_BASE', 1);
+define('BG_BACKOFF_MAX', 1);
+define('EMAIL_BG_SECONDARY_INTERVAL', 1);
+";
+
+/// A home with one account whose SMTP server is on `smtp_port` (IMAP unused unless Sent).
+fn home_with_smtp(config: &str, smtp_port: u16, imap_port: u16) -> (Home, i64) {
+    let h = Home::with_config(config);
+    assert!(h.run(&["user", "add", "carol"]).status.success());
+    let port = smtp_port.to_string();
+    let iport = imap_port.to_string();
+    let o = h.run_stdin(
+        &[
+            "account",
+            "add",
+            "--owner",
+            "carol",
+            "--email",
+            "carol@backproc.test",
+            "--imap-host",
+            "127.0.0.1",
+            "--imap-port",
+            &iport,
+            "--imap-security",
+            "none",
+            "--login",
+            "carol",
+            "--password-stdin",
+            "--smtp-host",
+            "127.0.0.1",
+            "--smtp-port",
+            &port,
+            "--smtp-security",
+            "none",
+        ],
+        "carol-pw",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    (h, stdout(&o).trim().parse().unwrap())
+}
+
+fn add(h: &Home, account: i64, to: &[&str], subject: &str) -> i64 {
+    let a = account.to_string();
+    let mut args = vec!["outbox", "add", "--account", &a, "--subject", subject, "--body", "hello there"];
+    for t in to {
+        args.push("--to");
+        args.push(t);
+    }
+    let o = h.run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o).trim().parse().unwrap()
+}
+
+fn show(h: &Home, id: i64) -> Value {
+    let o = h.run(&["outbox", "show", &id.to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn run_once(h: &Home) {
+    let o = h.run(&["run", "--once"]);
+    assert!(o.status.success(), "{}\n{}", stderr(&o), h.log("l-info.log"));
+}
+
+fn count(hay: &[u8], needle: &str) -> usize {
+    String::from_utf8_lossy(hay).matches(needle).count()
+}
+
+#[test]
+fn two_hundred_messages_to_three_recipients_each_are_delivered_once() {
+    let sink = SmtpSink::start(SinkOptions::default()).expect("smtp-sink");
+    let (h, acct) = home_with_smtp(SEND, sink.port(), 1);
+    let ids: Vec<i64> =
+        (0..200).map(|i| add(&h, acct, &["a@x.test", "b@x.test", "c@x.test"], &format!("msg {i}"))).collect();
+    run_once(&h);
+    let all: Vec<u8> = sink.messages().unwrap().concat();
+    for id in &ids {
+        let r = show(&h, *id);
+        assert_eq!(r["state"], "SUCCESS", "{r}");
+        assert_eq!(r["attempts"], 1);
+        let info = &r["info"];
+        assert_eq!(info["accepted"], serde_json::json!(["a@x.test", "b@x.test", "c@x.test"]));
+        assert_eq!(info["rejected"], serde_json::json!([]));
+        let mid = info["messageId"].as_str().unwrap();
+        assert_eq!(count(&all, &format!("Message-ID: <{mid}>")), 1, "{mid}");
+        for k in ["startTime", "endTime", "leaseExpireTime", "error", "attempts", "state", "info"] {
+            assert!(r.get(k).is_some(), "{k} missing in {r}");
+        }
+    }
+    assert_eq!(sink.messages().unwrap().len(), 200);
+    let info = h.log("l-info.log");
+    assert!(
+        regex::Regex::new(&format!(r"sent message {} to 3 recipients in \d+s \[{acct},\]", ids[0]))
+            .unwrap()
+            .is_match(&info),
+        "{info}"
+    );
+}
+
+#[test]
+fn per_recipient_answers_rejected_and_pending_retried_alone() {
+    let py = PySmtp::start().expect("aiosmtpd");
+    let mut rules = SmtpRules { rcpt: BTreeMap::new(), mail: None, data: None };
+    rules.rcpt.insert("bad@x.test".into(), (550, "5.1.1 no such user".into()));
+    rules.rcpt.insert("later@x.test".into(), (450, "4.2.0 mailbox busy".into()));
+    py.set_rules(&rules).unwrap();
+    let (h, acct) = home_with_smtp(SEND, py.port(), 1);
+    let id = add(&h, acct, &["ok@x.test", "bad@x.test", "later@x.test"], "partial");
+    run_once(&h);
+    let r = show(&h, id);
+    assert_eq!(r["state"], "SUCCESS", "{r}");
+    assert_eq!(r["info"]["accepted"], serde_json::json!(["ok@x.test"]));
+    assert_eq!(r["info"]["rejected"], serde_json::json!(["bad@x.test"]));
+    assert_eq!(r["info"]["pending"], serde_json::json!(["later@x.test"]));
+    // the busy mailbox accepts now: only it gets the message again
+    py.set_rules(&SmtpRules::default()).unwrap();
+    std::thread::sleep(Duration::from_millis(2100));
+    run_once(&h);
+    let got = py.messages().unwrap();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].rcpt_tos, vec!["ok@x.test".to_string()]);
+    assert_eq!(got[1].rcpt_tos, vec!["later@x.test".to_string()]);
+    let list: Value = serde_json::from_slice(&h.run(&["outbox", "list", "--json"]).stdout).unwrap();
+    let child = list.as_array().unwrap().iter().find(|e| e["parentId"] == id).expect("child entry");
+    assert_eq!(child["state"], "SUCCESS");
+    assert_eq!(child["info"]["accepted"], serde_json::json!(["later@x.test"]));
+}
+
+#[test]
+fn temporary_refusals_move_to_secondary_then_succeed_and_permanent_ones_are_errors() {
+    let mut sink = SmtpSink::start(SinkOptions { soft_reject: vec!["mail".into()], ..Default::default() }).unwrap();
+    let (h, acct) = home_with_smtp(SEND, sink.port(), 1);
+    let id = add(&h, acct, &["a@x.test"], "soft");
+    for _ in 0..6 {
+        run_once(&h);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let r = show(&h, id);
+    assert_eq!(
+        (r["state"].as_str(), r["attempts"].as_i64(), r["secondary"].as_bool()),
+        (Some("PENDING"), Some(6), Some(true)),
+        "{r}"
+    );
+    assert!(r["error"].as_str().unwrap().contains("450"), "{r}");
+    sink.restart(SinkOptions::default()).unwrap();
+    run_once(&h);
+    assert_eq!(show(&h, id)["state"], "SUCCESS");
+    assert_eq!(sink.messages().unwrap().len(), 1);
+
+    let hard = SmtpSink::start(SinkOptions { hard_reject: vec!["mail".into()], ..Default::default() }).unwrap();
+    let (h2, acct2) = home_with_smtp(SEND, hard.port(), 1);
+    let id2 = add(&h2, acct2, &["a@x.test"], "hard");
+    run_once(&h2);
+    let r = show(&h2, id2);
+    assert_eq!(r["state"], "ERROR", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("500"), "the server's reply is kept: {r}");
+}
+
+#[test]
+fn disabled_outbox_sends_nothing() {
+    let sink = SmtpSink::start(SinkOptions::default()).unwrap();
+    let (h, acct) = home_with_smtp("<?php define('EMAIL_OUTBOX_ENABLED', FALSE);", sink.port(), 1);
+    let id = add(&h, acct, &["a@x.test"], "wait");
+    run_once(&h);
+    assert_eq!(show(&h, id)["state"], "PENDING");
+    assert!(sink.messages().unwrap().is_empty());
+}
+
+#[test]
+fn kill_9_while_sending_never_sends_twice_and_processing_entries_expire_to_error() {
+    let sink = SmtpSink::start(SinkOptions::default()).unwrap();
+    let config = format!("{SEND}define('EMAIL_BG_SEND_LEASE', 10);\ndefine('EMAIL_BG_SEND_BATCH', 5);\n");
+    let (h, acct) = home_with_smtp(&config, sink.port(), 1);
+    let ids: Vec<i64> = (0..60).map(|i| add(&h, acct, &["a@x.test"], &format!("k{i}"))).collect();
+    let mut child = h.spawn(&["run"]);
+    assert!(wait_until(Duration::from_secs(20), || !sink.messages().unwrap_or_default().is_empty()));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(11)); // past the lease
+    run_once(&h);
+    let recs: Vec<Value> = ids.iter().map(|i| show(&h, *i)).collect();
+    let states: Vec<&str> = recs.iter().map(|r| r["state"].as_str().unwrap()).collect();
+    assert!(states.iter().all(|s| *s == "SUCCESS" || *s == "ERROR"), "{states:?}");
+    let dump: Vec<u8> = sink.messages().unwrap().concat();
+    for r in &recs {
+        let mid = r["messageId"].as_str().unwrap();
+        let n = count(&dump, &format!("Message-ID: <{mid}>"));
+        match r["state"].as_str().unwrap() {
+            "SUCCESS" => assert_eq!(n, 1, "{r}"),
+            _ => {
+                assert!(n <= 1, "{r}");
+                assert!(r["error"].as_str().unwrap().contains("outcome unknown"), "{r}");
+            }
+        }
+    }
+    // retry one on purpose
+    if let Some(err) = recs.iter().find(|r| r["state"] == "ERROR") {
+        let id = err["id"].as_i64().unwrap();
+        let before = count(&dump, &format!("Message-ID: <{}>", err["messageId"].as_str().unwrap()));
+        assert!(h.run(&["outbox", "retry", &id.to_string()]).status.success());
+        run_once(&h);
+        let r = show(&h, id);
+        assert_eq!(r["state"], "SUCCESS");
+        let after =
+            count(&sink.messages().unwrap().concat(), &format!("Message-ID: <{}>", err["messageId"].as_str().unwrap()));
+        assert_eq!(after, before + 1);
+    }
+}
+
+#[test]
+fn sent_mail_is_appended_to_the_sent_folder() {
+    let dovecot = Dovecot::start().unwrap();
+    dovecot.add_user("carol", "carol-pw").unwrap();
+    let sink = SmtpSink::start(SinkOptions::default()).unwrap();
+    let config =
+        SEND.replace("define('EMAIL_BG_SENT_APPEND', FALSE);", "define('EMAIL_BACKGROUND_SYNC_ENABLED', TRUE);");
+    let (h, acct) = home_with_smtp(&config, sink.port(), dovecot.imap_port());
+    run_once(&h); // discovers folders, Sent among them
+    let id = add(&h, acct, &["a@x.test"], "keep a copy");
+    run_once(&h);
+    assert_eq!(show(&h, id)["state"], "SUCCESS");
+    let mut s = dovecot.session("carol", "carol-pw").unwrap();
+    let mb = s.examine("Sent").unwrap();
+    assert_eq!(mb.exists, 1, "{}", h.log("l-info.log"));
+    let f = s.fetch("1", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])").unwrap();
+    let m = f.iter().next().unwrap();
+    assert!(m.flags().contains(&imap::types::Flag::Seen));
+    assert!(String::from_utf8_lossy(m.header().or(m.body()).unwrap_or_default()).contains("keep a copy"));
+}
+
+#[test]
+fn bad_input_is_refused_and_nothing_is_queued() {
+    let (h, acct) = home_with_smtp(SEND, 1, 1);
+    let a = acct.to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["outbox", "add", "--account", "999", "--to", "a@x.test", "--subject", "s", "--body", "b"],
+            "account 999 not found",
+        ),
+        (vec!["outbox", "add", "--account", &a, "--to", "not an address", "--subject", "s", "--body", "b"], "invalid"),
+        (
+            vec![
+                "outbox",
+                "add",
+                "--account",
+                &a,
+                "--to",
+                "a@x.test\r\nBcc: evil@x.test",
+                "--subject",
+                "s",
+                "--body",
+                "b",
+            ],
+            "invalid",
+        ),
+        (
+            vec![
+                "outbox",
+                "add",
+                "--account",
+                &a,
+                "--to",
+                "a@x.test",
+                "--subject",
+                "s\r\nBcc: evil@x.test",
+                "--body",
+                "b",
+            ],
+            "one line",
+        ),
+        (
+            vec!["outbox", "add", "--account", &a, "--to", "a@x.test", "--eml", "missing.eml"],
+            "cannot read the .eml file",
+        ),
+        (
+            vec![
+                "outbox",
+                "add",
+                "--account",
+                &a,
+                "--to",
+                "a@x.test",
+                "--subject",
+                "s",
+                "--body",
+                "b",
+                "--attach",
+                "/nonexistent/file",
+            ],
+            "cannot read the attachment",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = h.run(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+    let list: Value = serde_json::from_slice(&h.run(&["outbox", "list", "--json"]).stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 0);
+}

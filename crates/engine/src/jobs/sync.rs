@@ -111,8 +111,12 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
         if !pushes.is_empty() {
             session.ensure_open(&folder.name, true)?;
             for (uid, flags) in pushes {
-                if session.store_flags(uid, flags, None)? {
+                // UNCHANGEDSINCE our HIGHESTMODSEQ: a concurrent change on the server is not
+                // overwritten silently; it wins and is read at the next full sync.
+                if session.store_flags(uid, flags, local.highest_modseq)? {
                     pushed.push(uid);
+                } else {
+                    log::warn!("flags of UID {uid} changed on the server meanwhile: the server's state is kept");
                 }
             }
         }

@@ -299,3 +299,18 @@ impl Store {
         Ok(v)
     }
 }
+
+impl Store {
+    /// Rows of a folder whatever their deletion state (for Purge Deleted checks).
+    pub fn folder_row_count(&self, folder_id: i64) -> Result<i64> {
+        Ok(self.conn().query_row("SELECT COUNT(*) FROM messages WHERE folder_id = ?", [folder_id], |r| r.get(0))?)
+    }
+
+    /// The store id of the message with this UID in a folder.
+    pub fn message_id_by_uid(&self, folder_id: i64, uid: i64) -> Result<i64> {
+        self.conn()
+            .query_row("SELECT id FROM messages WHERE folder_id = ? AND uid = ?", params![folder_id, uid], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| Error::NotFound { what: "message with UID", id: uid.to_string() })
+    }
+}

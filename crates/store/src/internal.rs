@@ -4,7 +4,9 @@
 //! Application code may use these functions or the tables directly:
 //! `internal_messages(id, sender_id, subject, body, importance, created, draft)` and
 //! `internal_recipients(message_id, user_id, read_time)`; a draft has draft = 1 and its
-//! intended recipients with read_time NULL.
+//! intended recipients with read_time NULL. `internal_messages.sent_seq` orders deliveries for
+//! `check`; it is allocated from the monotonic counter `counters.internal_sent_seq`, so a number
+//! is never reused even after the newest message has expired and been deleted.
 
 use rusqlite::{OptionalExtension, params};
 
@@ -62,11 +64,40 @@ pub struct InternalDraft<'a> {
     pub importance: Importance,
 }
 
+/// Poll intervals a user may set, in seconds (as INTERNAL_MSG_POLL_INTERVAL).
+pub const POLL_INTERVAL_RANGE: std::ops::RangeInclusive<i64> = 10..=86_400;
+
+const SEQ_COUNTER: &str = "internal_sent_seq";
+
 fn check_text(what: &str, s: &str, max: usize) -> Result<()> {
-    if s.len() > max || s.contains('\0') {
-        return Err(Error::Invalid(format!("{what} is too long or contains a NUL byte (at most {max} bytes)")));
+    if s.contains('\0') {
+        return Err(Error::Invalid(format!("the {what} contains a NUL byte")));
+    }
+    if s.len() > max {
+        return Err(Error::Invalid(format!("the {what} is too long ({} bytes, at most {max})", s.len())));
     }
     Ok(())
+}
+
+fn check_fields(m: &InternalDraft) -> Result<()> {
+    check_text("subject", m.subject, 1000)?;
+    if m.subject.contains(['\r', '\n']) {
+        return Err(Error::Invalid("the subject must be one line (it contains a CR or LF)".into()));
+    }
+    check_text("body", m.body, 10 * 1024 * 1024)
+}
+
+/// Allocates the next delivery number (never reused; see the module docs).
+fn next_seq(tx: &rusqlite::Transaction) -> Result<i64> {
+    Ok(tx.query_row(
+        "INSERT INTO counters (name, value)
+           VALUES (?1, (SELECT COALESCE(MAX(sent_seq), 0) + 1 FROM internal_messages))
+         ON CONFLICT (name) DO UPDATE
+           SET value = MAX(value, (SELECT COALESCE(MAX(sent_seq), 0) FROM internal_messages)) + 1
+         RETURNING value",
+        [SEQ_COUNTER],
+        |r| r.get(0),
+    )?)
 }
 
 impl Store {
@@ -88,19 +119,18 @@ impl Store {
     /// Sends (draft = false) or saves a draft; returns the message id. Nothing is stored
     /// when a user is unknown or there is no recipient.
     pub fn internal_create(&mut self, m: &InternalDraft, draft: bool, now: i64) -> Result<i64> {
-        check_text("subject", m.subject, 1000)?;
-        check_text("body", m.body, 10 * 1024 * 1024)?;
+        check_fields(m)?;
         self.write(|tx| {
             let sender: i64 = tx
                 .query_row("SELECT id FROM users WHERE login = ?", [m.from], |r| r.get(0))
                 .optional()?
                 .ok_or_else(|| Error::NotFound { what: "user", id: m.from.to_owned() })?;
             let rcpts = if draft && m.to.is_empty() { Vec::new() } else { Self::user_ids(tx, m.to)? };
+            let seq = if draft { None } else { Some(next_seq(tx)?) };
             tx.execute(
                 "INSERT INTO internal_messages (sender_id, subject, body, importance, created, draft, sent_seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6,
-                         CASE WHEN ?6 THEN NULL ELSE (SELECT COALESCE(MAX(sent_seq), 0) + 1 FROM internal_messages) END)",
-                params![sender, m.subject, m.body, m.importance.as_str(), now, draft],
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![sender, m.subject, m.body, m.importance.as_str(), now, draft, seq],
             )?;
             let id = tx.last_insert_rowid();
             for r in rcpts {
@@ -112,8 +142,7 @@ impl Store {
 
     /// Replaces a draft's fields (only its author may).
     pub fn internal_update_draft(&mut self, id: i64, m: &InternalDraft, now: i64) -> Result<()> {
-        check_text("subject", m.subject, 1000)?;
-        check_text("body", m.body, 10 * 1024 * 1024)?;
+        check_fields(m)?;
         self.write(|tx| {
             Self::own_draft(tx, id, m.from)?;
             let rcpts = if m.to.is_empty() { Vec::new() } else { Self::user_ids(tx, m.to)? };
@@ -153,10 +182,10 @@ impl Store {
             if n == 0 {
                 return Err(Error::Invalid(format!("draft {id} has no recipient")));
             }
+            let seq = next_seq(tx)?;
             tx.execute(
-                "UPDATE internal_messages SET draft = 0, created = ?,
-                    sent_seq = (SELECT COALESCE(MAX(sent_seq), 0) + 1 FROM internal_messages) WHERE id = ?",
-                params![now, id],
+                "UPDATE internal_messages SET draft = 0, created = ?, sent_seq = ? WHERE id = ?",
+                params![now, seq, id],
             )?;
             Ok(())
         })
@@ -193,6 +222,7 @@ impl Store {
         sql: &str,
         args: impl rusqlite::Params,
         reader: Option<i64>,
+        with_not_delivered: bool,
     ) -> Result<Vec<InternalMessage>> {
         let mut st = self.conn().prepare_cached(sql)?;
         let base: Vec<(i64, String, String, String, String, i64)> = st
@@ -215,13 +245,18 @@ impl Store {
                 importance: Importance::parse(&importance),
                 created,
                 read: reader.is_some_and(|u| rcpts.iter().any(|r| r.2 == u && r.1.is_some())),
-                not_delivered: rcpts.iter().filter(|r| r.1.is_none()).map(|r| r.0.clone()).collect(),
+                not_delivered: if with_not_delivered {
+                    rcpts.iter().filter(|r| r.1.is_none()).map(|r| r.0.clone()).collect()
+                } else {
+                    Vec::new()
+                },
             });
         }
         Ok(out)
     }
 
-    /// A user's folder, newest first.
+    /// A user's folder, newest first. `not_delivered` is filled for Sent only, `read` for
+    /// Inbox only.
     pub fn internal_list(&self, login: &str, folder: InternalFolder) -> Result<Vec<InternalMessage>> {
         let user = self.user_by_login(login)?;
         let cols = "m.id, u.login, m.subject, m.body, m.importance, m.created";
@@ -233,6 +268,7 @@ impl Store {
                 ),
                 [user.id],
                 Some(user.id),
+                false,
             ),
             InternalFolder::Sent | InternalFolder::Drafts => self.internal_query(
                 &format!(
@@ -241,6 +277,7 @@ impl Store {
                 ),
                 params![user.id, folder == InternalFolder::Drafts],
                 None,
+                folder == InternalFolder::Sent,
             ),
         }
     }
@@ -261,34 +298,49 @@ impl Store {
         // Messages are ordered by id (a sent draft keeps its id, so the watermark is the id of
         // the delivery time: `sent_seq`), which, unlike a time in seconds, never misses a
         // message created in the same second as the previous check.
+        //
+        // The window is (since, newest]: a message delivered after the watermark moved (between
+        // the commit below and the query) belongs to the next check, not to both. The watermark
+        // never moves back, and delivery numbers are never reused (module docs).
         let user = self.user_by_login(login)?;
-        self.write(|tx| {
+        let (since, newest) = self.write(|tx| {
             let since: i64 =
                 tx.query_row("SELECT COALESCE(last_check_id, 0) FROM users WHERE id = ?", [user.id], |r| r.get(0))?;
-            let newest: i64 =
-                tx.query_row("SELECT COALESCE(MAX(sent_seq), 0) FROM internal_messages", [], |r| r.get(0))?;
+            let newest: i64 = tx.query_row(
+                "SELECT MAX(?1, COALESCE((SELECT value FROM counters WHERE name = ?2), 0),
+                                (SELECT COALESCE(MAX(sent_seq), 0) FROM internal_messages))",
+                params![since, SEQ_COUNTER],
+                |r| r.get(0),
+            )?;
             tx.execute(
                 "UPDATE users SET last_check = ?, last_check_id = ? WHERE id = ?",
                 params![now, newest, user.id],
             )?;
-            Ok(since)
-        })
-        .and_then(|since| {
-            self.internal_query(
-                "SELECT m.id, u.login, m.subject, m.body, m.importance, m.created FROM internal_recipients r
-                 JOIN internal_messages m ON m.id = r.message_id JOIN users u ON u.id = m.sender_id
-                 WHERE r.user_id = ?1 AND m.draft = 0 AND m.sent_seq > ?2
-                 ORDER BY m.sent_seq",
-                params![user.id, since],
-                Some(user.id),
-            )
-        })
+            Ok((since, newest))
+        })?;
+        self.internal_query(
+            "SELECT m.id, u.login, m.subject, m.body, m.importance, m.created FROM internal_recipients r
+             JOIN internal_messages m ON m.id = r.message_id JOIN users u ON u.id = m.sender_id
+             WHERE r.user_id = ?1 AND m.draft = 0 AND m.sent_seq > ?2 AND m.sent_seq <= ?3
+             ORDER BY m.sent_seq",
+            params![user.id, since, newest],
+            Some(user.id),
+            false,
+        )
     }
 
-    /// The user's poll interval (None = the default constant); sets it when `set` is given.
+    /// The user's poll interval (None = the default constant); sets it when `set` is given
+    /// (within [`POLL_INTERVAL_RANGE`]).
     pub fn internal_poll_interval(&mut self, login: &str, set: Option<i64>) -> Result<Option<i64>> {
         let user = self.user_by_login(login)?;
         if let Some(v) = set {
+            if !POLL_INTERVAL_RANGE.contains(&v) {
+                return Err(Error::Invalid(format!(
+                    "poll interval {v} s is out of range ({}..={} s)",
+                    POLL_INTERVAL_RANGE.start(),
+                    POLL_INTERVAL_RANGE.end()
+                )));
+            }
             self.write(|tx| {
                 tx.execute("UPDATE users SET poll_interval = ? WHERE id = ?", params![v, user.id])?;
                 Ok(())
@@ -315,5 +367,17 @@ impl Store {
             )?;
             Ok(n)
         })
+    }
+
+    /// Test and maintenance helper: sets a message's created time (e.g. to date rows back
+    /// when checking the lifetime rule). Returns NotFound for an unknown id.
+    pub fn internal_backdate(&mut self, id: i64, created: i64) -> Result<()> {
+        let n = self.write(|tx| {
+            Ok(tx.execute("UPDATE internal_messages SET created = ? WHERE id = ?", params![created, id])?)
+        })?;
+        if n == 0 {
+            return Err(Error::NotFound { what: "internal message", id: id.to_string() });
+        }
+        Ok(())
     }
 }

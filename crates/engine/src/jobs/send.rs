@@ -105,7 +105,7 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     let a = ctx.store.account(account)?;
     let mut sent = 0i64;
     let mut smtp: Option<Smtp> = None;
-    let mut last_failure = None;
+    let mut last_failure: Option<Failure> = None;
     for c in &claimed {
         let started = Instant::now();
         // A worker frozen past its lease must not send what may now be someone else's.
@@ -113,29 +113,30 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
             log::warn!("lost the lease of outbox entry {} before sending; not sent", c.id);
             continue;
         }
+        if let Some(f) = &last_failure {
+            // The server could not be reached for an earlier entry of this batch: do not
+            // hammer it, the rest waits for the same back-off.
+            finish(ctx, c, &SendOutcome::Temporary { error: f.detail.clone() }, &policy)?;
+            continue;
+        }
         if smtp.as_ref().is_none_or(Smtp::is_broken) {
-            smtp = match smtp_params(&a)
+            let connected = smtp_params(&a)
                 .map_err(|d| backproc_smtp::Error { kind: ErrorKind::Connect, detail: d })
-                .and_then(|p| Smtp::connect(&p))
-            {
-                Ok(s) => Some(s),
+                .and_then(|p| Smtp::connect(&p));
+            match connected {
+                Ok(s) => smtp = Some(s),
                 Err(e) => {
-                    log::error!("cannot send outbox entry {}: {e}", c.id);
-                    let o = SendOutcome::Temporary { error: e.detail.clone() };
-                    finish(ctx, c, &o, &policy)?;
-                    last_failure = Some(Failure::new(
-                        if e.kind == ErrorKind::Auth {
-                            FailureKind::Auth
-                        } else if e.kind == ErrorKind::Tls {
-                            FailureKind::Tls
-                        } else {
-                            FailureKind::Connect
-                        },
-                        e.detail,
-                    ));
+                    log::error!("cannot send {} outbox entr(ies): {e}", claimed.len());
+                    finish(ctx, c, &SendOutcome::Temporary { error: e.detail.clone() }, &policy)?;
+                    let kind = match e.kind {
+                        ErrorKind::Auth => FailureKind::Auth,
+                        ErrorKind::Tls => FailureKind::Tls,
+                        _ => FailureKind::Connect,
+                    };
+                    last_failure = Some(Failure::new(kind, e.detail));
                     continue;
                 }
-            };
+            }
         }
         let s = smtp.as_mut().expect("connected above");
         let o = outcome(c, s.send(&c.mail_from, &c.recipients, &c.raw));
@@ -176,9 +177,12 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
         s.quit();
     }
     append_sent(ctx, &a);
+    // A full batch means more may be waiting: go on at once rather than at the next poll.
+    let follow_up =
+        if claimed.len() >= ctx.config.email_bg_send_batch as usize && last_failure.is_none() { vec![*task] } else { Vec::new() };
     match last_failure {
         Some(f) if sent == 0 => Err(f),
-        _ => Ok(Report { count: sent, follow_up: Vec::new() }),
+        _ => Ok(Report { count: sent, follow_up }),
     }
 }
 

@@ -253,6 +253,8 @@ impl Store {
         self.account(id)?;
         self.write(|tx| {
             tx.execute("UPDATE accounts SET keep_days = ? WHERE id = ?", params![keep_days, id])?;
+            // A new retention applies at the next tick, not at the next daily run.
+            tx.execute("DELETE FROM job_runs WHERE job = 'clean_mailboxes'", [])?;
             Ok(())
         })
     }

@@ -381,3 +381,192 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        for u in ["alice", "bob", "carol"] {
+            s.add_user(u, 1).unwrap();
+        }
+        (dir, s)
+    }
+
+    fn to(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn send(s: &mut Store, from: &str, rcpts: &[&str], subject: &str, now: i64) -> Result<i64> {
+        let to = to(rcpts);
+        let m = InternalDraft { from, to: &to, subject, body: "b", importance: Importance::Normal };
+        s.internal_create(&m, false, now)
+    }
+
+    fn count(s: &Store) -> i64 {
+        s.conn().query_row("SELECT COUNT(*) FROM internal_messages", [], |r| r.get(0)).unwrap()
+    }
+
+    fn ids(v: &[InternalMessage]) -> Vec<i64> {
+        v.iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn same_second_messages_are_not_missed_by_check() {
+        let (_d, mut s) = store();
+        let a = send(&mut s, "alice", &["bob"], "a", 100).unwrap();
+        assert_eq!(ids(&s.internal_check("bob", 100).unwrap()), vec![a]);
+        // same second as the check: a time watermark would miss it
+        let b = send(&mut s, "alice", &["bob"], "b", 100).unwrap();
+        let c = send(&mut s, "carol", &["bob"], "c", 100).unwrap();
+        assert_eq!(ids(&s.internal_check("bob", 100).unwrap()), vec![b, c]);
+        assert!(s.internal_check("bob", 100).unwrap().is_empty());
+        assert_eq!(s.user_by_login("bob").unwrap().last_check, Some(100));
+    }
+
+    #[test]
+    fn duplicate_recipients_are_counted_once() {
+        let (_d, mut s) = store();
+        let id = send(&mut s, "alice", &["bob", "bob", "carol", "bob"], "dup", 10).unwrap();
+        assert_eq!(s.internal_unread_count("bob").unwrap(), 1);
+        let sent = s.internal_list("alice", InternalFolder::Sent).unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].to, to(&["bob", "carol"]));
+        assert_eq!(sent[0].not_delivered, to(&["bob", "carol"]));
+        assert_eq!(s.internal_list("bob", InternalFolder::Inbox).unwrap().len(), 1);
+        assert!(s.internal_mark_read(id, "bob", 11).unwrap());
+        assert!(!s.internal_mark_read(id, "bob", 12).unwrap(), "a second read changes nothing");
+        assert_eq!(s.internal_list("alice", InternalFolder::Sent).unwrap()[0].not_delivered, to(&["carol"]));
+    }
+
+    #[test]
+    fn not_delivered_until_every_recipient_read() {
+        let (_d, mut s) = store();
+        let id = send(&mut s, "alice", &["bob", "carol"], "hi", 10).unwrap();
+        s.internal_mark_read(id, "carol", 11).unwrap();
+        let inbox = s.internal_list("bob", InternalFolder::Inbox).unwrap();
+        assert!(!inbox[0].read);
+        assert!(inbox[0].not_delivered.is_empty(), "a recipient does not see who else has read it");
+        assert!(s.internal_list("carol", InternalFolder::Inbox).unwrap()[0].read);
+        s.internal_mark_read(id, "bob", 12).unwrap();
+        assert!(s.internal_list("alice", InternalFolder::Sent).unwrap()[0].not_delivered.is_empty());
+        // the sender is not a recipient
+        assert!(matches!(s.internal_mark_read(id, "alice", 13), Err(Error::NotFound { .. })));
+    }
+
+    #[test]
+    fn a_delivery_number_is_not_reused_after_the_newest_message_expired() {
+        let (_d, mut s) = store();
+        let a = send(&mut s, "alice", &["bob"], "old", 100).unwrap();
+        assert_eq!(ids(&s.internal_check("bob", 101).unwrap()), vec![a]);
+        // the newest message expires unread and is removed entirely
+        assert_eq!(s.internal_delete_expired(1000).unwrap(), 1);
+        assert_eq!(count(&s), 0);
+        let b = send(&mut s, "carol", &["bob"], "new", 2000).unwrap();
+        assert_eq!(ids(&s.internal_check("bob", 2001).unwrap()), vec![b]);
+    }
+
+    #[test]
+    fn check_sees_a_sent_draft_once_and_never_an_unsent_one() {
+        let (_d, mut s) = store();
+        let rcpt = to(&["bob"]);
+        let d = InternalDraft { from: "alice", to: &rcpt, subject: "d", body: "", importance: Importance::High };
+        let id = s.internal_create(&d, true, 10).unwrap();
+        assert!(s.internal_check("bob", 11).unwrap().is_empty());
+        assert!(s.internal_list("bob", InternalFolder::Inbox).unwrap().is_empty());
+        assert_eq!(s.internal_unread_count("bob").unwrap(), 0);
+        s.internal_send_draft(id, "alice", 12).unwrap();
+        let got = s.internal_check("bob", 13).unwrap();
+        assert_eq!(ids(&got), vec![id]);
+        assert_eq!(got[0].importance, Importance::High);
+        assert!(s.internal_check("bob", 14).unwrap().is_empty());
+        assert!(s.internal_list("alice", InternalFolder::Drafts).unwrap().is_empty());
+        // a sent message is no draft any more
+        assert!(matches!(s.internal_send_draft(id, "alice", 15), Err(Error::NotFound { .. })));
+    }
+
+    #[test]
+    fn drafts_belong_to_their_author() {
+        let (_d, mut s) = store();
+        let rcpt = to(&["carol"]);
+        let d = InternalDraft { from: "alice", to: &rcpt, subject: "mine", body: "x", importance: Importance::Normal };
+        let id = s.internal_create(&d, true, 10).unwrap();
+        let other = InternalDraft { from: "bob", ..d.clone() };
+        assert!(matches!(s.internal_update_draft(id, &other, 11), Err(Error::Invalid(_))));
+        assert!(matches!(s.internal_send_draft(id, "bob", 11), Err(Error::Invalid(_))));
+        let drafts = s.internal_list("alice", InternalFolder::Drafts).unwrap();
+        assert_eq!((drafts[0].subject.as_str(), drafts[0].created), ("mine", 10));
+        assert!(s.internal_list("carol", InternalFolder::Inbox).unwrap().is_empty());
+        // a draft without recipients can be saved but not sent
+        let none: Vec<String> = Vec::new();
+        let empty = InternalDraft { to: &none, ..d.clone() };
+        let e = s.internal_create(&empty, true, 12).unwrap();
+        assert!(matches!(s.internal_send_draft(e, "alice", 13), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn invalid_messages_store_nothing() {
+        let (_d, mut s) = store();
+        assert!(matches!(send(&mut s, "alice", &["bob", "nobody"], "s", 1), Err(Error::NotFound { .. })));
+        assert!(matches!(send(&mut s, "nobody", &["bob"], "s", 1), Err(Error::NotFound { .. })));
+        assert!(matches!(send(&mut s, "alice", &[], "s", 1), Err(Error::Invalid(_))));
+        for bad in ["two\nlines", "cr\r", "nul\0"] {
+            let e = send(&mut s, "alice", &["bob"], bad, 1).unwrap_err();
+            assert!(matches!(e, Error::Invalid(_)), "{bad:?}: {e}");
+        }
+        assert!(send(&mut s, "alice", &["bob"], &"x".repeat(1001), 1).is_err());
+        assert_eq!(count(&s), 0);
+        let n: i64 = s.conn().query_row("SELECT COUNT(*) FROM internal_recipients", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn expiry_removes_unread_deliveries_only() {
+        let (_d, mut s) = store();
+        let day = 86_400;
+        let now = 100 * day;
+        let old_unread = send(&mut s, "alice", &["bob"], "old unread", now - 8 * day).unwrap();
+        let old_read = send(&mut s, "alice", &["bob"], "old read", now - 8 * day).unwrap();
+        s.internal_mark_read(old_read, "bob", now - 7 * day).unwrap();
+        let young = send(&mut s, "alice", &["bob"], "young", now - 6 * day).unwrap();
+        let half = send(&mut s, "alice", &["bob", "carol"], "half", now - 8 * day).unwrap();
+        s.internal_mark_read(half, "carol", now - 8 * day).unwrap();
+        let d = InternalDraft { from: "alice", to: &[], subject: "draft", body: "", importance: Importance::Normal };
+        let draft = s.internal_create(&d, true, now - 30 * day).unwrap();
+
+        assert_eq!(s.internal_delete_expired(now - 7 * day).unwrap(), 2);
+        let mut inbox = ids(&s.internal_list("bob", InternalFolder::Inbox).unwrap());
+        inbox.sort();
+        assert_eq!(inbox, vec![old_read, young]);
+        assert_eq!(ids(&s.internal_list("carol", InternalFolder::Inbox).unwrap()), vec![half]);
+        assert_eq!(ids(&s.internal_list("alice", InternalFolder::Drafts).unwrap()), vec![draft]);
+        let sent = ids(&s.internal_list("alice", InternalFolder::Sent).unwrap());
+        assert!(!sent.contains(&old_unread) && sent.contains(&half));
+        assert_eq!(s.internal_delete_expired(now - 7 * day).unwrap(), 0);
+    }
+
+    #[test]
+    fn poll_interval_is_per_user_and_validated() {
+        let (_d, mut s) = store();
+        assert_eq!(s.internal_poll_interval("bob", None).unwrap(), None);
+        assert_eq!(s.internal_poll_interval("bob", Some(120)).unwrap(), Some(120));
+        assert_eq!(s.internal_poll_interval("bob", None).unwrap(), Some(120));
+        assert_eq!(s.internal_poll_interval("carol", None).unwrap(), None);
+        for bad in [0, 9, 86_401, -5] {
+            assert!(matches!(s.internal_poll_interval("bob", Some(bad)), Err(Error::Invalid(_))));
+        }
+        assert_eq!(s.internal_poll_interval("bob", None).unwrap(), Some(120));
+        assert!(matches!(s.internal_poll_interval("nobody", None), Err(Error::NotFound { .. })));
+    }
+
+    #[test]
+    fn backdate_changes_created_only_for_known_ids() {
+        let (_d, mut s) = store();
+        let id = send(&mut s, "alice", &["bob"], "s", 50).unwrap();
+        s.internal_backdate(id, 5).unwrap();
+        assert_eq!(s.internal_list("bob", InternalFolder::Inbox).unwrap()[0].created, 5);
+        assert!(matches!(s.internal_backdate(id + 100, 5), Err(Error::NotFound { .. })));
+    }
+}

@@ -82,7 +82,9 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
             && local.highest_modseq.is_some()
             && status.highest_modseq == local.highest_modseq
             && status.exists == known_on_server;
-        let want_flags = full && !flags_unchanged && local.last_seen_uid > 0;
+        // Pending local flag changes need the flag pass even when the server changed nothing.
+        let local_pending = rows.iter().any(|r| r.flags_changed.is_some());
+        let want_flags = full && (!flags_unchanged || local_pending) && local.last_seen_uid > 0;
         if has_new || want_flags {
             session.ensure_open(&folder.name, false)?;
         }

@@ -64,6 +64,9 @@ enum Command {
     /// List, read, flag, delete and move messages (as the application does).
     #[command(subcommand)]
     Mail(cmd::mail::MailCmd),
+    /// Run a maintenance process now (vacuum, backup, full resynchronisation).
+    #[command(subcommand)]
+    Maintenance(cmd::maintenance::MaintenanceCmd),
     /// Internal messages between users of this store.
     #[command(subcommand)]
     Internal(cmd::internal::InternalCmd),
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Command::Outbox(c) => cmd::outbox::run(home, c),
         Command::Internal(c) => cmd::internal::run(home, c),
         Command::Mail(c) => cmd::mail::run(home, c),
+        Command::Maintenance(c) => cmd::maintenance::run(home, c),
         Command::Status(a) => cmd::status::status(home, a),
         Command::History(a) => cmd::status::history(home, a),
     };

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod config;
 pub mod internal;
 pub mod mail;
+pub mod maintenance;
 pub mod outbox;
 pub mod run;
 pub mod status;

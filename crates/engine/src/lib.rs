@@ -7,6 +7,7 @@
 pub mod jobs;
 pub mod logctx;
 pub mod master;
+pub mod metrics;
 mod parse;
 pub mod pool;
 mod runner;

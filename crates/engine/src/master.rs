@@ -65,6 +65,7 @@ pub fn run(
     let mut in_flight: HashMap<Task, usize> = HashMap::new();
     let mut tick_every = Duration::from_secs(config.bg_tick_interval);
     let mut next_tick = Instant::now();
+    let mut last_truncate = Instant::now();
     log::info!("master started (pid {}, up to {} workers)", std::process::id(), config.bg_max_threads);
 
     loop {
@@ -101,6 +102,19 @@ pub fn run(
                 }
                 if let Err(e) = store.master_heartbeat(clock.now()) {
                     log::error!("cannot write the heartbeat: {e}");
+                }
+                if config.bg_metrics_enabled
+                    && let Err(e) = crate::metrics::write_file(&store, &config, &opts.data_dir)
+                {
+                    log::warn!("cannot write metrics: {e}");
+                }
+                // Keep the WAL small under constant writes: passive auto-checkpoints cannot
+                // shrink it while readers are active, a periodic TRUNCATE does.
+                if last_truncate.elapsed() >= Duration::from_secs(300) {
+                    last_truncate = Instant::now();
+                    if let Err(e) = store.checkpoint_truncate() {
+                        log::debug!("WAL checkpoint: {e}");
+                    }
                 }
                 let due = match scheduler.due(&mut store, &config, &in_flight) {
                     Ok(d) => d,

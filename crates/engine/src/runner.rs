@@ -9,7 +9,7 @@ use backproc_store::{Lane, NewHistory, Store, WorkerRow};
 use crate::jobs::{self, Ctx};
 use crate::pool::Runner;
 use crate::sessions::Sessions;
-use crate::task::{Failure, FailureKind, Job, Report, Task};
+use crate::task::{Failure, Job, Report, Task};
 use crate::{Clock, SharedConfig};
 
 pub struct JobRunner {
@@ -50,6 +50,9 @@ fn execute(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
         Job::SyncDelete => jobs::delete::sync_delete(ctx, task),
         Job::PurgeDeleted => jobs::delete::purge_deleted(ctx, task),
         Job::CleanMailboxes => jobs::delete::clean_mailboxes(ctx, task),
+        Job::Vacuum => jobs::maintenance::vacuum(ctx, task),
+        Job::Backup => jobs::maintenance::backup(ctx, task),
+        Job::FullResync => jobs::maintenance::full_resync(ctx, task),
         Job::InternalClean => jobs::maintenance::internal_clean(ctx, task),
         Job::PruneHistory => jobs::maintenance::prune_history(ctx, task),
         Job::Send => jobs::send::send(ctx, task, false),
@@ -63,7 +66,6 @@ fn execute(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
             log::info!("sleep task finished");
             Ok(Report::default())
         }
-        other => Err(Failure::new(FailureKind::Other, format!("{} is not available in this version", other.name()))),
     }
 }
 

@@ -20,3 +20,18 @@ pub fn prune_history(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
     log::info!("deleted {n} history record(s) older than {days} days");
     Ok(Report { count: n as i64, follow_up: Vec::new() })
 }
+
+/// DB defragmentation: WAL checkpoint, then VACUUM (or incremental vacuum) when worthwhile.
+pub fn vacuum(_ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
+    Err(Failure::new(crate::task::FailureKind::Other, "DB defragmentation is not available yet"))
+}
+
+/// Backup with SQLite's online backup API to data/backup/, keeping the last BG_BACKUP_KEEP.
+pub fn backup(_ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
+    Err(Failure::new(crate::task::FailureKind::Other, "Backup is not available yet"))
+}
+
+/// Full resynchronisation of an account: re-read every folder, keep what matches.
+pub fn full_resync(_ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
+    Err(Failure::new(crate::task::FailureKind::Other, "Full resynchronization is not available yet"))
+}

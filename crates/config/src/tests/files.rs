@@ -1,0 +1,142 @@
+//! Whole files and properties: sources, warnings, a realistic application config, garbage.
+
+use crate::*;
+use std::path::Path;
+
+#[test]
+fn sources_say_default_or_the_line() {
+    let l = parse(b"<?php\n\ndefine('BG_MAX_THREADS', 3);\n", "config.inc").unwrap();
+    let e = l.entries();
+    assert_eq!(e.len(), specs().len());
+    let t = e.iter().find(|e| e.name == "BG_MAX_THREADS").unwrap();
+    assert_eq!((t.value.to_string(), t.source.as_str()), ("3".into(), "config.inc:3"));
+    let d = e.iter().find(|e| e.name == "EMAIL_BG_LO_FOLDERS_SYNC_START").unwrap();
+    assert_eq!((d.value.to_string(), d.source.as_str()), ("'20:00'".into(), "default"));
+    assert_eq!(l.config.bg_max_threads, 3);
+}
+
+#[test]
+fn duplicates_warn_and_the_later_wins() {
+    let l = parse(b"<?php\ndefine('BG_MAX_THREADS', 3);\ndefine('BG_MAX_THREADS', 4);", "config.inc").unwrap();
+    assert_eq!(l.config.bg_max_threads, 4);
+    assert_eq!(l.warnings.len(), 1);
+    assert_eq!(
+        l.warnings[0].to_string(),
+        "config.inc:3: BG_MAX_THREADS defined again (first at line 2); the later value wins"
+    );
+}
+
+#[test]
+fn misspellings_warn_with_the_intended_name() {
+    let l = parse(
+        b"<?php\ndefine('BG_MAX_THREAD', 3);\ndefine('bg_max_threads', 3);\ndefine('EMAIL_OUTBOX_ENABLD', TRUE);\ndefine('DB_HOST', 'x');",
+        "config.inc",
+    )
+    .unwrap();
+    let w: Vec<String> = l.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert!(w[0].starts_with("config.inc:2: unknown constant BG_MAX_THREAD, did you mean BG_MAX_THREADS?"));
+    assert!(w[1].contains("bg_max_threads, did you mean BG_MAX_THREADS?"));
+    assert!(w[2].contains("EMAIL_OUTBOX_ENABLD, did you mean EMAIL_OUTBOX_ENABLED?"));
+    assert_eq!(l.config.bg_max_threads, 14);
+}
+
+#[test]
+fn a_realistic_application_config() {
+    let text = r#"<?php
+/**
+ * eDokumenty configuration
+ */
+define('DB_HOST', 'localhost');
+define('DB_NAME', "edokumenty");
+define('DB_USER', 'edok');
+define('DB_PASS', 'p@ss;word//#');
+define('APP_ROOT', dirname(__FILE__) . '/..');
+define('UPLOAD_DIR', APP_ROOT . '/upload');
+define('DEBUG', false);
+define('MAX_UPLOAD', 1024 * 1024 * 20);
+define('LANGS', ['pl', 'en']);
+define('SESSION_TIMEOUT', 3600);
+$config['mail'] = array('host' => 'smtp', 'port' => 25);
+if (!defined('X')) { define('X', 1); }
+function helper($a) { return $a * 2; }
+define('EMAIL_OUTBOX_ENABLED', TRUE);
+define('EMAIL_BACKGROUND_SYNC_ENABLED', TRUE);
+define('BG_MAX_THREADS', 4); // fewer threads on this box
+define('EMAIL_BG_LO_FOLDERS_SYNC_START', '21:30');
+define('CACHE_DIR', '/tmp/cache');
+define('THEME', 'default');
+define('LOG_LEVEL', 3);
+define('SMTP_HOST', 'mail.example.org');
+define('SMTP_PORT', 587);
+define('FEATURE_A', true);
+define('FEATURE_B', false);
+define('FEATURE_C', null);
+define('VERSION', '5.1.2');
+define('BUILD', 20240824);
+define('TZ', 'Europe/Warsaw');
+date_default_timezone_set(TZ);
+define('ADMIN_MAIL', 'admin@example.org');
+define('ITEMS_PER_PAGE', 50);
+?>
+"#;
+    let l = parse(text.as_bytes(), "config.inc").unwrap();
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    assert!(l.config.email_outbox_enabled && l.config.email_background_sync_enabled);
+    assert_eq!(l.config.bg_max_threads, 4);
+    assert_eq!(l.config.email_bg_lo_folders_sync_start, TimeOfDay { hour: 21, minute: 30 });
+    let src = l.entries().into_iter().find(|e| e.name == "BG_MAX_THREADS").unwrap().source;
+    assert_eq!(src, "config.inc:20");
+}
+
+#[test]
+fn garbage_never_panics() {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let alphabet = b"define('BG_MAX_THREADS', \"0x1_2\\/*#?><php)(;,-\n\r\xff\xfe\x00TRUE";
+    for _ in 0..5000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = (x % 80) as usize;
+        let mut buf = Vec::with_capacity(len);
+        let mut y = x;
+        for _ in 0..len {
+            y ^= y << 13;
+            y ^= y >> 7;
+            y ^= y << 17;
+            buf.push(alphabet[(y % alphabet.len() as u64) as usize]);
+        }
+        let _ = parse(&buf, "config.inc");
+    }
+}
+
+#[test]
+fn a_missing_file_means_defaults() {
+    let l = load(Path::new("definitely/not/here/config.inc")).unwrap();
+    assert!(l.file_missing);
+    assert_eq!(l.config, Config::default());
+    assert!(l.entries().iter().all(|e| e.source == "default"));
+}
+
+#[test]
+fn the_example_file_documents_every_constant_with_its_default() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config.inc.example")).unwrap();
+    // uncommented, the example must parse to exactly the defaults
+    let uncommented = text.replace("// define(", "define(");
+    let l = parse(uncommented.as_bytes(), "config.inc.example").unwrap();
+    assert_eq!(l.config, Config::default());
+    for s in specs() {
+        assert!(
+            text.contains(&format!("define('{}', {});", s.name, s.default)),
+            "{} missing from config.inc.example",
+            s.name
+        );
+    }
+}
+
+#[test]
+fn values_render_as_php() {
+    assert_eq!(Value::Bool(true).to_string(), "TRUE");
+    assert_eq!(Value::Str("it's".into()).to_string(), "'it\\'s'");
+    assert_eq!(Value::Time(TimeOfDay { hour: 7, minute: 5 }).to_string(), "'07:05'");
+}

@@ -1,0 +1,4 @@
+//! Unit tests of the config.inc reader.
+
+mod files;
+mod table;

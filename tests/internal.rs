@@ -183,11 +183,10 @@ fn drafts_are_saved_edited_and_sent_only_by_their_author() {
     ]));
     assert_eq!(out.trim(), id.to_string());
     let d = &list(&h, "alice", "drafts")["messages"][0];
-    assert_eq!((d["subject"].as_str(), d["body"].as_str(), d["importance"].as_str()), (
-        Some("plan v2"),
-        Some("edited"),
-        Some("high")
-    ));
+    assert_eq!(
+        (d["subject"].as_str(), d["body"].as_str(), d["importance"].as_str()),
+        (Some("plan v2"), Some("edited"), Some("high"))
+    );
     assert_eq!(d["to"], serde_json::json!(["bob", "carol"]));
 
     // another user can neither edit nor send it; nothing changes

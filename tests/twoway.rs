@@ -53,8 +53,10 @@ fn deletions_go_both_ways_then_are_purged() {
         let id = store.message_id_by_uid(inbox, uid).unwrap().to_string();
         mail(&w, &["mail", "delete", &id]);
     }
-    let listed: serde_json::Value =
-        serde_json::from_slice(&w.home.run(&["mail", "list", "--account", &w.account.to_string(), "--limit", "1000", "--json"]).stdout).unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(
+        &w.home.run(&["mail", "list", "--account", &w.account.to_string(), "--limit", "1000", "--json"]).stdout,
+    )
+    .unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 50, "deleted at once locally");
     next_run(&w);
     assert_eq!(server_uids(&w, "INBOX"), (11..=60).collect::<Vec<u32>>());
@@ -68,11 +70,17 @@ fn deletions_go_both_ways_then_are_purged() {
     next_run(&w);
     next_run(&w);
     let store = w.store();
-    assert_eq!(store_messages(&store, inbox).iter().map(|m| m.0).collect::<Vec<u32>>(), (11..=50).collect::<Vec<u32>>());
+    assert_eq!(
+        store_messages(&store, inbox).iter().map(|m| m.0).collect::<Vec<u32>>(),
+        (11..=50).collect::<Vec<u32>>()
+    );
     assert_eq!(store.folder_row_count(inbox).unwrap(), 40, "purged: rows and bodies gone");
     let info = w.home.log("l-info.log");
     assert!(info.contains("deleted 10 messages on server, 0 locally in"), "{info}");
-    assert!(regex::Regex::new(r"deleted 0 messages on server, 10 locally in \d+s \[\d+,\d+\]").unwrap().is_match(&info), "{info}");
+    assert!(
+        regex::Regex::new(r"deleted 0 messages on server, 10 locally in \d+s \[\d+,\d+\]").unwrap().is_match(&info),
+        "{info}"
+    );
 }
 
 #[test]
@@ -131,7 +139,14 @@ fn keep_days_removes_exactly_the_old_messages_on_both_sides() {
     let now = chrono::Utc::now();
     for (i, days) in [10i64, 29, 31, 400].iter().enumerate() {
         let dt = (now - chrono::Duration::days(*days)).fixed_offset();
-        let raw = mailgen::message_with(&format!("aged {days}"), "a@x.test", "u@x.test", &dt.to_rfc2822(), &format!("<age{i}@x>"), "body");
+        let raw = mailgen::message_with(
+            &format!("aged {days}"),
+            "a@x.test",
+            "u@x.test",
+            &dt.to_rfc2822(),
+            &format!("<age{i}@x>"),
+            "body",
+        );
         s.append("INBOX", &raw).internal_date(dt).finish().unwrap();
     }
     drop(s);

@@ -222,14 +222,7 @@ pub fn run(home: PathBuf, cmd: InternalCmd) -> anyhow::Result<ExitCode> {
                     Folder::Inbox => println!("{} {}", if m.read { " " } else { "*" }, line(m)),
                     Folder::Sent | Folder::Drafts => {
                         let to = if m.to.is_empty() { "(no recipient)".to_owned() } else { m.to.join(", ") };
-                        println!(
-                            "  {:>6} {} {}  to {}  {}",
-                            m.id,
-                            mark(m),
-                            fmt_time(m.created),
-                            to,
-                            m.subject
-                        );
+                        println!("  {:>6} {} {}  to {}  {}", m.id, mark(m), fmt_time(m.created), to, m.subject);
                         if !m.not_delivered.is_empty() {
                             println!("           not delivered: {}", m.not_delivered.join(", "));
                         }

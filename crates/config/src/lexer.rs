@@ -11,7 +11,10 @@ pub enum Tok {
     Var,
     /// A string literal after escape processing. `interp`: a double-quoted or heredoc string
     /// that interpolates variables, so its value is not known without running PHP.
-    Str { text: String, interp: bool },
+    Str {
+        text: String,
+        interp: bool,
+    },
     /// An integer literal; too large values saturate so that they read as "out of range".
     Int(i128),
     /// A number we never accept for our constants (float, malformed).

@@ -113,7 +113,10 @@ impl Parser<'_> {
         match self.specs.iter().position(|s| s.name == name) {
             Some(idx) if !closed || value.is_empty() => {
                 let spec = self.specs[idx];
-                self.error(line, format!("{name}: cannot read this define(): expected define('{name}', {});", spec.default));
+                self.error(
+                    line,
+                    format!("{name}: cannot read this define(): expected define('{name}', {});", spec.default),
+                );
             }
             Some(idx) => self.ours(idx, line, value),
             None => self.not_ours(name, line),
@@ -168,7 +171,11 @@ impl Parser<'_> {
         let (Some(first), Some(last)) = (value.first(), value.last()) else { return String::new() };
         let raw = String::from_utf8_lossy(self.src.get(first.start..last.end).unwrap_or(&[]));
         let one_line = raw.split_whitespace().collect::<Vec<_>>().join(" ");
-        if one_line.chars().count() > 60 { format!("{}…", one_line.chars().take(60).collect::<String>()) } else { one_line }
+        if one_line.chars().count() > 60 {
+            format!("{}…", one_line.chars().take(60).collect::<String>())
+        } else {
+            one_line
+        }
     }
 }
 

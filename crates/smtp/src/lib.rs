@@ -155,7 +155,8 @@ impl Smtp {
         }
         // Authenticate when the server offers it; a server that requires it but offers no
         // mechanism we know refuses MAIL FROM, which is reported then.
-        let offered = [Mechanism::Plain, Mechanism::Login].into_iter().any(|m| conn.server_info().supports_auth_mechanism(m));
+        let offered =
+            [Mechanism::Plain, Mechanism::Login].into_iter().any(|m| conn.server_info().supports_auth_mechanism(m));
         if let (Some(login), Some(password), true) = (&p.login, &p.password, offered) {
             let creds = Credentials::new(login.clone(), password.clone());
             conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds).map_err(|e| {

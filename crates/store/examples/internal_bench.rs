@@ -43,7 +43,13 @@ fn fill(s: &mut Store, users: usize) -> f64 {
             let to = vec![format!("u{}", (i + k + 1) % users)];
             let from = format!("u{i}");
             let imp = if k % 5 == 0 { Importance::High } else { Importance::Normal };
-            let m = InternalDraft { from: &from, to: &to, subject: "benchmark subject", body: "body text", importance: imp };
+            let m = InternalDraft {
+                from: &from,
+                to: &to,
+                subject: "benchmark subject",
+                body: "body text",
+                importance: imp,
+            };
             s.internal_create(&m, false, now).unwrap();
             now += 1;
         }
@@ -54,9 +60,7 @@ fn fill(s: &mut Store, users: usize) -> f64 {
 fn main() {
     let sizes: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("a number of users")).collect();
     let sizes = if sizes.is_empty() { vec![1000, 10_000] } else { sizes };
-    println!(
-        "internal message service: users × {MESSAGES_PER_USER} messages, {ITERATIONS} iterations, times in µs"
-    );
+    println!("internal message service: users × {MESSAGES_PER_USER} messages, {ITERATIONS} iterations, times in µs");
     println!("{:>7} {:>9} {:>10} {:>8} {:>8} {:>8}", "users", "messages", "operation", "median", "min", "max");
     for users in sizes {
         let dir = tempfile::tempdir().unwrap();

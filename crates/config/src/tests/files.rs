@@ -78,6 +78,13 @@ define('TZ', 'Europe/Warsaw');
 date_default_timezone_set(TZ);
 define('ADMIN_MAIL', 'admin@example.org');
 define('ITEMS_PER_PAGE', 50);
+require_once __DIR__ . '/vendor/autoload.php';
+include 'local.php';
+ini_set('memory_limit', '512M');
+$banner = <<<EOT
+Don't panic, it's "fine"
+EOT;
+define('EXTENSIONS', array('pdf' => 'application/pdf', "doc" => 1));
 ?>
 "#;
     let l = parse(text.as_bytes(), "config.inc").unwrap();
@@ -139,4 +146,97 @@ fn values_render_as_php() {
     assert_eq!(Value::Bool(true).to_string(), "TRUE");
     assert_eq!(Value::Str("it's".into()).to_string(), "'it\\'s'");
     assert_eq!(Value::Time(TimeOfDay { hour: 7, minute: 5 }).to_string(), "'07:05'");
+}
+
+#[test]
+fn random_bytes_and_truncations_never_panic() {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..3000 {
+        let len = (next() % 200) as usize;
+        let buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        let _ = parse(&buf, "config.inc");
+    }
+    // every prefix of a file full of PHP corners, so each construct is cut at every byte
+    let text = "<?php /* c */ # h\n// d\n$a = <<<EOT\nIt's\nEOT;\n$b = <<<'N'\nx\nN;\ndefine(\"BG_MAX_THREADS\", 0x1_0);\n\
+                define('BACKPROC_PID_LOCATION', \"p\\x41\\101$v\"); ?>html<?= 1 ?><?php define('X', [1, (2)]);";
+    for end in 0..=text.len() {
+        let _ = parse(&text.as_bytes()[..end], "config.inc");
+    }
+}
+
+#[test]
+fn every_error_is_collected_and_shown_one_per_line() {
+    let e = parse(
+        b"<?php\ndefine('BG_MAX_THREADS', 0);\n$x = 1;\ndefine('EMAIL_BG_LO_FOLDERS_SYNC_START', '25:61');\ndefine('BG_TICK_INTERVAL', -1);\n",
+        "config.inc",
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "config.inc:2: BG_MAX_THREADS = 0 is out of range: expected an integer from 1 to 256\n\
+         config.inc:4: EMAIL_BG_LO_FOLDERS_SYNC_START = '25:61' is not a time: expected 'HH:MM' from 00:00 to 23:59\n\
+         config.inc:5: BG_TICK_INTERVAL = -1 is out of range: expected an integer (seconds) from 1 to 300"
+    );
+}
+
+#[test]
+fn sources_use_the_label_given() {
+    let l = parse(b"<?php\ndefine('BG_LOG_KEEP', 2);", "my.inc").unwrap();
+    assert_eq!(l.label(), "my.inc");
+    assert_eq!(l.source("BG_LOG_KEEP"), Some(Source::File { line: 2 }));
+    assert_eq!(l.source("BG_MAX_THREADS"), Some(Source::Default));
+    assert_eq!(l.source("NOT_OURS"), None);
+    assert_eq!(Source::File { line: 2 }.to_string(), "config.inc:2");
+    assert_eq!(Source::Default.to_string(), "default");
+    let e = l.entries().into_iter().find(|e| e.name == "BG_LOG_KEEP").unwrap();
+    assert_eq!(e.source, "my.inc:2");
+}
+
+#[test]
+fn a_file_without_php_tag_warns() {
+    let l = parse(b"define('BG_MAX_THREADS', 2);", "config.inc").unwrap();
+    assert_eq!(l.config.bg_max_threads, 2);
+    assert_eq!(l.warnings.len(), 1);
+    assert!(l.warnings[0].to_string().starts_with("config.inc:1: no <?php tag"));
+    assert!(parse(b"", "config.inc").unwrap().warnings.is_empty());
+}
+
+#[test]
+fn values_serialize_untagged() {
+    let v =
+        [Value::Bool(true), Value::Int(600), Value::Str("pid".into()), Value::Time(TimeOfDay { hour: 20, minute: 0 })];
+    assert_eq!(serde_json::to_string(&v).unwrap(), r#"[true,600,"pid","20:00"]"#);
+}
+
+#[test]
+fn the_table_is_consistent() {
+    let specs = specs();
+    let defaults = Config::default().values();
+    assert_eq!(specs.len(), defaults.len());
+    assert_eq!(specs.len(), 47);
+    for (s, v) in specs.iter().zip(&defaults) {
+        // the kind matches the field's type and the default is itself valid
+        let ok = match (s.kind, v) {
+            (Kind::Bool, Value::Bool(_)) | (Kind::Time, Value::Time(_)) => true,
+            (Kind::Str, Value::Str(t)) => !t.is_empty(),
+            (Kind::Int { min, max }, Value::Int(i)) => (min..=max).contains(i),
+            _ => false,
+        };
+        assert!(ok, "{} default {v} does not fit {:?}", s.name, s.kind);
+        assert_eq!(s.default, v.to_string());
+        assert!(!s.doc.is_empty());
+        assert_eq!(specs.iter().filter(|o| o.name == s.name).count(), 1, "{} twice", s.name);
+        // each default, written back as PHP, reads as itself
+        let l = parse(format!("<?php define('{}', {});", s.name, s.default).as_bytes(), "config.inc").unwrap();
+        assert_eq!(l.config, Config::default());
+        assert_eq!(l.source(s.name), Some(Source::File { line: 1 }));
+    }
+    assert_eq!(Config::default().email_bg_lo_folders_sync_start.to_string(), "20:00");
+    assert_eq!(Config::default().backproc_pid_location, "pid");
 }

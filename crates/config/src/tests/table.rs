@@ -125,7 +125,10 @@ fn table() -> Vec<(&'static str, &'static str, Expect)> {
         (
             "negative interval",
             "<?php define('EMAIL_BG_HI_FOLDERS_RECENT_SYNC_INTERVAL', -5);",
-            Err(&[(1, "EMAIL_BG_HI_FOLDERS_RECENT_SYNC_INTERVAL = -5 is out of range: expected an integer (seconds) from 1 to 604800")]),
+            Err(&[(
+                1,
+                "EMAIL_BG_HI_FOLDERS_RECENT_SYNC_INTERVAL = -5 is out of range: expected an integer (seconds) from 1 to 604800",
+            )]),
         ),
         (
             "time out of range",
@@ -188,6 +191,129 @@ fn table() -> Vec<(&'static str, &'static str, Expect)> {
             "every error is reported",
             "<?php\ndefine('BG_MAX_THREADS', 0);\ndefine('BG_TICK_INTERVAL', 301);\ndefine('EMAIL_OUTBOX_ENABLED', 'no');",
             Err(&[(2, "BG_MAX_THREADS"), (3, "BG_TICK_INTERVAL = 301"), (4, "EMAIL_OUTBOX_ENABLED")]),
+        ),
+        // PHP's lexical corners
+        ("octal int", "<?php define('BG_LOG_KEEP', 010);", Ok(vec![("BG_LOG_KEEP", int(8))])),
+        ("binary int", "<?php define('BG_LOG_KEEP', 0b101);", Ok(vec![("BG_LOG_KEEP", int(5))])),
+        ("explicit octal", "<?php define('BG_LOG_KEEP', 0o17);", Ok(vec![("BG_LOG_KEEP", int(15))])),
+        ("minus zero", "<?php define('BG_LOG_KEEP', -0);", Ok(vec![("BG_LOG_KEEP", int(0))])),
+        (
+            "bool as 0",
+            "<?php define('EMAIL_BG_SENT_APPEND', 0);",
+            Ok(vec![("EMAIL_BG_SENT_APPEND", Value::Bool(false))]),
+        ),
+        (
+            "octal and NUL-free escapes",
+            r#"<?php define('BACKPROC_PID_LOCATION', "\101\t\"q\"");"#,
+            Ok(vec![("BACKPROC_PID_LOCATION", Value::Str("A\t\"q\"".into()))]),
+        ),
+        (
+            "single quotes keep \\n",
+            r"<?php define('BACKPROC_PID_LOCATION', 'a\nb');",
+            Ok(vec![("BACKPROC_PID_LOCATION", Value::Str("a\\nb".into()))]),
+        ),
+        (
+            "close tag ends a line comment",
+            "<?php // note ?>text it's <?php define('BG_MAX_THREADS', 13);",
+            Ok(vec![("BG_MAX_THREADS", int(13))]),
+        ),
+        (
+            "close tag inside a block comment is no close tag",
+            "<?php /* ?> it's */ define('BG_MAX_THREADS', 15);",
+            Ok(vec![("BG_MAX_THREADS", int(15))]),
+        ),
+        (
+            "inline html between php blocks",
+            "<p>don't</p><?php define('BG_MAX_THREADS', 16); ?>\n<b>\"</b>\n<?= 1 ?>",
+            Ok(vec![("BG_MAX_THREADS", int(16))]),
+        ),
+        (
+            "defines in strings and html are text",
+            "define('BG_MAX_THREADS', 0);<?php $s = \"define('BG_MAX_THREADS', 0);\";",
+            Ok(vec![("BG_MAX_THREADS", int(14))]),
+        ),
+        (
+            "heredoc and nowdoc with quotes",
+            "<?php\n$a = <<<EOT\nIt's \"here\"\nEOT;\n$b = <<<'N'\n  don't\n  N;\ndefine('BG_MAX_THREADS', 17);",
+            Ok(vec![("BG_MAX_THREADS", int(17))]),
+        ),
+        (
+            "methods named define are not define()",
+            "<?php $o->define('BG_MAX_THREADS', 0); X::define('BG_MAX_THREADS', 0); function define($a) {}",
+            Ok(vec![("BG_MAX_THREADS", int(14))]),
+        ),
+        (
+            "guarded define and namespaced define",
+            "<?php if (!defined('BG_MAX_THREADS')) \\define('BG_MAX_THREADS', 18);",
+            Ok(vec![("BG_MAX_THREADS", int(18))]),
+        ),
+        (
+            "broken unrelated statement is skipped",
+            "<?php $x = ; foo(1, ; define('A', B . ;\ndefine('BG_MAX_THREADS', 19);",
+            Ok(vec![("BG_MAX_THREADS", int(19))]),
+        ),
+        ("DEFINE in capitals", "<?php DEFINE('BG_MAX_THREADS', 20);", Ok(vec![("BG_MAX_THREADS", int(20))])),
+        ("no php tag at all", "define('BG_MAX_THREADS', 21);", Ok(vec![("BG_MAX_THREADS", int(21))])),
+        (
+            "huge int",
+            "<?php\ndefine('BG_LOG_MAX_SIZE', 999999999999999999999999999999999999999999);",
+            Err(&[(2, "BG_LOG_MAX_SIZE = 999999999999999999999999999999999999999999 is out of range")]),
+        ),
+        (
+            "interpolated string",
+            "<?php define('BACKPROC_PID_LOCATION', \"$home/pid\");",
+            Err(&[(1, "BACKPROC_PID_LOCATION = \"$home/pid\" is not a literal")]),
+        ),
+        (
+            "constant as value",
+            "<?php\ndefine('BG_MAX_THREADS', OTHER_LIMIT);",
+            Err(&[(2, "BG_MAX_THREADS = OTHER_LIMIT is not a literal: expected an integer from 1 to 256")]),
+        ),
+        (
+            "string for a seconds value",
+            "<?php define('BG_TICK_INTERVAL', 'abc');",
+            Err(&[(1, "BG_TICK_INTERVAL = 'abc' has the wrong type: expected an integer (seconds)")]),
+        ),
+        (
+            "'1' for bool",
+            "<?php define('EMAIL_OUTBOX_ENABLED', '1');",
+            Err(&[(1, "EMAIL_OUTBOX_ENABLED = '1' has the wrong type: expected TRUE or FALSE")]),
+        ),
+        (
+            "null lower",
+            "<?php define('EMAIL_OUTBOX_ENABLED', null);",
+            Err(&[(1, "EMAIL_OUTBOX_ENABLED = null is NULL")]),
+        ),
+        ("bad octal", "<?php define('BG_LOG_KEEP', 09);", Err(&[(1, "BG_LOG_KEEP = 09 has the wrong type")])),
+        (
+            "multi-line value reported at the define's line",
+            "<?php\n\ndefine(\n  'BG_BACKUP_KEEP',\n  0\n);",
+            Err(&[(3, "BG_BACKUP_KEEP = 0 is out of range: expected an integer from 1 to 1000")]),
+        ),
+        (
+            "missing value",
+            "<?php\ndefine('BG_MAX_THREADS');\ndefine('BG_TICK_INTERVAL', );",
+            Err(&[(2, "BG_MAX_THREADS: cannot read"), (3, "BG_TICK_INTERVAL: cannot read")]),
+        ),
+        (
+            "close tag inside an unclosed define",
+            "<?php define('BG_MAX_THREADS', 5 ?> text",
+            Err(&[(1, "BG_MAX_THREADS: cannot read this define(): expected define('BG_MAX_THREADS', 14);")]),
+        ),
+        (
+            "unterminated heredoc",
+            "<?php\ndefine('BG_MAX_THREADS', 3);\n$x = <<<EOT\nnever closed\n",
+            Err(&[(3, "unterminated heredoc")]),
+        ),
+        (
+            "error after an unrelated expression define",
+            "<?php\ndefine('APP', dirname(__FILE__) . '/x');\ndefine('BG_SHUTDOWN_GRACE', 3601);",
+            Err(&[(3, "BG_SHUTDOWN_GRACE = 3601 is out of range: expected an integer (seconds) from 0 to 3600")]),
+        ),
+        (
+            "crlf keeps line numbers",
+            "<?php\r\n// x\r\n\r\ndefine('BG_MAX_THREADS', 257);\r\n",
+            Err(&[(4, "BG_MAX_THREADS = 257 is out of range")]),
         ),
     ]
 }

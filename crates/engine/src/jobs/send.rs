@@ -178,8 +178,11 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     }
     append_sent(ctx, &a);
     // A full batch means more may be waiting: go on at once rather than at the next poll.
-    let follow_up =
-        if claimed.len() >= ctx.config.email_bg_send_batch as usize && last_failure.is_none() { vec![*task] } else { Vec::new() };
+    let follow_up = if claimed.len() >= ctx.config.email_bg_send_batch as usize && last_failure.is_none() {
+        vec![*task]
+    } else {
+        Vec::new()
+    };
     match last_failure {
         Some(f) if sent == 0 => Err(f),
         _ => Ok(Report { count: sent, follow_up }),

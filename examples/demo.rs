@@ -169,6 +169,8 @@ fn main() {
     }
     section("backproc folder list");
     print!("{}", run(h, &["folder", "list"], None));
+    section("backproc mail list (newest 8)");
+    print!("{}", run(h, &["mail", "list", "--account", &account, "--limit", "8"], None));
     section("backproc outbox show");
     print!("{}", run(h, &["outbox", "show", entry.trim()], None));
 

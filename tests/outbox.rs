@@ -315,3 +315,34 @@ fn bad_input_is_refused_and_nothing_is_queued() {
     let list: Value = serde_json::from_slice(&h.run(&["outbox", "list", "--json"]).stdout).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn a_worker_frozen_past_its_lease_cannot_change_the_final_state() {
+    use backproc_testkit::{Fault, FaultProxy};
+    let sink = SmtpSink::start(SinkOptions::default()).unwrap();
+    // a slow link keeps the worker inside the SMTP conversation for several seconds
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", sink.port()).parse().unwrap()).unwrap();
+    proxy.set_fault(Fault::Delay { per_chunk_ms: 400 });
+    let config = format!("{SEND}define('EMAIL_BG_SEND_LEASE', 10);\n");
+    let (h, acct) = home_with_smtp(&config, proxy.port(), 1);
+    let id = add(&h, acct, &["a@x.test"], "frozen");
+    let mut master = h.spawn(&["run"]);
+    assert!(wait_until(Duration::from_secs(10), || show(&h, id)["state"] == "PROCESSING"));
+    let pid = master.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    std::thread::sleep(Duration::from_secs(11)); // past the lease
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    // the master's next tick expires the lease before the slow conversation ends
+    assert!(wait_until(Duration::from_secs(30), || h.log("l-info.log").contains("lost the lease")));
+    assert!(h.run(&["stop"]).status.success());
+    master.wait().unwrap();
+    let r = show(&h, id);
+    assert_eq!(r["state"], "ERROR", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("outcome unknown"), "{r}");
+    assert!(r["info"].is_null(), "the late SUCCESS write must not land: {r}");
+    let mid = r["messageId"].as_str().unwrap();
+    assert!(count(&sink.messages().unwrap().concat(), &format!("Message-ID: <{mid}>")) <= 1);
+    // and it is never picked up again automatically
+    run_once(&h);
+    assert_eq!(show(&h, id)["state"], "ERROR");
+}

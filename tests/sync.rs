@@ -50,7 +50,7 @@ fn set_all_high(w: &MailWorld) {
 #[test]
 fn a_mailbox_lands_completely_once_and_changes_follow() {
     let w = MailWorld::start(CONFIG);
-    let folders = ["INBOX", "Archive", "Projects", "Входящие 2024 & more"];
+    let folders = ["INBOX", "Archive", "日本語 📬 a+b", "Входящие 2024 & more"];
     let msgs = mailgen::mailbox(7, 1000);
     for f in &folders[1..] {
         w.dovecot.create_folder(&w.user, &w.password, f).unwrap();
@@ -73,6 +73,7 @@ fn a_mailbox_lands_completely_once_and_changes_follow() {
     let folder_names: Vec<String> =
         w.store().folders(Some(w.account)).unwrap().into_iter().map(|f| f.display_name).collect();
     assert!(folder_names.contains(&"Входящие 2024 & more".to_string()), "{folder_names:?}");
+    assert!(folder_names.contains(&"日本語 📬 a+b".to_string()), "{folder_names:?}");
 
     // a second run fetches nothing
     set_all_high(&w);

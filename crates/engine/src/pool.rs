@@ -224,6 +224,14 @@ impl WorkerLoop {
                 break;
             }
         }
+        // Tasks still queued at a stop never start: say so, so the master does not wait for
+        // them (they are due again at the next start; the store is the truth).
+        for task in self.urgent.try_iter().chain(self.bulk.try_iter()) {
+            let cancelled = Failure::new(FailureKind::Cancelled, "not started: the master is stopping");
+            if self.outcomes.send(Outcome { task, worker: self.idx, result: Err(cancelled) }).is_err() {
+                break;
+            }
+        }
         runner.idle();
     }
 }
@@ -362,7 +370,9 @@ mod tests {
         assert!(p.join(Instant::now() + Duration::from_secs(5)));
         let o = rx.recv_timeout(Duration::from_secs(1)).unwrap();
         assert_eq!(o.task.folder, Some(1));
-        assert!(rx.try_recv().is_err(), "the queued task must not start after stop");
+        let cancelled = rx.recv_timeout(Duration::from_secs(1)).expect("the queued task is reported");
+        assert_eq!(cancelled.task.folder, Some(2));
+        assert_eq!(cancelled.result.unwrap_err().kind, FailureKind::Cancelled, "it must not start after stop");
         assert_eq!(seen.lock().unwrap().len(), 1);
     }
 

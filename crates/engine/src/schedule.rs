@@ -10,7 +10,7 @@ use backproc_store::{Lane, SchedFolder, Store};
 use chrono::{Days, NaiveTime, TimeZone};
 
 use crate::Clock;
-use crate::task::{Job, Outcome, Task};
+use crate::task::{FailureKind, Job, Outcome, Task};
 
 /// The kind of sync a folder is due for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,7 +306,7 @@ impl Scheduler {
                     // Retried when the account's back-off allows, not every tick.
                     self.listed.insert(a, self.clock.now());
                 }
-                if !f.kind.account_level() {
+                if !f.kind.account_level() && f.kind != FailureKind::Cancelled {
                     log::error!("{} failed: {f}", o.task);
                 }
                 Vec::new()

@@ -133,6 +133,8 @@ pub enum FailureKind {
     Store,
     /// A task panicked.
     Panic,
+    /// A queued task that never started because the master stopped.
+    Cancelled,
     Other,
 }
 
@@ -146,6 +148,7 @@ impl FailureKind {
             FailureKind::Protocol => "Invalid response from the synchronization server",
             FailureKind::Store => "Failed to access the database during synchronization",
             FailureKind::Panic => "Internal error",
+            FailureKind::Cancelled => "Cancelled",
             FailureKind::Other => "Failed",
         }
     }

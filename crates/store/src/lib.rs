@@ -17,6 +17,7 @@ mod history;
 pub mod internal;
 mod local;
 mod mail;
+pub mod maintenance;
 pub mod outbox;
 mod schema;
 mod users;

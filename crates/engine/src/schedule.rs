@@ -263,7 +263,12 @@ impl Scheduler {
             }
         }
         // Housekeeping on its own intervals, whatever else is enabled.
-        for (job, every) in [(Job::InternalClean, config.internal_msg_clean_interval), (Job::PruneHistory, 86_400)] {
+        for (job, every) in [
+            (Job::InternalClean, config.internal_msg_clean_interval),
+            (Job::PruneHistory, 86_400),
+            (Job::Vacuum, config.bg_vacuum_interval),
+            (Job::Backup, config.bg_backup_interval),
+        ] {
             if self.interval_due(store, job.key(), every as i64, now) {
                 due.push(Task::new(job, None, None));
             }

@@ -366,19 +366,21 @@ impl Store {
     }
 
     /// Due entries of a folder's queue, by UID, bounded by count and bytes (at least one).
+    /// `after_uid` skips entries already handed to a writer that has not committed them yet.
     pub fn receive_batch(
         &self,
         folder_id: i64,
         lane: Lane,
         now: i64,
+        after_uid: i64,
         max_count: usize,
         max_bytes: i64,
     ) -> Result<Vec<QueueEntry>> {
         let mut st = self.conn().prepare_cached(
             "SELECT id, uid, COALESCE(size, 0), attempts FROM receive_queue
-             WHERE folder_id = ? AND queue = ? AND next_attempt <= ? ORDER BY uid LIMIT ?",
+             WHERE folder_id = ? AND queue = ? AND next_attempt <= ? AND uid > ? ORDER BY uid LIMIT ?",
         )?;
-        let rows = st.query_map(params![folder_id, lane.as_str(), now, max_count as i64], |r| {
+        let rows = st.query_map(params![folder_id, lane.as_str(), now, after_uid, max_count as i64], |r| {
             Ok(QueueEntry { id: r.get(0)?, uid: r.get(1)?, size: r.get(2)?, attempts: r.get(3)? })
         })?;
         let mut out = Vec::new();

@@ -1,10 +1,16 @@
 //! Receive and Receive Secondary: download queued UIDs in batches bounded by count and
-//! bytes, store each batch and remove its queue entries in one transaction.
+//! bytes; store each batch and remove its queue entries in one transaction.
+//!
+//! Two stages overlap: this thread fetches batch N+1 from the server while a writer thread
+//! (with its own store connection) parses and commits batch N, so the server, the parser and
+//! the disk work at the same time. The channel between them holds one batch: memory stays
+//! bounded by about three batches whatever the folder's size.
 
 use std::collections::HashSet;
 use std::time::Instant;
 
-use backproc_store::{Lane, MsgFlags, RetryPolicy};
+use backproc_store::{Lane, MsgFlags, NewMessage, QueueEntry, RetryPolicy, Store};
+use crossbeam_channel::bounded;
 
 use super::Ctx;
 use crate::parse;
@@ -20,36 +26,104 @@ pub fn policy(c: &backproc_config::Config) -> RetryPolicy {
     }
 }
 
+/// One fetched batch on its way to the writer.
+struct Fetched {
+    entries: usize,
+    msgs: Vec<(u32, MsgFlags, Option<i64>, Vec<u8>)>,
+    /// Asked for but not returned: expunged on the server before we fetched them.
+    gone: Vec<i64>,
+}
+
+/// Parses and stores batches until the channel closes; returns messages stored.
+fn writer(
+    store: &mut Store,
+    folder_id: i64,
+    rx: crossbeam_channel::Receiver<Fetched>,
+    task: &Task,
+    total: i64,
+    thread: usize,
+    clock: crate::Clock,
+) -> Result<i64, Failure> {
+    let mut received = 0i64;
+    let mut done = 0i64;
+    for b in rx {
+        let msgs: Vec<NewMessage> =
+            b.msgs.into_iter().map(|(uid, flags, date, raw)| parse::message(uid as i64, raw, flags, date)).collect();
+        received += store.store_received(folder_id, &msgs, &b.gone)? as i64;
+        done += b.entries as i64;
+        let row = backproc_store::WorkerRow {
+            thread: thread as i64 + 1,
+            task: Some(task.to_string()),
+            account_id: task.account,
+            folder_id: task.folder,
+            done: Some(done),
+            total: Some(total),
+            since: Some(clock.now()),
+        };
+        let _ = store.set_worker(&row);
+    }
+    Ok(received)
+}
+
 pub fn receive(ctx: &mut Ctx, task: &Task, lane: Lane) -> Result<Report, Failure> {
     let (Some(account), Some(folder_id)) = (task.account, task.folder) else {
         return Err(Failure::new(FailureKind::Other, "receive needs an account and a folder"));
     };
     let started = Instant::now();
     let folder = ctx.store.folder(folder_id)?;
+    let total = ctx.store.receive_queue_len(folder_id, lane)?;
+    if total == 0 {
+        ctx.store.drop_stale_if_done(folder_id)?;
+        return Ok(Report::default());
+    }
+    let mut writer_store = Store::open(ctx.store.path())?;
+    let (tx, rx) = bounded::<Fetched>(1);
+    let (clock, thread) = (ctx.clock, ctx.thread);
+    let (fetched, written) = std::thread::scope(|s| {
+        let mdc: Vec<(String, String)> = ["thread", "account", "folder"]
+            .iter()
+            .filter_map(|k| log_mdc::get(*k, |v| v.map(|v| (k.to_string(), v.to_owned()))))
+            .collect();
+        let w = s.spawn(move || {
+            log_mdc::extend(mdc);
+            writer(&mut writer_store, folder_id, rx, task, total, thread, clock)
+        });
+        let fetched = fetch_all(ctx, account, folder_id, &folder.name, lane, tx);
+        let written = w.join().unwrap_or_else(|_| Err(Failure::new(FailureKind::Panic, "the receive writer panicked")));
+        (fetched, written)
+    });
+    let received = written?;
+    ctx.store.drop_stale_if_done(folder_id)?;
+    log::info!("received {received} new messages in {}s", started.elapsed().as_secs());
+    fetched?;
+    Ok(Report { count: received, follow_up: Vec::new() })
+}
+
+/// Fetches every due batch and hands it to the writer; on a server error counts one failed
+/// attempt for the batch that failed (batches already handed over are stored).
+fn fetch_all(
+    ctx: &mut Ctx,
+    account: i64,
+    folder_id: i64,
+    folder_name: &str,
+    lane: Lane,
+    tx: crossbeam_channel::Sender<Fetched>,
+) -> Result<(), Failure> {
     let policy = policy(ctx.config);
     let max_count = ctx.config.email_bg_receive_batch_messages as usize;
     let max_bytes = ctx.config.email_bg_receive_batch_bytes as i64;
     let max_size = ctx.config.email_bg_max_message_size as i64;
-    let total = ctx.store.receive_queue_len(folder_id, lane)?;
-    let mut received = 0i64;
-    let mut done = 0i64;
-    let mut failed_ids = HashSet::new();
+    let stale = ctx.store.has_stale(folder_id)?;
+    let mut after_uid = 0i64;
     loop {
         let now = ctx.clock.now();
-        let batch: Vec<_> = ctx
-            .store
-            .receive_batch(folder_id, lane, now, max_count, max_bytes)?
-            .into_iter()
-            .filter(|e| !failed_ids.contains(&e.id))
-            .collect();
-        if batch.is_empty() {
-            break;
-        }
+        let batch: Vec<QueueEntry> = ctx.store.receive_batch(folder_id, lane, now, after_uid, max_count, max_bytes)?;
+        let Some(last) = batch.last() else { return Ok(()) };
+        after_uid = last.uid;
         // Messages above the memory limit are never downloaded; they fail until final.
         let (too_big, batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|e| e.size > max_size);
         if !too_big.is_empty() {
             let ids: Vec<i64> = too_big.iter().map(|e| e.id).collect();
-            failed_ids.extend(ids.iter().copied());
             let msg = format!("message larger than EMAIL_BG_MAX_MESSAGE_SIZE ({max_size} bytes)");
             log::error!("Not enough memory to process the message: {} message(s) skipped: {msg}", ids.len());
             ctx.store.receive_failed(&ids, &msg, now, &policy)?;
@@ -59,13 +133,13 @@ pub fn receive(ctx: &mut Ctx, task: &Task, lane: Lane) -> Result<Report, Failure
         }
         let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
         let mut msgs = Vec::with_capacity(batch.len());
-        let mut fetch = || -> Result<Vec<i64>, backproc_imap::Error> {
-            session.ensure_open(&folder.name, false)?;
+        let result = (|| -> Result<Vec<i64>, backproc_imap::Error> {
+            session.ensure_open(folder_name, false)?;
             let mut uids: Vec<u32> = batch.iter().map(|e| e.uid as u32).collect();
             // After a UIDVALIDITY change, messages we already have are re-keyed, not
             // downloaded again (matched by Message-ID and size).
-            let mut rematched = Vec::new();
-            if ctx.store.has_stale(folder_id).unwrap_or(false) {
+            if stale {
+                let mut rematched = Vec::new();
                 for (uid, size, header) in session.fetch_headers(&uids)? {
                     if let Some(mid) = parse::message_id(&header)
                         && ctx.store.rematch_stale(folder_id, uid as i64, &mid, size as i64).unwrap_or(false)
@@ -83,14 +157,18 @@ pub fn receive(ctx: &mut Ctx, task: &Task, lane: Lane) -> Result<Report, Failure
                     draft: f.flags.draft,
                     deleted: f.flags.deleted,
                 };
-                msgs.push(parse::message(f.uid as i64, f.raw, flags, f.internal_date));
+                msgs.push((f.uid, flags, f.internal_date, f.raw));
             })?;
-            let got: HashSet<i64> = msgs.iter().map(|m| m.uid).collect();
-            // Asked for but not returned: expunged on the server before we fetched it.
-            Ok(uids.iter().map(|u| *u as i64).filter(|u| !got.contains(u)).collect())
-        };
-        let gone = match fetch() {
-            Ok(g) => g,
+            let got: HashSet<u32> = msgs.iter().map(|m| m.0).collect();
+            Ok(uids.iter().filter(|u| !got.contains(u)).map(|u| *u as i64).collect())
+        })();
+        match result {
+            Ok(gone) => {
+                if tx.send(Fetched { entries: batch.len(), msgs, gone }).is_err() {
+                    // the writer stopped (its error is reported by the caller)
+                    return Ok(());
+                }
+            }
             Err(e) => {
                 ctx.sessions.discard(account);
                 let f = failure_from_imap(e);
@@ -106,15 +184,8 @@ pub fn receive(ctx: &mut Ctx, task: &Task, lane: Lane) -> Result<Report, Failure
                 if moves.failed > 0 {
                     log::error!("{} message(s) failed more than {} times: given up", moves.failed, policy.final_after);
                 }
-                log::info!("received {received} new messages in {}s", started.elapsed().as_secs());
                 return Err(f);
             }
-        };
-        received += ctx.store.store_received(folder_id, &msgs, &gone)? as i64;
-        done += batch.len() as i64;
-        ctx.progress(task, done, total);
+        }
     }
-    ctx.store.drop_stale_if_done(folder_id)?;
-    log::info!("received {received} new messages in {}s", started.elapsed().as_secs());
-    Ok(Report { count: received, follow_up: Vec::new() })
 }

@@ -52,15 +52,18 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
             now,
         )?;
         for folder in store.record_folder_list(id, &names)? {
-            let done = SyncApply { full: true, uidvalidity: Some(1), watermarks: Some((100, None)), ..Default::default() };
+            let done =
+                SyncApply { full: true, uidvalidity: Some(1), watermarks: Some((100, None)), ..Default::default() };
             store.apply_sync(folder, &done, now)?;
         }
     }
     let build_secs = started.elapsed().as_secs_f64();
 
-    let mut config = backproc_config::Config::default();
-    config.email_background_sync_enabled = true;
-    config.email_outbox_enabled = true;
+    let config = backproc_config::Config {
+        email_background_sync_enabled: true,
+        email_outbox_enabled: true,
+        ..Default::default()
+    };
     let data_dir = Path::new(dir);
     let in_flight = HashMap::new();
 

@@ -135,7 +135,7 @@ fn group(n: i64) -> String {
     let s = n.abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -168,7 +168,7 @@ pub fn history(home: PathBuf, args: HistoryArgs) -> anyhow::Result<ExitCode> {
         println!("No background process history for the selected period");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<19}  {:<28}  {:<9}  {:<48}  {}", "time", "process", "[acct,fld]", "status", "detail");
+    println!("{:<19}  {:<28}  {:<10}  {:<48}  detail", "time", "process", "[acct,fld]", "status");
     for r in rows {
         let ctx = match (r.account_id, r.folder_id) {
             (None, None) => String::new(),
@@ -183,7 +183,7 @@ pub fn history(home: PathBuf, args: HistoryArgs) -> anyhow::Result<ExitCode> {
             status.push_str(&format!(" ({c} in {:.1}s)", r.duration_ms.unwrap_or(0) as f64 / 1000.0));
         }
         println!(
-            "{:<19}  {:<28}  {:<9}  {:<48}  {}",
+            "{:<19}  {:<28}  {:<10}  {:<48}  {}",
             fmt_time(Some(r.time)),
             r.process,
             ctx,

@@ -38,18 +38,43 @@ fn addresses(a: Option<&Address<'_>>) -> Option<String> {
     (!s.is_empty()).then(|| clip(&s))
 }
 
-/// Parses what we index of a message; the raw bytes are kept unchanged.
+/// Counts parts marked `Content-Disposition: attachment` (or inline parts with a file name),
+/// by scanning part headers instead of decoding every part: a full MIME parse base64-decodes
+/// every attachment, which was the largest single cost of an initial sync (bench/README.md).
+fn count_attachments(raw: &[u8]) -> i64 {
+    let mut n = 0;
+    let mut at_line_start = true;
+    for (i, &b) in raw.iter().enumerate() {
+        if at_line_start && (b == b'C' || b == b'c') {
+            let rest = &raw[i..raw.len().min(i + 120)];
+            let lower = rest.to_ascii_lowercase();
+            if lower.starts_with(b"content-disposition:") {
+                let v = &lower[20..];
+                let v = v.trim_ascii_start();
+                if v.starts_with(b"attachment") {
+                    n += 1;
+                }
+            }
+        }
+        at_line_start = b == b'\n';
+    }
+    n
+}
+
+/// Parses what we index of a message (header fields; attachments counted from part
+/// headers); the raw bytes are kept unchanged.
 pub fn message(uid: i64, raw: Vec<u8>, flags: MsgFlags, internal_date: Option<i64>) -> NewMessage {
-    let mut m = NewMessage { uid, raw, flags, internal_date, ..NewMessage::default() };
-    if let Some(p) = MessageParser::default().parse(&m.raw[..]) {
+    let mut m = NewMessage { uid, flags, internal_date, ..NewMessage::default() };
+    if let Some(p) = MessageParser::default().parse_headers(&raw[..]) {
         m.message_id = p.message_id().map(clip);
         m.subject = p.subject().map(clip);
         m.from = addresses(p.from());
         m.to = addresses(p.to());
         m.cc = addresses(p.cc());
         m.date = p.date().map(|d| d.to_timestamp());
-        m.attachments = p.attachment_count() as i64;
     }
+    m.attachments = count_attachments(&raw);
+    m.raw = raw;
     m
 }
 
@@ -73,6 +98,16 @@ Subject: =?UTF-8?B?0J/RgNC40LLQtdGC?=\r\nMessage-ID: <abc@x>\r\nDate: Sun, 12 Ja
         assert_eq!(m.message_id.as_deref(), Some("abc@x"));
         assert_eq!(m.date, Some(1389562085));
         assert_eq!(m.raw, raw.to_vec());
+    }
+
+    #[test]
+    fn attachments_are_counted_from_part_headers() {
+        let raw = b"Subject: x\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n\
+--b\r\nContent-Disposition: attachment; filename=a.bin\r\n\r\nAAAA\r\n--b\r\ncontent-disposition:  ATTACHMENT\r\n\r\nBBBB\r\n\
+--b\r\nContent-Disposition: inline\r\n\r\nx\r\n--b--\r\n";
+        let m = message(1, raw.to_vec(), MsgFlags::default(), None);
+        assert_eq!(m.attachments, 2);
+        assert_eq!(message(1, b"Subject: none\r\n\r\nbody".to_vec(), MsgFlags::default(), None).attachments, 0);
     }
 
     #[test]

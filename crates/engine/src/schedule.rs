@@ -164,7 +164,14 @@ impl Scheduler {
     fn interval_due(&mut self, store: &Store, job: &'static str, every: i64, now: i64) -> bool {
         let last = match self.last_interval.get(job) {
             Some(t) => *t,
-            None => store.job_last_run(job).ok().flatten().unwrap_or(0),
+            // Heavy housekeeping on a store that never had it starts one interval from now,
+            // not on the first tick of a new install (a backup of an empty store is useless
+            // and the first sync deserves the disk); the rest starts at once.
+            None => store
+                .job_last_run(job)
+                .ok()
+                .flatten()
+                .unwrap_or(if job == Job::Vacuum.key() || job == Job::Backup.key() { now } else { 0 }),
         };
         self.last_interval.insert(job, last);
         now - last >= every

@@ -135,6 +135,10 @@ pub enum FailureKind {
     Panic,
     /// A queued task that never started because the master stopped.
     Cancelled,
+    /// VACUUM or the checkpoint failed.
+    Defragmentation,
+    /// The online backup failed.
+    Backup,
     Other,
 }
 
@@ -149,6 +153,8 @@ impl FailureKind {
             FailureKind::Store => "Failed to access the database during synchronization",
             FailureKind::Panic => "Internal error",
             FailureKind::Cancelled => "Cancelled",
+            FailureKind::Defragmentation => "Database defragmentation failed",
+            FailureKind::Backup => "Backup failed",
             FailureKind::Other => "Failed",
         }
     }

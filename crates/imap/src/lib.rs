@@ -3,6 +3,7 @@
 //! Invariants: `plan` does no I/O and knows nothing of SQL; `session` knows nothing of the
 //! store. The engine glues them.
 
+pub mod fetch;
 pub mod mutf7;
 pub mod plan;
 pub mod session;

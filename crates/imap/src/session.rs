@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use imap_proto::types::NameAttribute;
@@ -79,30 +80,44 @@ fn classify(what: &str, e: imap::Error) -> Error {
 }
 
 /// The transport under the IMAP client.
-pub enum Conn {
+pub enum Transport {
     Plain(TcpStream),
     Tls(Box<native_tls::TlsStream<TcpStream>>),
 }
 
+/// A shared handle on the transport: the imap crate owns one, the session keeps another
+/// for the streaming FETCH reader (`crate::fetch`), used only between two imap commands.
+#[derive(Clone)]
+pub struct Conn(Arc<Mutex<Transport>>);
+
+impl Conn {
+    fn new(t: Transport) -> Conn {
+        Conn(Arc::new(Mutex::new(t)))
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Transport> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.read(buf),
-            Conn::Tls(s) => s.read(buf),
+        match &mut *self.lock() {
+            Transport::Plain(s) => s.read(buf),
+            Transport::Tls(s) => s.read(buf),
         }
     }
 }
 impl Write for Conn {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.write(buf),
-            Conn::Tls(s) => s.write(buf),
+        match &mut *self.lock() {
+            Transport::Plain(s) => s.write(buf),
+            Transport::Tls(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Conn::Plain(s) => s.flush(),
-            Conn::Tls(s) => s.flush(),
+        match &mut *self.lock() {
+            Transport::Plain(s) => s.flush(),
+            Transport::Tls(s) => s.flush(),
         }
     }
 }
@@ -140,6 +155,8 @@ pub struct Caps {
 
 pub struct Session {
     inner: imap::Session<Conn>,
+    raw: Conn,
+    raw_tag: u32,
     pub caps: Caps,
     selected: Option<(String, bool)>,
 }
@@ -187,7 +204,7 @@ fn tcp(p: &ConnectParams) -> Result<TcpStream> {
 fn tls_wrap(p: &ConnectParams, s: TcpStream) -> Result<Conn> {
     let c = tls_connector(p)?;
     c.connect(&p.host, s)
-        .map(|t| Conn::Tls(Box::new(t)))
+        .map(|t| Conn::new(Transport::Tls(Box::new(t))))
         .map_err(|e| Error::new(ErrorKind::Tls, format!("TLS handshake with {}:{} failed: {e}", p.host, p.port)))
 }
 
@@ -254,11 +271,13 @@ fn starttls(p: &ConnectParams, mut s: TcpStream) -> Result<Conn> {
 impl Session {
     pub fn connect(p: &ConnectParams) -> Result<Session> {
         let stream = tcp(p)?;
-        let mut client = match p.security {
-            Security::Ssl => imap::Client::new(tls_wrap(p, stream)?),
-            Security::None => imap::Client::new(Conn::Plain(stream)),
-            Security::StartTls => imap::Client::new(starttls(p, stream)?),
+        let conn = match p.security {
+            Security::Ssl => tls_wrap(p, stream)?,
+            Security::None => Conn::new(Transport::Plain(stream)),
+            Security::StartTls => starttls(p, stream)?,
         };
+        let raw = conn.clone();
+        let mut client = imap::Client::new(conn);
         // After STARTTLS there is no new greeting (RFC 3501 §6.2.1).
         if p.security != Security::StartTls {
             client.read_greeting().map_err(|e| classify("greeting", e))?;
@@ -281,7 +300,7 @@ impl Session {
             // RFC 7162 §3.1: enabling CONDSTORE makes SELECT/EXAMINE/STATUS report MODSEQs.
             inner.run_command_and_check_ok("ENABLE CONDSTORE").map_err(|e| classify("ENABLE", e))?;
         }
-        Ok(Session { inner, caps, selected: None })
+        Ok(Session { inner, raw, raw_tag: 0, caps, selected: None })
     }
 
     /// Every folder, with special use from SPECIAL-USE attributes or well-known names.
@@ -412,25 +431,22 @@ impl Session {
 
     /// Downloads `uids` (a batch) without setting \Seen; calls `each` per message.
     /// UIDs the server no longer has are simply absent from the calls.
-    pub fn fetch_bodies(&mut self, uids: &[u32], mut each: impl FnMut(Fetched)) -> Result<()> {
+    pub fn fetch_bodies(&mut self, uids: &[u32], max_size: usize, mut each: impl FnMut(Fetched)) -> Result<()> {
         if uids.is_empty() {
             return Ok(());
         }
-        let set = uid_set(uids);
-        let f =
-            self.inner.uid_fetch(&set, "(UID FLAGS INTERNALDATE BODY.PEEK[])").map_err(|e| classify("UID FETCH", e))?;
-        for m in f.iter() {
-            let (Some(uid), Some(body)) = (m.uid, m.body()) else {
-                continue;
+        self.raw_tag += 1;
+        let tag = format!("r{}", self.raw_tag);
+        crate::fetch::uid_fetch_bodies(&mut self.raw, &tag, &uid_set(uids), max_size, |b| {
+            each(Fetched { uid: b.uid, flags: b.flags, internal_date: b.internal_date, raw: b.raw })
+        })
+        .map_err(|e| {
+            let kind = match e {
+                crate::fetch::FetchError::Io(_) => ErrorKind::Connect,
+                _ => ErrorKind::Protocol,
             };
-            each(Fetched {
-                uid,
-                flags: convert_flags(m.flags()),
-                internal_date: m.internal_date().map(|d| d.timestamp()),
-                raw: body.to_vec(),
-            });
-        }
-        Ok(())
+            Error::new(kind, format!("UID FETCH: {e}"))
+        })
     }
 
     /// (uid, size, header block) of `uids`: enough to recognise a message by Message-ID.

@@ -18,6 +18,19 @@ use lettre::transport::smtp::extension::ClientId;
 
 pub use build::{Draft, build_message, read_eml};
 
+#[cfg(test)]
+mod tests {
+    use super::DotStuffed;
+
+    #[test]
+    fn dot_stuffing() {
+        assert_eq!(DotStuffed("a\r\n.b\r\n..c\r\n").to_string(), "a\r\n..b\r\n...c\r\n.\r\n");
+        assert_eq!(DotStuffed(".start").to_string(), "..start\r\n.\r\n");
+        assert_eq!(DotStuffed("no newline").to_string(), "no newline\r\n.\r\n");
+        assert_eq!(DotStuffed("x\r\n.").to_string(), "x\r\n..\r\n.\r\n");
+    }
+}
+
 /// Checks an envelope address (`user@domain`).
 pub fn check_address(s: &str) -> Result<(), Error> {
     s.parse::<Address>().map(|_| ()).map_err(|e| err(ErrorKind::Permanent, format!("invalid address {s:?}: {e}")))
@@ -96,6 +109,27 @@ pub struct Delivery {
     pub pending: Vec<String>,
     /// The last reply of the server.
     pub response: String,
+}
+
+/// A message body as DATA sends it: lines starting with "." doubled (RFC 5321 §4.5.2), CRLF
+/// at the end, then the terminating ".".
+struct DotStuffed<'a>(&'a str);
+
+impl std::fmt::Display for DotStuffed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut at_line_start = true;
+        for line in self.0.split_inclusive('\n') {
+            if at_line_start && line.starts_with('.') {
+                f.write_str(".")?;
+            }
+            f.write_str(line)?;
+            at_line_start = line.ends_with('\n');
+        }
+        if !self.0.ends_with("\r\n") {
+            f.write_str(if self.0.ends_with('\r') { "\n" } else { "\r\n" })?;
+        }
+        f.write_str(".\r\n")
+    }
 }
 
 pub struct Smtp {
@@ -202,7 +236,14 @@ impl Smtp {
             return Ok(d);
         }
         self.conn.command(Data).map_err(|e| classify("DATA", e))?;
-        match self.conn.message(raw) {
+        // lettre writes a message and its final "." in two writes; on a connection without
+        // TCP_NODELAY the second waits for the server's delayed ACK (40 ms a message). A
+        // UTF-8 message goes out dot-stuffed with its terminator in one write instead.
+        let answer = match std::str::from_utf8(raw) {
+            Ok(text) => self.conn.command(DotStuffed(text)),
+            Err(_) => self.conn.message(raw),
+        };
+        match answer {
             Ok(resp) => {
                 d.response = format!("{} {}", resp.code(), resp.message().collect::<Vec<_>>().join(" "));
                 Ok(d)

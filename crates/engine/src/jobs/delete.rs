@@ -32,31 +32,35 @@ pub fn sync_delete(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
         .find(|f| f.special_use.as_deref() == Some("trash") && !f.gone)
         .map(|f| f.name);
     let last = folder.last_seen_uid as u32;
-    let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
-    // Compare with the server first: what vanished there is recorded, under this
-    // UIDVALIDITY only (a changed UIDVALIDITY is the sync's business, never a deletion).
-    let present = (|| {
-        let st = session.open(&folder.name, false)?;
-        if folder.uidvalidity != Some(st.uidvalidity as i64) {
-            return Ok(None);
-        }
-        session.present_uids(last).map(Some)
-    })();
-    let present = match present {
-        Ok(p) => p,
-        Err(e) => {
-            ctx.sessions.discard(account);
-            return Err(failure_from_imap(e));
-        }
-    };
-    let Some(present) = present else {
-        log::warn!("UIDVALIDITY changed: Sync Delete waits for the folder's resync");
-        return Ok(Report::default());
-    };
-    let (rows, _) = ctx.store.folder_sync_rows(folder_id)?;
-    let vanished: Vec<i64> =
-        rows.iter().filter(|r| !r.server_deleted && !present.contains(&(r.uid as u32))).map(|r| r.uid).collect();
-    ctx.store.mark_server_deleted(folder_id, &vanished, now)?;
+    // What vanished on the server is recorded by the full sync (under one UIDVALIDITY only).
+    // The server is contacted here only when there is local work for it; then its present
+    // UIDs are read again, so a message deleted on both sides is one clean deletion.
+    let pending = ctx.store.deletion_work(folder_id)?;
+    if !pending.local.is_empty() || !pending.moves.is_empty() {
+        let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
+        let present = (|| {
+            let st = session.open(&folder.name, false)?;
+            if folder.uidvalidity != Some(st.uidvalidity as i64) {
+                return Ok(None);
+            }
+            session.present_uids(last).map(Some)
+        })();
+        let present = match present {
+            Ok(p) => p,
+            Err(e) => {
+                ctx.sessions.discard(account);
+                return Err(failure_from_imap(e));
+            }
+        };
+        let Some(present) = present else {
+            log::warn!("UIDVALIDITY changed: Sync Delete waits for the folder's resync");
+            return Ok(Report::default());
+        };
+        let (rows, _) = ctx.store.folder_sync_rows(folder_id)?;
+        let vanished: Vec<i64> =
+            rows.iter().filter(|r| !r.server_deleted && !present.contains(&(r.uid as u32))).map(|r| r.uid).collect();
+        ctx.store.mark_server_deleted(folder_id, &vanished, now)?;
+    }
     let w = ctx.store.deletion_work(folder_id)?;
     let (pct, min) = (ctx.config.email_bg_delete_brake_percent, ctx.config.email_bg_delete_brake_min);
     for (side, n) in [("on the server", w.local.len()), ("locally", w.server.len())] {
@@ -78,6 +82,10 @@ pub fn sync_delete(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
         if local.is_empty() && w.moves.is_empty() {
             return Ok(());
         }
+        let session = match ctx.sessions.get(ctx.store, ctx.config, account, now) {
+            Ok(s) => s,
+            Err(f) => return Err(backproc_imap::Error { kind: backproc_imap::ErrorKind::Connect, detail: f.detail }),
+        };
         session.open(&folder.name, true)?;
         if !local.is_empty() {
             match &trash {

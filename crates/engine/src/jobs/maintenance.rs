@@ -94,7 +94,7 @@ pub fn vacuum(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
         }
         Err(e) => {
             log::error!("Database defragmentation failed: {e}");
-            Err(Failure::new(FailureKind::Other, format!("Database defragmentation failed: {e}")))
+            Err(Failure::new(FailureKind::Defragmentation, e.to_string()))
         }
     }
 }
@@ -193,7 +193,7 @@ pub fn backup(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
         }
         Err(e) => {
             log::error!("Backup failed: {e}");
-            Err(Failure::new(FailureKind::Other, format!("Backup failed: {e}")))
+            Err(Failure::new(FailureKind::Backup, e.to_string()))
         }
     }
 }

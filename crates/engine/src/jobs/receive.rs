@@ -149,7 +149,7 @@ fn fetch_all(
                 }
                 uids.retain(|u| !rematched.contains(u));
             }
-            session.fetch_bodies(&uids, |f| {
+            session.fetch_bodies(&uids, max_size as usize, |f| {
                 let flags = MsgFlags {
                     seen: f.flags.seen,
                     answered: f.flags.answered,

@@ -123,7 +123,7 @@ impl Results {
         println!("|---|---:|---:|---:|");
         let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
         for (label, key) in [
-            ("Store::schedule_folders (one SELECT of every folder)", "schedule_folders_ms"),
+            ("Store::schedule_candidates (folders past a due cut, indexed)", "schedule_candidates_ms"),
             ("Scheduler::due + due receives (steady ticks)", "due_ms"),
             ("whole tick: heartbeat + metrics + due (steady ticks)", "tick_ms"),
         ] {

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use backproc_config::{Config, TimeOfDay};
-use backproc_store::{Lane, SchedFolder, Store};
+use backproc_store::{DueCuts, Lane, SchedFolder, Store};
 use chrono::{Days, NaiveTime, TimeZone};
 
 use crate::Clock;
@@ -140,8 +140,6 @@ pub struct Scheduler {
     last_interval: HashMap<&'static str, i64>,
     /// The IMAP host of each account (refreshed every tick), for the per-host budget.
     hosts: HashMap<i64, String>,
-    /// Last Sync Delete of each folder in this master's life.
-    last_delete: HashMap<i64, i64>,
 }
 
 impl Scheduler {
@@ -152,7 +150,6 @@ impl Scheduler {
             listed: HashMap::new(),
             last_interval: HashMap::new(),
             hosts: HashMap::new(),
-            last_delete: HashMap::new(),
         }
     }
 
@@ -190,41 +187,36 @@ impl Scheduler {
         if config.email_background_sync_enabled {
             let iv = Intervals::from_config(config);
             let low_start = daily_start(&chrono::Local, now, config.email_bg_lo_folders_sync_start);
-            let folders = store.schedule_folders(now)?;
-            self.hosts = folders.iter().map(|f| (f.account_id, f.imap_host.to_ascii_lowercase())).collect();
-            let mut accounts_seen = BTreeSet::new();
-            for f in &folders {
-                if !accounts_seen.insert(f.account_id) {
-                    continue;
-                }
-                if f.account_ready {
-                    let listed = self.listed.get(&f.account_id).copied();
-                    let full_iv = iv.full.min(iv.full_nl);
-                    if listed.is_none_or(|t| now - t >= full_iv) {
-                        due.push(Task::new(Job::ListFolders, Some(f.account_id), None));
-                    }
+            let accounts = store.schedule_accounts(now)?;
+            self.hosts = accounts.iter().map(|a| (a.id, a.imap_host.to_ascii_lowercase())).collect();
+            let ready: BTreeSet<i64> = accounts.iter().filter(|a| a.ready).map(|a| a.id).collect();
+            // Folder discovery when the master starts, then every (shorter) full interval.
+            let full_iv = iv.full.min(iv.full_nl);
+            for &a in &ready {
+                if self.listed.get(&a).is_none_or(|t| now - t >= full_iv) {
+                    due.push(Task::new(Job::ListFolders, Some(a), None));
                 }
             }
-            for f in folders.iter().filter(|f| f.account_ready && f.folder_id.is_some()) {
-                let folder = f.folder_id;
+            let cuts = DueCuts { recent: now - iv.recent.min(iv.recent_nl), full: now - full_iv, low_start };
+            for f in store.schedule_candidates(now, cuts)?.iter().filter(|f| f.account_ready) {
                 match folder_due(f, now, &iv, low_start) {
-                    Some(SyncDue::Full) => due.push(Task::new(Job::SyncFull, Some(f.account_id), folder)),
-                    Some(SyncDue::Recent) => due.push(Task::new(Job::SyncRecent, Some(f.account_id), folder)),
+                    Some(SyncDue::Full) => due.push(Task::new(Job::SyncFull, Some(f.account_id), f.folder_id)),
+                    Some(SyncDue::Recent) => due.push(Task::new(Job::SyncRecent, Some(f.account_id), f.folder_id)),
                     None => {}
                 }
             }
-            let ready: BTreeSet<i64> = folders.iter().filter(|f| f.account_ready).map(|f| f.account_id).collect();
             for (account, folder) in store.folders_with_due_receive(Lane::Primary, now)? {
                 if ready.contains(&account) {
                     due.push(Task::new(Job::Receive, Some(account), Some(folder)));
                 }
             }
-            let every = config.email_bg_sync_delete_interval as i64;
-            for f in folders.iter().filter(|f| f.account_ready && f.priority != "off" && f.last_full_sync.is_some()) {
-                let Some(folder) = f.folder_id else { continue };
-                if self.last_delete.get(&folder).is_none_or(|t| now - t >= every) {
-                    self.last_delete.insert(folder, now);
-                    due.push(Task::new(Job::SyncDelete, Some(f.account_id), Some(folder)));
+            // Sync Delete where there is deletion work, looked for every interval.
+            if self.interval_due(store, "sync_delete", config.email_bg_sync_delete_interval as i64, now) {
+                self.last_interval.insert("sync_delete", now);
+                for (account, folder) in store.folders_with_deletion_work()? {
+                    if ready.contains(&account) {
+                        due.push(Task::new(Job::SyncDelete, Some(account), Some(folder)));
+                    }
                 }
             }
             if self.interval_due(store, "clean_mailboxes", config.email_bg_clean_mailboxes_interval as i64, now) {

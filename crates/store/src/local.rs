@@ -280,16 +280,6 @@ impl Store {
         })
     }
 
-    /// Folders with pending local deletions or moves.
-    pub fn folders_with_local_changes(&self) -> Result<Vec<(i64, i64)>> {
-        let mut st = self.conn().prepare_cached(
-            "SELECT DISTINCT f.account_id, m.folder_id FROM messages m JOIN folders f ON f.id = m.folder_id
-             WHERE m.deletion_synced IS NULL AND m.uid > 0 AND (m.local_deleted IS NOT NULL OR m.move_to IS NOT NULL)",
-        )?;
-        let v = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
-        Ok(v)
-    }
-
     /// Accounts with a keep-days setting.
     pub fn accounts_with_retention(&self) -> Result<Vec<(i64, i64)>> {
         let mut st = self.conn().prepare_cached(

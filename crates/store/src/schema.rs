@@ -65,6 +65,10 @@ CREATE TABLE folders (
     delete_confirmed INTEGER NOT NULL DEFAULT 0, -- safety brake overridden once by an admin
     UNIQUE (account_id, name)
 );
+-- the scheduler reads only folders past a cut (schedule_candidates)
+CREATE INDEX folders_recent ON folders(priority, last_recent_sync);
+CREATE INDEX folders_full ON folders(priority, last_full_sync);
+CREATE INDEX folders_requested ON folders(sync_requested) WHERE sync_requested IS NOT NULL;
 
 CREATE TABLE messages (
     id                 INTEGER PRIMARY KEY,
@@ -93,7 +97,8 @@ CREATE TABLE messages (
     UNIQUE (folder_id, uid)
 );
 CREATE INDEX messages_message_id ON messages(message_id);
-CREATE INDEX messages_pending ON messages(folder_id) WHERE flags_changed IS NOT NULL OR local_deleted IS NOT NULL OR move_to IS NOT NULL;
+CREATE INDEX messages_deletion_work ON messages(folder_id)
+    WHERE deletion_synced IS NULL AND (local_deleted IS NOT NULL OR server_deleted IS NOT NULL OR move_to IS NOT NULL);
 
 -- raw RFC 822 bytes apart from the row, so that flag scans never page through bodies
 CREATE TABLE message_bodies (

@@ -15,7 +15,6 @@ fn folder(priority: &str, logged_in: bool, last_recent: Option<i64>, last_full: 
         sync_requested: None,
         logged_in,
         account_ready: true,
-        imap_host: "h".into(),
     }
 }
 

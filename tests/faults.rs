@@ -1,14 +1,23 @@
 //! Fault injection against the whole engine (issue 11, CI variants): SIGKILL at seeded random
-//! points, connections cut mid-FETCH, a concurrent mutator, UIDVALIDITY changes.
+//! points during a 1,000-message sync, connections cut mid-FETCH at random bytes, a concurrent
+//! mutator during a full sync, and a UIDVALIDITY change by recreating a folder.
+//!
+//! Every random choice comes from a fixed seed (printed on failure), so a failing run can be
+//! reproduced.
 
 mod faultkit;
 mod mailworld;
 mod util;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use backproc_testkit::mailgen;
+use backproc_testkit::{Fault, FaultProxy, mailgen};
+use faultkit::Rng;
+use faultkit::killloop::kill_loop;
+use faultkit::mutator::{Mutator, plan};
 use mailworld::*;
+use util::*;
 
 const CONFIG: &str = "<?php
 define('EMAIL_BACKGROUND_SYNC_ENABLED', TRUE);
@@ -17,56 +26,362 @@ define('EMAIL_BG_HI_FOLDERS_RECENT_SYNC_INTERVAL', 1);
 define('EMAIL_BG_HI_FOLDERS_RECENT_SYNC_INTERVAL_NL', 1);
 define('EMAIL_BG_HI_FOLDERS_FOLDERS_FULL_SYNC_INTERVAL', 1);
 define('EMAIL_BG_HI_FOLDERS_FOLDERS_FULL_SYNC_INTERVAL_NL', 1);
+define('EMAIL_BG_SYNC_DELETE_INTERVAL', 1);
+define('EMAIL_BG_PURGE_DELETED_INTERVAL', 1);
 define('BG_BACKOFF_BASE', 1);
 define('BG_BACKOFF_MAX', 1);
 define('EMAIL_BG_SECONDARY_INTERVAL', 1);
 ";
 
-#[test]
-fn timing_probe() {
-    let w = MailWorld::start(&format!("{CONFIG}define('EMAIL_BG_RECEIVE_BATCH_MESSAGES', 25);\n"));
-    let msgs: Vec<Vec<u8>> = (0..1000).map(|i| mailgen::text_message(101, i)).collect();
-    let t = Instant::now();
-    w.dovecot.populate(&w.user, &w.password, "INBOX", &msgs).unwrap();
-    eprintln!("populate {:?}", t.elapsed());
-    let t = Instant::now();
-    w.run_once();
-    eprintln!("run {:?}", t.elapsed());
-    let t = Instant::now();
-    w.run_once();
-    eprintln!("run2 {:?}", t.elapsed());
-    let _ = Duration::ZERO;
+/// A world whose account reaches Dovecot through a fault proxy.
+fn proxied_world(config: &str) -> (MailWorld, FaultProxy) {
+    let dovecot = backproc_testkit::Dovecot::start().expect("start dovecot");
+    let (user, password) = ("alice".to_string(), "s3cr3t-Pa55".to_string());
+    dovecot.add_user(&user, &password).expect("add user");
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", dovecot.imap_port()).parse().unwrap()).unwrap();
+    let home = Home::with_config(config);
+    let account = add_account(&home, &dovecot, &user, &password, "none", proxy.port(), &[]);
+    (MailWorld { home, dovecot, user, password, account }, proxy)
 }
-#[test]
-fn timing_probe2() {
-    let w = MailWorld::start(&format!("{CONFIG}define('EMAIL_BG_RECEIVE_BATCH_MESSAGES', 25);\n"));
-    let msgs: Vec<Vec<u8>> = (0..1000).map(|i| mailgen::text_message(101, i)).collect();
-    w.dovecot.populate(&w.user, &w.password, "INBOX", &msgs).unwrap();
-    let t = Instant::now();
-    w.run_once();
-    eprintln!("run {:?}", t.elapsed());
-    eprintln!("{}", w.home.log("l-info.log"));
-    let s = w.store();
-    let inbox = folder_id(&s, w.account, "INBOX");
-    eprintln!("{}", store_messages(&s, inbox).len());
+
+/// Store == server for these folders: same UIDs, flags and raw bytes; integrity ok.
+fn assert_same(w: &MailWorld, folders: &[&str]) {
+    let store = w.store();
+    let mut imap = w.imap();
+    for f in folders {
+        let server = server_messages(&mut imap, &backproc_testkit::mutf7_encode(f));
+        let id = folder_id(&store, w.account, f);
+        let local = store_messages(&store, id);
+        let (lu, su): (Vec<u32>, Vec<u32>) = (local.iter().map(|m| m.0).collect(), server.iter().map(|m| m.0).collect());
+        assert_eq!(lu, su, "UIDs of {f}: store vs server");
+        for (l, s) in local.iter().zip(&server) {
+            assert_eq!(l.1, s.1, "flags of uid {} in {f}", s.0);
+            assert!(l.2 == s.2, "raw bytes of uid {} in {f}", s.0);
+        }
+    }
+    assert_eq!(store.integrity_check().unwrap(), "ok");
 }
+
+fn panics(w: &MailWorld) -> Vec<String> {
+    w.home.log("l-threading-error.txt").lines().filter(|l| l.to_lowercase().contains("panic")).map(String::from).collect()
+}
+
+fn received_counts(text: &str) -> Vec<u64> {
+    regex::Regex::new(r"received (\d+) new messages").unwrap().captures_iter(text).map(|c| c[1].parse().unwrap()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. SIGKILL at >= 20 seeded random points during a 1,000-message sync
+
 #[test]
-fn timing_probe3() {
-    use backproc_testkit::{Fault, FaultProxy};
-    let w = MailWorld::start(&format!("{CONFIG}define('EMAIL_BG_RECEIVE_BATCH_MESSAGES', 10);\n"));
-    let msgs: Vec<Vec<u8>> = (0..1000).map(|i| mailgen::text_message(101, i)).collect();
+fn sigkill_at_20_random_points_of_a_1000_message_sync_loses_and_duplicates_nothing() {
+    const SEED: u64 = 0x6b11_1001;
+    let started = Instant::now();
+    // Small receive batches and a slow link (20 ms per chunk, both ways): the sync takes about
+    // ten seconds of engine time, so kills drawn in the first 2 s of each run land in every
+    // phase (login, folder discovery, flag sync, queueing, receive batches, commits).
+    let (w, proxy) = proxied_world(&format!("{CONFIG}define('EMAIL_BG_RECEIVE_BATCH_MESSAGES', 2);\n"));
+    let msgs: Vec<Vec<u8>> = (0..1000).map(|i| mailgen::text_message(SEED, i)).collect();
     w.dovecot.populate(&w.user, &w.password, "INBOX", &msgs).unwrap();
-    let proxy = FaultProxy::start(format!("127.0.0.1:{}", w.dovecot.imap_port()).parse().unwrap()).unwrap();
-    proxy.set_fault(backproc_testkit::Fault::Delay { per_chunk_ms: 20 });
-    let a = add_account(&w.home, &w.dovecot, &w.user, &w.password, "none", proxy.port(), &[]);
-    let o = w.home.run(&["account", "remove", &w.account.to_string()]);
-    assert!(o.status.success());
-    let t = Instant::now();
+    let mut s = w.imap();
+    s.select("INBOX").unwrap();
+    s.uid_store("1:300", "+FLAGS (\\Seen)").unwrap();
+    s.uid_store("250:320", "+FLAGS (\\Flagged)").unwrap();
+    s.uid_store("700:720", "+FLAGS (\\Answered)").unwrap();
+    drop(s);
+    proxy.set_fault(Fault::Delay { per_chunk_ms: 20 });
+
+    let inbox_done = || -> bool {
+        let store = w.store();
+        let Some(f) = store.folders(Some(w.account)).unwrap().into_iter().find(|f| f.display_name == "INBOX") else {
+            return false;
+        };
+        let (rows, queued) = store.folder_sync_rows(f.id).unwrap();
+        rows.len() == 1000 && queued.is_empty()
+    };
+    let mut during_sync = 0usize;
+    let mut stored_after: Vec<usize> = Vec::new();
+    // a kill counts as "during the sync" when the store was incomplete at the spawn and the
+    // process was still running when SIGKILL came
+    let kills = kill_loop(
+        &w.home,
+        &["run", "--once"],
+        SEED,
+        (50, 2000),
+        60,
+        inbox_done,
+        |i, k| {
+            let store = w.store();
+            assert_eq!(store.integrity_check().unwrap(), "ok", "integrity after kill {i} ({k:?})");
+            let mut n = 0;
+            if let Some(f) = store.folders(Some(w.account)).unwrap().into_iter().find(|f| f.display_name == "INBOX") {
+                // 0 duplicated, never an invented message, at every kill point
+                let rows = store.folder_messages(f.id).unwrap();
+                let uids: BTreeSet<i64> = rows.iter().map(|r| r.0).collect();
+                assert_eq!(uids.len(), rows.len(), "duplicate UID rows after kill {i}");
+                let mids: BTreeSet<&str> = rows.iter().filter_map(|r| r.1.as_deref()).collect();
+                assert_eq!(mids.len(), rows.len(), "a Message-ID stored twice after kill {i}");
+                assert!(uids.iter().all(|u| (1..=1000).contains(u)), "a UID the server never had, kill {i}");
+                for (uid, _, _, _) in rows.iter().step_by(37) {
+                    let raw = store.message_raw(f.id, *uid).unwrap().unwrap();
+                    assert!(raw == msgs[*uid as usize - 1], "raw bytes of uid {uid} after kill {i}");
+                }
+                n = rows.len();
+            }
+            if k.alive && stored_after.last().is_none_or(|p| *p < 1000) {
+                during_sync += 1;
+            }
+            stored_after.push(n);
+        },
+    );
+    eprintln!(
+        "kills: {} ({} during the sync); stored after each: {stored_after:?}; delays: {:?}",
+        kills.len(),
+        during_sync,
+        kills.iter().map(|k| k.delay_ms).collect::<Vec<_>>()
+    );
+    assert!(during_sync >= 20, "only {during_sync} kills landed during the sync: {stored_after:?}");
+    assert!(stored_after.iter().any(|n| *n > 0 && *n < 1000), "no kill landed mid-receive: {stored_after:?}");
+
+    // the final, uninterrupted run completes everything
+    proxy.set_fault(Fault::Pass);
+    std::thread::sleep(Duration::from_millis(1100));
     w.run_once();
-    eprintln!("run {:?}", t.elapsed());
-    eprintln!("{}", w.home.log("l-info.log"));
-    let s = w.store();
-    let inbox = folder_id(&s, a, "INBOX");
-    eprintln!("{}", store_messages(&s, inbox).len());
-    let _ = Fault::Pass;
+    assert_same(&w, &["INBOX"]);
+    let store = w.store();
+    assert_eq!(store.receive_queue_depths().unwrap(), (0, 0, 0));
+
+    // and one more run changes nothing
+    let inbox = folder_id(&store, w.account, "INBOX");
+    let high = w.home.run(&["folder", "set-priority", &inbox.to_string(), "high"]);
+    assert!(high.status.success());
+    let last_history = store.history(&Default::default()).unwrap().first().map_or(0, |h| h.id);
+    let before = w.home.log("l-info.log").len();
+    std::thread::sleep(Duration::from_millis(1100));
+    w.run_once();
+    let tail = w.home.log("l-info.log")[before..].to_string();
+    assert!(received_counts(&tail).iter().all(|n| *n == 0), "the run after completion received mail:\n{tail}");
+    let new_receives: Vec<_> = store
+        .history(&Default::default())
+        .unwrap()
+        .into_iter()
+        .filter(|h| h.id > last_history && h.process.starts_with("Receive") && h.count.unwrap_or(0) > 0)
+        .collect();
+    assert!(new_receives.is_empty(), "{new_receives:?}");
+    assert_same(&w, &["INBOX"]);
+    assert!(panics(&w).is_empty(), "{:?}", panics(&w));
+    eprintln!("sigkill test took {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Connections cut mid-FETCH at random byte offsets
+
+#[test]
+fn cuts_mid_fetch_at_30_random_offsets_never_move_the_watermark_past_stored_or_queued_mail() {
+    const SEED: u64 = 0x6b11_3003;
+    const RUNS: usize = 30;
+    let started = Instant::now();
+    let config = format!(
+        "{CONFIG}define('EMAIL_BG_RECEIVE_BATCH_MESSAGES', 4);\n\
+         define('EMAIL_BG_RECEIVE_MAX_ATTEMPTS', 1000);\n\
+         define('EMAIL_BG_RECEIVE_FINAL_ATTEMPTS', 2000);\n"
+    );
+    let (w, proxy) = proxied_world(&config);
+    let msgs = mailgen::mailbox(SEED, 80);
+    let total: u64 = msgs.iter().map(|m| m.len() as u64).sum();
+    w.dovecot.populate(&w.user, &w.password, "INBOX", &msgs).unwrap();
+    let mut rng = Rng::new(SEED);
+    let mut cuts = Vec::new();
+    let mut progress = Vec::new();
+    for run in 0..RUNS {
+        // mostly inside the first few batches' literals, sometimes in the login/LIST/SELECT
+        let r = rng.range(0, total / 6 + 4096);
+        cuts.push(r);
+        proxy.set_fault(Fault::CutAfter { server_bytes: r });
+        let o = w.home.run(&["run", "--once"]);
+        assert!(o.status.success(), "run {run} (cut at {r}): {}", stderr(&o));
+        let store = w.store();
+        assert_eq!(store.integrity_check().unwrap(), "ok");
+        if let Some(f) = store.folders(Some(w.account)).unwrap().into_iter().find(|f| f.display_name == "INBOX") {
+            let (rows, queued) = store.folder_sync_rows(f.id).unwrap();
+            let have: BTreeSet<i64> = rows.iter().map(|r| r.uid).chain(queued.iter().copied()).collect();
+            let max = have.iter().max().copied().unwrap_or(0);
+            assert!(
+                f.last_seen_uid <= max,
+                "run {run} (cut at {r}): last_seen_uid {} passes the highest stored or queued UID {max}",
+                f.last_seen_uid
+            );
+            // every server UID under the watermark is stored or queued: nothing can be skipped
+            let missing: Vec<i64> = (1..=f.last_seen_uid).filter(|u| !have.contains(u)).collect();
+            assert!(missing.is_empty(), "run {run} (cut at {r}): UIDs {missing:?} are neither stored nor queued");
+            for r in &rows {
+                let raw = store.message_raw(f.id, r.uid).unwrap().unwrap();
+                assert!(raw == msgs[r.uid as usize - 1], "run {run}: uid {} stored with other bytes", r.uid);
+            }
+            progress.push(rows.len());
+        } else {
+            progress.push(0);
+        }
+        std::thread::sleep(Duration::from_millis(1050));
+    }
+    eprintln!("cuts: {cuts:?}\nstored after each run: {progress:?}");
+    assert!(proxy.connections() >= RUNS, "the engine did not go through the proxy");
+    // the cut stops: everything arrives
+    proxy.set_fault(Fault::Pass);
+    for _ in 0..3 {
+        w.run_once();
+        if w.store().receive_queue_depths().unwrap() == (0, 0, 0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    assert_eq!(w.store().receive_queue_depths().unwrap(), (0, 0, 0), "{}", w.home.log("l-info.log"));
+    assert_same(&w, &["INBOX"]);
+    assert!(panics(&w).is_empty(), "{:?}", panics(&w));
+    eprintln!("cut test took {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A concurrent mutator expunges 10% of a folder during a full sync
+
+#[test]
+fn a_mutator_expunging_ten_percent_during_a_full_sync_leaves_no_phantoms() {
+    const SEED: u64 = 0x6b11_4004;
+    const N: usize = 500;
+    let started = Instant::now();
+    let w = MailWorld::start(&format!("{CONFIG}define('EMAIL_BG_RECEIVE_BATCH_MESSAGES', 20);\n"));
+    let msgs: Vec<Vec<u8>> = (0..N).map(|i| mailgen::text_message(SEED, i)).collect();
+    w.dovecot.populate(&w.user, &w.password, "INBOX", &msgs).unwrap();
+    // what every UID ever held (the mutator adds its appends)
+    let mut truth: BTreeMap<u32, Vec<u8>> = msgs.iter().enumerate().map(|(i, m)| (i as u32 + 1, m.clone())).collect();
+    let appends: Vec<(Vec<u8>, String)> = (0..25)
+        .map(|i| {
+            let mid = format!("mutator.{i}@backproc.test");
+            let raw = mailgen::message_with(
+                &format!("added during the sync {i}"),
+                "m@x.test",
+                "alice@backproc.test",
+                "Mon, 23 Nov 2026 10:00:00 +0000",
+                &mid,
+                "new while syncing",
+            );
+            (raw, format!("<{mid}>"))
+        })
+        .collect();
+
+    let mut log = faultkit::mutator::MutatorLog::default();
+    for (round, seed) in [(0u32, SEED), (1, SEED + 1)] {
+        // round 0: during the first sync (discovery, full sync, receive); round 1: during a
+        // later full sync of the complete folder
+        let uids: Vec<u32> = truth.keys().copied().filter(|u| !log.expunged.contains(u)).collect();
+        let expunge = uids.len() / 10;
+        let ops = plan(seed, &uids, expunge, 40, appends[round as usize * 12..round as usize * 12 + 12].to_vec());
+        if round == 1 {
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+        let mutator = Mutator::start(w.imap(), "INBOX", ops, Duration::from_millis(4));
+        let mut child = w.home.spawn(&["run", "--once"]);
+        let status = child.wait().unwrap();
+        let l = mutator.join();
+        assert!(l.errors.is_empty(), "mutator errors: {:?}", l.errors);
+        assert!(status.success(), "run --once during the mutator failed: {}", w.home.log("l-info.log"));
+        for (uid, raw) in &l.appended {
+            truth.insert(*uid, raw.clone());
+        }
+        log.expunged.extend(&l.expunged);
+        log.flagged.extend(&l.flagged);
+        log.appended.extend(l.appended);
+        assert!(panics(&w).is_empty(), "round {round}: {:?}", panics(&w));
+        // 0 phantom rows: every stored row is a message that really had that UID, with its bytes
+        let store = w.store();
+        assert_eq!(store.integrity_check().unwrap(), "ok");
+        let inbox = folder_id(&store, w.account, "INBOX");
+        for (uid, _, raw) in store_messages(&store, inbox) {
+            let want = truth.get(&uid).unwrap_or_else(|| panic!("round {round}: phantom row uid {uid}"));
+            assert!(raw == *want, "round {round}: uid {uid} stored with bytes of another message");
+        }
+    }
+    assert_eq!(log.expunged.len(), N / 10 + (N + 12 - N / 10) / 10, "10% expunged in each round");
+
+    // one more full sync + Sync Delete (the second run applies what the first recorded)
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(1100));
+        w.run_once();
+    }
+    assert_same(&w, &["INBOX"]);
+    let inbox = folder_id(&w.store(), w.account, "INBOX");
+    let local: BTreeSet<u32> = store_messages(&w.store(), inbox).into_iter().map(|m| m.0).collect();
+    assert!(log.expunged.iter().all(|u| !local.contains(u)), "an expunged message is still in the store");
+    let missing: Vec<u32> =
+        log.appended.iter().map(|(u, _)| *u).filter(|u| !local.contains(u) && !log.expunged.contains(u)).collect();
+    let f = w.store().folders(Some(w.account)).unwrap().into_iter().find(|f| f.id == inbox).unwrap();
+    assert!(
+        missing.is_empty(),
+        "appended messages {missing:?} are missing from the store (last_seen_uid {}, appended {:?})\n{}",
+        f.last_seen_uid,
+        log.appended.iter().map(|a| a.0).collect::<Vec<_>>(),
+        w.home.log("l-info.log")
+    );
+    assert_eq!(server_messages(&mut w.imap(), "Trash").len(), 0, "nothing of ours may go to Trash");
+    let info = w.home.log("l-info.log");
+    assert!(!info.contains("safety brake"), "{info}");
+    assert!(panics(&w).is_empty(), "{:?}", panics(&w));
+    eprintln!("mutator test took {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. UIDVALIDITY change by recreating a folder
+
+#[test]
+fn a_uidvalidity_change_propagates_no_deletion_in_either_direction() {
+    let started = Instant::now();
+    let w = MailWorld::start(CONFIG);
+    w.dovecot.create_folder(&w.user, &w.password, "Lists").unwrap();
+    let msgs = mailgen::mailbox(0x6b11_5005, 60);
+    w.dovecot.populate(&w.user, &w.password, "Lists", &msgs[..40]).unwrap();
+    w.run_once();
+    assert_same(&w, &["Lists"]);
+    let store = w.store();
+    for f in store.folders(Some(w.account)).unwrap() {
+        assert!(w.home.run(&["folder", "set-priority", &f.id.to_string(), "high"]).status.success());
+    }
+    let lists = folder_id(&store, w.account, "Lists");
+    // A pending local deletion of old UID 3 (msgs[2], which the new folder will not have):
+    // under the new UIDVALIDITY, UID 3 is msgs[22], which must not be touched.
+    let id = store.message_id_by_uid(lists, 3).unwrap().to_string();
+    assert!(w.home.run(&["mail", "delete", &id]).status.success());
+
+    // recreate the folder: new UIDVALIDITY, UIDs 1..40 now name msgs[20..60]
+    w.dovecot.delete_folder(&w.user, &w.password, "Lists").unwrap();
+    w.dovecot.create_folder(&w.user, &w.password, "Lists").unwrap();
+    w.dovecot.populate(&w.user, &w.password, "Lists", &msgs[20..60]).unwrap();
+    let before = w.home.log("l-info.log").len();
+    std::thread::sleep(Duration::from_millis(1100));
+    w.run_once();
+    let run = w.home.log("l-info.log")[before..].to_string();
+    assert!(run.contains("UIDVALIDITY changed"), "{run}");
+
+    // the server's new folder keeps every message, Trash gets nothing
+    let server = server_messages(&mut w.imap(), "Lists");
+    assert_eq!(server.len(), 40, "the server lost messages:\n{run}");
+    for (i, m) in server.iter().enumerate() {
+        assert!(m.2 == msgs[20 + i], "server uid {} changed", m.0);
+        assert!(!m.1.contains("\\Deleted"), "server uid {} flagged \\Deleted by us", m.0);
+    }
+    assert_eq!(server_messages(&mut w.imap(), "Trash").len(), 0, "moved to Trash across a UIDVALIDITY change:\n{run}");
+    // the store keeps (or re-keys) every message the new folder has
+    assert_same(&w, &["Lists"]);
+    assert!(!regex::Regex::new(r"deleted [1-9]\d* messages").unwrap().is_match(&run), "{run}");
+    assert!(!run.contains("safety brake"), "{run}");
+
+    // and the next run does not either
+    let before = w.home.log("l-info.log").len();
+    std::thread::sleep(Duration::from_millis(1100));
+    w.run_once();
+    let run2 = w.home.log("l-info.log")[before..].to_string();
+    assert_eq!(server_messages(&mut w.imap(), "Lists").len(), 40, "{run2}");
+    assert_eq!(server_messages(&mut w.imap(), "Trash").len(), 0, "{run2}");
+    assert_same(&w, &["Lists"]);
+    assert!(panics(&w).is_empty(), "{:?}", panics(&w));
+    eprintln!("uidvalidity test took {:?}", started.elapsed());
 }

@@ -130,7 +130,11 @@ fn main() {
     section("backproc run (as cron starts it)");
     let mut master =
         Command::new(backproc()).arg("--home").arg(h).arg("run").stdin(Stdio::null()).spawn().expect("start master");
-    // a second start, as cron five minutes later: exits at once
+    // a second start, as cron five minutes later, once the first is the master: exits at once
+    let up = Instant::now();
+    while !run(h, &["status"], None).starts_with("master: running") && up.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     run(h, &["run"], None);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

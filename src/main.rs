@@ -73,6 +73,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away
+    // (`backproc config | head`) instead of panicking on a closed pipe.
+    // SAFETY: setting a signal's disposition to SIG_DFL has no preconditions.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let home = match cli.home.clone().map(Ok).unwrap_or_else(std::env::current_dir) {
         Ok(h) => h,

@@ -294,7 +294,9 @@ fn guide_quotes_real_cli_output() {
     assert!(!h.file("logs").exists(), "an invalid config.inc must not create anything");
 
     // the warnings of the configuration section
-    h.write_config("<?php\ndefine('DB_HOST', 'localhost');\ndefine('BG_MAX_THREAD', 8);\ndefine('bg_max_threads', 8);\n");
+    h.write_config(
+        "<?php\ndefine('DB_HOST', 'localhost');\ndefine('BG_MAX_THREAD', 8);\ndefine('bg_max_threads', 8);\n",
+    );
     let o = h.run(&["config"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let warnings = stderr(&o);
@@ -314,7 +316,8 @@ fn guide_quotes_real_cli_output() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).starts_with("master (pid ") && stdout(&o).trim_end().ends_with(") stopped"));
     let _ = master.wait();
-    for line in ["master started (pid ", "stopping: no new work, waiting up to 30s for running tasks", "master stopped"] {
+    for line in ["master started (pid ", "stopping: no new work, waiting up to 30s for running tasks", "master stopped"]
+    {
         assert!(h.log("l-info.log").contains(line), "l-info.log lacks {line:?}");
         quoted(line, "a shutdown line");
     }
@@ -384,7 +387,8 @@ fn demo_runs_in_a_small_mode() {
                     if let Some(h) = &home {
                         let debug = std::fs::read_to_string(Path::new(h).join("logs/l-debug.log")).unwrap_or_default();
                         output.push_str("\n[guide test] the demo printed nothing for 150 s; l-debug.log says:\n");
-                        for l in debug.lines().filter(|l| l.contains("another master") || l.contains("master started")) {
+                        for l in debug.lines().filter(|l| l.contains("another master") || l.contains("master started"))
+                        {
                             output.push_str(l);
                             output.push('\n');
                         }

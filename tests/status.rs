@@ -414,7 +414,7 @@ fn metrics_file_is_prometheus_text_and_its_counters_match_the_history() {
     assert_eq!(m["backproc_messages_received_total"], 11.0, "{text}");
     assert_eq!(m["backproc_messages_sent_total"], sum(&["Send", "Send Secondary"]), "{text}");
     assert_eq!(m["backproc_messages_sent_total"], 3.0, "{text}");
-    assert_eq!(m["backproc_messages_failed_total"], 0.0);
+    assert_eq!(m["backproc_messages_failed"], 0.0);
     for lane in ["primary", "secondary", "failed"] {
         assert_eq!(m[&format!("backproc_receive_queue{{lane=\"{lane}\"}}")], 0.0, "{text}");
     }

@@ -62,6 +62,7 @@ pub fn run(home: PathBuf, args: RunArgs) -> anyhow::Result<ExitCode> {
         data_dir: env.home.data(),
         once: args.once,
         sleep_tasks: args.test_sleep_task,
+        only_account: None,
     };
     let config = env.config().clone();
     let logging = &mut env.logging;

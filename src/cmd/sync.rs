@@ -51,6 +51,7 @@ pub fn run(home: PathBuf, args: SyncArgs) -> anyhow::Result<ExitCode> {
                 data_dir: env.home.data(),
                 once: true,
                 sleep_tasks: Vec::new(),
+                only_account: args.account,
             };
             backproc_engine::run(opts, config, &mut || None, rx)?;
             let rows = store.history(&HistoryFilter { since: start, ..HistoryFilter::default() })?;

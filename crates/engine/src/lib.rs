@@ -30,7 +30,7 @@ pub enum Error {
 }
 
 /// Where "now" comes from: the system clock, or a fixed offset for tests of leases and
-/// retention (`BACKPROC_CLOCK_OFFSET` is read by the binary, not here).
+/// retention in tests.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Clock {
     offset: i64,

@@ -28,6 +28,8 @@ pub struct MasterOptions {
     pub once: bool,
     /// Test hook: sleep tasks (milliseconds) queued at start, to test shutdown and logging.
     pub sleep_tasks: Vec<u64>,
+    /// Only this account's work (`backproc sync --account`).
+    pub only_account: Option<i64>,
 }
 
 enum Event {
@@ -123,6 +125,10 @@ pub fn run(
                         Vec::new()
                     }
                 };
+                let mut due = due;
+                if let Some(a) = opts.only_account {
+                    due.retain(|t| t.account == Some(a));
+                }
                 let nothing_due = due.is_empty();
                 dispatch(&mut pool, &mut in_flight, due);
                 if opts.once && nothing_due && in_flight.is_empty() {
@@ -153,6 +159,9 @@ pub fn run(
         );
     }
     store.master_stopped(clock.now())?;
+    if config.bg_metrics_enabled {
+        crate::metrics::mark_down(&opts.data_dir);
+    }
     log::info!("master stopped");
     Ok(())
 }

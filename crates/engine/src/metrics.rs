@@ -91,7 +91,12 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// The metrics as text (exposition format 0.0.4).
 pub fn render(store: &Store) -> backproc_store::Result<String> {
     let mut out = String::new();
-    family(&mut out, "backproc_up", "gauge", "1 while the backproc master writes this file (see the file's mtime).");
+    family(
+        &mut out,
+        "backproc_up",
+        "gauge",
+        "1 while the master runs; 0 once it stopped cleanly (a killed master leaves 1: check the file's mtime).",
+    );
     out.push_str("backproc_up 1\n");
     if let Some(m) = store.master()? {
         family(&mut out, "backproc_master_start_time_seconds", "gauge", "Start time of the master, unix seconds.");
@@ -114,11 +119,11 @@ pub fn render(store: &Store) -> backproc_store::Result<String> {
     let _ = writeln!(out, "backproc_messages_sent_total {sent}");
     family(
         &mut out,
-        "backproc_messages_failed_total",
-        "counter",
+        "backproc_messages_failed",
+        "gauge",
         "Messages given up: receive queue entries failed for good plus outbox entries in ERROR.",
     );
-    let _ = writeln!(out, "backproc_messages_failed_total {}", lane("failed") + state("ERROR"));
+    let _ = writeln!(out, "backproc_messages_failed {}", lane("failed") + state("ERROR"));
 
     family(&mut out, "backproc_receive_queue", "gauge", "Receive queue entries by lane.");
     for l in ["primary", "secondary", "failed"] {
@@ -198,5 +203,16 @@ mod tests {
             let name = l.split(['{', ' ']).next().unwrap();
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
         }
+    }
+}
+
+/// Rewrites `backproc_up` to 0 when the master stops, so monitoring sees it at once rather
+/// than by the file's age. Best effort.
+pub fn mark_down(data_dir: &Path) {
+    let path = data_dir.join("backproc.prom");
+    let Ok(text) = std::fs::read_to_string(&path) else { return };
+    let tmp = data_dir.join(".backproc.prom.tmp");
+    if std::fs::write(&tmp, text.replace("\nbackproc_up 1\n", "\nbackproc_up 0\n")).is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
     }
 }

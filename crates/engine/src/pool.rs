@@ -161,7 +161,8 @@ impl Pool {
             if Instant::now() >= deadline {
                 return false;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // A short poll: a one-shot `run --once` ends here, and cron waits on it.
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }

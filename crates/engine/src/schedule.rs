@@ -311,7 +311,7 @@ impl Scheduler {
                     self.listed.insert(a, self.clock.now());
                 }
                 if !f.kind.account_level() && f.kind != FailureKind::Cancelled {
-                    log::error!("{} failed: {f}", o.task);
+                    log::error!("{} failed: {f}", o.task.job.name());
                 }
                 Vec::new()
             }

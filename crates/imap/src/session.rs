@@ -284,7 +284,19 @@ impl Session {
         }
         let mut inner = client.login(&p.login, &p.password).map_err(|(e, _)| match e {
             imap::Error::No(_) | imap::Error::Bad(_) => {
-                Error::new(ErrorKind::Auth, format!("login of {} refused by {}", p.login, p.host))
+                // RFC 5530: UNAVAILABLE / LIMIT (e.g. "too many simultaneous connections") is
+                // the server's state, not a wrong password: back off, do not wait
+                // EMAIL_AUTH_ERROR_CHECK_RETRY_TIME.
+                let text = e.to_string();
+                let upper = text.to_ascii_uppercase();
+                if ["UNAVAILABLE", "LIMIT", "TOO MANY", "INUSE"].iter().any(|k| upper.contains(k)) {
+                    Error::new(
+                        ErrorKind::Connect,
+                        format!("login of {} refused by {} for now: {text}", p.login, p.host),
+                    )
+                } else {
+                    Error::new(ErrorKind::Auth, format!("login of {} refused by {}", p.login, p.host))
+                }
             }
             other => classify("login", other),
         })?;

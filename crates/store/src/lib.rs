@@ -70,6 +70,16 @@ impl Store {
     /// Opens (creating if needed) and migrates the store.
     pub fn open(path: &Path) -> Result<Store> {
         let conn = Connection::open(path).map_err(|source| Error::Open { path: path.into(), source })?;
+        // Group-writable, as the original asks (`chmod g+rwX`): SQLite creates files 0644 less
+        // the umask, and gives the -wal/-shm files the mode of the database file.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(m) = std::fs::metadata(path)
+                && m.permissions().mode() & 0o060 != 0o060
+            {
+                let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(m.permissions().mode() | 0o060));
+            }
+        }
         let mut store = Store { conn, path: path.into() };
         store.configure().map_err(|source| Error::Open { path: path.into(), source })?;
         store.migrate()?;

@@ -138,8 +138,8 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
         match c {
             Change::Reset { uidvalidity } => {
                 log::warn!(
-                    "UIDVALIDITY changed ({:?} -> {uidvalidity}): the folder is resynchronised",
-                    local.uidvalidity
+                    "UIDVALIDITY changed ({} -> {uidvalidity}): the folder is resynchronised",
+                    local.uidvalidity.map(|v| v.to_string()).unwrap_or_else(|| "none".into())
                 );
                 apply.reset = Some(uidvalidity as i64);
             }

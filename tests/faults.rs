@@ -52,7 +52,8 @@ fn assert_same(w: &MailWorld, folders: &[&str]) {
         let server = server_messages(&mut imap, &backproc_testkit::mutf7_encode(f));
         let id = folder_id(&store, w.account, f);
         let local = store_messages(&store, id);
-        let (lu, su): (Vec<u32>, Vec<u32>) = (local.iter().map(|m| m.0).collect(), server.iter().map(|m| m.0).collect());
+        let (lu, su): (Vec<u32>, Vec<u32>) =
+            (local.iter().map(|m| m.0).collect(), server.iter().map(|m| m.0).collect());
         assert_eq!(lu, su, "UIDs of {f}: store vs server");
         for (l, s) in local.iter().zip(&server) {
             assert_eq!(l.1, s.1, "flags of uid {} in {f}", s.0);
@@ -63,11 +64,38 @@ fn assert_same(w: &MailWorld, folders: &[&str]) {
 }
 
 fn panics(w: &MailWorld) -> Vec<String> {
-    w.home.log("l-threading-error.txt").lines().filter(|l| l.to_lowercase().contains("panic")).map(String::from).collect()
+    w.home
+        .log("l-threading-error.txt")
+        .lines()
+        .filter(|l| l.to_lowercase().contains("panic"))
+        .map(String::from)
+        .collect()
+}
+
+fn wait_or_kill(c: &mut std::process::Child, d: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if let Ok(Some(s)) = c.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    None
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn received_counts(text: &str) -> Vec<u64> {
-    regex::Regex::new(r"received (\d+) new messages").unwrap().captures_iter(text).map(|c| c[1].parse().unwrap()).collect()
+    regex::Regex::new(r"received (\d+) new messages")
+        .unwrap()
+        .captures_iter(text)
+        .map(|c| c[1].parse().unwrap())
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -80,6 +108,7 @@ fn sigkill_at_20_random_points_of_a_1000_message_sync_loses_and_duplicates_nothi
     // Small receive batches and a slow link (20 ms per chunk, both ways): the sync takes about
     // ten seconds of engine time, so kills drawn in the first 2 s of each run land in every
     // phase (login, folder discovery, flag sync, queueing, receive batches, commits).
+    // Delays are drawn in 50..1500 ms.
     let (w, proxy) = proxied_world(&format!("{CONFIG}define('EMAIL_BG_RECEIVE_BATCH_MESSAGES', 2);\n"));
     let msgs: Vec<Vec<u8>> = (0..1000).map(|i| mailgen::text_message(SEED, i)).collect();
     w.dovecot.populate(&w.user, &w.password, "INBOX", &msgs).unwrap();
@@ -103,37 +132,29 @@ fn sigkill_at_20_random_points_of_a_1000_message_sync_loses_and_duplicates_nothi
     let mut stored_after: Vec<usize> = Vec::new();
     // a kill counts as "during the sync" when the store was incomplete at the spawn and the
     // process was still running when SIGKILL came
-    let kills = kill_loop(
-        &w.home,
-        &["run", "--once"],
-        SEED,
-        (50, 2000),
-        60,
-        inbox_done,
-        |i, k| {
-            let store = w.store();
-            assert_eq!(store.integrity_check().unwrap(), "ok", "integrity after kill {i} ({k:?})");
-            let mut n = 0;
-            if let Some(f) = store.folders(Some(w.account)).unwrap().into_iter().find(|f| f.display_name == "INBOX") {
-                // 0 duplicated, never an invented message, at every kill point
-                let rows = store.folder_messages(f.id).unwrap();
-                let uids: BTreeSet<i64> = rows.iter().map(|r| r.0).collect();
-                assert_eq!(uids.len(), rows.len(), "duplicate UID rows after kill {i}");
-                let mids: BTreeSet<&str> = rows.iter().filter_map(|r| r.1.as_deref()).collect();
-                assert_eq!(mids.len(), rows.len(), "a Message-ID stored twice after kill {i}");
-                assert!(uids.iter().all(|u| (1..=1000).contains(u)), "a UID the server never had, kill {i}");
-                for (uid, _, _, _) in rows.iter().step_by(37) {
-                    let raw = store.message_raw(f.id, *uid).unwrap().unwrap();
-                    assert!(raw == msgs[*uid as usize - 1], "raw bytes of uid {uid} after kill {i}");
-                }
-                n = rows.len();
+    let kills = kill_loop(&w.home, &["run", "--once"], SEED, (50, 2000), 60, inbox_done, |i, k| {
+        let store = w.store();
+        assert_eq!(store.integrity_check().unwrap(), "ok", "integrity after kill {i} ({k:?})");
+        let mut n = 0;
+        if let Some(f) = store.folders(Some(w.account)).unwrap().into_iter().find(|f| f.display_name == "INBOX") {
+            // 0 duplicated, never an invented message, at every kill point
+            let rows = store.folder_messages(f.id).unwrap();
+            let uids: BTreeSet<i64> = rows.iter().map(|r| r.0).collect();
+            assert_eq!(uids.len(), rows.len(), "duplicate UID rows after kill {i}");
+            let mids: BTreeSet<&str> = rows.iter().filter_map(|r| r.1.as_deref()).collect();
+            assert_eq!(mids.len(), rows.len(), "a Message-ID stored twice after kill {i}");
+            assert!(uids.iter().all(|u| (1..=1000).contains(u)), "a UID the server never had, kill {i}");
+            for (uid, _, _, _) in rows.iter().step_by(37) {
+                let raw = store.message_raw(f.id, *uid).unwrap().unwrap();
+                assert!(raw == msgs[*uid as usize - 1], "raw bytes of uid {uid} after kill {i}");
             }
-            if k.alive && stored_after.last().is_none_or(|p| *p < 1000) {
-                during_sync += 1;
-            }
-            stored_after.push(n);
-        },
-    );
+            n = rows.len();
+        }
+        if k.alive && stored_after.last().is_none_or(|p| *p < 1000) {
+            during_sync += 1;
+        }
+        stored_after.push(n);
+    });
     eprintln!(
         "kills: {} ({} during the sync); stored after each: {stored_after:?}; delays: {:?}",
         kills.len(),
@@ -175,6 +196,11 @@ fn sigkill_at_20_random_points_of_a_1000_message_sync_loses_and_duplicates_nothi
 
 // ---------------------------------------------------------------------------------------------
 // 3. Connections cut mid-FETCH at random byte offsets
+//
+// Currently FAILS (engine bug, reported to the lead): a Connect-class failure after a
+// successful login (here "UID FETCH: Connection Lost" in Sync (full)) records no back-off, is
+// not logged in l-info.log, and `run --once` re-ticks at once when nothing is in flight, so
+// the same sync is retried ~100 times a second and `run --once` never exits.
 
 #[test]
 fn cuts_mid_fetch_at_30_random_offsets_never_move_the_watermark_past_stored_or_queued_mail() {
@@ -192,14 +218,29 @@ fn cuts_mid_fetch_at_30_random_offsets_never_move_the_watermark_past_stored_or_q
     w.dovecot.populate(&w.user, &w.password, "INBOX", &msgs).unwrap();
     let mut rng = Rng::new(SEED);
     let mut cuts = Vec::new();
+    let mut runs: Vec<(u64, u128, usize)> = Vec::new(); // (cut, ms, connections)
     let mut progress = Vec::new();
     for run in 0..RUNS {
-        // mostly inside the first few batches' literals, sometimes in the login/LIST/SELECT
-        let r = rng.range(0, total / 6 + 4096);
+        // log-uniform from 200 bytes to the whole mailbox: cuts land in the greeting and LOGIN,
+        // LIST/STATUS, the FLAGS fetch, small literals and inside the large ones
+        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let r = (200.0 * (total as f64 / 200.0).powf(u)) as u64;
         cuts.push(r);
         proxy.set_fault(Fault::CutAfter { server_bytes: r });
-        let o = w.home.run(&["run", "--once"]);
-        assert!(o.status.success(), "run {run} (cut at {r}): {}", stderr(&o));
+        let (c0, t0) = (proxy.connections(), Instant::now());
+        let mut child = w.home.spawn(&["run", "--once"]);
+        let status = wait_or_kill(&mut child, Duration::from_secs(20));
+        let conns = proxy.connections() - c0;
+        runs.push((r, t0.elapsed().as_millis(), conns));
+        assert!(
+            status.is_some(),
+            "run {run} (cut at {r}): `run --once` still running after 20 s, {conns} connections so far\n\
+             l-info.log:\n{}\nl-debug.log:\n{}\nl-threading-error.txt:\n{}",
+            tail(&w.home.log("l-info.log"), 12),
+            tail(&w.home.log("l-debug.log"), 25),
+            tail(&w.home.log("l-threading-error.txt"), 10)
+        );
+        assert!(status.unwrap().success(), "run {run} (cut at {r}) failed");
         let store = w.store();
         assert_eq!(store.integrity_check().unwrap(), "ok");
         if let Some(f) = store.folders(Some(w.account)).unwrap().into_iter().find(|f| f.display_name == "INBOX") {
@@ -224,7 +265,7 @@ fn cuts_mid_fetch_at_30_random_offsets_never_move_the_watermark_past_stored_or_q
         }
         std::thread::sleep(Duration::from_millis(1050));
     }
-    eprintln!("cuts: {cuts:?}\nstored after each run: {progress:?}");
+    eprintln!("(cut, ms, connections) per run: {runs:?}\nstored after each run: {progress:?}");
     assert!(proxy.connections() >= RUNS, "the engine did not go through the proxy");
     // the cut stops: everything arrives
     proxy.set_fault(Fault::Pass);
@@ -249,7 +290,10 @@ fn a_mutator_expunging_ten_percent_during_a_full_sync_leaves_no_phantoms() {
     const SEED: u64 = 0x6b11_4004;
     const N: usize = 500;
     let started = Instant::now();
-    let w = MailWorld::start(&format!("{CONFIG}define('EMAIL_BG_RECEIVE_BATCH_MESSAGES', 20);\n"));
+    // a slow link (15 ms per chunk) makes each run last long enough for the mutator to work
+    // inside it; the mutator itself talks to Dovecot directly
+    let (w, proxy) = proxied_world(&format!("{CONFIG}define('EMAIL_BG_RECEIVE_BATCH_MESSAGES', 20);\n"));
+    proxy.set_fault(Fault::Delay { per_chunk_ms: 15 });
     let msgs: Vec<Vec<u8>> = (0..N).map(|i| mailgen::text_message(SEED, i)).collect();
     w.dovecot.populate(&w.user, &w.password, "INBOX", &msgs).unwrap();
     // what every UID ever held (the mutator adds its appends)
@@ -279,10 +323,19 @@ fn a_mutator_expunging_ten_percent_during_a_full_sync_leaves_no_phantoms() {
         if round == 1 {
             std::thread::sleep(Duration::from_millis(1100));
         }
-        let mutator = Mutator::start(w.imap(), "INBOX", ops, Duration::from_millis(4));
+        let mutator = Mutator::start(w.imap(), "INBOX", ops, Duration::from_millis(if round == 0 { 8 } else { 3 }));
+        let spawned = Instant::now();
         let mut child = w.home.spawn(&["run", "--once"]);
         let status = child.wait().unwrap();
+        let exited = Instant::now();
         let l = mutator.join();
+        let overlapping = l.times.iter().filter(|t| **t > spawned && **t < exited).count();
+        eprintln!(
+            "round {round}: {overlapping} of {} changes while the engine ran ({:?})",
+            l.times.len(),
+            exited - spawned
+        );
+        assert!(overlapping >= 10, "round {round}: only {overlapping} changes overlapped the engine's run");
         assert!(l.errors.is_empty(), "mutator errors: {:?}", l.errors);
         assert!(status.success(), "run --once during the mutator failed: {}", w.home.log("l-info.log"));
         for (uid, raw) in &l.appended {
@@ -304,6 +357,7 @@ fn a_mutator_expunging_ten_percent_during_a_full_sync_leaves_no_phantoms() {
     assert_eq!(log.expunged.len(), N / 10 + (N + 12 - N / 10) / 10, "10% expunged in each round");
 
     // one more full sync + Sync Delete (the second run applies what the first recorded)
+    proxy.set_fault(Fault::Pass);
     for _ in 0..2 {
         std::thread::sleep(Duration::from_millis(1100));
         w.run_once();

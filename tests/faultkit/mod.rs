@@ -8,5 +8,6 @@
 pub mod killloop;
 pub mod mutator;
 pub mod secrets;
+pub mod smtpstub;
 
 pub use backproc_testkit::mailgen::Rng;

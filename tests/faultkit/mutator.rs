@@ -3,7 +3,7 @@
 
 use std::net::TcpStream;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Rng;
 
@@ -26,6 +26,8 @@ pub struct MutatorLog {
     /// (uid, raw bytes) of each appended message.
     pub appended: Vec<(u32, Vec<u8>)>,
     pub errors: Vec<String>,
+    /// When each successful change was acknowledged by the server.
+    pub times: Vec<Instant>,
 }
 
 pub struct Mutator {
@@ -64,8 +66,9 @@ impl Mutator {
                 let mut log = MutatorLog::default();
                 for op in ops {
                     let r = apply(&mut session, &folder, &op, &mut log);
-                    if let Err(e) = r {
-                        log.errors.push(format!("{op:?}: {e}"));
+                    match r {
+                        Ok(()) => log.times.push(Instant::now()),
+                        Err(e) => log.errors.push(format!("{op:?}: {e}")),
                     }
                     std::thread::sleep(pace);
                 }
@@ -100,7 +103,7 @@ fn apply(s: &mut imap::Session<TcpStream>, folder: &str, op: &Op, log: &mut Muta
         Op::Append { raw, message_id } => {
             s.append(folder, raw).finish()?;
             let found = s.uid_search(format!("HEADER Message-ID \"{message_id}\""))?;
-            let uid = found.into_iter().max().ok_or_else(|| imap::Error::Append)?;
+            let uid = found.into_iter().max().ok_or(imap::Error::Append)?;
             log.appended.push((uid, raw.clone()));
         }
     }

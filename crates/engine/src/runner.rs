@@ -107,6 +107,29 @@ impl Runner for JobRunner {
         let mut ctx = Ctx { store: &mut *store, config: &config, clock, sessions: &mut self.sessions, thread: idx };
         let result = execute(&mut ctx, task);
         let ms = started.elapsed().as_millis() as i64;
+        // The account's health: a success clears its back-off; a failure of the account as a
+        // whole (refused login, unreachable server, a connection dropped mid-command, TLS)
+        // backs it off, so it is not retried every tick.
+        if let Some(account) = task.account {
+            let now = clock.now();
+            match &result {
+                Ok(_) if task.job != Job::Sleep => match store.record_account_success(account, now) {
+                    Ok(n) if n > 0 => log::info!("account {account} works again after {n} failure(s)"),
+                    Ok(_) => {}
+                    Err(e) => log::error!("cannot record the account's health: {e}"),
+                },
+                // SMTP trouble backs off the outbox entries (their own next attempt), not the
+                // account's IMAP work.
+                Err(f) if f.kind.account_level() && !matches!(task.job, Job::Send | Job::SendSecondary) => {
+                    if let Ok(a) = store.account(account)
+                        && let Err(e) = crate::sessions::record_failure(store, &config, &a, f, now)
+                    {
+                        log::error!("cannot record the account's health: {e}");
+                    }
+                }
+                _ => {}
+            }
+        }
         match &result {
             Ok(r) => history(store, "Finished", None, Some(r.count), Some(ms)),
             Err(f) => history(store, f.kind.status(), Some(&f.detail), None, Some(ms)),

@@ -81,25 +81,21 @@ impl Sessions {
         Sessions { open: HashMap::new() }
     }
 
-    /// The account's session, connecting (and recording the account's health) if needed.
-    pub fn get(&mut self, store: &mut Store, config: &Config, account: i64, now: i64) -> Result<&mut Session, Failure> {
+    /// The account's session, connecting if needed. The account's health (back-off) is
+    /// recorded by the runner from the task's outcome, not here: a connection that logs in
+    /// and then drops must back off too.
+    pub fn get(
+        &mut self,
+        store: &mut Store,
+        _config: &Config,
+        account: i64,
+        _now: i64,
+    ) -> Result<&mut Session, Failure> {
         if !self.open.contains_key(&account) {
             let a = store.account(account)?;
-            let connected =
-                imap_params(&a, Duration::from_secs(60)).and_then(|p| Session::connect(&p).map_err(failure_from_imap));
-            match connected {
-                Ok(s) => {
-                    if a.failures > 0 {
-                        log::info!("account {account} is reachable again after {} failure(s)", a.failures);
-                    }
-                    store.record_account_success(account, now)?;
-                    self.open.insert(account, (s, Instant::now()));
-                }
-                Err(f) => {
-                    record_failure(store, config, &a, &f, now)?;
-                    return Err(f);
-                }
-            }
+            let s = imap_params(&a, Duration::from_secs(60))
+                .and_then(|p| Session::connect(&p).map_err(failure_from_imap))?;
+            self.open.insert(account, (s, Instant::now()));
         }
         let entry = self.open.get_mut(&account).expect("inserted above");
         entry.1 = Instant::now();

@@ -119,7 +119,9 @@ pub fn sync_delete(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
         w.server.len() + w.both.len(),
         started.elapsed().as_secs()
     );
-    Ok(Report { count: synced.len() as i64, follow_up: Vec::new() })
+    // Rows whose deletion is now agreed go at once (Purge Deleted also runs on its interval).
+    let follow_up = if synced.is_empty() { Vec::new() } else { vec![Task::new(Job::PurgeDeleted, None, None)] };
+    Ok(Report { count: synced.len() as i64, follow_up })
 }
 
 pub fn purge_deleted(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {

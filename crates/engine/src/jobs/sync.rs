@@ -161,11 +161,17 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
         }
     }
     let reset = apply.reset.is_some();
+    let vanished = !apply.vanished.is_empty();
     ctx.store.apply_sync(folder_id, &apply, now)?;
     log::info!("found {found} new messages in {}s", started.elapsed().as_secs());
     let mut follow_up = Vec::new();
     if found > 0 || !queued.is_empty() {
         follow_up.push(Task::new(Job::Receive, Some(account), Some(folder_id)));
+    }
+    if vanished {
+        // What vanished on the server is deleted here by Sync Delete, now rather than at
+        // its next interval (the safety brake applies there).
+        follow_up.push(Task::new(Job::SyncDelete, Some(account), Some(folder_id)));
     }
     if reset {
         // Read the folder again from scratch right away.

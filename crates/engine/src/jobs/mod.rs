@@ -21,20 +21,18 @@ pub struct Ctx<'a> {
     pub thread: usize,
 }
 
-impl Ctx<'_> {
-    /// Progress of the running task, for `status` (best effort: never fails the job).
-    pub fn progress(&mut self, task: &crate::Task, done: i64, total: i64) {
-        let row = backproc_store::WorkerRow {
-            thread: self.thread as i64 + 1,
-            task: Some(task.to_string()),
-            account_id: task.account,
-            folder_id: task.folder,
-            done: Some(done),
-            total: Some(total),
-            since: Some(self.clock.now()),
-        };
-        if let Err(e) = self.store.set_worker(&row) {
-            log::debug!("cannot record progress: {e}");
-        }
+/// Progress of a running task, for `status` (best effort: never fails the job).
+pub fn record_progress(store: &mut Store, thread: usize, task: &crate::Task, done: i64, total: i64, now: i64) {
+    let row = backproc_store::WorkerRow {
+        thread: thread as i64 + 1,
+        task: Some(task.to_string()),
+        account_id: task.account,
+        folder_id: task.folder,
+        done: Some(done),
+        total: Some(total),
+        since: Some(now),
+    };
+    if let Err(e) = store.set_worker(&row) {
+        log::debug!("cannot record progress: {e}");
     }
 }

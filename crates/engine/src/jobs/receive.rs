@@ -51,16 +51,7 @@ fn writer(
             b.msgs.into_iter().map(|(uid, flags, date, raw)| parse::message(uid as i64, raw, flags, date)).collect();
         received += store.store_received(folder_id, &msgs, &b.gone)? as i64;
         done += b.entries as i64;
-        let row = backproc_store::WorkerRow {
-            thread: thread as i64 + 1,
-            task: Some(task.to_string()),
-            account_id: task.account,
-            folder_id: task.folder,
-            done: Some(done),
-            total: Some(total),
-            since: Some(clock.now()),
-        };
-        let _ = store.set_worker(&row);
+        super::record_progress(store, thread, task, done, total, clock.now());
     }
     Ok(received)
 }

@@ -19,19 +19,7 @@ use faultkit::mutator::{Mutator, plan};
 use mailworld::*;
 use util::*;
 
-const CONFIG: &str = "<?php
-define('EMAIL_BACKGROUND_SYNC_ENABLED', TRUE);
-define('BG_TICK_INTERVAL', 1);
-define('EMAIL_BG_HI_FOLDERS_RECENT_SYNC_INTERVAL', 1);
-define('EMAIL_BG_HI_FOLDERS_RECENT_SYNC_INTERVAL_NL', 1);
-define('EMAIL_BG_HI_FOLDERS_FOLDERS_FULL_SYNC_INTERVAL', 1);
-define('EMAIL_BG_HI_FOLDERS_FOLDERS_FULL_SYNC_INTERVAL_NL', 1);
-define('EMAIL_BG_SYNC_DELETE_INTERVAL', 1);
-define('EMAIL_BG_PURGE_DELETED_INTERVAL', 1);
-define('BG_BACKOFF_BASE', 1);
-define('BG_BACKOFF_MAX', 1);
-define('EMAIL_BG_SECONDARY_INTERVAL', 1);
-";
+const CONFIG: &str = EVERY_SECOND;
 
 /// A world whose account reaches Dovecot through a fault proxy.
 fn proxied_world(config: &str) -> (MailWorld, FaultProxy) {

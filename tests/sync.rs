@@ -10,17 +10,7 @@ use backproc_testkit::{Fault, FaultProxy, mailgen};
 use mailworld::*;
 use util::*;
 
-const CONFIG: &str = "<?php
-define('EMAIL_BACKGROUND_SYNC_ENABLED', TRUE);
-define('BG_TICK_INTERVAL', 1);
-define('EMAIL_BG_HI_FOLDERS_RECENT_SYNC_INTERVAL', 1);
-define('EMAIL_BG_HI_FOLDERS_RECENT_SYNC_INTERVAL_NL', 1);
-define('EMAIL_BG_HI_FOLDERS_FOLDERS_FULL_SYNC_INTERVAL', 1);
-define('EMAIL_BG_HI_FOLDERS_FOLDERS_FULL_SYNC_INTERVAL_NL', 1);
-define('BG_BACKOFF_BASE', 1);
-define('BG_BACKOFF_MAX', 1);
-define('EMAIL_BG_SECONDARY_INTERVAL', 1);
-";
+const CONFIG: &str = EVERY_SECOND;
 
 fn assert_same(w: &MailWorld, folders: &[&str]) {
     let store = w.store();

@@ -10,17 +10,7 @@ use backproc_testkit::mailgen;
 use mailworld::*;
 use util::*;
 
-const CONFIG: &str = "<?php
-define('EMAIL_BACKGROUND_SYNC_ENABLED', TRUE);
-define('BG_TICK_INTERVAL', 1);
-define('EMAIL_BG_HI_FOLDERS_RECENT_SYNC_INTERVAL', 1);
-define('EMAIL_BG_HI_FOLDERS_RECENT_SYNC_INTERVAL_NL', 1);
-define('EMAIL_BG_HI_FOLDERS_FOLDERS_FULL_SYNC_INTERVAL', 1);
-define('EMAIL_BG_HI_FOLDERS_FOLDERS_FULL_SYNC_INTERVAL_NL', 1);
-define('EMAIL_BG_SYNC_DELETE_INTERVAL', 1);
-define('EMAIL_BG_PURGE_DELETED_INTERVAL', 1);
-define('BG_BACKOFF_BASE', 1);
-";
+const CONFIG: &str = EVERY_SECOND;
 
 fn next_run(w: &MailWorld) {
     std::thread::sleep(Duration::from_millis(1100));

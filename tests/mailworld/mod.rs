@@ -15,9 +15,20 @@ pub struct MailWorld {
     pub account: i64,
 }
 
-pub const FAST_SYNC: &str = "<?php
+/// Sync enabled and every interval at its minimum, so `run --once` after a 1 s sleep does
+/// everything again; back-off at 1 s.
+pub const EVERY_SECOND: &str = "<?php
 define('EMAIL_BACKGROUND_SYNC_ENABLED', TRUE);
 define('BG_TICK_INTERVAL', 1);
+define('EMAIL_BG_HI_FOLDERS_RECENT_SYNC_INTERVAL', 1);
+define('EMAIL_BG_HI_FOLDERS_RECENT_SYNC_INTERVAL_NL', 1);
+define('EMAIL_BG_HI_FOLDERS_FOLDERS_FULL_SYNC_INTERVAL', 1);
+define('EMAIL_BG_HI_FOLDERS_FOLDERS_FULL_SYNC_INTERVAL_NL', 1);
+define('EMAIL_BG_SYNC_DELETE_INTERVAL', 1);
+define('EMAIL_BG_PURGE_DELETED_INTERVAL', 1);
+define('BG_BACKOFF_BASE', 1);
+define('BG_BACKOFF_MAX', 1);
+define('EMAIL_BG_SECONDARY_INTERVAL', 1);
 ";
 
 impl MailWorld {

@@ -69,13 +69,7 @@ fn mail_row(r: &rusqlite::Row) -> rusqlite::Result<MailRow> {
         date: r.get(10)?,
         internal_date: r.get(11)?,
         size: r.get(12)?,
-        flags: MsgFlags {
-            seen: r.get(13)?,
-            answered: r.get(14)?,
-            flagged: r.get(15)?,
-            draft: r.get(16)?,
-            deleted: r.get(17)?,
-        },
+        flags: MsgFlags::from_row(r, 13)?,
         attachments: r.get(18)?,
         pending: r.get(19)?,
     })

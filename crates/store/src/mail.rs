@@ -82,6 +82,20 @@ pub struct MsgFlags {
     pub deleted: bool,
 }
 
+impl MsgFlags {
+    /// Reads the five flag columns selected in the order seen, answered, flagged, draft,
+    /// deleted, starting at column `at`.
+    pub(crate) fn from_row(r: &rusqlite::Row, at: usize) -> rusqlite::Result<MsgFlags> {
+        Ok(MsgFlags {
+            seen: r.get(at)?,
+            answered: r.get(at + 1)?,
+            flagged: r.get(at + 2)?,
+            draft: r.get(at + 3)?,
+            deleted: r.get(at + 4)?,
+        })
+    }
+}
+
 /// A folder as LIST reported it, to be recorded.
 #[derive(Debug, Clone)]
 pub struct FolderListing {
@@ -274,13 +288,7 @@ impl Store {
             .query_map([folder_id], |r| {
                 Ok(MsgSyncRow {
                     uid: r.get(0)?,
-                    flags: MsgFlags {
-                        seen: r.get(1)?,
-                        answered: r.get(2)?,
-                        flagged: r.get(3)?,
-                        draft: r.get(4)?,
-                        deleted: r.get(5)?,
-                    },
+                    flags: MsgFlags::from_row(r, 1)?,
                     flags_changed: r.get(6)?,
                     server_deleted: r.get(7)?,
                 })
@@ -549,20 +557,7 @@ impl Store {
              WHERE folder_id = ? AND deletion_synced IS NULL ORDER BY uid",
         )?;
         let v = st
-            .query_map([folder_id], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    MsgFlags {
-                        seen: r.get(2)?,
-                        answered: r.get(3)?,
-                        flagged: r.get(4)?,
-                        draft: r.get(5)?,
-                        deleted: r.get(6)?,
-                    },
-                    r.get(7)?,
-                ))
-            })?
+            .query_map([folder_id], |r| Ok((r.get(0)?, r.get(1)?, MsgFlags::from_row(r, 2)?, r.get(7)?)))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(v)
     }

@@ -25,6 +25,8 @@ const SEED: u64 = 9;
 /// The 8 folders besides INBOX that share 30% of the mail.
 const FOLDERS: [&str; 8] = ["Archive", "Projects", "Receipts", "Newsletters", "Входящие", "Entwürfe", "日本語", "Café"];
 
+const STEPS: [&str; 5] = ["initial", "resync", "incremental", "send", "sched"];
+
 struct Opts {
     messages: usize,
     runs: usize,
@@ -34,9 +36,16 @@ struct Opts {
     disk: PathBuf,
     shm: PathBuf,
     profile: bool,
+    /// Steps to run (`--only initial,send`); empty = all. For working on one row: resync and
+    /// incremental still need the stores of one initial sync, which then runs untimed.
+    only: Vec<String>,
 }
 
 impl Opts {
+    fn wants(&self, step: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == step)
+    }
+
     fn parse(args: &[String]) -> Opts {
         let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
         let mut o = Opts {
@@ -48,6 +57,7 @@ impl Opts {
             disk: std::env::var_os("BENCH_DISK_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/tmp".into()),
             shm: std::env::var_os("BENCH_SHM_DIR").map(PathBuf::from).unwrap_or_else(|| "/dev/shm".into()),
             profile: false,
+            only: Vec::new(),
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -65,6 +75,12 @@ impl Opts {
                     o.sched = (100, 10, 10);
                 }
                 "--profile" => o.profile = true,
+                "--only" => {
+                    o.only = it.next().expect("steps after --only").split(',').map(str::to_owned).collect();
+                    for s in &o.only {
+                        assert!(STEPS.contains(&s.as_str()), "unknown step {s:?}: one of {STEPS:?}");
+                    }
+                }
                 other => panic!("unknown option {other:?} (see bench/README.md)"),
             }
         }
@@ -176,10 +192,16 @@ fn bench(o: &Opts) -> anyhow::Result<()> {
 
     // ---- 1. initial sync, on disk and on tmpfs
     let media = [("disk", o.disk.clone()), ("tmpfs", o.shm.clone())];
-    for run in 1..=o.runs {
-        say(&format!("initial sync, run {run}/{}", o.runs));
+    let later = o.wants("resync") || o.wants("incremental");
+    let (runs, media) = match (o.wants("initial"), later) {
+        (true, _) => (o.runs, &media[..]),
+        (false, true) => (1, &media[..1]), // untimed: only the stores matter
+        (false, false) => (0, &media[..0]),
+    };
+    for run in 1..=runs {
+        say(&format!("initial sync, run {run}/{runs}"));
         r.add("raw", timed("raw fetch", me_path, &raw_args, &scratch));
-        for (medium, dir) in &media {
+        for (medium, dir) in media {
             let home = dir.join("backproc-home");
             tools::new_home(&home, &tools::sync_config(), port, None, 1);
             sync_disks();
@@ -206,98 +228,114 @@ fn bench(o: &Opts) -> anyhow::Result<()> {
         }
     }
 
-    // ---- 2. no-change resync (on disk, the stores of the last initial run)
-    let home = o.disk.join("backproc-home");
-    let conf = o.disk.join("mbsyncrc");
-    let maildir = o.disk.join("maildir");
-    let folders = tools::all_folders_high(&home);
-    say(&format!("no-change resync ({folders} folders, all high priority, intervals 1 s)"));
-    for _ in 0..o.runs {
-        std::thread::sleep(Duration::from_millis(1100));
-        r.add("resync/backproc", run_bp("backproc resync", &home));
-        r.add("resync/mbsync", run_mbsync("mbsync resync", &conf));
+    if !o.wants("initial") {
+        r.samples_clear("initial/");
+        r.samples_clear("raw");
     }
-    expect("backproc resync", tools::store_counts(&home), (n, 0));
+
+    // ---- 2. no-change resync (on disk, the stores of the last initial run)
+    if o.wants("resync") {
+        let home = o.disk.join("backproc-home");
+        let conf = o.disk.join("mbsyncrc");
+        let maildir = o.disk.join("maildir");
+        let folders = tools::all_folders_high(&home);
+        say(&format!("no-change resync ({folders} folders, all high priority, intervals 1 s)"));
+        for _ in 0..o.runs {
+            std::thread::sleep(Duration::from_millis(1100));
+            r.add("resync/backproc", run_bp("backproc resync", &home));
+            r.add("resync/mbsync", run_mbsync("mbsync resync", &conf));
+        }
+        expect("backproc resync", tools::store_counts(&home), (n, 0));
+    }
 
     // ---- 3. incremental: 100 new messages and 500 flag changes on the server, per run
-    let inbox = layout[0].1 as u64;
-    let mut total = n;
-    for run in 0..o.runs {
-        let new: Vec<Vec<u8>> = (0..100).map(|i| mailgen::message(SEED + 1 + run as u64, i)).collect();
-        dovecot.populate(LOGIN, PASSWORD, "INBOX", &new)?;
-        total += 100;
-        let first = (run as u64 * 500) % inbox + 1;
-        let last = (first + 499).min(inbox);
-        let mut s = dovecot.session(LOGIN, PASSWORD)?;
-        s.select("INBOX")?;
-        s.uid_store(format!("{first}:{last}"), "+FLAGS.SILENT (\\Seen)")?;
-        let seen = s.uid_search("SEEN")?.len() as u64;
-        let _ = s.logout();
-        std::thread::sleep(Duration::from_millis(1100));
-        sync_disks();
-        r.add("incremental/backproc", run_bp("backproc incremental", &home));
-        expect("backproc incremental", tools::store_counts(&home), (total, seen));
-        sync_disks();
-        r.add("incremental/mbsync", run_mbsync("mbsync incremental", &conf));
-        expect("mbsync incremental", tools::maildir_counts(&maildir), (total, seen));
+    if o.wants("incremental") {
+        let home = o.disk.join("backproc-home");
+        let conf = o.disk.join("mbsyncrc");
+        let maildir = o.disk.join("maildir");
+        let inbox = layout[0].1 as u64;
+        let mut total = n;
+        for run in 0..o.runs {
+            let new: Vec<Vec<u8>> = (0..100).map(|i| mailgen::message(SEED + 1 + run as u64, i)).collect();
+            dovecot.populate(LOGIN, PASSWORD, "INBOX", &new)?;
+            total += 100;
+            let first = (run as u64 * 500) % inbox + 1;
+            let last = (first + 499).min(inbox);
+            let mut s = dovecot.session(LOGIN, PASSWORD)?;
+            s.select("INBOX")?;
+            s.uid_store(format!("{first}:{last}"), "+FLAGS.SILENT (\\Seen)")?;
+            let seen = s.uid_search("SEEN")?.len() as u64;
+            let _ = s.logout();
+            std::thread::sleep(Duration::from_millis(1100));
+            sync_disks();
+            r.add("incremental/backproc", run_bp("backproc incremental", &home));
+            expect("backproc incremental", tools::store_counts(&home), (total, seen));
+            sync_disks();
+            r.add("incremental/mbsync", run_mbsync("mbsync incremental", &conf));
+            expect("mbsync incremental", tools::maildir_counts(&maildir), (total, seen));
+        }
+        r.size("backproc store (disk, after resyncs)", du_mb(&home.join("data")));
     }
-    r.size("backproc store (disk, after resyncs)", du_mb(&home.join("data")));
 
     // ---- 4. send
-    let sink = tools::Sink::start();
-    let sink_port = sink.port.to_string();
-    let body: String = (0..64).map(|i| format!("{:0>75}\n", i)).collect(); // 64 × 76 B ≈ 4.9 KB
-    for &par in &o.send_parallel {
-        say(&format!("send {} messages, parallelism {par}", o.send));
-        for _ in 0..o.runs {
-            let home = o.disk.join("backproc-send");
-            let accounts = tools::new_home(&home, &tools::send_config(par), port, Some(sink.port), par);
-            {
-                let mut store = backproc_store::Store::open(&tools::store_path(&home))?;
-                let now = backproc_store::now();
-                let to = vec!["b@x.test".to_owned()];
-                for i in 0..o.send {
-                    let id = format!("bench.{i}@x.test");
-                    let raw = mailgen::message_with(
-                        &format!("bench {i}"),
-                        "a@x.test",
-                        "b@x.test",
-                        "Mon, 23 Nov 2026 12:00:00 +0000",
-                        &id,
-                        &body,
-                    );
-                    store.outbox_add(accounts[i % par], &id, "a@x.test", &to, &raw, false, now)?;
+    if o.wants("send") {
+        let sink = tools::Sink::start();
+        let sink_port = sink.port.to_string();
+        let body: String = (0..64).map(|i| format!("{:0>75}\n", i)).collect(); // 64 × 76 B ≈ 4.9 KB
+        for &par in &o.send_parallel {
+            say(&format!("send {} messages, parallelism {par}", o.send));
+            for _ in 0..o.runs {
+                let home = o.disk.join("backproc-send");
+                let accounts = tools::new_home(&home, &tools::send_config(par), port, Some(sink.port), par);
+                {
+                    let mut store = backproc_store::Store::open(&tools::store_path(&home))?;
+                    let now = backproc_store::now();
+                    let to = vec!["b@x.test".to_owned()];
+                    for i in 0..o.send {
+                        let id = format!("bench.{i}@x.test");
+                        let raw = mailgen::message_with(
+                            &format!("bench {i}"),
+                            "a@x.test",
+                            "b@x.test",
+                            "Mon, 23 Nov 2026 12:00:00 +0000",
+                            &id,
+                            &body,
+                        );
+                        store.outbox_add(accounts[i % par], &id, "a@x.test", &to, &raw, false, now)?;
+                    }
                 }
+                sync_disks();
+                r.add(&format!("send/{par}/backproc"), run_bp("backproc send", &home));
+                let store = backproc_store::Store::open_read_only(&tools::store_path(&home))?;
+                let depths = store.outbox_depths()?;
+                let sent = depths.iter().find(|(s, _)| s == "SUCCESS").map(|d| d.1).unwrap_or(0);
+                assert_eq!(sent, o.send as i64, "backproc sent only {sent} of {}: {depths:?}", o.send);
+                let m = o.send.to_string();
+                let p = par.to_string();
+                let target = format!("127.0.0.1:{sink_port}");
+                let args = ["-s", &p, "-m", &m, "-l", "5000", "-f", "a@x.test", "-t", "b@x.test", &target];
+                r.add(
+                    &format!("send/{par}/smtp-source"),
+                    timed("smtp-source", Path::new("/usr/sbin/smtp-source"), &args, &scratch),
+                );
             }
-            sync_disks();
-            r.add(&format!("send/{par}/backproc"), run_bp("backproc send", &home));
-            let store = backproc_store::Store::open_read_only(&tools::store_path(&home))?;
-            let depths = store.outbox_depths()?;
-            let sent = depths.iter().find(|(s, _)| s == "SUCCESS").map(|d| d.1).unwrap_or(0);
-            assert_eq!(sent, o.send as i64, "backproc sent only {sent} of {}: {depths:?}", o.send);
-            let m = o.send.to_string();
-            let p = par.to_string();
-            let target = format!("127.0.0.1:{sink_port}");
-            let args = ["-s", &p, "-m", &m, "-l", "5000", "-f", "a@x.test", "-t", "b@x.test", &target];
-            r.add(
-                &format!("send/{par}/smtp-source"),
-                timed("smtp-source", Path::new("/usr/sbin/smtp-source"), &args, &scratch),
-            );
         }
+        drop(sink);
     }
-    drop(sink);
 
     // ---- 5. scheduler scale
-    let (accounts, per, iters) = o.sched;
-    say(&format!("scheduler: {accounts} accounts × {per} folders, {iters} ticks"));
-    let dir = o.shm.join("sched");
-    std::fs::create_dir_all(&dir)?;
-    let out = std::process::Command::new(me_path)
-        .args(["sched-scale", &accounts.to_string(), &per.to_string(), &iters.to_string()])
-        .arg(&dir)
-        .output()?;
-    anyhow::ensure!(out.status.success(), "sched-scale failed: {}", String::from_utf8_lossy(&out.stderr));
-    r.sched = serde_json::from_slice(&out.stdout)?;
+    if o.wants("sched") {
+        let (accounts, per, iters) = o.sched;
+        say(&format!("scheduler: {accounts} accounts × {per} folders, {iters} ticks"));
+        let dir = o.shm.join("sched");
+        std::fs::create_dir_all(&dir)?;
+        let out = std::process::Command::new(me_path)
+            .args(["sched-scale", &accounts.to_string(), &per.to_string(), &iters.to_string()])
+            .arg(&dir)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "sched-scale failed: {}", String::from_utf8_lossy(&out.stderr));
+        r.sched = serde_json::from_slice(&out.stdout)?;
+    }
 
     r.print(o.runs);
     Ok(())

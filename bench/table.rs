@@ -25,6 +25,11 @@ impl Results {
         self.samples.entry(key.to_owned()).or_default().push(s);
     }
 
+    /// Drops the samples whose key starts with `prefix` (an untimed preparation run).
+    pub fn samples_clear(&mut self, prefix: &str) {
+        self.samples.retain(|k, _| !k.starts_with(prefix));
+    }
+
     pub fn size(&mut self, label: &str, mb: f64) {
         self.sizes.entry(label.to_owned()).or_default().push(mb);
     }
@@ -48,6 +53,9 @@ impl Results {
     /// One table row: `backproc` is the key whose ratio to this row is printed (None for
     /// backproc's own row).
     fn row(&self, step: &str, tool: &str, key: &str, backproc: Option<&str>) {
+        if !self.samples.contains_key(key) {
+            return; // a step left out with --only
+        }
         let (m, lo, hi) = stats(&self.secs(key));
         let ratio = backproc.map(|b| format!("{:.2}", self.med(b) / m)).unwrap_or_else(|| "—".into());
         println!("| {step} | {tool} | {m:.2} | {lo:.2} | {hi:.2} | {:.0} | {ratio} |", self.rss(key));
@@ -148,6 +156,9 @@ impl Results {
 
         println!("\n### targets (issue 9)\n");
         let check = |what: &str, value: f64, op: &str, limit: f64| {
+            if value.is_nan() {
+                return println!("- {what}: not run");
+            }
             let ok = if op == "≤" { value <= limit } else { value >= limit };
             println!("- {what}: {value:.2} {op} {limit} → {}", if ok { "met" } else { "NOT met" });
         };

@@ -13,7 +13,7 @@ use std::time::Duration;
 use lettre::address::Address;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, SmtpConnection, Tls, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;
 
 pub use build::{Draft, build_message, read_eml};
@@ -134,6 +134,9 @@ impl std::fmt::Display for DotStuffed<'_> {
 
 pub struct Smtp {
     conn: SmtpConnection,
+    /// The server offers PIPELINING (RFC 2920): MAIL, RCPT and DATA go out in one write and
+    /// a message costs two round trips instead of 3 + one per recipient.
+    pipelining: bool,
 }
 
 fn tls_params(p: &Params) -> Result<TlsParameters, Error> {
@@ -199,7 +202,13 @@ impl Smtp {
                 err(ErrorKind::Auth, format!("login of {login} refused by {}: {e}", p.host))
             })?;
         }
-        Ok(Smtp { conn })
+        // lettre keeps only the EHLO keywords it knows, and PIPELINING is not one of them: ask
+        // again (one round trip per connection) and read the keyword ourselves.
+        let pipelining = conn
+            .command(Ehlo::new(hello))
+            .map(|r| r.message().any(|l| l.split_whitespace().next().is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))))
+            .unwrap_or(false);
+        Ok(Smtp { conn, pipelining })
     }
 
     /// One transaction: MAIL, RCPT per recipient (each answer recorded), DATA if anyone
@@ -208,6 +217,9 @@ impl Smtp {
     pub fn send(&mut self, from: &str, recipients: &[String], raw: &[u8]) -> Result<Delivery, Error> {
         let from: Address =
             from.parse().map_err(|e| err(ErrorKind::Permanent, format!("invalid sender {from:?}: {e}")))?;
+        if self.pipelining {
+            return self.send_pipelined(from, recipients, raw);
+        }
         self.conn.command(Mail::new(Some(from), vec![])).map_err(|e| classify("MAIL FROM", e))?;
         let mut d = Delivery::default();
         for r in recipients {
@@ -236,6 +248,75 @@ impl Smtp {
             return Ok(d);
         }
         self.conn.command(Data).map_err(|e| classify("DATA", e))?;
+        self.data(d, raw)
+    }
+
+    /// MAIL, every RCPT and DATA in one write, then their answers in order (RFC 2920). A
+    /// refused MAIL still gets its RCPT and DATA answers read, so the next message starts in
+    /// step with the server.
+    fn send_pipelined(&mut self, from: Address, recipients: &[String], raw: &[u8]) -> Result<Delivery, Error> {
+        let mut d = Delivery::default();
+        let mut batch = Mail::new(Some(from), vec![]).to_string();
+        let mut sent = Vec::with_capacity(recipients.len());
+        for r in recipients {
+            match r.parse::<Address>() {
+                Ok(addr) => {
+                    batch.push_str(&Rcpt::new(addr, vec![]).to_string());
+                    sent.push(r);
+                }
+                Err(_) => d.rejected.push(r.clone()),
+            }
+        }
+        if sent.is_empty() {
+            return Ok(d);
+        }
+        batch.push_str(&Data.to_string());
+        let broken = |e: &lettre::transport::smtp::Error| !e.is_permanent() && !e.is_transient();
+        let mail = match self.conn.command(&batch) {
+            Err(e) if broken(&e) => return Err(classify("MAIL FROM", e)),
+            m => m,
+        };
+        for r in sent {
+            match self.conn.read_response() {
+                Ok(resp) => {
+                    d.accepted.push(r.clone());
+                    d.response = resp.message().collect::<Vec<_>>().join(" ");
+                }
+                Err(e) if broken(&e) => return Err(classify("RCPT TO", e)),
+                // After a refused MAIL every RCPT fails too; that says nothing of the recipient.
+                Err(_) if mail.is_err() => d.pending.push(r.clone()),
+                Err(e) if e.is_permanent() => {
+                    d.rejected.push(r.clone());
+                    d.response = e.to_string();
+                }
+                Err(e) => {
+                    d.pending.push(r.clone());
+                    d.response = e.to_string();
+                }
+            }
+        }
+        let data = self.conn.read_response();
+        if let Err(e) = mail {
+            if data.is_ok() {
+                let _ = self.conn.command(".\r\n");
+            }
+            return Err(classify("MAIL FROM", e));
+        }
+        match data {
+            Ok(_) if d.accepted.is_empty() => {
+                // RFC 2920: a server may accept DATA with no recipient; end the empty message.
+                let _ = self.conn.command(".\r\n");
+                Ok(d)
+            }
+            Ok(_) => self.data(d, raw),
+            Err(e) if broken(&e) => Err(classify("DATA", e)),
+            Err(_) if d.accepted.is_empty() => Ok(d),
+            Err(e) => Err(classify("DATA", e)),
+        }
+    }
+
+    /// After the server's 354: the message and its terminator, the final answer.
+    fn data(&mut self, mut d: Delivery, raw: &[u8]) -> Result<Delivery, Error> {
         // lettre writes a message and its final "." in two writes; on a connection without
         // TCP_NODELAY the second waits for the server's delayed ACK (40 ms a message). A
         // UTF-8 message goes out dot-stuffed with its terminator in one write instead.

@@ -7,7 +7,10 @@
 //!
 //! Invariants: every write after a claim is fenced by the claim's lease token and must change
 //! exactly one row, so a worker that lost its lease cannot overwrite the final state; the
-//! SUCCESS write is durable when it returns (a forgotten SUCCESS would mean a resend).
+//! claim is durable before anything is sent, so no crash or power cut can bring a claimed
+//! entry back to PENDING (a resend): a SUCCESS lost with the last commits of a power cut
+//! leaves the entry PROCESSING, and the lease expiry makes it ERROR "outcome unknown". The
+//! sender makes a batch's SUCCESS records durable together (`Store::sync_wal`).
 
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
@@ -160,7 +163,11 @@ impl Store {
         lease: i64,
         limit: usize,
     ) -> Result<Vec<Claimed>> {
-        self.write(|tx| {
+        // Durable before anything is sent: were the claim lost in a power cut after a 250,
+        // the entry would be PENDING again and sent twice. A durable claim makes a lost
+        // SUCCESS end as PROCESSING → "outcome unknown" instead, which is never resent, so
+        // SUCCESS itself may be a cheap commit made durable per batch (`sync_wal`).
+        self.durable_write(|tx| {
             let mut st = tx.prepare_cached(
                 "SELECT id, message_id, mail_from, recipients, raw, attempts, created FROM outbox
                  WHERE account_id = ? AND state IN ('PENDING','RETRY') AND secondary = ? AND next_attempt <= ?
@@ -174,11 +181,11 @@ impl Store {
             let mut out = Vec::with_capacity(rows.len());
             for (id, message_id, mail_from, rcpts, raw, attempts, created) in rows {
                 let token = token();
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE outbox SET state = 'PROCESSING', start_time = ?, end_time = NULL, lease_expire_time = ?,
                         lease_token = ?, attempts = attempts + 1 WHERE id = ?",
-                    params![now, now + lease, token, id],
-                )?;
+                )?
+                .execute(params![now, now + lease, token, id])?;
                 out.push(Claimed {
                     id,
                     account_id,
@@ -198,58 +205,25 @@ impl Store {
     /// Records how a claimed send ended. Returns false when the lease was lost (another
     /// worker or the lease expiry owns the entry now): nothing was changed.
     pub fn outbox_finish(&mut self, c: &Claimed, outcome: &SendOutcome, now: i64, p: &SendPolicy) -> Result<bool> {
-        let fenced = "WHERE id = ? AND lease_token = ? AND state = 'PROCESSING'";
-        let json = |i: &DeliveryInfo| serde_json::to_string(i).unwrap_or_default();
-        match outcome {
-            SendOutcome::Success { info } => self.durable_write(|tx| {
-                let n = tx.execute(
-                    &format!("UPDATE outbox SET state = 'SUCCESS', end_time = ?, error = NULL, info = ?, lease_token = NULL {fenced}"),
-                    params![now, json(info), c.id, c.token],
-                )?;
-                if n == 1 && !info.pending.is_empty() {
-                    // Temporarily refused recipients are retried on their own, in a child
-                    // entry, so those who accepted never get the message twice.
-                    tx.execute(
-                        "INSERT INTO outbox (account_id, created, message_id, mail_from, recipients, raw, next_attempt, parent_id)
-                         SELECT account_id, ?, message_id, mail_from, ?, raw, ?, id FROM outbox WHERE id = ?",
-                        params![now, serde_json::to_string(&info.pending).unwrap_or_default(), now + p.backoff_base, c.id],
-                    )?;
-                }
-                Ok(n == 1)
-            }),
-            SendOutcome::Permanent { error, info } => self.write(|tx| {
-                let n = tx.execute(
-                    &format!("UPDATE outbox SET state = 'ERROR', end_time = ?, error = ?, info = ?, lease_token = NULL {fenced}"),
-                    params![now, error, json(info), c.id, c.token],
-                )?;
-                Ok(n == 1)
-            }),
-            SendOutcome::Unknown { error } => self.durable_write(|tx| {
-                let n = tx.execute(
-                    &format!("UPDATE outbox SET state = 'ERROR', end_time = ?, error = ?, lease_token = NULL {fenced}"),
-                    params![now, format!("delivery outcome unknown: {error}"), c.id, c.token],
-                )?;
-                Ok(n == 1)
-            }),
-            SendOutcome::Temporary { error } => self.write(|tx| {
-                let n = if now - c.created >= p.max_age {
-                    tx.execute(
-                        &format!("UPDATE outbox SET state = 'ERROR', end_time = ?, error = ?, lease_token = NULL {fenced}"),
-                        params![now, format!("gave up after {} attempts over {}s: {error}", c.attempts, now - c.created), c.id, c.token],
-                    )?
-                } else {
-                    let shift = (c.attempts.clamp(1, 30) - 1) as u32;
-                    let delay = p.backoff_base.saturating_mul(1 << shift).min(p.backoff_max);
-                    tx.execute(
-                        &format!(
-                            "UPDATE outbox SET state = 'PENDING', error = ?, next_attempt = ?, lease_token = NULL,
-                                lease_expire_time = NULL, secondary = (attempts > ?) {fenced}"
-                        ),
-                        params![error, now + delay, p.secondary_after, c.id, c.token],
-                    )?
-                };
-                Ok(n == 1)
-            }),
+        Ok(self.outbox_finish_many(&[(c, outcome)], now, p)?[0])
+    }
+
+    /// Records several ends in one transaction (a sender's group commit); an "outcome
+    /// unknown" among them makes the commit durable at once. One bool per entry, as
+    /// `outbox_finish`.
+    pub fn outbox_finish_many(
+        &mut self,
+        ends: &[(&Claimed, &SendOutcome)],
+        now: i64,
+        p: &SendPolicy,
+    ) -> Result<Vec<bool>> {
+        let record = |tx: &rusqlite::Transaction| {
+            ends.iter().map(|(c, o)| finish_one(tx, c, o, now, p)).collect::<Result<Vec<bool>>>()
+        };
+        if ends.iter().any(|(_, o)| matches!(o, SendOutcome::Unknown { .. })) {
+            self.durable_write(record)
+        } else {
+            self.write(record)
         }
     }
 
@@ -349,14 +323,62 @@ impl Store {
     pub fn outbox_holds_lease(&self, id: i64, token: &str) -> Result<bool> {
         Ok(self
             .conn()
-            .query_row(
-                "SELECT 1 FROM outbox WHERE id = ? AND lease_token = ? AND state = 'PROCESSING'",
-                params![id, token],
-                |_| Ok(()),
-            )
+            .prepare_cached("SELECT 1 FROM outbox WHERE id = ? AND lease_token = ? AND state = 'PROCESSING'")?
+            .query_row(params![id, token], |_| Ok(()))
             .optional()?
             .is_some())
     }
+}
+
+
+/// The fenced update of one claimed entry's delivery record.
+fn finish_one(tx: &rusqlite::Transaction, c: &Claimed, outcome: &SendOutcome, now: i64, p: &SendPolicy) -> Result<bool> {
+    const FENCED: &str = "WHERE id = ? AND lease_token = ? AND state = 'PROCESSING'";
+    let json = |i: &DeliveryInfo| serde_json::to_string(i).unwrap_or_default();
+    let n = match outcome {
+        SendOutcome::Success { info } => {
+            let n = tx.prepare_cached(&format!(
+                "UPDATE outbox SET state = 'SUCCESS', end_time = ?, error = NULL, info = ?, lease_token = NULL {FENCED}"
+            ))?
+            .execute(params![now, json(info), c.id, c.token])?;
+            if n == 1 && !info.pending.is_empty() {
+                // Temporarily refused recipients are retried on their own, in a child
+                // entry, so those who accepted never get the message twice.
+                tx.execute(
+                    "INSERT INTO outbox (account_id, created, message_id, mail_from, recipients, raw, next_attempt, parent_id)
+                     SELECT account_id, ?, message_id, mail_from, ?, raw, ?, id FROM outbox WHERE id = ?",
+                    params![now, serde_json::to_string(&info.pending).unwrap_or_default(), now + p.backoff_base, c.id],
+                )?;
+            }
+            n
+        }
+        SendOutcome::Permanent { error, info } => tx
+            .prepare_cached(&format!(
+                "UPDATE outbox SET state = 'ERROR', end_time = ?, error = ?, info = ?, lease_token = NULL {FENCED}"
+            ))?
+            .execute(params![now, error, json(info), c.id, c.token])?,
+        SendOutcome::Unknown { error } => tx
+            .prepare_cached(&format!("UPDATE outbox SET state = 'ERROR', end_time = ?, error = ?, lease_token = NULL {FENCED}"))?
+            .execute(params![now, format!("delivery outcome unknown: {error}"), c.id, c.token])?,
+        SendOutcome::Temporary { error } if now - c.created >= p.max_age => tx
+            .prepare_cached(&format!("UPDATE outbox SET state = 'ERROR', end_time = ?, error = ?, lease_token = NULL {FENCED}"))?
+            .execute(params![
+                now,
+                format!("gave up after {} attempts over {}s: {error}", c.attempts, now - c.created),
+                c.id,
+                c.token
+            ])?,
+        SendOutcome::Temporary { error } => {
+            let shift = (c.attempts.clamp(1, 30) - 1) as u32;
+            let delay = p.backoff_base.saturating_mul(1 << shift).min(p.backoff_max);
+            tx.prepare_cached(&format!(
+                "UPDATE outbox SET state = 'PENDING', error = ?, next_attempt = ?, lease_token = NULL,
+                    lease_expire_time = NULL, secondary = (attempts > ?) {FENCED}"
+            ))?
+            .execute(params![error, now + delay, p.secondary_after, c.id, c.token])?
+        }
+    };
+    Ok(n == 1)
 }
 
 #[cfg(test)]

@@ -106,6 +106,7 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     let mut sent = 0i64;
     let mut smtp: Option<Smtp> = None;
     let mut last_failure: Option<Failure> = None;
+    let mut ends = Ends::default();
     for c in &claimed {
         let started = Instant::now();
         // A worker frozen past its lease must not send what may now be someone else's.
@@ -116,7 +117,7 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
         if let Some(f) = &last_failure {
             // The server could not be reached for an earlier entry of this batch: do not
             // hammer it, the rest waits for the same back-off.
-            finish(ctx, c, &SendOutcome::Temporary { error: f.detail.clone() }, &policy)?;
+            ends.push(ctx, c, SendOutcome::Temporary { error: f.detail.clone() }, &policy)?;
             continue;
         }
         if smtp.as_ref().is_none_or(Smtp::is_broken) {
@@ -127,7 +128,7 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
                 Ok(s) => smtp = Some(s),
                 Err(e) => {
                     log::error!("cannot send {} outbox entr(ies): {e}", claimed.len());
-                    finish(ctx, c, &SendOutcome::Temporary { error: e.detail.clone() }, &policy)?;
+                    ends.push(ctx, c, SendOutcome::Temporary { error: e.detail.clone() }, &policy)?;
                     let kind = match e.kind {
                         ErrorKind::Auth => FailureKind::Auth,
                         ErrorKind::Tls => FailureKind::Tls,
@@ -171,10 +172,17 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
                 smtp = None;
             }
         }
-        finish(ctx, c, &o, &policy)?;
+        ends.push(ctx, c, o, &policy)?;
     }
+    ends.flush(ctx, &policy)?;
     if let Some(s) = smtp {
         s.quit();
+    }
+    // The SUCCESS records above were plain commits: one fsync makes the whole batch durable.
+    if sent > 0
+        && let Err(e) = ctx.store.sync_wal()
+    {
+        log::warn!("cannot sync the store after sending {sent} message(s): {e}");
     }
     append_sent(ctx, &a);
     // A full batch means more may be waiting: go on at once rather than at the next poll.
@@ -189,11 +197,46 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     }
 }
 
-fn finish(ctx: &mut Ctx, c: &Claimed, o: &SendOutcome, p: &SendPolicy) -> Result<(), Failure> {
-    if !ctx.store.outbox_finish(c, o, ctx.clock.now(), p)? {
-        log::warn!("lost the lease of outbox entry {}: its record was left as the lease expiry set it", c.id);
+/// Delivery records waiting for their commit. A commit per message cost as much as the SMTP
+/// transaction itself; the records of up to `GROUP` messages or `GROUP_WAIT` go in one
+/// commit instead. A kill before that commit leaves those entries PROCESSING, and the lease
+/// expiry ends them as ERROR "outcome unknown", never resent, as the delivery record says.
+#[derive(Default)]
+struct Ends<'a> {
+    waiting: Vec<(&'a Claimed, SendOutcome)>,
+    since: Option<Instant>,
+}
+
+const GROUP: usize = 32;
+const GROUP_WAIT: Duration = Duration::from_millis(50);
+
+impl<'a> Ends<'a> {
+    fn push(&mut self, ctx: &mut Ctx, c: &'a Claimed, o: SendOutcome, p: &SendPolicy) -> Result<(), Failure> {
+        // "Outcome unknown" is recorded at once and durably: the one record that must not wait.
+        let now_please = matches!(o, SendOutcome::Unknown { .. });
+        self.waiting.push((c, o));
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if now_please || self.waiting.len() >= GROUP || since.elapsed() >= GROUP_WAIT {
+            self.flush(ctx, p)?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    fn flush(&mut self, ctx: &mut Ctx, p: &SendPolicy) -> Result<(), Failure> {
+        self.since = None;
+        if self.waiting.is_empty() {
+            return Ok(());
+        }
+        let ends: Vec<(&Claimed, &SendOutcome)> = self.waiting.iter().map(|(c, o)| (*c, o)).collect();
+        let held = ctx.store.outbox_finish_many(&ends, ctx.clock.now(), p)?;
+        for ((c, _), held) in ends.iter().zip(held) {
+            if !held {
+                log::warn!("lost the lease of outbox entry {}: its record was left as the lease expiry set it", c.id);
+            }
+        }
+        self.waiting.clear();
+        Ok(())
+    }
 }
 
 /// Appends sent messages to the Sent folder; a failure leaves them pending for the next run

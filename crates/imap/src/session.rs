@@ -320,7 +320,9 @@ impl Session {
         let names = self.inner.list(Some(""), Some("*")).map_err(|e| classify("LIST", e))?;
         let mut out = Vec::new();
         for n in names.iter() {
-            let raw = n.name().to_owned();
+            // imap-proto hands a quoted name back with its escapes; the imap crate escapes it
+            // again when quoting it in a command, so keep the name itself.
+            let raw = unescape_quoted(n.name());
             let display = mutf7::display(&raw);
             let mut special = None;
             let mut selectable = true;
@@ -346,7 +348,7 @@ impl Session {
                 special_use: special.or_else(|| special_by_name(leaf)),
                 name: raw,
                 display_name: display,
-                delimiter: n.delimiter().map(str::to_owned),
+                delimiter: n.delimiter().map(unescape_quoted),
                 selectable,
             });
         }
@@ -677,6 +679,25 @@ pub fn special_by_name(leaf: &str) -> Option<&'static str> {
     table.iter().find(|(_, names)| names.contains(&l.as_str())).map(|(k, _)| *k)
 }
 
+/// Undoes RFC 3501 quoted-string escapes (`\\` and `\"`).
+fn unescape_quoted(s: &str) -> String {
+    if !s.contains('\\') {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match (c, chars.clone().next()) {
+            ('\\', Some(n @ ('\\' | '"'))) => {
+                out.push(n);
+                chars.next();
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -696,5 +717,13 @@ mod tests {
         assert_eq!(special_by_name("Kosz"), Some("trash"));
         assert_eq!(special_by_name("Entwürfe"), Some("drafts"));
         assert_eq!(special_by_name("Projects"), None);
+    }
+
+    #[test]
+    fn quoted_names_lose_their_escapes() {
+        assert_eq!(super::unescape_quoted(r#"it's \"quoted\""#), r#"it's "quoted""#);
+        assert_eq!(super::unescape_quoted(r"a\\b"), r"a\b");
+        assert_eq!(super::unescape_quoted(r"trailing\"), r"trailing\");
+        assert_eq!(super::unescape_quoted("plain/名前"), "plain/名前");
     }
 }

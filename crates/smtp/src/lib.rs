@@ -20,14 +20,27 @@ pub use build::{Draft, build_message, read_eml};
 
 #[cfg(test)]
 mod tests {
-    use super::DotStuffed;
 
     #[test]
     fn dot_stuffing() {
-        assert_eq!(DotStuffed("a\r\n.b\r\n..c\r\n").to_string(), "a\r\n..b\r\n...c\r\n.\r\n");
-        assert_eq!(DotStuffed(".start").to_string(), "..start\r\n.\r\n");
-        assert_eq!(DotStuffed("no newline").to_string(), "no newline\r\n.\r\n");
-        assert_eq!(DotStuffed("x\r\n.").to_string(), "x\r\n..\r\n.\r\n");
+        let d = |s: &[u8]| String::from_utf8(super::data_section(s)).unwrap();
+        assert_eq!(d(b"a\r\n.b\r\n..c\r\n"), "a\r\n..b\r\n...c\r\n.\r\n");
+        assert_eq!(d(b".start"), "..start\r\n.\r\n");
+        assert_eq!(d(b"no newline"), "no newline\r\n.\r\n");
+        assert_eq!(d(b"x\r\n."), "x\r\n..\r\n.\r\n");
+        assert_eq!(d(b""), ".\r\n");
+    }
+
+    #[test]
+    fn bare_line_ends_cannot_end_the_data_early() {
+        let d = |s: &[u8]| String::from_utf8(super::data_section(s)).unwrap();
+        // "\r.\r\n" and "\n.\n" would end the data for some servers: they become CRLF and
+        // the dot is doubled, so the only end is ours.
+        assert_eq!(d(b"a\r.\r\nMAIL FROM:<x@y>\r\n"), "a\r\n..\r\nMAIL FROM:<x@y>\r\n.\r\n");
+        assert_eq!(d(b"a\n.\nb"), "a\r\n..\r\nb\r\n.\r\n");
+        assert_eq!(d(b"a\r\r\nb"), "a\r\n\r\nb\r\n.\r\n");
+        let plain = super::crlf(b"x\n.y\r", false);
+        assert_eq!(plain, b"x\r\n.y\r\n");
     }
 }
 
@@ -113,22 +126,55 @@ pub struct Delivery {
 
 /// A message body as DATA sends it: lines starting with "." doubled (RFC 5321 §4.5.2), CRLF
 /// at the end, then the terminating ".".
-struct DotStuffed<'a>(&'a str);
+/// The DATA section of a message: every line end made CRLF, dot-stuffed, and the final
+/// "." line, ready for one write. A bare CR or LF is turned into CRLF first (RFC 5321
+/// §2.3.8): a "." after a lone CR or LF, passed on as it was, is read as the end of the data
+/// by some servers and lets a message smuggle a second one ("SMTP smuggling").
+fn data_section(raw: &[u8]) -> Vec<u8> {
+    let mut out = crlf(raw, true);
+    out.extend_from_slice(b".\r\n");
+    out
+}
 
-impl std::fmt::Display for DotStuffed<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut at_line_start = true;
-        for line in self.0.split_inclusive('\n') {
-            if at_line_start && line.starts_with('.') {
-                f.write_str(".")?;
+/// `raw` with every line end CRLF and a CRLF at the end; with `stuff`, a "." that starts a
+/// line doubled.
+fn crlf(raw: &[u8], stuff: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 64 + 8);
+    let mut at_line_start = true;
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if stuff && at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        match b {
+            b'\r' | b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                // CRLF is one line end; so are a lone CR and a lone LF.
+                if b == b'\r' && raw.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                at_line_start = true;
             }
-            f.write_str(line)?;
-            at_line_start = line.ends_with('\n');
+            _ => {
+                out.push(b);
+                at_line_start = false;
+            }
         }
-        if !self.0.ends_with("\r\n") {
-            f.write_str(if self.0.ends_with('\r') { "\n" } else { "\r\n" })?;
-        }
-        f.write_str(".\r\n")
+        i += 1;
+    }
+    if !at_line_start {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Bytes written as they are by `SmtpConnection::command` (it takes a `Display`).
+struct Verbatim<'a>(&'a str);
+
+impl std::fmt::Display for Verbatim<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
     }
 }
 
@@ -206,7 +252,9 @@ impl Smtp {
         // again (one round trip per connection) and read the keyword ourselves.
         let pipelining = conn
             .command(Ehlo::new(hello))
-            .map(|r| r.message().any(|l| l.split_whitespace().next().is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))))
+            .map(|r| {
+                r.message().any(|l| l.split_whitespace().next().is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING")))
+            })
             .unwrap_or(false);
         Ok(Smtp { conn, pipelining })
     }
@@ -318,11 +366,14 @@ impl Smtp {
     /// After the server's 354: the message and its terminator, the final answer.
     fn data(&mut self, mut d: Delivery, raw: &[u8]) -> Result<Delivery, Error> {
         // lettre writes a message and its final "." in two writes; on a connection without
-        // TCP_NODELAY the second waits for the server's delayed ACK (40 ms a message). A
-        // UTF-8 message goes out dot-stuffed with its terminator in one write instead.
-        let answer = match std::str::from_utf8(raw) {
-            Ok(text) => self.conn.command(DotStuffed(text)),
-            Err(_) => self.conn.message(raw),
+        // TCP_NODELAY the second waits for the server's delayed ACK (40 ms a message). The
+        // whole DATA section goes out in one write instead.
+        let data = data_section(raw);
+        let answer = match std::str::from_utf8(&data) {
+            Ok(text) => self.conn.command(Verbatim(text)),
+            // 8-bit bytes that are not UTF-8: lettre's own writer, which dot-stuffs again,
+            // so it gets the line-end-normalized message without our stuffing.
+            Err(_) => self.conn.message(&crlf(raw, false)),
         };
         match answer {
             Ok(resp) => {

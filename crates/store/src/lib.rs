@@ -176,7 +176,9 @@ impl Store {
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
         match std::fs::File::open(&wal) {
-            Ok(f) => f.sync_data().map_err(|e| Error::Invalid(format!("cannot sync {}: {e}", Path::new(&wal).display()))),
+            Ok(f) => {
+                f.sync_data().map_err(|e| Error::Invalid(format!("cannot sync {}: {e}", Path::new(&wal).display())))
+            }
             // No WAL file: nothing was written since the last checkpoint removed it.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::Invalid(format!("cannot open {}: {e}", Path::new(&wal).display()))),

@@ -330,9 +330,14 @@ impl Store {
     }
 }
 
-
 /// The fenced update of one claimed entry's delivery record.
-fn finish_one(tx: &rusqlite::Transaction, c: &Claimed, outcome: &SendOutcome, now: i64, p: &SendPolicy) -> Result<bool> {
+fn finish_one(
+    tx: &rusqlite::Transaction,
+    c: &Claimed,
+    outcome: &SendOutcome,
+    now: i64,
+    p: &SendPolicy,
+) -> Result<bool> {
     const FENCED: &str = "WHERE id = ? AND lease_token = ? AND state = 'PROCESSING'";
     let json = |i: &DeliveryInfo| serde_json::to_string(i).unwrap_or_default();
     let n = match outcome {
@@ -358,10 +363,14 @@ fn finish_one(tx: &rusqlite::Transaction, c: &Claimed, outcome: &SendOutcome, no
             ))?
             .execute(params![now, error, json(info), c.id, c.token])?,
         SendOutcome::Unknown { error } => tx
-            .prepare_cached(&format!("UPDATE outbox SET state = 'ERROR', end_time = ?, error = ?, lease_token = NULL {FENCED}"))?
+            .prepare_cached(&format!(
+                "UPDATE outbox SET state = 'ERROR', end_time = ?, error = ?, lease_token = NULL {FENCED}"
+            ))?
             .execute(params![now, format!("delivery outcome unknown: {error}"), c.id, c.token])?,
         SendOutcome::Temporary { error } if now - c.created >= p.max_age => tx
-            .prepare_cached(&format!("UPDATE outbox SET state = 'ERROR', end_time = ?, error = ?, lease_token = NULL {FENCED}"))?
+            .prepare_cached(&format!(
+                "UPDATE outbox SET state = 'ERROR', end_time = ?, error = ?, lease_token = NULL {FENCED}"
+            ))?
             .execute(params![
                 now,
                 format!("gave up after {} attempts over {}s: {error}", c.attempts, now - c.created),

@@ -12,10 +12,11 @@ mod util;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use backproc_testkit::{Fault, FaultProxy, mailgen};
+use backproc_testkit::{Fault, FaultProxy, SinkOptions, SmtpSink, mailgen};
 use faultkit::Rng;
 use faultkit::killloop::kill_loop;
 use faultkit::mutator::{Mutator, plan};
+use faultkit::soak::{figure, size};
 use mailworld::*;
 use util::*;
 
@@ -51,13 +52,8 @@ fn assert_same(w: &MailWorld, folders: &[&str]) {
     assert_eq!(store.integrity_check().unwrap(), "ok");
 }
 
-fn panics(w: &MailWorld) -> Vec<String> {
-    w.home
-        .log("l-threading-error.txt")
-        .lines()
-        .filter(|l| l.to_lowercase().contains("panic"))
-        .map(String::from)
-        .collect()
+fn panics(h: &Home) -> Vec<String> {
+    h.log("l-threading-error.txt").lines().filter(|l| l.to_lowercase().contains("panic")).map(String::from).collect()
 }
 
 fn wait_or_kill(c: &mut std::process::Child, d: Duration) -> Option<std::process::ExitStatus> {
@@ -178,8 +174,180 @@ fn sigkill_at_20_random_points_of_a_1000_message_sync_loses_and_duplicates_nothi
         .collect();
     assert!(new_receives.is_empty(), "{new_receives:?}");
     assert_same(&w, &["INBOX"]);
-    assert!(panics(&w).is_empty(), "{:?}", panics(&w));
+    assert!(panics(&w.home).is_empty(), "{:?}", panics(&w.home));
     eprintln!("sigkill test took {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. SIGKILL at seeded random points while sending (CI: >= 20 kills, 300 messages; soak:
+//    >= 100 kills, 1,000 messages)
+
+#[test]
+fn sigkill_at_random_points_while_sending_loses_nothing_and_sends_nothing_twice() {
+    const SEED: u64 = 0x6b11_2002;
+    let (n, min_kills) = size((300, 20), (1000, 100));
+    let started = Instant::now();
+    let sink = SmtpSink::start(SinkOptions::default()).expect("smtp-sink");
+    // A slow link (10 ms per chunk, both ways) puts a floor under the time each message takes,
+    // so a run killed after 100..1300 ms has sent a few messages at most: kills land before the
+    // claim, between claim and DATA, inside DATA, between the server's 250 and our SUCCESS
+    // commit, and between entries. A faster machine cannot finish in fewer kills.
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", sink.port()).parse().unwrap()).unwrap();
+    proxy.set_fault(Fault::Delay { per_chunk_ms: 10 });
+    let (home, account) = faultkit::outbox::home_with_smtp(faultkit::outbox::SEND_CONFIG, proxy.port());
+    let store = || backproc_store::Store::open(&home.file("data/backproc.sqlite")).expect("open store");
+    let queued = faultkit::outbox::queue(&mut store(), account, SEED, n);
+    let by_mid: BTreeMap<&str, i64> = queued.iter().map(|(id, m)| (m.as_str(), *id)).collect();
+
+    // entry id -> the kill after which it was first seen in PROCESSING
+    let mut caught: BTreeMap<i64, usize> = BTreeMap::new();
+    let mut during = 0usize;
+    let mut sent_after: Vec<usize> = Vec::new();
+    let unsent = || {
+        store()
+            .outbox_records(None, None)
+            .unwrap()
+            .iter()
+            .filter(|r| r.state == "PENDING" || r.state == "RETRY")
+            .count()
+    };
+    let kills = kill_loop(
+        &home,
+        &["run", "--once"],
+        SEED,
+        (100, 1300),
+        min_kills * 8,
+        || unsent() == 0,
+        |i, k| {
+            let store = store();
+            assert_eq!(store.integrity_check().unwrap(), "ok", "integrity after kill {i} ({k:?}), seed {SEED:#x}");
+            let sink = faultkit::outbox::sink_counts(&sink);
+            check_send_invariants(
+                &store.outbox_records(None, None).unwrap(),
+                &sink,
+                &by_mid,
+                &format!("after kill {i}"),
+            );
+            for r in store.outbox_records(None, Some("PROCESSING")).unwrap() {
+                assert!(r.lease_expire_time.is_some(), "PROCESSING without a lease after kill {i}: {r:?}");
+                caught.entry(r.id).or_insert(i);
+            }
+            if k.alive {
+                during += 1;
+            }
+            sent_after.push(sink.values().sum());
+        },
+    );
+    eprintln!(
+        "kills: {} ({during} while running); in the sink after each: {sent_after:?}; delays: {:?}",
+        kills.len(),
+        kills.iter().map(|k| k.delay_ms).collect::<Vec<_>>()
+    );
+    assert!(unsent() == 0, "{} entries still unsent after {} kills (seed {SEED:#x})", unsent(), kills.len());
+    assert!(during >= min_kills, "only {during} kills landed while the engine ran (seed {SEED:#x}): {sent_after:?}");
+    assert!(!caught.is_empty(), "no kill caught an entry in PROCESSING (seed {SEED:#x})");
+
+    // Every kill left its claimed entries PROCESSING; wait until the last lease has passed,
+    // then one uninterrupted run expires them (and sends nothing more).
+    proxy.set_fault(Fault::Pass);
+    let last_lease =
+        store().outbox_records(None, Some("PROCESSING")).unwrap().iter().filter_map(|r| r.lease_expire_time).max();
+    if let Some(t) = last_lease {
+        let wait = (t + 1 - faultkit::outbox::now()).max(0) as u64;
+        std::thread::sleep(Duration::from_secs(wait) + Duration::from_millis(200));
+    }
+    let before_final = faultkit::outbox::sink_counts(&sink);
+    let o = home.run(&["run", "--once"]);
+    assert!(o.status.success(), "final run: {}", stderr(&o));
+    let recs = store().outbox_records(None, None).unwrap();
+    let sink_now = faultkit::outbox::sink_counts(&sink);
+    assert_eq!(before_final, sink_now, "the run that expired the leases sent something");
+    check_send_invariants(&recs, &sink_now, &by_mid, "at the end");
+
+    // 0 lost: every entry is final; SUCCESS only with a real send; ERROR only for an entry a
+    // kill caught in PROCESSING, and only once its lease had expired.
+    let (mut success, mut unknown_sent, mut unknown_unsent) = (0, 0, 0);
+    for r in &recs {
+        let in_sink = sink_now.get(&r.message_id).copied().unwrap_or(0);
+        match r.state.as_str() {
+            "SUCCESS" => success += 1,
+            "ERROR" => {
+                let at = caught.get(&r.id);
+                assert!(at.is_some(), "entry {} is ERROR but no kill caught it in PROCESSING: {r:?}", r.id);
+                let (end, lease) = (r.end_time.unwrap(), r.lease_expire_time.unwrap());
+                assert!(end > lease, "entry {} became ERROR at {end}, before its lease expired at {lease}", r.id);
+                if in_sink == 1 { unknown_sent += 1 } else { unknown_unsent += 1 }
+            }
+            s => panic!("entry {} is {s} at the end (seed {SEED:#x}): {r:?}", r.id),
+        }
+    }
+    for id in caught.keys() {
+        let r = recs.iter().find(|r| r.id == *id).unwrap();
+        assert_eq!(r.state, "ERROR", "entry {id} was caught in PROCESSING but ended {}: {r:?}", r.state);
+    }
+    let duplicated = sink_now.values().filter(|c| **c > 1).count();
+    assert_eq!(success + unknown_sent + unknown_unsent, n);
+    assert_eq!(sink_now.values().sum::<usize>(), success + unknown_sent);
+
+    // ERROR is final: another run sends none of them
+    std::thread::sleep(Duration::from_millis(1100));
+    let o = home.run(&["run", "--once"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(faultkit::outbox::sink_counts(&sink), sink_now, "a final entry was sent again");
+    assert!(panics(&home).is_empty(), "{:?}", panics(&home));
+    figure(
+        "kill-during-send",
+        &[
+            ("kills", during.to_string()),
+            ("messages", n.to_string()),
+            ("success", success.to_string()),
+            ("caught_processing", caught.len().to_string()),
+            ("unknown_in_sink", unknown_sent.to_string()),
+            ("unknown_not_in_sink", unknown_unsent.to_string()),
+            ("lost", "0".into()),
+            ("duplicated", duplicated.to_string()),
+            ("integrity", "ok".into()),
+            ("seed", format!("{SEED:#x}")),
+            ("secs", started.elapsed().as_secs().to_string()),
+        ],
+    );
+}
+
+/// What must hold at every kill point and at the end: integrity aside, every message in the
+/// sink is a queued one and is there at most once (the outbox never sends twice on its own);
+/// every SUCCESS entry really is in the sink (no SUCCESS without a send); an ERROR is only the
+/// lease expiry's "outcome unknown" (smtp-sink refuses nothing).
+fn check_send_invariants(
+    recs: &[backproc_store::outbox::OutboxRecord],
+    sink: &BTreeMap<String, usize>,
+    by_mid: &BTreeMap<&str, i64>,
+    when: &str,
+) {
+    for (mid, c) in sink {
+        assert!(by_mid.contains_key(mid.as_str()), "{when}: the sink got {mid:?}, which was never queued");
+        assert_eq!(*c, 1, "{when}: {mid} is in the sink {c} times");
+    }
+    for r in recs {
+        let in_sink = sink.get(&r.message_id).copied().unwrap_or(0);
+        match r.state.as_str() {
+            "SUCCESS" => {
+                assert_eq!(in_sink, 1, "{when}: entry {} is SUCCESS but not in the sink: {r:?}", r.id);
+                assert_eq!(
+                    r.info.as_ref().map(|i| i.message_id.as_str()),
+                    Some(r.message_id.as_str()),
+                    "{when}: {r:?}"
+                );
+            }
+            "ERROR" => {
+                let e = r.error.as_deref().unwrap_or_default();
+                assert!(e.contains("outcome unknown"), "{when}: entry {} is ERROR for another reason: {r:?}", r.id);
+            }
+            "PENDING" | "RETRY" => {
+                assert_eq!(in_sink, 0, "{when}: entry {} is {} but already in the sink", r.id, r.state)
+            }
+            _ => {}
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -266,7 +434,7 @@ fn cuts_mid_fetch_at_30_random_offsets_never_move_the_watermark_past_stored_or_q
     }
     assert_eq!(w.store().receive_queue_depths().unwrap(), (0, 0, 0), "{}", w.home.log("l-info.log"));
     assert_same(&w, &["INBOX"]);
-    assert!(panics(&w).is_empty(), "{:?}", panics(&w));
+    assert!(panics(&w.home).is_empty(), "{:?}", panics(&w.home));
     eprintln!("cut test took {:?}", started.elapsed());
 }
 
@@ -332,7 +500,7 @@ fn a_mutator_expunging_ten_percent_during_a_full_sync_leaves_no_phantoms() {
         log.expunged.extend(&l.expunged);
         log.flagged.extend(&l.flagged);
         log.appended.extend(l.appended);
-        assert!(panics(&w).is_empty(), "round {round}: {:?}", panics(&w));
+        assert!(panics(&w.home).is_empty(), "round {round}: {:?}", panics(&w.home));
         // 0 phantom rows: every stored row is a message that really had that UID, with its bytes
         let store = w.store();
         assert_eq!(store.integrity_check().unwrap(), "ok");
@@ -367,7 +535,7 @@ fn a_mutator_expunging_ten_percent_during_a_full_sync_leaves_no_phantoms() {
     assert_eq!(server_messages(&mut w.imap(), "Trash").len(), 0, "nothing of ours may go to Trash");
     let info = w.home.log("l-info.log");
     assert!(!info.contains("safety brake"), "{info}");
-    assert!(panics(&w).is_empty(), "{:?}", panics(&w));
+    assert!(panics(&w.home).is_empty(), "{:?}", panics(&w.home));
     eprintln!("mutator test took {:?}", started.elapsed());
 }
 
@@ -424,6 +592,6 @@ fn a_uidvalidity_change_propagates_no_deletion_in_either_direction() {
     assert_eq!(server_messages(&mut w.imap(), "Lists").len(), 40, "{run2}");
     assert_eq!(server_messages(&mut w.imap(), "Trash").len(), 0, "{run2}");
     assert_same(&w, &["Lists"]);
-    assert!(panics(&w).is_empty(), "{:?}", panics(&w));
+    assert!(panics(&w.home).is_empty(), "{:?}", panics(&w.home));
     eprintln!("uidvalidity test took {:?}", started.elapsed());
 }

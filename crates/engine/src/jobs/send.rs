@@ -94,19 +94,21 @@ fn outcome(c: &Claimed, r: Result<backproc_smtp::Delivery, backproc_smtp::Error>
 pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failure> {
     let account = task.account.ok_or_else(|| Failure::new(FailureKind::Other, "send needs an account"))?;
     let policy = policy(ctx.config);
-    let now = ctx.clock.now();
-    let claimed = ctx.store.outbox_claim(
-        account,
-        secondary,
-        now,
-        ctx.config.email_bg_send_lease as i64,
-        ctx.config.email_bg_send_batch as usize,
-    )?;
+    let (lease, batch) = (ctx.config.email_bg_send_lease as i64, ctx.config.email_bg_send_batch as usize);
     let a = ctx.store.account(account)?;
     let mut sent = 0i64;
+    let mut claimed = 0usize;
     let mut smtp: Option<Smtp> = None;
     let mut last_failure: Option<Failure> = None;
-    for c in &claimed {
+    // One entry is claimed at a time, right before it is sent: only an entry that may really
+    // be on its way is PROCESSING, so a kill, a freeze or a commit that fails (disk full)
+    // leaves at most that one to expire as "outcome unknown", never untried ones behind it.
+    while claimed < batch {
+        let Some(c) = ctx.store.outbox_claim(account, secondary, ctx.clock.now(), lease, 1)?.pop() else {
+            break;
+        };
+        claimed += 1;
+        let c = &c;
         let started = Instant::now();
         // A worker frozen past its lease must not send what may now be someone else's.
         if !ctx.store.outbox_holds_lease(c.id, &c.token)? {
@@ -126,7 +128,7 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
             match connected {
                 Ok(s) => smtp = Some(s),
                 Err(e) => {
-                    log::error!("cannot send {} outbox entr(ies): {e}", claimed.len());
+                    log::error!("cannot send outbox entries: {e}");
                     finish(ctx, c, &SendOutcome::Temporary { error: e.detail.clone() }, &policy)?;
                     let kind = match e.kind {
                         ErrorKind::Auth => FailureKind::Auth,
@@ -178,7 +180,7 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     }
     append_sent(ctx, &a);
     // A full batch means more may be waiting: go on at once rather than at the next poll.
-    let follow_up = if claimed.len() >= ctx.config.email_bg_send_batch as usize && last_failure.is_none() {
+    let follow_up = if claimed >= batch && last_failure.is_none() {
         vec![*task]
     } else {
         Vec::new()

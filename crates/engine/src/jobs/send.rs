@@ -180,11 +180,7 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     }
     append_sent(ctx, &a);
     // A full batch means more may be waiting: go on at once rather than at the next poll.
-    let follow_up = if claimed >= batch && last_failure.is_none() {
-        vec![*task]
-    } else {
-        Vec::new()
-    };
+    let follow_up = if claimed >= batch && last_failure.is_none() { vec![*task] } else { Vec::new() };
     match last_failure {
         Some(f) if sent == 0 => Err(f),
         _ => Ok(Report { count: sent, follow_up }),

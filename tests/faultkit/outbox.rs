@@ -30,6 +30,13 @@ pub const LEASE: u64 = 10;
 /// A home with one account whose SMTP server is 127.0.0.1:`smtp_port` (plain); IMAP unused.
 pub fn home_with_smtp(config: &str, smtp_port: u16) -> (Home, i64) {
     let h = Home::with_config(config);
+    let account = add_smtp_account(&h, smtp_port);
+    (h, account)
+}
+
+/// Adds user carol and her account (SMTP on 127.0.0.1:`smtp_port`, plain) to `h`; returns the
+/// account id.
+pub fn add_smtp_account(h: &Home, smtp_port: u16) -> i64 {
     assert!(h.run(&["user", "add", "carol"]).status.success());
     let port = smtp_port.to_string();
     let o = h.run_stdin(
@@ -59,7 +66,7 @@ pub fn home_with_smtp(config: &str, smtp_port: u16) -> (Home, i64) {
         "carol-pw",
     );
     assert!(o.status.success(), "account add: {}", stderr(&o));
-    (h, stdout(&o).trim().parse().expect("account id"))
+    stdout(&o).trim().parse().expect("account id")
 }
 
 /// The Message-ID (without angle brackets) of queued message `i` of run `seed`.

@@ -340,6 +340,30 @@ r1 OK Fetch completed.\r\n";
         }
     }
 
+    /// The fuzz seeds (fuzz/corpus/imap_fetch: a mode byte, a limit byte, then the server's
+    /// bytes) read as raw server answers: no panic, and every body is as long as a `{N}` says.
+    #[test]
+    fn fuzz_seeds_return_announced_literals() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/imap_fetch");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            let stream = data.get(2..).unwrap_or_default();
+            for chunk in [1, 7, 1 << 16] {
+                let mut f = Fake { reply: Cursor::new(stream.to_vec()), sent: vec![], chunk };
+                let mut got = Vec::new();
+                let _ = uid_fetch_bodies(&mut f, "r1", "1:*", 4 << 30, |b| got.push(b));
+                for b in &got {
+                    let announced = format!("{{{}}}", b.raw.len()).into_bytes();
+                    let plus = format!("{{{}+}}", b.raw.len()).into_bytes();
+                    assert!(find(stream, &announced).or(find(stream, &plus)).is_some(), "uid {}", b.uid);
+                }
+            }
+            n += 1;
+        }
+        assert!(n >= 5, "only {n} seeds in {}", dir.display());
+    }
+
     #[test]
     fn literal_sizes() {
         assert_eq!(literal_size(b"BODY[] {12}\r\n"), Some(12));

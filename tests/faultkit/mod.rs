@@ -1,5 +1,6 @@
 //! Fault-injection helpers for the integration tests (issue 11): a seeded kill loop, a
-//! concurrent IMAP "mutator", and a secret scanner.
+//! concurrent IMAP "mutator", a secret scanner, and the CI/soak size switch with its `FIGURE`
+//! summary lines.
 //!
 //! Include with `mod util; mod faultkit;` (the kill loop uses `crate::util::Home`).
 
@@ -7,7 +8,9 @@
 
 pub mod killloop;
 pub mod mutator;
+pub mod outbox;
 pub mod secrets;
 pub mod smtpstub;
+pub mod soak;
 
 pub use backproc_testkit::mailgen::Rng;

@@ -8,7 +8,8 @@ pub mod jobs;
 pub mod logctx;
 pub mod master;
 pub mod metrics;
-mod parse;
+#[doc(hidden)] // public only for the fuzz target (fuzz/fuzz_targets/message_headers.rs)
+pub mod parse;
 pub mod pool;
 mod runner;
 pub mod schedule;

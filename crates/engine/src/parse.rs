@@ -109,6 +109,24 @@ Subject: =?UTF-8?B?0J/RgNC40LLQtdGC?=\r\nMessage-ID: <abc@x>\r\nDate: Sun, 12 Ja
         assert_eq!(message(1, b"Subject: none\r\n\r\nbody".to_vec(), MsgFlags::default(), None).attachments, 0);
     }
 
+    /// The fuzz seeds (fuzz/corpus/message_headers) under the fuzz target's properties.
+    #[test]
+    fn fuzz_seeds_are_kept_raw_with_clipped_fields() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/message_headers");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let raw = std::fs::read(entry.unwrap().path()).unwrap();
+            let m = message(1, raw.clone(), MsgFlags::default(), None);
+            assert_eq!(m.raw, raw);
+            for f in [&m.message_id, &m.subject, &m.from, &m.to, &m.cc].into_iter().flatten() {
+                assert!(f.len() <= MAX_FIELD && !f.contains('\0'), "{f:?}");
+            }
+            assert_eq!(message_id(&raw), m.message_id);
+            n += 1;
+        }
+        assert!(n >= 5, "only {n} seeds in {}", dir.display());
+    }
+
     #[test]
     fn malformed_input_is_kept_raw() {
         let inputs: [&[u8]; 5] = [

@@ -140,6 +140,10 @@ pub struct Scheduler {
     last_interval: HashMap<&'static str, i64>,
     /// The IMAP host of each account (refreshed every tick), for the per-host budget.
     hosts: HashMap<i64, String>,
+    /// Tasks that failed on the store (disk full, I/O error) and when they may run again: such
+    /// a failure could not record a back-off, so the task would stay due and be retried at
+    /// once, forever (and `run --once` would never end).
+    held: HashMap<Task, i64>,
 }
 
 impl Scheduler {
@@ -150,6 +154,7 @@ impl Scheduler {
             listed: HashMap::new(),
             last_interval: HashMap::new(),
             hosts: HashMap::new(),
+            held: HashMap::new(),
         }
     }
 
@@ -272,7 +277,8 @@ impl Scheduler {
                 due.push(Task::new(job, None, None));
             }
         }
-        due.retain(|t| !in_flight.contains_key(t));
+        self.held.retain(|_, until| *until > now);
+        due.retain(|t| !in_flight.contains_key(t) && !self.held.contains_key(t));
         // Urgent first; a stable order otherwise.
         due.sort_by_key(|t| (!t.job.urgent(), *t));
         due.dedup();
@@ -282,7 +288,7 @@ impl Scheduler {
     }
 
     /// Records a finished task; returns follow-up tasks to dispatch at once.
-    pub fn finished(&mut self, store: &mut Store, _config: &Config, o: &Outcome) -> Vec<Task> {
+    pub fn finished(&mut self, store: &mut Store, config: &Config, o: &Outcome) -> Vec<Task> {
         self.extra.remove(&o.task);
         let _scope = crate::logctx::scope(o.task.account, o.task.folder);
         match &o.result {
@@ -312,6 +318,9 @@ impl Scheduler {
                 }
                 if !f.kind.account_level() && f.kind != FailureKind::Cancelled {
                     log::error!("{} failed: {f}", o.task.job.name());
+                }
+                if f.kind == FailureKind::Store {
+                    self.held.insert(o.task, self.clock.now() + config.bg_backoff_base as i64);
                 }
                 Vec::new()
             }

@@ -37,6 +37,10 @@ pub enum FetchError {
 /// more than the engine's own message limit allows; the engine passes its limit).
 const LINE_MAX: usize = 1 << 20;
 
+/// Most a literal's buffer grows ahead of the bytes that have arrived: messages up to this
+/// size are read into one exact allocation, larger ones grow as their bytes come in.
+const PREALLOC_MAX: usize = 1 << 20;
+
 struct Reader<'a, T: Read> {
     inner: &'a mut T,
     buf: Vec<u8>,
@@ -79,17 +83,22 @@ impl<T: Read> Reader<'_, T> {
     }
 
     /// Exactly `n` bytes into `out`.
+    ///
+    /// `n` is what the server announced, not what it sent: the buffer grows at most by
+    /// [`PREALLOC_MAX`] or by what has already arrived, whichever is larger, so a hostile
+    /// `{4000000000}` followed by nothing costs 1 MiB, not 4 GB (found by fuzz/imap_fetch).
     fn exact(&mut self, n: usize, out: &mut Vec<u8>) -> Result<(), FetchError> {
-        out.reserve_exact(n);
+        out.reserve_exact(n.min(PREALLOC_MAX));
         let from_buf = n.min(self.len - self.pos);
         out.extend_from_slice(&self.buf[self.pos..self.pos + from_buf]);
         self.pos += from_buf;
         let mut left = n - from_buf;
-        if left > 0 {
+        while left > 0 {
             let start = out.len();
-            out.resize(start + left, 0);
+            let step = left.min(start.max(PREALLOC_MAX));
+            out.resize(start + step, 0);
             let mut at = start;
-            while left > 0 {
+            while at < start + step {
                 let k = self.inner.read(&mut out[at..])?;
                 if k == 0 {
                     return Err(FetchError::Io(io::Error::new(
@@ -98,8 +107,8 @@ impl<T: Read> Reader<'_, T> {
                     )));
                 }
                 at += k;
-                left -= k;
             }
+            left -= step;
         }
         Ok(())
     }
@@ -295,6 +304,64 @@ r1 OK Fetch completed.\r\n";
             let e = r.expect_err(want).to_string().to_lowercase();
             assert!(e.contains(want), "{e}");
         }
+    }
+
+    /// fuzz/imap_fetch found this: `{N}` reserved and zeroed N bytes before any arrived, so
+    /// one line from a hostile server cost up to EMAIL_BG_MAX_MESSAGE_SIZE (4 GB) of memory.
+    #[test]
+    fn an_announced_literal_is_not_allocated_before_its_bytes_arrive() {
+        let mut conn = Cursor::new(b"abc".to_vec());
+        let mut r = Reader { inner: &mut conn, buf: vec![0; 16], pos: 0, len: 0 };
+        let mut out = Vec::new();
+        let e = r.exact(64 << 20, &mut out).expect_err("only 3 of 64 MiB arrived");
+        assert!(e.to_string().contains("inside a literal"), "{e}");
+        assert!(out.capacity() <= 2 * PREALLOC_MAX, "{} bytes reserved for 3 received", out.capacity());
+
+        // the same through the whole reader, with the engine's largest message limit
+        let mut f =
+            Fake { reply: Cursor::new(b"* 1 FETCH (UID 1 BODY[] {999999999}\r\nabc".to_vec()), sent: vec![], chunk: 2 };
+        let r = uid_fetch_bodies(&mut f, "r1", "1", 4 << 30, |_| panic!("no message is complete"));
+        assert!(r.expect_err("truncated").to_string().contains("connection"));
+    }
+
+    /// A literal larger than the pre-allocation arrives whole and exact through the growth steps.
+    #[test]
+    fn literals_larger_than_the_preallocation_are_exact() {
+        let body: Vec<u8> = (0..3 * PREALLOC_MAX + 17).map(|i| (i % 251) as u8).collect();
+        let mut reply = format!("* 1 FETCH (UID 5 BODY[] {{{}}}\r\n", body.len()).into_bytes();
+        reply.extend_from_slice(&body);
+        reply.extend_from_slice(b")\r\nr1 OK done\r\n");
+        for chunk in [4096, 1 << 20] {
+            let mut f = Fake { reply: Cursor::new(reply.clone()), sent: vec![], chunk };
+            let mut got = Vec::new();
+            uid_fetch_bodies(&mut f, "r1", "5", 4 << 30, |b| got.push(b)).unwrap();
+            assert_eq!(got.len(), 1);
+            assert!(got[0].raw == body, "chunk {chunk}: {} bytes back", got[0].raw.len());
+        }
+    }
+
+    /// The fuzz seeds (fuzz/corpus/imap_fetch: a mode byte, a limit byte, then the server's
+    /// bytes) read as raw server answers: no panic, and every body is as long as a `{N}` says.
+    #[test]
+    fn fuzz_seeds_return_announced_literals() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/imap_fetch");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            let stream = data.get(2..).unwrap_or_default();
+            for chunk in [1, 7, 1 << 16] {
+                let mut f = Fake { reply: Cursor::new(stream.to_vec()), sent: vec![], chunk };
+                let mut got = Vec::new();
+                let _ = uid_fetch_bodies(&mut f, "r1", "1:*", 4 << 30, |b| got.push(b));
+                for b in &got {
+                    let announced = format!("{{{}}}", b.raw.len()).into_bytes();
+                    let plus = format!("{{{}+}}", b.raw.len()).into_bytes();
+                    assert!(find(stream, &announced).or(find(stream, &plus)).is_some(), "uid {}", b.uid);
+                }
+            }
+            n += 1;
+        }
+        assert!(n >= 5, "only {n} seeds in {}", dir.display());
     }
 
     #[test]

@@ -130,6 +130,24 @@ mod tests {
         }
     }
 
+    /// The fuzz seeds (fuzz/corpus/mutf7) under the fuzz target's round-trip properties.
+    #[test]
+    fn fuzz_seeds_round_trip() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/mutf7");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            let text = String::from_utf8_lossy(&data);
+            assert_eq!(decode(&encode(&text)).as_deref(), Some(&*text));
+            // adjacent shifted runs (`-&`) are the one accepted non-canonical form
+            if let (Some(s), false) = (decode(&text), text.contains("-&")) {
+                assert_eq!(encode(&s), text);
+            }
+            n += 1;
+        }
+        assert!(n >= 10, "only {n} seeds in {}", dir.display());
+    }
+
     #[test]
     fn roundtrip_many() {
         let mut x: u32 = 12345;

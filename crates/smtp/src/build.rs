@@ -32,11 +32,23 @@ fn mailbox(what: &str, s: &str) -> Result<Mailbox, Error> {
     s.parse().map_err(|e| bad(format!("invalid {what} address {s:?}: {e}")))
 }
 
+/// Longest ASCII word of a subject (a header line holds 998 characters, "Subject: " included).
+const MAX_SUBJECT_WORD: usize = 900;
+
 /// Builds the message (the Bcc header is left out; Bcc recipients are in the envelope).
 /// Returns the raw bytes and the envelope recipients.
 pub fn build_message(d: &Draft) -> Result<(Vec<u8>, Vec<String>), Error> {
     if d.subject.contains(['\r', '\n']) {
         return Err(bad("the subject must be one line".into()));
+    }
+    // lettre folds a header only at spaces and encodes only non-ASCII text, so a longer ASCII
+    // word would make a line over RFC 5322's 998 characters, which servers refuse at the end of
+    // DATA ("500 Line too long"): refuse it here, when it is queued.
+    if let Some(w) = d.subject.split([' ', '\t']).find(|w| w.is_ascii() && w.len() > MAX_SUBJECT_WORD) {
+        return Err(bad(format!(
+            "the subject has a word of {} characters without a space; at most {MAX_SUBJECT_WORD} fit in a header line",
+            w.len()
+        )));
     }
     if d.to.is_empty() && d.cc.is_empty() && d.bcc.is_empty() {
         return Err(bad("a message needs at least one recipient".into()));
@@ -160,6 +172,12 @@ mod tests {
         assert!(build_message(&d).is_err());
         let d = Draft { to: vec!["b@x.test".into()], subject: "s\r\nBcc: evil@x.test".into(), ..d };
         assert!(build_message(&d).is_err());
+        // a word too long to fit a header line is refused; long subjects with spaces fold
+        let d = Draft { subject: "b".repeat(901), ..d };
+        assert!(build_message(&d).unwrap_err().to_string().contains("word of 901 characters"));
+        let d = Draft { subject: "word ".repeat(2000), ..d };
+        let (raw, _) = build_message(&d).unwrap();
+        assert!(raw.split(|&b| b == b'\n').all(|l| l.len() <= 998));
     }
 
     #[test]

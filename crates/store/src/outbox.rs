@@ -6,11 +6,12 @@
 //! PENDING or RETRY sends an entry again; SUCCESS and ERROR are final otherwise.
 //!
 //! Invariants: every write after a claim is fenced by the claim's lease token and must change
-//! exactly one row, so a worker that lost its lease cannot overwrite the final state; the
-//! claim is durable before anything is sent, so no crash or power cut can bring a claimed
-//! entry back to PENDING (a resend): a SUCCESS lost with the last commits of a power cut
-//! leaves the entry PROCESSING, and the lease expiry makes it ERROR "outcome unknown". The
-//! sender makes a batch's SUCCESS records durable together (`Store::sync_wal`).
+//! exactly one row, so a worker that lost its lease cannot overwrite the final state.
+//! Claims and records are plain WAL commits: a killed process loses none of them, and an
+//! entry it left PROCESSING ends as ERROR "outcome unknown" at its lease expiry, never sent
+//! again. The sender makes a batch durable with one `Store::sync_wal`; a power cut before it
+//! may lose the last claims, and those entries are sent again, with the same Message-ID (a
+//! power cut costs at most a batch of duplicates, never a lost message).
 
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
@@ -163,11 +164,7 @@ impl Store {
         lease: i64,
         limit: usize,
     ) -> Result<Vec<Claimed>> {
-        // Durable before anything is sent: were the claim lost in a power cut after a 250,
-        // the entry would be PENDING again and sent twice. A durable claim makes a lost
-        // SUCCESS end as PROCESSING → "outcome unknown" instead, which is never resent, so
-        // SUCCESS itself may be a cheap commit made durable per batch (`sync_wal`).
-        self.durable_write(|tx| {
+        self.write(|tx| {
             let mut st = tx.prepare_cached(
                 "SELECT id, message_id, mail_from, recipients, raw, attempts, created FROM outbox
                  WHERE account_id = ? AND state IN ('PENDING','RETRY') AND secondary = ? AND next_attempt <= ?

@@ -6,6 +6,7 @@
 //! instead of skipping.
 
 mod dovecot;
+pub mod hostile;
 pub mod mailgen;
 mod proc;
 mod proxy;

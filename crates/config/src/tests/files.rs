@@ -240,3 +240,26 @@ fn the_table_is_consistent() {
     assert_eq!(Config::default().email_bg_lo_folders_sync_start.to_string(), "20:00");
     assert_eq!(Config::default().backproc_pid_location, "pid");
 }
+
+/// The fuzz seeds (fuzz/corpus/config_inc) under the fuzz target's properties, so the stable
+/// suite keeps them working: every diagnostic names an existing line, on one line of output.
+#[test]
+fn fuzz_seeds_keep_their_properties() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/config_inc");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        let lines = data.iter().filter(|&&b| b == b'\n').count() + 1;
+        let diags = match parse(&data, "config.inc") {
+            Ok(l) => l.warnings,
+            Err(e) => e.errors,
+        };
+        for d in diags {
+            assert!((1..=lines).contains(&d.line), "{}: {d}", path.display());
+            assert!(!d.message.contains(['\n', '\r']), "{}: {:?}", path.display(), d.message);
+        }
+        n += 1;
+    }
+    assert!(n >= 5, "only {n} seeds in {}", dir.display());
+}

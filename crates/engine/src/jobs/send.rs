@@ -94,26 +94,22 @@ fn outcome(c: &Claimed, r: Result<backproc_smtp::Delivery, backproc_smtp::Error>
 pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failure> {
     let account = task.account.ok_or_else(|| Failure::new(FailureKind::Other, "send needs an account"))?;
     let policy = policy(ctx.config);
-    let now = ctx.clock.now();
-    let claimed = ctx.store.outbox_claim(
-        account,
-        secondary,
-        now,
-        ctx.config.email_bg_send_lease as i64,
-        ctx.config.email_bg_send_batch as usize,
-    )?;
+    let (lease, batch) = (ctx.config.email_bg_send_lease as i64, ctx.config.email_bg_send_batch as usize);
     let a = ctx.store.account(account)?;
     let mut sent = 0i64;
+    let mut claimed = 0usize;
     let mut smtp: Option<Smtp> = None;
     let mut last_failure: Option<Failure> = None;
     let mut ends = Ends::default();
-    for c in &claimed {
+    // One entry is claimed at a time, right before it is sent: only an entry that may really
+    // be on its way is PROCESSING, so a kill, a freeze or a commit that fails (disk full)
+    // leaves no untried entry behind to expire as "outcome unknown".
+    while claimed < batch {
+        let Some(c) = ctx.store.outbox_claim(account, secondary, ctx.clock.now(), lease, 1)?.pop() else {
+            break;
+        };
+        claimed += 1;
         let started = Instant::now();
-        // A worker frozen past its lease must not send what may now be someone else's.
-        if !ctx.store.outbox_holds_lease(c.id, &c.token)? {
-            log::warn!("lost the lease of outbox entry {} before sending; not sent", c.id);
-            continue;
-        }
         if let Some(f) = &last_failure {
             // The server could not be reached for an earlier entry of this batch: do not
             // hammer it, the rest waits for the same back-off.
@@ -127,7 +123,7 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
             match connected {
                 Ok(s) => smtp = Some(s),
                 Err(e) => {
-                    log::error!("cannot send {} outbox entr(ies): {e}", claimed.len());
+                    log::error!("cannot send outbox entries: {e}");
                     ends.push(ctx, c, SendOutcome::Temporary { error: e.detail.clone() }, &policy)?;
                     let kind = match e.kind {
                         ErrorKind::Auth => FailureKind::Auth,
@@ -140,7 +136,7 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
             }
         }
         let s = smtp.as_mut().expect("connected above");
-        let o = outcome(c, s.send(&c.mail_from, &c.recipients, &c.raw));
+        let o = outcome(&c, s.send(&c.mail_from, &c.recipients, &c.raw));
         match &o {
             SendOutcome::Success { info } => {
                 sent += 1;
@@ -186,11 +182,7 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     }
     append_sent(ctx, &a);
     // A full batch means more may be waiting: go on at once rather than at the next poll.
-    let follow_up = if claimed.len() >= ctx.config.email_bg_send_batch as usize && last_failure.is_none() {
-        vec![*task]
-    } else {
-        Vec::new()
-    };
+    let follow_up = if claimed >= batch && last_failure.is_none() { vec![*task] } else { Vec::new() };
     match last_failure {
         Some(f) if sent == 0 => Err(f),
         _ => Ok(Report { count: sent, follow_up }),
@@ -202,16 +194,16 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
 /// commit instead. A kill before that commit leaves those entries PROCESSING, and the lease
 /// expiry ends them as ERROR "outcome unknown", never resent, as the delivery record says.
 #[derive(Default)]
-struct Ends<'a> {
-    waiting: Vec<(&'a Claimed, SendOutcome)>,
+struct Ends {
+    waiting: Vec<(Claimed, SendOutcome)>,
     since: Option<Instant>,
 }
 
 const GROUP: usize = 32;
 const GROUP_WAIT: Duration = Duration::from_millis(50);
 
-impl<'a> Ends<'a> {
-    fn push(&mut self, ctx: &mut Ctx, c: &'a Claimed, o: SendOutcome, p: &SendPolicy) -> Result<(), Failure> {
+impl Ends {
+    fn push(&mut self, ctx: &mut Ctx, c: Claimed, o: SendOutcome, p: &SendPolicy) -> Result<(), Failure> {
         // "Outcome unknown" is recorded at once and durably: the one record that must not wait.
         let now_please = matches!(o, SendOutcome::Unknown { .. });
         self.waiting.push((c, o));
@@ -227,7 +219,7 @@ impl<'a> Ends<'a> {
         if self.waiting.is_empty() {
             return Ok(());
         }
-        let ends: Vec<(&Claimed, &SendOutcome)> = self.waiting.iter().map(|(c, o)| (*c, o)).collect();
+        let ends: Vec<(&Claimed, &SendOutcome)> = self.waiting.iter().map(|(c, o)| (c, o)).collect();
         let held = ctx.store.outbox_finish_many(&ends, ctx.clock.now(), p)?;
         for ((c, _), held) in ends.iter().zip(held) {
             if !held {

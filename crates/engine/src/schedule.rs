@@ -319,7 +319,12 @@ impl Scheduler {
                 if !f.kind.account_level() && f.kind != FailureKind::Cancelled {
                     log::error!("{} failed: {f}", o.task.job.name());
                 }
-                if f.kind == FailureKind::Store {
+                // A task that failed waits the back-off base before it is due again: the
+                // account's back-off covers connection and login trouble, but a failure of
+                // one folder (a server NO or an unparsable answer about it) or of the store
+                // (disk full) would otherwise come back every tick, and `run --once` would
+                // never see "nothing due".
+                if f.kind != FailureKind::Cancelled {
                     self.held.insert(o.task, self.clock.now() + config.bg_backoff_base as i64);
                 }
                 Vec::new()

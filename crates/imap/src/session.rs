@@ -362,7 +362,14 @@ impl Session {
         } else {
             "(MESSAGES UIDNEXT UIDVALIDITY)"
         };
-        let mb = self.inner.status(name, items).map_err(|e| classify("STATUS", e))?;
+        let mb = match self.inner.status(name, items) {
+            Ok(mb) => mb,
+            // The imap crate matches the answer's mailbox name against ours as written, so a
+            // name with `"` or `\` (escaped on the wire) is never found: EXAMINE tells the
+            // same, at the cost of selecting the folder.
+            Err(imap::Error::MissingStatusResponse) if name.contains(['"', '\\']) => return self.open(name, false),
+            Err(e) => return Err(classify("STATUS", e)),
+        };
         Ok(ServerStatus {
             uidvalidity: mb.uid_validity.unwrap_or(0),
             uidnext: mb.uid_next.unwrap_or(0),

@@ -469,7 +469,10 @@ impl Store {
                  VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
                  ON CONFLICT (folder_id, uid) DO NOTHING",
             )?;
-            let mut body = tx.prepare_cached("INSERT INTO message_bodies (message_id, raw) VALUES (?, ?)")?;
+            // The body goes in as a zeroblob and is then written through the incremental blob
+            // API: bound as a parameter, SQLite would copy it twice (binding, then the record),
+            // three times a message's size in memory for a 50 MB message.
+            let mut body = tx.prepare_cached("INSERT INTO message_bodies (message_id, raw) VALUES (?, zeroblob(?))")?;
             let mut deq = tx.prepare_cached("DELETE FROM receive_queue WHERE folder_id = ? AND uid = ?")?;
             let mut stored = 0;
             for m in msgs {
@@ -492,7 +495,10 @@ impl Store {
                     m.attachments
                 ])?;
                 if n == 1 {
-                    body.execute(params![tx.last_insert_rowid(), m.raw])?;
+                    let id = tx.last_insert_rowid();
+                    body.execute(params![id, m.raw.len() as i64])?;
+                    let mut blob = tx.blob_open(rusqlite::DatabaseName::Main, "message_bodies", "raw", id, false)?;
+                    blob.write_at(&m.raw, 0)?;
                     stored += 1;
                 }
                 deq.execute(params![folder_id, m.uid])?;

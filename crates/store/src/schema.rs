@@ -144,6 +144,8 @@ CREATE TABLE outbox (
     parent_id         INTEGER REFERENCES outbox(id) -- retry of a parent's temporarily refused recipients
 );
 CREATE INDEX outbox_due ON outbox(state, secondary, next_attempt);
+-- a sender claims an account's oldest due entry: walk its due entries in id order, never sort
+CREATE INDEX outbox_claim ON outbox(account_id, secondary, id) WHERE state IN ('PENDING','RETRY');
 
 -- every background process's Started/Finished/error records (DESIGN.md §6)
 CREATE TABLE history (

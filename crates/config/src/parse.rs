@@ -162,7 +162,9 @@ impl Parser<'_> {
             .filter(|(d, _)| *d <= 2)
             .min_by_key(|(d, _)| *d);
         if let Some((_, intended)) = best {
-            self.warn(line, format!("unknown constant {name}, did you mean {intended}?"));
+            // The name is any string literal, and a newline in it would split the warning
+            // over two lines of `config check` (found by fuzz/config_inc): escape controls.
+            self.warn(line, format!("unknown constant {}, did you mean {intended}?", name.escape_debug()));
         }
     }
 

@@ -41,6 +41,15 @@ fn misspellings_warn_with_the_intended_name() {
     assert_eq!(l.config.bg_max_threads, 14);
 }
 
+/// fuzz/config_inc found this: a near-miss name with a newline in it split its warning over
+/// two lines of output; the name is now shown escaped.
+#[test]
+fn a_misspelled_name_with_a_newline_warns_on_one_line() {
+    let l = parse(b"<?php\ndefine('BG_MAX_T\nHREADS', 3);", "config.inc").unwrap();
+    let w: Vec<String> = l.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(w, ["config.inc:2: unknown constant BG_MAX_T\\nHREADS, did you mean BG_MAX_THREADS?"]);
+}
+
 #[test]
 fn a_realistic_application_config() {
     let text = r#"<?php

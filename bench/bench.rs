@@ -95,6 +95,7 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("raw-fetch") => return raw::main(&args[1..]),
         Some("sched-scale") => return sched::main(&args[1..]),
+        Some("serve") => return serve(&args[1..]),
         _ => {}
     }
     let o = Opts::parse(&args);
@@ -107,6 +108,22 @@ fn main() -> anyhow::Result<()> {
         clean(&o.shm);
     }
     result
+}
+
+/// `bench serve N`: a private Dovecot with the bench's mailbox of N messages, a backproc home
+/// synced from it (in the current directory's `serve-home`), for profiling one step by hand;
+/// prints the port and the home, and stops when stdin closes.
+fn serve(args: &[String]) -> anyhow::Result<()> {
+    let n = args.first().and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let dovecot = Dovecot::start()?;
+    dovecot.add_user(LOGIN, PASSWORD)?;
+    load_mailbox(&dovecot, n)?;
+    let home = std::env::current_dir()?.join("serve-home");
+    tools::new_home(&home, &tools::sync_config(), dovecot.imap_port(), None, 1);
+    println!("port {} home {}", dovecot.imap_port(), home.display());
+    let mut line = String::new();
+    while std::io::stdin().read_line(&mut line)? > 0 {}
+    Ok(())
 }
 
 fn say(msg: &str) {

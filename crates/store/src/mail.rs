@@ -279,6 +279,17 @@ impl Store {
     }
 
     /// Stored messages (with a current UID) and queued UIDs of a folder.
+    /// What a sync needs to know before it reads any row: messages the store believes the
+    /// server has, queued downloads, and whether a local flag change waits to be pushed.
+    pub fn folder_sync_summary(&self, folder_id: i64) -> Result<SyncSummary> {
+        Ok(self.conn().prepare_cached(
+            "SELECT (SELECT COUNT(*) FROM messages WHERE folder_id = ?1 AND uid > 0 AND server_deleted IS NULL),
+                    (SELECT COUNT(*) FROM receive_queue WHERE folder_id = ?1),
+                    EXISTS (SELECT 1 FROM messages WHERE folder_id = ?1 AND flags_changed IS NOT NULL)",
+        )?
+        .query_row([folder_id], |r| Ok(SyncSummary { present: r.get(0)?, queued: r.get(1)?, local_pending: r.get(2)? }))?)
+    }
+
     pub fn folder_sync_rows(&self, folder_id: i64) -> Result<(Vec<MsgSyncRow>, Vec<i64>)> {
         let mut st = self.conn().prepare_cached(
             "SELECT uid, seen, answered, flagged, draft, deleted, flags_changed, server_deleted IS NOT NULL
@@ -590,6 +601,14 @@ impl Store {
             |r| r.get(0),
         )?)
     }
+}
+
+/// See `Store::folder_sync_summary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SyncSummary {
+    pub present: i64,
+    pub queued: i64,
+    pub local_pending: bool,
 }
 
 /// One row of the scheduler's view: a folder with what decides when it syncs.

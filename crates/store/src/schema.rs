@@ -97,6 +97,8 @@ CREATE TABLE messages (
     UNIQUE (folder_id, uid)
 );
 CREATE INDEX messages_message_id ON messages(message_id);
+-- a sync asks whether a local flag change waits before reading any row
+CREATE INDEX messages_flags_pending ON messages(folder_id) WHERE flags_changed IS NOT NULL;
 CREATE INDEX messages_deletion_work ON messages(folder_id)
     WHERE deletion_synced IS NULL AND (local_deleted IS NOT NULL OR server_deleted IS NOT NULL OR move_to IS NOT NULL);
 

@@ -59,7 +59,7 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
     if folder.gone {
         return Ok(Report::default());
     }
-    let (rows, queued) = ctx.store.folder_sync_rows(folder_id)?;
+    let summary = ctx.store.folder_sync_summary(folder_id)?;
     let local = LocalFolder {
         uidvalidity: folder.uidvalidity.map(|v| v as u32),
         last_seen_uid: folder.last_seen_uid as u32,
@@ -67,24 +67,32 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
         last_full_sync: folder.last_full_sync,
     };
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
+    let status = match session.status(&folder.name) {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.sessions.discard(account);
+            return Err(failure_from_imap(e));
+        }
+    };
+    let reset = local.uidvalidity.is_some_and(|v| v != status.uidvalidity);
+    let has_new = status.uidnext == 0 || status.uidnext > local.last_seen_uid + 1;
+    // With CONDSTORE an unchanged HIGHESTMODSEQ and message count mean no flag change and no
+    // expunge: the no-change full sync costs one STATUS (and no read of the folder's rows).
+    let flags_unchanged = session.caps.condstore
+        && local.highest_modseq.is_some()
+        && status.highest_modseq == local.highest_modseq
+        && status.exists as i64 == summary.present + summary.queued;
+    // Pending local flag changes need the flag pass even when the server changed nothing.
+    let want_flags = !reset && full && (!flags_unchanged || summary.local_pending) && local.last_seen_uid > 0;
+    // Only the flag pass compares the folder message by message.
+    let (rows, queued) = if want_flags { ctx.store.folder_sync_rows(folder_id)? } else { Default::default() };
+    let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
     let result = (|| -> Result<(ServerView, Vec<Change>, Vec<u32>), backproc_imap::Error> {
-        let status = session.status(&folder.name)?;
         let mut view = ServerView { status, new: Vec::new(), full: None };
-        if local.uidvalidity.is_some_and(|v| v != status.uidvalidity) {
+        if reset {
             let changes = plan(&local, &[], &[], &view);
             return Ok((view, changes, Vec::new()));
         }
-        let has_new = status.uidnext == 0 || status.uidnext > local.last_seen_uid + 1;
-        let known_on_server = rows.iter().filter(|r| !r.server_deleted).count() as u32 + queued.len() as u32;
-        // With CONDSTORE an unchanged HIGHESTMODSEQ and message count mean no flag change
-        // and no expunge: the no-change full sync costs one STATUS.
-        let flags_unchanged = session.caps.condstore
-            && local.highest_modseq.is_some()
-            && status.highest_modseq == local.highest_modseq
-            && status.exists == known_on_server;
-        // Pending local flag changes need the flag pass even when the server changed nothing.
-        let local_pending = rows.iter().any(|r| r.flags_changed.is_some());
-        let want_flags = full && (!flags_unchanged || local_pending) && local.last_seen_uid > 0;
         if has_new || want_flags {
             session.ensure_open(&folder.name, false)?;
         }
@@ -165,7 +173,7 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
     ctx.store.apply_sync(folder_id, &apply, now)?;
     log::info!("found {found} new messages in {}s", started.elapsed().as_secs());
     let mut follow_up = Vec::new();
-    if found > 0 || !queued.is_empty() {
+    if found > 0 || summary.queued > 0 {
         follow_up.push(Task::new(Job::Receive, Some(account), Some(folder_id)));
     }
     if vanished {

@@ -97,17 +97,16 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     let (lease, batch) = (ctx.config.email_bg_send_lease as i64, ctx.config.email_bg_send_batch as usize);
     let a = ctx.store.account(account)?;
     let mut sent = 0i64;
-    let mut claimed = 0usize;
     let mut smtp: Option<Smtp> = None;
     let mut last_failure: Option<Failure> = None;
     // One entry is claimed at a time, right before it is sent: only an entry that may really
     // be on its way is PROCESSING, so a kill, a freeze or a commit that fails (disk full)
     // leaves at most that one to expire as "outcome unknown", never untried ones behind it.
-    while claimed < batch {
-        let Some(c) = ctx.store.outbox_claim(account, secondary, ctx.clock.now(), lease, 1)?.pop() else {
-            break;
+    let due = ctx.store.outbox_due_ids(account, secondary, ctx.clock.now(), batch)?;
+    for &id in &due {
+        let Some(c) = ctx.store.outbox_claim_one(id, secondary, ctx.clock.now(), lease)? else {
+            continue; // claimed by another worker meanwhile
         };
-        claimed += 1;
         let c = &c;
         let started = Instant::now();
         // A worker frozen past its lease must not send what may now be someone else's.
@@ -180,7 +179,7 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     }
     append_sent(ctx, &a);
     // A full batch means more may be waiting: go on at once rather than at the next poll.
-    let follow_up = if claimed >= batch && last_failure.is_none() { vec![*task] } else { Vec::new() };
+    let follow_up = if due.len() >= batch && last_failure.is_none() { vec![*task] } else { Vec::new() };
     match last_failure {
         Some(f) if sent == 0 => Err(f),
         _ => Ok(Report { count: sent, follow_up }),

@@ -282,12 +282,16 @@ impl Store {
     /// What a sync needs to know before it reads any row: messages the store believes the
     /// server has, queued downloads, and whether a local flag change waits to be pushed.
     pub fn folder_sync_summary(&self, folder_id: i64) -> Result<SyncSummary> {
-        Ok(self.conn().prepare_cached(
-            "SELECT (SELECT COUNT(*) FROM messages WHERE folder_id = ?1 AND uid > 0 AND server_deleted IS NULL),
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "SELECT (SELECT COUNT(*) FROM messages WHERE folder_id = ?1 AND uid > 0 AND server_deleted IS NULL),
                     (SELECT COUNT(*) FROM receive_queue WHERE folder_id = ?1),
                     EXISTS (SELECT 1 FROM messages WHERE folder_id = ?1 AND flags_changed IS NOT NULL)",
-        )?
-        .query_row([folder_id], |r| Ok(SyncSummary { present: r.get(0)?, queued: r.get(1)?, local_pending: r.get(2)? }))?)
+            )?
+            .query_row([folder_id], |r| {
+                Ok(SyncSummary { present: r.get(0)?, queued: r.get(1)?, local_pending: r.get(2)? })
+            })?)
     }
 
     pub fn folder_sync_rows(&self, folder_id: i64) -> Result<(Vec<MsgSyncRow>, Vec<i64>)> {

@@ -199,29 +199,66 @@ impl Store {
         })
     }
 
+    /// Ids of up to `limit` due entries of an account, oldest first; nothing is claimed. With
+    /// `outbox_claim_one`, a sender claims each entry only right before sending it.
+    pub fn outbox_due_ids(&self, account_id: i64, secondary: bool, now: i64, limit: usize) -> Result<Vec<i64>> {
+        // only the ids are sorted: sorting whole rows (raw included) for every single claim
+        // made sending one entry at a time twice as slow
+        let mut st = self.conn().prepare_cached(
+            "SELECT id FROM outbox
+             WHERE account_id = ? AND state IN ('PENDING','RETRY') AND secondary = ? AND next_attempt <= ?
+             ORDER BY id LIMIT ?",
+        )?;
+        let v = st
+            .query_map(params![account_id, secondary, now, limit as i64], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
+    /// Claims entry `id` as `outbox_claim` does, if it is still due in that lane; `None` when
+    /// it is not (another worker claimed it, or it was changed meanwhile).
+    pub fn outbox_claim_one(&mut self, id: i64, secondary: bool, now: i64, lease: i64) -> Result<Option<Claimed>> {
+        self.write(|tx| claim_one(tx, id, secondary, now, lease))
+    }
+
+    /// One step of a sender: records the ends of entries already sent and claims the next
+    /// entry, in one transaction (durable when an "outcome unknown" is among the ends).
+    pub fn outbox_step(
+        &mut self,
+        ends: &[(&Claimed, &SendOutcome)],
+        now: i64,
+        p: &SendPolicy,
+        claim: Option<(i64, bool, i64)>,
+    ) -> Result<(Vec<bool>, Option<Claimed>)> {
+        let step = |tx: &rusqlite::Transaction| {
+            let held = ends.iter().map(|(c, o)| finish_one(tx, c, o, now, p)).collect::<Result<Vec<bool>>>()?;
+            let claimed = match claim {
+                Some((id, secondary, lease)) => claim_one(tx, id, secondary, now, lease)?,
+                None => None,
+            };
+            Ok((held, claimed))
+        };
+        if ends.iter().any(|(_, o)| matches!(o, SendOutcome::Unknown { .. })) {
+            self.durable_write(step)
+        } else {
+            self.write(step)
+        }
+    }
+
     /// Records how a claimed send ended. Returns false when the lease was lost (another
     /// worker or the lease expiry owns the entry now): nothing was changed.
     pub fn outbox_finish(&mut self, c: &Claimed, outcome: &SendOutcome, now: i64, p: &SendPolicy) -> Result<bool> {
         Ok(self.outbox_finish_many(&[(c, outcome)], now, p)?[0])
     }
 
-    /// Records several ends in one transaction (a sender's group commit); an "outcome
-    /// unknown" among them makes the commit durable at once. One bool per entry, as
-    /// `outbox_finish`.
+    /// Records several ends in one transaction; one bool per entry, as `outbox_finish`.
     pub fn outbox_finish_many(
         &mut self,
         ends: &[(&Claimed, &SendOutcome)],
         now: i64,
         p: &SendPolicy,
     ) -> Result<Vec<bool>> {
-        let record = |tx: &rusqlite::Transaction| {
-            ends.iter().map(|(c, o)| finish_one(tx, c, o, now, p)).collect::<Result<Vec<bool>>>()
-        };
-        if ends.iter().any(|(_, o)| matches!(o, SendOutcome::Unknown { .. })) {
-            self.durable_write(record)
-        } else {
-            self.write(record)
-        }
+        Ok(self.outbox_step(ends, now, p, None)?.0)
     }
 
     pub fn outbox_record(&self, id: i64) -> Result<OutboxRecord> {
@@ -327,6 +364,39 @@ impl Store {
     }
 }
 
+/// Claims one due entry by id (see `Store::outbox_claim_one`).
+fn claim_one(tx: &rusqlite::Transaction, id: i64, secondary: bool, now: i64, lease: i64) -> Result<Option<Claimed>> {
+    let row: Option<(i64, String, String, String, Vec<u8>, i64, i64)> = tx
+        .prepare_cached(
+            "SELECT account_id, message_id, mail_from, recipients, raw, attempts, created FROM outbox
+     WHERE id = ? AND state IN ('PENDING','RETRY') AND secondary = ? AND next_attempt <= ?",
+        )?
+        .query_row(params![id, secondary, now], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+        })
+        .optional()?;
+    let Some((account_id, message_id, mail_from, rcpts, raw, attempts, created)) = row else {
+        return Ok(None);
+    };
+    let token = token();
+    tx.prepare_cached(
+        "UPDATE outbox SET state = 'PROCESSING', start_time = ?, end_time = NULL, lease_expire_time = ?,
+            lease_token = ?, attempts = attempts + 1 WHERE id = ?",
+    )?
+    .execute(params![now, now + lease, token, id])?;
+    Ok(Some(Claimed {
+        id,
+        account_id,
+        message_id,
+        mail_from,
+        recipients: serde_json::from_str(&rcpts).unwrap_or_default(),
+        raw,
+        token,
+        attempts: attempts + 1,
+        created,
+    }))
+}
+
 /// The fenced update of one claimed entry's delivery record.
 fn finish_one(
     tx: &rusqlite::Transaction,
@@ -423,6 +493,22 @@ mod tests {
             pending: pending.iter().map(|s| s.to_string()).collect(),
             ..DeliveryInfo::default()
         }
+    }
+
+    #[test]
+    fn due_ids_claim_nothing_and_claim_one_takes_an_entry_once() {
+        let (_d, mut s, a) = store();
+        let ids: Vec<i64> = (0..3)
+            .map(|i| s.outbox_add(a, &format!("m{i}@x"), "u@x.test", &["b@x.test".into()], b"raw", false, 100).unwrap())
+            .collect();
+        assert_eq!(s.outbox_due_ids(a, false, 100, 2).unwrap(), ids[..2].to_vec(), "oldest first, limited");
+        assert!(s.outbox_records(None, Some("PROCESSING")).unwrap().is_empty(), "listing claims nothing");
+        let c = s.outbox_claim_one(ids[1], false, 100, 30).unwrap().expect("due");
+        assert_eq!((c.id, c.attempts, c.raw.as_slice()), (ids[1], 1, &b"raw"[..]));
+        assert_eq!(s.outbox_record(ids[1]).unwrap().lease_expire_time, Some(130));
+        assert!(s.outbox_claim_one(ids[1], false, 100, 30).unwrap().is_none(), "claimed once only");
+        assert!(s.outbox_claim_one(ids[0], true, 100, 30).unwrap().is_none(), "other lane");
+        assert_eq!(s.outbox_due_ids(a, false, 100, 10).unwrap(), vec![ids[0], ids[2]]);
     }
 
     #[test]

@@ -97,18 +97,19 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     let (lease, batch) = (ctx.config.email_bg_send_lease as i64, ctx.config.email_bg_send_batch as usize);
     let a = ctx.store.account(account)?;
     let mut sent = 0i64;
-    let mut claimed = 0usize;
     let mut smtp: Option<Smtp> = None;
     let mut last_failure: Option<Failure> = None;
     let mut ends = Ends::default();
     // One entry is claimed at a time, right before it is sent: only an entry that may really
     // be on its way is PROCESSING, so a kill, a freeze or a commit that fails (disk full)
-    // leaves no untried entry behind to expire as "outcome unknown".
-    while claimed < batch {
-        let Some(c) = ctx.store.outbox_claim(account, secondary, ctx.clock.now(), lease, 1)?.pop() else {
-            break;
+    // leaves at most that one to expire as "outcome unknown", never untried ones behind it.
+    // The previous entry's delivery record is committed in the same transaction as the next
+    // claim: one commit a message, and still at most one entry caught by a kill.
+    let due = ctx.store.outbox_due_ids(account, secondary, ctx.clock.now(), batch)?;
+    for &id in &due {
+        let Some(c) = ends.claim_next(ctx, id, secondary, lease, &policy)? else {
+            continue; // claimed by another worker meanwhile
         };
-        claimed += 1;
         let started = Instant::now();
         if let Some(f) = &last_failure {
             // The server could not be reached for an earlier entry of this batch: do not
@@ -182,52 +183,61 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     }
     append_sent(ctx, &a);
     // A full batch means more may be waiting: go on at once rather than at the next poll.
-    let follow_up = if claimed >= batch && last_failure.is_none() { vec![*task] } else { Vec::new() };
+    let follow_up = if due.len() >= batch && last_failure.is_none() { vec![*task] } else { Vec::new() };
     match last_failure {
         Some(f) if sent == 0 => Err(f),
         _ => Ok(Report { count: sent, follow_up }),
     }
 }
 
-/// Delivery records waiting for their commit. A commit per message cost as much as the SMTP
-/// transaction itself; the records of up to `GROUP` messages or `GROUP_WAIT` go in one
-/// commit instead. A kill before that commit leaves those entries PROCESSING, and the lease
-/// expiry ends them as ERROR "outcome unknown", never resent, as the delivery record says.
+/// The delivery record of the last entry sent, waiting to be committed with the next claim
+/// (or by `flush` at the end of the batch). An "outcome unknown" is committed at once.
 #[derive(Default)]
 struct Ends {
-    waiting: Vec<(Claimed, SendOutcome)>,
-    since: Option<Instant>,
+    waiting: Option<(Claimed, SendOutcome)>,
 }
-
-const GROUP: usize = 32;
-const GROUP_WAIT: Duration = Duration::from_millis(50);
 
 impl Ends {
     fn push(&mut self, ctx: &mut Ctx, c: Claimed, o: SendOutcome, p: &SendPolicy) -> Result<(), Failure> {
-        // "Outcome unknown" is recorded at once and durably: the one record that must not wait.
-        let now_please = matches!(o, SendOutcome::Unknown { .. });
-        self.waiting.push((c, o));
-        let since = *self.since.get_or_insert_with(Instant::now);
-        if now_please || self.waiting.len() >= GROUP || since.elapsed() >= GROUP_WAIT {
+        let unknown = matches!(o, SendOutcome::Unknown { .. });
+        self.flush(ctx, p)?;
+        self.waiting = Some((c, o));
+        if unknown {
             self.flush(ctx, p)?;
         }
         Ok(())
     }
 
+    /// Records the waiting end, if any, and claims entry `id` in one transaction.
+    fn claim_next(
+        &mut self,
+        ctx: &mut Ctx,
+        id: i64,
+        secondary: bool,
+        lease: i64,
+        p: &SendPolicy,
+    ) -> Result<Option<Claimed>, Failure> {
+        let waiting = self.waiting.take();
+        let ends: Vec<(&Claimed, &SendOutcome)> = waiting.iter().map(|(c, o)| (c, o)).collect();
+        let (held, claimed) = ctx.store.outbox_step(&ends, ctx.clock.now(), p, Some((id, secondary, lease)))?;
+        report_lost(&ends, &held);
+        Ok(claimed)
+    }
+
     fn flush(&mut self, ctx: &mut Ctx, p: &SendPolicy) -> Result<(), Failure> {
-        self.since = None;
-        if self.waiting.is_empty() {
-            return Ok(());
+        if let Some((c, o)) = self.waiting.take() {
+            let held = ctx.store.outbox_finish_many(&[(&c, &o)], ctx.clock.now(), p)?;
+            report_lost(&[(&c, &o)], &held);
         }
-        let ends: Vec<(&Claimed, &SendOutcome)> = self.waiting.iter().map(|(c, o)| (c, o)).collect();
-        let held = ctx.store.outbox_finish_many(&ends, ctx.clock.now(), p)?;
-        for ((c, _), held) in ends.iter().zip(held) {
-            if !held {
-                log::warn!("lost the lease of outbox entry {}: its record was left as the lease expiry set it", c.id);
-            }
-        }
-        self.waiting.clear();
         Ok(())
+    }
+}
+
+fn report_lost(ends: &[(&Claimed, &SendOutcome)], held: &[bool]) {
+    for ((c, _), held) in ends.iter().zip(held) {
+        if !held {
+            log::warn!("lost the lease of outbox entry {}: its record was left as the lease expiry set it", c.id);
+        }
     }
 }
 

@@ -254,7 +254,6 @@ fn bench(o: &Opts) -> anyhow::Result<()> {
     if o.wants("resync") {
         let home = o.disk.join("backproc-home");
         let conf = o.disk.join("mbsyncrc");
-        let maildir = o.disk.join("maildir");
         let folders = tools::all_folders_high(&home);
         say(&format!("no-change resync ({folders} folders, all high priority, intervals 1 s)"));
         for _ in 0..o.runs {

@@ -6,7 +6,7 @@ mod util;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use backproc_testkit::{Dovecot, PySmtp, SinkOptions, SmtpRules, SmtpSink};
+use backproc_testkit::{Dovecot, Fault, FaultProxy, PySmtp, SinkOptions, SmtpRules, SmtpSink, mailgen};
 use serde_json::Value;
 use util::*;
 
@@ -345,4 +345,85 @@ fn a_worker_frozen_past_its_lease_cannot_change_the_final_state() {
     // and it is never picked up again automatically
     run_once(&h);
     assert_eq!(show(&h, id)["state"], "ERROR");
+}
+
+/// The connection dies right after the final "." has reached the server, before its 250
+/// comes back (issue 11's proxy cut): the server may have the message, so the entry must end
+/// as ERROR "delivery outcome unknown" at once and never be sent again by itself.
+#[test]
+fn a_cut_right_after_the_final_dot_is_outcome_unknown_and_never_resent() {
+    let sink = SmtpSink::start(SinkOptions::default()).unwrap();
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", sink.port()).parse().unwrap()).unwrap();
+    let (h, acct) = home_with_smtp(SEND, proxy.port(), 1);
+    // Messages of one length, queued as applications do, so the bytes on the wire are known.
+    let raw = |i: u32| {
+        mailgen::message_with(
+            &format!("cut {i}"),
+            "a@x.test",
+            "b@x.test",
+            "Mon, 23 Nov 2026 12:00:00 +0000",
+            &format!("cut{i}@x.test"),
+            "one line of body\r\n",
+        )
+    };
+    let queue = |i: u32| {
+        let mut store = backproc_store::Store::open(&h.file("data/backproc.sqlite")).unwrap();
+        let mid = format!("cut{i}@x.test");
+        store.outbox_add(acct, &mid, "a@x.test", &["b@x.test".into()], &raw(i), false, backproc_store::now()).unwrap()
+    };
+    assert_eq!(raw(1).len(), raw(2).len());
+    assert!(raw(2).ends_with(b"\r\n") && !raw(2).windows(3).any(|w| w == b"\n.\r" || w == b"\n.."));
+
+    // A clean send shows where the DATA section starts on this connection.
+    let first = queue(1);
+    run_once(&h);
+    assert_eq!(show(&h, first)["state"], "SUCCESS");
+    let wire = proxy.captured_client();
+    let data_at = wire.windows(6).position(|w| w == b"DATA\r\n").expect("DATA on the wire") + 6;
+    // The same exchange again, cut after the DATA section's last byte: message + ".\r\n".
+    let second = queue(2);
+    proxy.set_fault(Fault::CutClientAfter { client_bytes: (data_at + raw(2).len() + 3) as u64 });
+    run_once(&h);
+    let r = show(&h, second);
+    assert_eq!(r["state"], "ERROR", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("outcome unknown"), "{r}");
+    let in_sink = || count(&sink.messages().unwrap().concat(), "Message-ID: <cut2@x.test>");
+    let before = in_sink();
+    assert!(before <= 1);
+
+    // The link is fine again: the entry stays as it is and is not sent a second time.
+    proxy.set_fault(Fault::Pass);
+    std::thread::sleep(Duration::from_millis(1100));
+    run_once(&h);
+    assert_eq!(show(&h, second)["state"], "ERROR");
+    assert_eq!(in_sink(), before, "an outcome-unknown entry was sent again");
+}
+
+/// The whole engine under faketime (issue 11's process clock): an entry a dead worker left
+/// PROCESSING stays untouched while its lease runs, and the first run an hour later (for the
+/// engine's clock only) ends it as ERROR "outcome unknown" without sending it.
+#[test]
+fn under_faketime_a_stranded_entry_expires_after_its_lease_and_is_not_sent() {
+    let sink = SmtpSink::start(SinkOptions::default()).unwrap();
+    let (h, acct) = home_with_smtp(SEND, sink.port(), 1);
+    let id = add(&h, acct, &["a@x.test"], "stranded");
+    let mut store = backproc_store::Store::open(&h.file("data/backproc.sqlite")).unwrap();
+    // a worker that claimed it, 300 s lease, and died
+    store.outbox_claim_one(id, false, backproc_store::now(), 300).unwrap().expect("due");
+    run_once(&h);
+    assert_eq!(show(&h, id)["state"], "PROCESSING", "the lease still runs");
+    let later = std::process::Command::new("faketime")
+        .args(["-f", "+1h"])
+        .arg(env!("CARGO_BIN_EXE_backproc"))
+        .arg("--home")
+        .arg(h.path())
+        .args(["run", "--once"])
+        .output()
+        .expect("faketime (Debian package faketime, installed by scripts/test)");
+    assert!(later.status.success(), "{}", stderr(&later));
+    let r = show(&h, id);
+    assert_eq!(r["state"], "ERROR", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("outcome unknown"), "{r}");
+    assert!(r["endTime"].as_i64().unwrap() >= backproc_store::now() + 3000, "recorded at the engine's time: {r}");
+    assert!(sink.messages().unwrap().is_empty(), "a stranded entry was sent");
 }

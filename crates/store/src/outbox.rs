@@ -154,8 +154,10 @@ impl Store {
         Ok(v)
     }
 
-    /// Claims up to `limit` due entries of an account atomically: PROCESSING, startTime,
-    /// leaseExpireTime, a new lease token, one more attempt.
+    /// Claims up to `limit` due entries of an account at once (one transaction): PROCESSING,
+    /// startTime, leaseExpireTime, a new lease token, one more attempt. The sender claims one
+    /// entry at a time instead (`outbox_due_ids`, `outbox_step`); this is the same claim for
+    /// tools and tests.
     pub fn outbox_claim(
         &mut self,
         account_id: i64,
@@ -164,36 +166,11 @@ impl Store {
         lease: i64,
         limit: usize,
     ) -> Result<Vec<Claimed>> {
+        let ids = self.outbox_due_ids(account_id, secondary, now, limit)?;
         self.write(|tx| {
-            let mut st = tx.prepare_cached(
-                "SELECT id, message_id, mail_from, recipients, raw, attempts, created FROM outbox
-                 WHERE account_id = ? AND state IN ('PENDING','RETRY') AND secondary = ? AND next_attempt <= ?
-                 ORDER BY id LIMIT ?",
-            )?;
-            let rows: Vec<(i64, String, String, String, Vec<u8>, i64, i64)> = st
-                .query_map(params![account_id, secondary, now, limit as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut out = Vec::with_capacity(rows.len());
-            for (id, message_id, mail_from, rcpts, raw, attempts, created) in rows {
-                let token = token();
-                tx.prepare_cached(
-                    "UPDATE outbox SET state = 'PROCESSING', start_time = ?, end_time = NULL, lease_expire_time = ?,
-                        lease_token = ?, attempts = attempts + 1 WHERE id = ?",
-                )?
-                .execute(params![now, now + lease, token, id])?;
-                out.push(Claimed {
-                    id,
-                    account_id,
-                    message_id,
-                    mail_from,
-                    recipients: serde_json::from_str(&rcpts).unwrap_or_default(),
-                    raw,
-                    token,
-                    attempts: attempts + 1,
-                    created,
-                });
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.extend(claim_one(tx, id, secondary, now, lease)?);
             }
             Ok(out)
         })
@@ -351,16 +328,6 @@ impl Store {
         )?;
         let v = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
         Ok(v)
-    }
-
-    /// Whether an entry is still PROCESSING under this token (for tests of fencing).
-    pub fn outbox_holds_lease(&self, id: i64, token: &str) -> Result<bool> {
-        Ok(self
-            .conn()
-            .prepare_cached("SELECT 1 FROM outbox WHERE id = ? AND lease_token = ? AND state = 'PROCESSING'")?
-            .query_row(params![id, token], |_| Ok(()))
-            .optional()?
-            .is_some())
     }
 }
 

@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use backproc_testkit::{SinkOptions, SmtpSink, mailgen};
-use faultkit::outbox::{LEASE, SEND_CONFIG, add_smtp_account, queue, sink_counts};
+use faultkit::outbox::{LEASE, SEND_CONFIG, check_send_invariants, queue, sink_counts};
 use mailworld::*;
 use util::*;
 
@@ -259,7 +259,7 @@ fn disk_full_during_send_records_no_success_without_a_send_and_delivers_everythi
     let sink = SmtpSink::start(SinkOptions::default()).expect("smtp-sink");
     let home = Home::with_config(SEND_CONFIG);
     let _tmpfs = Tmpfs::mount(&home.file("data"), 8 << 20);
-    let account = add_smtp_account(&home, sink.port());
+    let account = add_smtp_account(&home, sink.port(), 1);
     let queued = {
         let mut store = backproc_store::Store::open(&home.file("data/backproc.sqlite")).unwrap();
         queue(&mut store, account, SEED, N)
@@ -281,7 +281,7 @@ fn disk_full_during_send_records_no_success_without_a_send_and_delivers_everythi
         assert_eq!(store.integrity_check().unwrap(), "ok", "round {r} (free {free})");
         let recs = store.outbox_records(None, None).unwrap();
         let sink_now = sink_counts(&sink);
-        check_send(&recs, &sink_now, &by_mid, &format!("round {r} (free {free})"));
+        check_send_invariants(&recs, &sink_now, &by_mid, &format!("round {r} (free {free})"));
         let processing: Vec<_> = recs.iter().filter(|x| x.state == "PROCESSING").collect();
         processing_in_sink.extend(processing.iter().filter(|x| sink_now.contains_key(&x.message_id)).map(|x| x.id));
         let success = recs.iter().filter(|x| x.state == "SUCCESS").count();
@@ -315,7 +315,7 @@ fn disk_full_during_send_records_no_success_without_a_send_and_delivers_everythi
     assert_eq!(store.integrity_check().unwrap(), "ok");
     let recs = store.outbox_records(None, None).unwrap();
     let sink_now = sink_counts(&sink);
-    check_send(&recs, &sink_now, &by_mid, "after space was freed");
+    check_send_invariants(&recs, &sink_now, &by_mid, "after space was freed");
     // everything delivered, once: each queued message is in the sink exactly once
     for (id, mid) in &queued {
         let r = recs.iter().find(|r| r.id == *id).unwrap();
@@ -343,31 +343,4 @@ fn disk_full_during_send_records_no_success_without_a_send_and_delivers_everythi
             ("secs", started.elapsed().as_secs().to_string()),
         ],
     );
-}
-
-/// Every message in the sink is a queued one, there once; every SUCCESS entry is in the sink
-/// (no SUCCESS without a real send); PENDING entries are not; ERROR only as "outcome unknown".
-fn check_send(
-    recs: &[backproc_store::outbox::OutboxRecord],
-    sink: &BTreeMap<String, usize>,
-    by_mid: &BTreeMap<&str, i64>,
-    when: &str,
-) {
-    for (mid, c) in sink {
-        assert!(by_mid.contains_key(mid.as_str()), "{when}: the sink got {mid:?}, which was never queued");
-        assert_eq!(*c, 1, "{when}: {mid} is in the sink {c} times");
-    }
-    for r in recs {
-        let in_sink = sink.get(&r.message_id).copied().unwrap_or(0);
-        match r.state.as_str() {
-            "SUCCESS" => assert_eq!(in_sink, 1, "{when}: entry {} is SUCCESS but was never sent: {r:?}", r.id),
-            "PENDING" | "RETRY" => assert_eq!(in_sink, 0, "{when}: entry {} is {} but was sent", r.id, r.state),
-            "ERROR" => assert!(
-                r.error.as_deref().unwrap_or_default().contains("outcome unknown"),
-                "{when}: entry {} is ERROR for another reason: {r:?}",
-                r.id
-            ),
-            _ => {}
-        }
-    }
 }

@@ -11,7 +11,7 @@ mod util;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use backproc_testkit::hostile::RawSession;
@@ -61,18 +61,7 @@ fn schema(h: &Home) -> String {
 /// Runs `backproc ARGS` and checks it ended cleanly: a normal exit with 0, 1, 2 (usage) or 78
 /// (config), never a panic or a signal; a refusal says why on stderr.
 fn run_os(h: &Home, args: &[OsString], stdin: &[u8]) -> Output {
-    use std::io::Write;
-    let mut child = h
-        .cmd()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn backproc");
-    // the process may exit (a usage error) before it reads its input
-    let _ = child.stdin.take().unwrap().write_all(stdin);
-    let o = child.wait_with_output().unwrap();
+    let o = h.run_stdin(args, stdin);
     check_clean(&o, args);
     o
 }
@@ -343,38 +332,8 @@ define('BG_BACKOFF_MAX', 1);
 fn hostile_outbox_fields_add_no_header_and_no_smtp_command() {
     let py = PySmtp::start().expect("aiosmtpd");
     let proxy = FaultProxy::start(format!("127.0.0.1:{}", py.port()).parse().unwrap()).unwrap();
-    let h = Home::with_config(SEND);
-    assert!(run(&h, &["user", "add", "carol"]).status.success());
-    let port = proxy.port().to_string();
-    let o = run_os(
-        &h,
-        &os(&[
-            "account",
-            "add",
-            "--owner",
-            "carol",
-            "--email",
-            "carol@backproc.test",
-            "--imap-host",
-            "127.0.0.1",
-            "--imap-port",
-            "1",
-            "--imap-security",
-            "none",
-            "--login",
-            "carol",
-            "--password-stdin",
-            "--smtp-host",
-            "127.0.0.1",
-            "--smtp-port",
-            &port,
-            "--smtp-security",
-            "none",
-        ]),
-        b"carol-pw",
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let acct = stdout(&o).trim().to_string();
+    let (h, acct) = home_with_smtp(SEND, proxy.port(), 1);
+    let acct = acct.to_string();
     let before = schema(&h);
     let dir = tempfile::tempdir().unwrap();
 

@@ -19,6 +19,7 @@ use backproc_testkit::{Fault, FaultProxy, SinkOptions, SmtpSink, mailgen};
 use faultkit::Rng;
 use faultkit::killloop::kill_loop;
 use faultkit::mutator::{Mutator, plan};
+use faultkit::outbox::check_send_invariants;
 use faultkit::soak::{figure, size};
 use mailworld::*;
 use util::*;
@@ -219,7 +220,7 @@ fn sigkill_at_random_points_while_sending_loses_nothing_and_sends_nothing_twice(
     // commit, and between entries. A faster machine cannot finish in fewer kills.
     let proxy = FaultProxy::start(format!("127.0.0.1:{}", sink.port()).parse().unwrap()).unwrap();
     proxy.set_fault(Fault::Delay { per_chunk_ms: 10 });
-    let (home, account) = faultkit::outbox::home_with_smtp(faultkit::outbox::SEND_CONFIG, proxy.port());
+    let (home, account) = home_with_smtp(faultkit::outbox::SEND_CONFIG, proxy.port(), 1);
     let store = || backproc_store::Store::open(&home.file("data/backproc.sqlite")).expect("open store");
     let queued = faultkit::outbox::queue(&mut store(), account, SEED, n);
     let by_mid: BTreeMap<&str, i64> = queued.iter().map(|(id, m)| (m.as_str(), *id)).collect();
@@ -283,7 +284,7 @@ fn sigkill_at_random_points_while_sending_loses_nothing_and_sends_nothing_twice(
     let last_lease =
         store().outbox_records(None, Some("PROCESSING")).unwrap().iter().filter_map(|r| r.lease_expire_time).max();
     if let Some(t) = last_lease {
-        let wait = (t + 1 - faultkit::outbox::now()).max(0) as u64;
+        let wait = (t + 1 - backproc_store::now()).max(0) as u64;
         std::thread::sleep(Duration::from_secs(wait) + Duration::from_millis(200));
     }
     let before_final = faultkit::outbox::sink_counts(&sink);
@@ -341,43 +342,6 @@ fn sigkill_at_random_points_while_sending_loses_nothing_and_sends_nothing_twice(
             ("secs", started.elapsed().as_secs().to_string()),
         ],
     );
-}
-
-/// What must hold at every kill point and at the end: integrity aside, every message in the
-/// sink is a queued one and is there at most once (the outbox never sends twice on its own);
-/// every SUCCESS entry really is in the sink (no SUCCESS without a send); an ERROR is only the
-/// lease expiry's "outcome unknown" (smtp-sink refuses nothing).
-fn check_send_invariants(
-    recs: &[backproc_store::outbox::OutboxRecord],
-    sink: &BTreeMap<String, usize>,
-    by_mid: &BTreeMap<&str, i64>,
-    when: &str,
-) {
-    for (mid, c) in sink {
-        assert!(by_mid.contains_key(mid.as_str()), "{when}: the sink got {mid:?}, which was never queued");
-        assert_eq!(*c, 1, "{when}: {mid} is in the sink {c} times");
-    }
-    for r in recs {
-        let in_sink = sink.get(&r.message_id).copied().unwrap_or(0);
-        match r.state.as_str() {
-            "SUCCESS" => {
-                assert_eq!(in_sink, 1, "{when}: entry {} is SUCCESS but not in the sink: {r:?}", r.id);
-                assert_eq!(
-                    r.info.as_ref().map(|i| i.message_id.as_str()),
-                    Some(r.message_id.as_str()),
-                    "{when}: {r:?}"
-                );
-            }
-            "ERROR" => {
-                let e = r.error.as_deref().unwrap_or_default();
-                assert!(e.contains("outcome unknown"), "{when}: entry {} is ERROR for another reason: {r:?}", r.id);
-            }
-            "PENDING" | "RETRY" => {
-                assert_eq!(in_sink, 0, "{when}: entry {} is {} but already in the sink", r.id, r.state)
-            }
-            _ => {}
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

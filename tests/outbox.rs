@@ -20,42 +20,6 @@ define('BG_BACKOFF_MAX', 1);
 define('EMAIL_BG_SECONDARY_INTERVAL', 1);
 ";
 
-/// A home with one account whose SMTP server is on `smtp_port` (IMAP unused unless Sent).
-fn home_with_smtp(config: &str, smtp_port: u16, imap_port: u16) -> (Home, i64) {
-    let h = Home::with_config(config);
-    assert!(h.run(&["user", "add", "carol"]).status.success());
-    let port = smtp_port.to_string();
-    let iport = imap_port.to_string();
-    let o = h.run_stdin(
-        &[
-            "account",
-            "add",
-            "--owner",
-            "carol",
-            "--email",
-            "carol@backproc.test",
-            "--imap-host",
-            "127.0.0.1",
-            "--imap-port",
-            &iport,
-            "--imap-security",
-            "none",
-            "--login",
-            "carol",
-            "--password-stdin",
-            "--smtp-host",
-            "127.0.0.1",
-            "--smtp-port",
-            &port,
-            "--smtp-security",
-            "none",
-        ],
-        "carol-pw",
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    (h, stdout(&o).trim().parse().unwrap())
-}
-
 fn add(h: &Home, account: i64, to: &[&str], subject: &str) -> i64 {
     let a = account.to_string();
     let mut args = vec!["outbox", "add", "--account", &a, "--subject", subject, "--body", "hello there"];

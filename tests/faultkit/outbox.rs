@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 
 use backproc_testkit::mailgen;
 
-use crate::util::{Home, stderr, stdout};
-
 /// Outbox on, sync off, no Sent append, every interval at 1 s, and the shortest send lease the
 /// config accepts (10 s, see `email_bg_send_lease` in crates/config/src/spec.rs) so entries
 /// caught in PROCESSING expire within a test. Small claim batches (5) make a kill catch a few
@@ -27,48 +25,6 @@ define('EMAIL_BG_SEND_BATCH', 5);
 /// The lease of `SEND_CONFIG`, in seconds.
 pub const LEASE: u64 = 10;
 
-/// A home with one account whose SMTP server is 127.0.0.1:`smtp_port` (plain); IMAP unused.
-pub fn home_with_smtp(config: &str, smtp_port: u16) -> (Home, i64) {
-    let h = Home::with_config(config);
-    let account = add_smtp_account(&h, smtp_port);
-    (h, account)
-}
-
-/// Adds user carol and her account (SMTP on 127.0.0.1:`smtp_port`, plain) to `h`; returns the
-/// account id.
-pub fn add_smtp_account(h: &Home, smtp_port: u16) -> i64 {
-    assert!(h.run(&["user", "add", "carol"]).status.success());
-    let port = smtp_port.to_string();
-    let o = h.run_stdin(
-        &[
-            "account",
-            "add",
-            "--owner",
-            "carol",
-            "--email",
-            "carol@backproc.test",
-            "--imap-host",
-            "127.0.0.1",
-            "--imap-port",
-            "1",
-            "--imap-security",
-            "none",
-            "--login",
-            "carol",
-            "--password-stdin",
-            "--smtp-host",
-            "127.0.0.1",
-            "--smtp-port",
-            &port,
-            "--smtp-security",
-            "none",
-        ],
-        "carol-pw",
-    );
-    assert!(o.status.success(), "account add: {}", stderr(&o));
-    stdout(&o).trim().parse().expect("account id")
-}
-
 /// The Message-ID (without angle brackets) of queued message `i` of run `seed`.
 pub fn message_id(seed: u64, i: usize) -> String {
     format!("send.{seed:x}.{i}@backproc.test")
@@ -77,7 +33,7 @@ pub fn message_id(seed: u64, i: usize) -> String {
 /// Queues `n` messages (to one recipient each) with `Store::outbox_add`, as an application
 /// inserting rows would; returns entry id → Message-ID.
 pub fn queue(store: &mut backproc_store::Store, account: i64, seed: u64, n: usize) -> BTreeMap<i64, String> {
-    let now = now();
+    let now = backproc_store::now();
     (0..n)
         .map(|i| {
             let mid = message_id(seed, i);
@@ -109,7 +65,39 @@ pub fn sink_counts(sink: &backproc_testkit::SmtpSink) -> BTreeMap<String, usize>
     out
 }
 
-/// Seconds since the epoch, as the engine's clock counts.
-pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+/// What must hold at every kill point and at the end: integrity aside, every message in the
+/// sink is a queued one and is there at most once (the outbox never sends twice on its own);
+/// every SUCCESS entry really is in the sink (no SUCCESS without a send); an ERROR is only the
+/// lease expiry's "outcome unknown" (smtp-sink refuses nothing).
+pub fn check_send_invariants(
+    recs: &[backproc_store::outbox::OutboxRecord],
+    sink: &BTreeMap<String, usize>,
+    by_mid: &BTreeMap<&str, i64>,
+    when: &str,
+) {
+    for (mid, c) in sink {
+        assert!(by_mid.contains_key(mid.as_str()), "{when}: the sink got {mid:?}, which was never queued");
+        assert_eq!(*c, 1, "{when}: {mid} is in the sink {c} times");
+    }
+    for r in recs {
+        let in_sink = sink.get(&r.message_id).copied().unwrap_or(0);
+        match r.state.as_str() {
+            "SUCCESS" => {
+                assert_eq!(in_sink, 1, "{when}: entry {} is SUCCESS but not in the sink: {r:?}", r.id);
+                assert_eq!(
+                    r.info.as_ref().map(|i| i.message_id.as_str()),
+                    Some(r.message_id.as_str()),
+                    "{when}: {r:?}"
+                );
+            }
+            "ERROR" => {
+                let e = r.error.as_deref().unwrap_or_default();
+                assert!(e.contains("outcome unknown"), "{when}: entry {} is ERROR for another reason: {r:?}", r.id);
+            }
+            "PENDING" | "RETRY" => {
+                assert_eq!(in_sink, 0, "{when}: entry {} is {} but already in the sink", r.id, r.state)
+            }
+            _ => {}
+        }
+    }
 }

@@ -41,8 +41,9 @@ impl Home {
         self.cmd().args(args).stdin(Stdio::null()).output().expect("run backproc")
     }
 
-    /// Runs with `stdin` fed to the process.
-    pub fn run_stdin(&self, args: &[&str], stdin: &str) -> Output {
+    /// Runs with `stdin` fed to the process. The process may exit (a usage error) before it
+    /// reads its input, so a refused write is not an error.
+    pub fn run_stdin<S: AsRef<std::ffi::OsStr>>(&self, args: &[S], stdin: impl AsRef<[u8]>) -> Output {
         use std::io::Write;
         let mut child = self
             .cmd()
@@ -52,7 +53,7 @@ impl Home {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn backproc");
-        child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+        let _ = child.stdin.take().expect("stdin").write_all(stdin.as_ref());
         child.wait_with_output().expect("wait backproc")
     }
 
@@ -87,4 +88,46 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     f()
+}
+
+/// A home with `config` and user carol's account: SMTP on 127.0.0.1:`smtp_port`, IMAP on
+/// 127.0.0.1:`imap_port` (1 when unused), both plain. Returns the home and the account id.
+pub fn home_with_smtp(config: &str, smtp_port: u16, imap_port: u16) -> (Home, i64) {
+    let h = Home::with_config(config);
+    let account = add_smtp_account(&h, smtp_port, imap_port);
+    (h, account)
+}
+
+/// Adds user carol and her account (as `home_with_smtp`) to `h`; returns the account id.
+pub fn add_smtp_account(h: &Home, smtp_port: u16, imap_port: u16) -> i64 {
+    assert!(h.run(&["user", "add", "carol"]).status.success());
+    let (port, iport) = (smtp_port.to_string(), imap_port.to_string());
+    let o = h.run_stdin(
+        &[
+            "account",
+            "add",
+            "--owner",
+            "carol",
+            "--email",
+            "carol@backproc.test",
+            "--imap-host",
+            "127.0.0.1",
+            "--imap-port",
+            &iport,
+            "--imap-security",
+            "none",
+            "--login",
+            "carol",
+            "--password-stdin",
+            "--smtp-host",
+            "127.0.0.1",
+            "--smtp-port",
+            &port,
+            "--smtp-security",
+            "none",
+        ],
+        "carol-pw",
+    );
+    assert!(o.status.success(), "account add: {}", stderr(&o));
+    stdout(&o).trim().parse().expect("account id")
 }

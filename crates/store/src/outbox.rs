@@ -154,28 +154,6 @@ impl Store {
         Ok(v)
     }
 
-    /// Claims up to `limit` due entries of an account at once (one transaction): PROCESSING,
-    /// startTime, leaseExpireTime, a new lease token, one more attempt. The sender claims one
-    /// entry at a time instead (`outbox_due_ids`, `outbox_step`); this is the same claim for
-    /// tools and tests.
-    pub fn outbox_claim(
-        &mut self,
-        account_id: i64,
-        secondary: bool,
-        now: i64,
-        lease: i64,
-        limit: usize,
-    ) -> Result<Vec<Claimed>> {
-        let ids = self.outbox_due_ids(account_id, secondary, now, limit)?;
-        self.write(|tx| {
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                out.extend(claim_one(tx, id, secondary, now, lease)?);
-            }
-            Ok(out)
-        })
-    }
-
     /// Ids of up to `limit` due entries of an account, oldest first; nothing is claimed. With
     /// `outbox_claim_one`, a sender claims each entry only right before sending it.
     pub fn outbox_due_ids(&self, account_id: i64, secondary: bool, now: i64, limit: usize) -> Result<Vec<i64>> {
@@ -225,17 +203,7 @@ impl Store {
     /// Records how a claimed send ended. Returns false when the lease was lost (another
     /// worker or the lease expiry owns the entry now): nothing was changed.
     pub fn outbox_finish(&mut self, c: &Claimed, outcome: &SendOutcome, now: i64, p: &SendPolicy) -> Result<bool> {
-        Ok(self.outbox_finish_many(&[(c, outcome)], now, p)?[0])
-    }
-
-    /// Records several ends in one transaction; one bool per entry, as `outbox_finish`.
-    pub fn outbox_finish_many(
-        &mut self,
-        ends: &[(&Claimed, &SendOutcome)],
-        now: i64,
-        p: &SendPolicy,
-    ) -> Result<Vec<bool>> {
-        Ok(self.outbox_step(ends, now, p, None)?.0)
+        Ok(self.outbox_step(&[(c, outcome)], now, p, None)?.0[0])
     }
 
     pub fn outbox_record(&self, id: i64) -> Result<OutboxRecord> {
@@ -429,6 +397,12 @@ mod tests {
     use super::*;
     use crate::{NewAccount, SmtpSettings};
 
+    /// Claims up to `limit` due entries, oldest first, as a sender does one by one.
+    fn claim(s: &mut Store, account: i64, secondary: bool, now: i64, lease: i64, limit: usize) -> Vec<Claimed> {
+        let ids = s.outbox_due_ids(account, secondary, now, limit).unwrap();
+        ids.into_iter().filter_map(|id| s.outbox_claim_one(id, secondary, now, lease).unwrap()).collect()
+    }
+
     fn store() -> (tempfile::TempDir, Store, i64) {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("s.sqlite")).unwrap();
@@ -482,7 +456,7 @@ mod tests {
     fn a_worker_that_lost_its_lease_cannot_overwrite_the_final_state() {
         let (_d, mut s, a) = store();
         let id = s.outbox_add(a, "m@x", "u@x.test", &["b@x.test".into()], b"raw", false, 100).unwrap();
-        let c = s.outbox_claim(a, false, 100, 30, 10).unwrap().pop().unwrap();
+        let c = claim(&mut s, a, false, 100, 30, 10).pop().unwrap();
         assert_eq!(s.outbox_record(id).unwrap().state, "PROCESSING");
         assert_eq!(s.outbox_record(id).unwrap().lease_expire_time, Some(130));
         // frozen past the lease: the expiry makes it ERROR (outcome unknown)
@@ -495,10 +469,10 @@ mod tests {
         assert!(r.error.unwrap().starts_with("delivery outcome unknown"));
         assert!(r.info.is_none());
         // never picked up again automatically
-        assert!(s.outbox_claim(a, false, 10_000, 30, 10).unwrap().is_empty());
+        assert!(claim(&mut s, a, false, 10_000, 30, 10).is_empty());
         // until retried on purpose; the retry counts one more attempt
         s.outbox_retry(id, 200).unwrap();
-        let c2 = s.outbox_claim(a, false, 200, 30, 10).unwrap().pop().unwrap();
+        let c2 = claim(&mut s, a, false, 200, 30, 10).pop().unwrap();
         assert_eq!(c2.attempts, 2);
         assert!(!s.outbox_finish(&c, &SendOutcome::Temporary { error: "x".into() }, 201, &P).unwrap(), "old token");
         assert!(s.outbox_finish(&c2, &SendOutcome::Success { info: info(&["b@x.test"], &[]) }, 202, &P).unwrap());
@@ -512,17 +486,17 @@ mod tests {
         let id = s.outbox_add(a, "m@x", "u@x.test", &["b@x.test".into()], b"raw", false, 0).unwrap();
         let mut now = 0;
         for attempt in 1..=6 {
-            let c = s.outbox_claim(a, false, now, 30, 10).unwrap().pop().expect("due");
+            let c = claim(&mut s, a, false, now, 30, 10).pop().expect("due");
             assert!(s.outbox_finish(&c, &SendOutcome::Temporary { error: "450 later".into() }, now, &P2).unwrap());
             let r = s.outbox_record(id).unwrap();
             assert_eq!((r.state.as_str(), r.attempts), ("PENDING", attempt));
             assert_eq!(r.secondary, attempt > 5, "attempt {attempt}");
             // not due before its back-off
-            assert!(s.outbox_claim(a, r.secondary, now + 1, 30, 10).unwrap().is_empty());
+            assert!(claim(&mut s, a, r.secondary, now + 1, 30, 10).is_empty());
             now += 200;
         }
-        assert!(s.outbox_claim(a, false, now, 30, 10).unwrap().is_empty(), "secondary entries leave the primary lane");
-        let c = s.outbox_claim(a, true, 1200, 30, 10).unwrap().pop().unwrap();
+        assert!(claim(&mut s, a, false, now, 30, 10).is_empty(), "secondary entries leave the primary lane");
+        let c = claim(&mut s, a, true, 1200, 30, 10).pop().unwrap();
         assert!(s.outbox_finish(&c, &SendOutcome::Temporary { error: "450 later".into() }, 1200, &P2).unwrap());
         let r = s.outbox_record(id).unwrap();
         assert_eq!(r.state, "ERROR");
@@ -534,7 +508,7 @@ mod tests {
         let (_d, mut s, a) = store();
         let rcpts: Vec<String> = ["a@x.test", "b@x.test", "c@x.test"].iter().map(|s| s.to_string()).collect();
         let id = s.outbox_add(a, "m@x", "u@x.test", &rcpts, b"raw", true, 0).unwrap();
-        let c = s.outbox_claim(a, false, 0, 30, 10).unwrap().pop().unwrap();
+        let c = claim(&mut s, a, false, 0, 30, 10).pop().unwrap();
         let mut i = info(&["a@x.test"], &["c@x.test"]);
         i.rejected = vec!["b@x.test".into()];
         assert!(s.outbox_finish(&c, &SendOutcome::Success { info: i }, 1, &P).unwrap());

@@ -198,17 +198,16 @@ struct Ends {
 }
 
 impl Ends {
+    /// Keeps the end of the entry just sent for the next claim's commit; an "outcome
+    /// unknown" is committed at once (and durably).
     fn push(&mut self, ctx: &mut Ctx, c: Claimed, o: SendOutcome, p: &SendPolicy) -> Result<(), Failure> {
         let unknown = matches!(o, SendOutcome::Unknown { .. });
-        self.flush(ctx, p)?;
+        debug_assert!(self.waiting.is_none(), "every claim takes the waiting end");
         self.waiting = Some((c, o));
-        if unknown {
-            self.flush(ctx, p)?;
-        }
-        Ok(())
+        if unknown { self.flush(ctx, p) } else { Ok(()) }
     }
 
-    /// Records the waiting end, if any, and claims entry `id` in one transaction.
+    /// Records the waiting end, if any, and claims entry `id`, in one transaction.
     fn claim_next(
         &mut self,
         ctx: &mut Ctx,
@@ -217,27 +216,31 @@ impl Ends {
         lease: i64,
         p: &SendPolicy,
     ) -> Result<Option<Claimed>, Failure> {
-        let waiting = self.waiting.take();
-        let ends: Vec<(&Claimed, &SendOutcome)> = waiting.iter().map(|(c, o)| (c, o)).collect();
-        let (held, claimed) = ctx.store.outbox_step(&ends, ctx.clock.now(), p, Some((id, secondary, lease)))?;
-        report_lost(&ends, &held);
-        Ok(claimed)
+        self.step(ctx, p, Some((id, secondary, lease)))
     }
 
     fn flush(&mut self, ctx: &mut Ctx, p: &SendPolicy) -> Result<(), Failure> {
-        if let Some((c, o)) = self.waiting.take() {
-            let held = ctx.store.outbox_finish_many(&[(&c, &o)], ctx.clock.now(), p)?;
-            report_lost(&[(&c, &o)], &held);
-        }
-        Ok(())
+        self.step(ctx, p, None).map(|_| ())
     }
-}
 
-fn report_lost(ends: &[(&Claimed, &SendOutcome)], held: &[bool]) {
-    for ((c, _), held) in ends.iter().zip(held) {
-        if !held {
-            log::warn!("lost the lease of outbox entry {}: its record was left as the lease expiry set it", c.id);
+    fn step(
+        &mut self,
+        ctx: &mut Ctx,
+        p: &SendPolicy,
+        claim: Option<(i64, bool, i64)>,
+    ) -> Result<Option<Claimed>, Failure> {
+        let waiting = self.waiting.take();
+        let ends: Vec<(&Claimed, &SendOutcome)> = waiting.iter().map(|(c, o)| (c, o)).collect();
+        if ends.is_empty() && claim.is_none() {
+            return Ok(None);
         }
+        let (held, claimed) = ctx.store.outbox_step(&ends, ctx.clock.now(), p, claim)?;
+        for ((c, _), held) in ends.iter().zip(held) {
+            if !held {
+                log::warn!("lost the lease of outbox entry {}: its record was left as the lease expiry set it", c.id);
+            }
+        }
+        Ok(claimed)
     }
 }
 

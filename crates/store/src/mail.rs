@@ -490,6 +490,9 @@ impl Store {
             let mut body = tx.prepare_cached("INSERT INTO message_bodies (message_id, raw) VALUES (?, zeroblob(?))")?;
             let mut deq = tx.prepare_cached("DELETE FROM receive_queue WHERE folder_id = ? AND uid = ?")?;
             let mut stored = 0;
+            // One blob handle for the batch, moved from row to row (opening one costs a
+            // statement preparation).
+            let mut blob: Option<rusqlite::blob::Blob> = None;
             for m in msgs {
                 let n = ins.execute(params![
                     folder_id,
@@ -512,8 +515,14 @@ impl Store {
                 if n == 1 {
                     let id = tx.last_insert_rowid();
                     body.execute(params![id, m.raw.len() as i64])?;
-                    let mut blob = tx.blob_open(rusqlite::DatabaseName::Main, "message_bodies", "raw", id, false)?;
-                    blob.write_at(&m.raw, 0)?;
+                    match blob.as_mut() {
+                        Some(b) => b.reopen(id)?,
+                        None => {
+                            blob =
+                                Some(tx.blob_open(rusqlite::DatabaseName::Main, "message_bodies", "raw", id, false)?)
+                        }
+                    }
+                    blob.as_mut().expect("opened above").write_at(&m.raw, 0)?;
                     stored += 1;
                 }
                 deq.execute(params![folder_id, m.uid])?;

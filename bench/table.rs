@@ -155,6 +155,10 @@ impl Results {
         );
 
         println!("\n### targets (issue 9)\n");
+        if cfg!(debug_assertions) {
+            // `bench/run --smoke` (CI) uses the debug build: it checks the harness, not speed.
+            println!("(debug build: the figures above check the harness only, they are not measurements)\n");
+        }
         let check = |what: &str, value: f64, op: &str, limit: f64| {
             if value.is_nan() {
                 return println!("- {what}: not run");

@@ -277,37 +277,47 @@ fn backup_is_consistent_while_writes_go_on_and_vacuum_shrinks_the_file() {
     let copy = Store::open_read_only(std::path::Path::new(&path)).unwrap();
     let uids = |s: &Store| s.folder_messages(inbox).unwrap().into_iter().map(|m| m.0).collect::<Vec<_>>();
     assert_eq!(uids(&copy), uids(&store));
+    // the bodies come along (as hard links of the packs, in backproc-….packs beside the copy)
+    for uid in uids(&store).into_iter().step_by(17) {
+        assert_eq!(copy.message_raw(inbox, uid).unwrap(), store.message_raw(inbox, uid).unwrap(), "uid {uid}");
+    }
     drop(copy);
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o007, 0, "readable by others");
-    // the newest BG_BACKUP_KEEP (2) stay
+    // the newest BG_BACKUP_KEEP (2) stay, each a database file and its packs directory
     let mut left: Vec<String> =
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     left.sort();
-    assert_eq!(left.len(), 2, "{left:?}");
-    assert!(path.ends_with(&left[1]), "{left:?} {path}");
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(path.ends_with(&left[2]), "{left:?} {path}");
+    assert_eq!(left[1], left[2].replace(".sqlite", ".packs"), "{left:?}");
     assert!(!left.iter().any(|n| n.ends_with("20000101-000000.sqlite") || n.ends_with("20000102-000000.sqlite")));
     let h = store.history(&HistoryFilter { process: Some("Backup".into()), ..Default::default() }).unwrap();
     assert_eq!((h[0].status.as_str(), h[0].count, h[0].thread.as_deref()), ("Finished", Some(200), Some("cli")));
 
-    // purge half of the messages' rows, then defragment by hand: the file shrinks
+    // purge three quarters of the messages, then defragment by hand: the store shrinks (the
+    // database file, and the bodies' packs, compacted once less than half of them is live)
     let probe = w.store();
     let size = || {
         probe.checkpoint_truncate().unwrap();
         std::fs::metadata(w.home.file("data/backproc.sqlite")).unwrap().len()
+            + backproc_store::packs::total_bytes(&probe.packs_dir()).unwrap()
     };
     let all: Vec<i64> = uids(&store);
-    store.mark_deletion_synced(inbox, &all[..100], backproc_store::now()).unwrap();
-    assert_eq!(store.purge_deleted().unwrap(), 100);
+    store.mark_deletion_synced(inbox, &all[..150], backproc_store::now()).unwrap();
+    assert_eq!(store.purge_deleted().unwrap(), 150);
     let full = size();
     let o = w.home.run(&["maintenance", "vacuum"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(regex::Regex::new(r"DB defragmentation: [\d.]+ MB -> [\d.]+ MB in").unwrap().is_match(&stdout(&o)));
-    let half = size();
-    assert!(half * 10 < full * 8, "{full} -> {half}");
+    assert!(regex::Regex::new(r"DB defragmentation: [\d.]+ MB -> [\d.]+ MB in .* message packs [\d.]+ MB -> [\d.]+ MB \(1 pack\(s\) compacted, 50 message\(s\) moved\)").unwrap().is_match(&stdout(&o)), "{}", stdout(&o));
+    let quarter = size();
+    assert!(quarter * 10 < full * 4, "{full} -> {quarter}");
+    for uid in &all[150..] {
+        assert!(store.message_raw(inbox, *uid).unwrap().is_some_and(|b| b.len() > 100), "uid {uid}");
+    }
     assert!(w.home.log("l-info.log").contains("DB defragmentation: "));
 
     // and the scheduled job does it when enough pages are free (sync off: nothing comes back)
-    store.mark_deletion_synced(inbox, &all[100..], backproc_store::now()).unwrap();
+    store.mark_deletion_synced(inbox, &all[150..], backproc_store::now()).unwrap();
     store.purge_deleted().unwrap();
     store.set_job_last_run("vacuum", 0).unwrap();
     w.home.write_config("<?php\ndefine('BG_TICK_INTERVAL', 1);\n");

@@ -22,6 +22,7 @@ mod local;
 mod mail;
 pub mod maintenance;
 pub mod outbox;
+pub mod packs;
 mod schema;
 mod users;
 
@@ -29,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 
 pub use accounts::{Account, NewAccount, Security, SmtpSettings};
 pub use engine_state::{MasterRow, WorkerRow};
@@ -60,6 +61,13 @@ pub enum Error {
     Invalid(String),
     #[error("{what} {id} not found")]
     NotFound { what: &'static str, id: String },
+    /// Reading or writing the message bodies' pack files (a full disk, a missing pack).
+    #[error("message bodies in {path}: {source}")]
+    Packs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -72,6 +80,8 @@ static WRITER: Mutex<()> = Mutex::new(());
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The pack this connection appends bodies to, taken at its first write (packs.rs).
+    packs: Option<packs::PackWriter>,
 }
 
 impl Store {
@@ -88,7 +98,7 @@ impl Store {
                 let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(m.permissions().mode() | 0o060));
             }
         }
-        let mut store = Store { conn, path: path.into() };
+        let mut store = Store { conn, path: path.into(), packs: None };
         store.configure().map_err(|source| Error::Open { path: path.into(), source })?;
         store.migrate()?;
         Ok(store)
@@ -99,13 +109,54 @@ impl Store {
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|source| Error::Open { path: path.into(), source })?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        let store = Store { conn, path: path.into() };
+        let store = Store { conn, path: path.into(), packs: None };
         store.check_version()?;
         Ok(store)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The directory of the message bodies' pack files.
+    pub fn packs_dir(&self) -> PathBuf {
+        packs::dir_for(&self.path)
+    }
+
+    pub(crate) fn packs_error(&self, source: std::io::Error) -> Error {
+        Error::Packs { path: self.packs_dir(), source }
+    }
+
+    /// This connection's pack writer, opened (and its pack locked) on first use.
+    pub(crate) fn pack_writer(&mut self) -> Result<&mut packs::PackWriter> {
+        if self.packs.is_none() {
+            let w = packs::PackWriter::open(&self.packs_dir()).map_err(|e| self.packs_error(e))?;
+            self.packs = Some(w);
+        }
+        Ok(self.packs.as_mut().expect("set above"))
+    }
+
+    /// The raw bytes of a stored message. A compaction may move the body between our read of
+    /// its row and our read of the pack (and delete the old pack): then the row is read again.
+    pub(crate) fn body(&self, message_id: i64) -> Result<Option<Vec<u8>>> {
+        let dir = self.packs_dir();
+        let mut tries = 0;
+        loop {
+            let Some((pack, start, length)): Option<(i64, i64, i64)> = self
+                .conn
+                .query_row("SELECT pack, start, length FROM message_bodies WHERE message_id = ?", [message_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            match packs::read(&dir, pack, start, length) {
+                Ok(b) => return Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => tries += 1,
+                Err(e) => return Err(self.packs_error(e)),
+            }
+        }
     }
 
     fn configure(&self) -> rusqlite::Result<()> {
@@ -189,9 +240,15 @@ impl Store {
         &self.conn
     }
 
-    /// `PRAGMA integrity_check` result ("ok" when healthy).
+    /// `PRAGMA integrity_check`, then every body reference checked against its pack (the
+    /// record header at the offset must announce the row's length): "ok" when healthy, else
+    /// what is wrong.
     pub fn integrity_check(&self) -> Result<String> {
-        Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+        let sql: String = self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        if sql != "ok" {
+            return Ok(sql);
+        }
+        Ok(check_bodies(&self.conn, &self.packs_dir())?.unwrap_or(sql))
     }
 
     /// Moves the WAL into the database and truncates it.
@@ -199,6 +256,36 @@ impl Store {
         self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
+}
+
+/// Checks every row of `message_bodies` against the packs in `dir`: None when all are good,
+/// else the first problems found.
+pub(crate) fn check_bodies(conn: &Connection, dir: &Path) -> Result<Option<String>> {
+    let mut st = conn.prepare("SELECT message_id, pack, start, length FROM message_bodies ORDER BY pack, start")?;
+    let mut rows = st.query([])?;
+    let mut open: Option<(i64, std::fs::File)> = None;
+    let mut problems = Vec::new();
+    while let Some(r) = rows.next()? {
+        let (id, pack, start, length): (i64, i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        if open.as_ref().is_none_or(|(p, _)| *p != pack) {
+            match std::fs::File::open(dir.join(packs::file_name(pack))) {
+                Ok(f) => open = Some((pack, f)),
+                Err(e) => {
+                    problems.push(format!("message {id}: pack {}: {e}", packs::file_name(pack)));
+                    open = None;
+                    continue;
+                }
+            }
+        }
+        let (_, f) = open.as_ref().expect("opened above");
+        if let Err(e) = packs::check_ref(f, pack, start, length) {
+            problems.push(format!("message {id}: {e}"));
+        }
+        if problems.len() >= 10 {
+            break;
+        }
+    }
+    Ok((!problems.is_empty()).then(|| problems.join("; ")))
 }
 
 /// Current unix time in seconds.

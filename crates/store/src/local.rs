@@ -103,10 +103,7 @@ impl Store {
     }
 
     pub fn mail_raw(&self, id: i64) -> Result<Vec<u8>> {
-        self.conn()
-            .query_row("SELECT raw FROM message_bodies WHERE message_id = ?", [id], |r| r.get(0))
-            .optional()?
-            .ok_or_else(|| Error::NotFound { what: "message body", id: id.to_string() })
+        self.body(id)?.ok_or_else(|| Error::NotFound { what: "message body", id: id.to_string() })
     }
 
     fn visible(&self, id: i64) -> Result<()> {

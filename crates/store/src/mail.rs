@@ -476,7 +476,23 @@ impl Store {
     /// Stores downloaded messages and removes their queue entries, plus the entries of UIDs
     /// the server no longer has, in one transaction: a kill at any point leaves both or
     /// neither. Storing the same UID twice is one message.
+    ///
+    /// The bodies are appended to this connection's pack and synced before the transaction
+    /// (packs.rs, invariant 1): a body whose row never commits is garbage for compaction, a
+    /// row never points at bytes that are not on disk.
     pub fn store_received(&mut self, folder_id: i64, msgs: &[NewMessage], gone: &[i64]) -> Result<usize> {
+        let mut refs = Vec::with_capacity(msgs.len());
+        if !msgs.is_empty() {
+            let w = self.pack_writer()?;
+            let appended = (|| {
+                w.begin()?;
+                for m in msgs {
+                    refs.push(w.append(&m.raw)?);
+                }
+                w.sync()
+            })();
+            appended.map_err(|e| self.packs_error(e))?;
+        }
         self.write(|tx| {
             let mut ins = tx.prepare_cached(
                 "INSERT INTO messages (folder_id, uid, message_id, from_addr, to_addr, cc_addr, subject, date,
@@ -484,16 +500,11 @@ impl Store {
                  VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
                  ON CONFLICT (folder_id, uid) DO NOTHING",
             )?;
-            // The body goes in as a zeroblob and is then written through the incremental blob
-            // API: bound as a parameter, SQLite would copy it twice (binding, then the record),
-            // three times a message's size in memory for a 50 MB message.
-            let mut body = tx.prepare_cached("INSERT INTO message_bodies (message_id, raw) VALUES (?, zeroblob(?))")?;
+            let mut body =
+                tx.prepare_cached("INSERT INTO message_bodies (message_id, pack, start, length) VALUES (?, ?, ?, ?)")?;
             let mut deq = tx.prepare_cached("DELETE FROM receive_queue WHERE folder_id = ? AND uid = ?")?;
             let mut stored = 0;
-            // One blob handle for the batch, moved from row to row (opening one costs a
-            // statement preparation).
-            let mut blob: Option<rusqlite::blob::Blob> = None;
-            for m in msgs {
+            for (m, (pack, start)) in msgs.iter().zip(&refs) {
                 let n = ins.execute(params![
                     folder_id,
                     m.uid,
@@ -513,16 +524,7 @@ impl Store {
                     m.attachments
                 ])?;
                 if n == 1 {
-                    let id = tx.last_insert_rowid();
-                    body.execute(params![id, m.raw.len() as i64])?;
-                    match blob.as_mut() {
-                        Some(b) => b.reopen(id)?,
-                        None => {
-                            blob =
-                                Some(tx.blob_open(rusqlite::DatabaseName::Main, "message_bodies", "raw", id, false)?)
-                        }
-                    }
-                    blob.as_mut().expect("opened above").write_at(&m.raw, 0)?;
+                    body.execute(params![tx.last_insert_rowid(), pack, start, m.raw.len() as i64])?;
                     stored += 1;
                 }
                 deq.execute(params![folder_id, m.uid])?;
@@ -594,14 +596,14 @@ impl Store {
 
     /// Raw bytes of the message with this UID in a folder.
     pub fn message_raw(&self, folder_id: i64, uid: i64) -> Result<Option<Vec<u8>>> {
-        Ok(self
+        let id: Option<i64> = self
             .conn()
-            .query_row(
-                "SELECT b.raw FROM messages m JOIN message_bodies b ON b.message_id = m.id WHERE m.folder_id = ? AND m.uid = ?",
-                params![folder_id, uid],
-                |r| r.get(0),
-            )
-            .optional()?)
+            .query_row("SELECT id FROM messages WHERE folder_id = ? AND uid = ?", params![folder_id, uid], |r| r.get(0))
+            .optional()?;
+        match id {
+            Some(id) => self.body(id),
+            None => Ok(None),
+        }
     }
 }
 

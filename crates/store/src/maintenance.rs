@@ -6,7 +6,7 @@ use std::path::Path;
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags, params};
 
-use crate::{Error, Result, Store};
+use crate::{Error, Result, Store, packs};
 
 /// Page accounting of the database file (`PRAGMA page_count`, `freelist_count`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +42,24 @@ pub struct FinishedSince {
     pub last_duration_ms: Option<i64>,
 }
 
+/// What one compaction of the body packs did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackCompaction {
+    /// Bytes of all packs before and after.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// Packs deleted (their live bodies moved first).
+    pub removed: usize,
+    /// Bodies moved to another pack.
+    pub moved: usize,
+}
+
+/// A pack is rewritten once less than half of it is bodies still referenced (the rest:
+/// deleted messages, and the garbage of writes that never committed).
+fn worth_compacting(live: u64, size: u64) -> bool {
+    live * 2 < size
+}
+
 /// One backup's verification: message rows and `PRAGMA integrity_check`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupCheck {
@@ -75,11 +93,88 @@ impl Store {
         Ok(())
     }
 
+    /// Moves the live bodies out of every pack that is mostly dead space and deletes it
+    /// (packs.rs, invariant 3). Packs a writer holds are left for next time, and so is all
+    /// of it while a backup runs.
+    pub fn compact_packs(&mut self) -> Result<PackCompaction> {
+        let dir = self.packs_dir();
+        let io = |s: &Store, e| s.packs_error(e);
+        let mut done = PackCompaction::default();
+        let numbers = packs::list(&dir).map_err(|e| io(self, e))?;
+        if numbers.is_empty() {
+            return Ok(done);
+        }
+        let _compaction = packs::lock_compaction(&dir, true).map_err(|e| io(self, e))?;
+        done.bytes_before = packs::total_bytes(&dir).map_err(|e| io(self, e))?;
+        let live: std::collections::HashMap<i64, u64> = {
+            let mut st = self.conn().prepare(&format!(
+                "SELECT pack, SUM(length) + {} * COUNT(*) FROM message_bodies GROUP BY pack",
+                packs::HEADER
+            ))?;
+            st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?.collect::<rusqlite::Result<_>>()?
+        };
+        // Lock every candidate before taking a writer, so the writer cannot pick one of them.
+        let mut held = Vec::new();
+        for n in numbers {
+            let size = std::fs::metadata(dir.join(packs::file_name(n))).map(|m| m.len()).unwrap_or(0);
+            if !worth_compacting(live.get(&n).copied().unwrap_or(0), size) {
+                continue;
+            }
+            if let Some(f) = packs::open_locked(&dir, n).map_err(|e| io(self, e))? {
+                held.push((n, f));
+            }
+        }
+        for (n, file) in &held {
+            // Re-read under the lock: rows committed after the sums above are counted now.
+            let rows: Vec<(i64, i64, i64)> = {
+                let mut st = self.conn().prepare("SELECT message_id, start, length FROM message_bodies WHERE pack = ?")?;
+                st.query_map([n], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?
+            };
+            let mut moved = Vec::with_capacity(rows.len());
+            for &(id, start, length) in &rows {
+                packs::check_ref(file, *n, start, length).map_err(|e| io(self, e))?;
+                let mut body = vec![0u8; length as usize];
+                std::os::unix::fs::FileExt::read_exact_at(file, &mut body, start as u64).map_err(|e| io(self, e))?;
+                let w = self.pack_writer()?;
+                let to = w.append(&body).map_err(|e| io(self, e))?;
+                moved.push((id, start, to));
+            }
+            if !moved.is_empty() {
+                let w = self.pack_writer()?;
+                w.sync().map_err(|e| io(self, e))?;
+                // The unlink below must never be on disk before this commit is.
+                self.durable_write(|tx| {
+                    let mut up = tx.prepare_cached(
+                        "UPDATE message_bodies SET pack = ?, start = ? WHERE message_id = ? AND pack = ? AND start = ?",
+                    )?;
+                    for (id, old, (pack, start)) in &moved {
+                        up.execute(params![pack, start, id, n, old])?;
+                    }
+                    Ok(())
+                })?;
+            }
+            std::fs::remove_file(dir.join(packs::file_name(*n))).map_err(|e| io(self, e))?;
+            done.removed += 1;
+            done.moved += moved.len();
+        }
+        // Release the pack this connection wrote to: compaction is rare, receiving is not.
+        self.packs = None;
+        if done.removed > 0 {
+            packs::sync_dir(&dir).map_err(|e| io(self, e))?;
+        }
+        done.bytes_after = packs::total_bytes(&dir).map_err(|e| io(self, e))?;
+        Ok(done)
+    }
+
     /// Copies the whole database to `dest` with SQLite's online backup API, in one step: a
     /// single read transaction, so the copy is one consistent snapshot and writers are never
     /// blocked (WAL). The copy is switched to a rollback journal so it is one self-contained
-    /// file that opens read-only anywhere.
-    pub fn backup_to(&self, dest: &Path) -> Result<()> {
+    /// file that opens read-only anywhere. The body packs are hard-linked (copied across file
+    /// systems) into `packs::dir_for(dest)`, which must not exist; returns their bytes.
+    pub fn backup_to(&self, dest: &Path) -> Result<u64> {
+        let dir = self.packs_dir();
+        // Held until the packs are linked (packs.rs, invariant 4).
+        let _no_compaction = packs::lock_compaction(&dir, false).map_err(|e| self.packs_error(e))?;
         let mut to = Connection::open(dest)?;
         {
             let b = Backup::new(self.conn(), &mut to)?;
@@ -99,14 +194,21 @@ impl Store {
         }
         to.pragma_update(None, "journal_mode", "DELETE")?;
         to.close().map_err(|(_, e)| Error::Sql(e))?;
-        Ok(())
+        let to = packs::dir_for(dest);
+        packs::link_all(&dir, &to).map_err(|source| Error::Packs { path: to, source })
     }
 
-    /// Opens a backup file read-only and checks it: integrity and its message count.
+    /// Opens a backup file read-only and checks it: integrity, every body reference against
+    /// its packs, and its message count.
     pub fn check_backup(path: &Path) -> Result<BackupCheck> {
         let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .map_err(|source| Error::Open { path: path.into(), source })?;
-        let integrity: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        let mut integrity: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        if integrity == "ok"
+            && let Some(problems) = crate::check_bodies(&c, &packs::dir_for(path))?
+        {
+            integrity = problems;
+        }
         let messages: i64 = c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))?;
         Ok(BackupCheck { integrity, messages })
     }
@@ -203,6 +305,113 @@ mod tests {
         let newer = s.history_finished_since(a).unwrap();
         assert_eq!(newer[0].count, 7);
         assert!(s.history_finished_since(newer[0].last_id).unwrap().is_empty());
+    }
+
+    /// A store with one folder holding `n` messages whose bodies are `body(uid)`.
+    fn store_with_mail(dir: &Path, n: i64) -> (Store, i64) {
+        let mut s = Store::open(&dir.join("s.sqlite")).unwrap();
+        s.add_user("u", 0).unwrap();
+        let a = s
+            .add_account(
+                &crate::NewAccount {
+                    owner_login: "u".into(),
+                    email: "u@x.test".into(),
+                    imap_host: "127.0.0.1".into(),
+                    imap_port: 143,
+                    login: "u".into(),
+                    password: Some("p".into()),
+                    ..crate::NewAccount::default()
+                },
+                0,
+            )
+            .unwrap();
+        let listed = [crate::FolderListing {
+            name: "INBOX".into(),
+            display_name: "INBOX".into(),
+            delimiter: None,
+            special_use: None,
+        }];
+        s.record_folder_list(a, &listed).unwrap();
+        let folder = s.account_folders(a).unwrap()[0].id;
+        let msgs: Vec<crate::NewMessage> =
+            (1..=n).map(|uid| crate::NewMessage { uid, raw: body(uid), ..Default::default() }).collect();
+        // two batches, so that the bodies span two appends of the same pack
+        let (one, two) = msgs.split_at(msgs.len() / 2);
+        assert_eq!(s.store_received(folder, one, &[]).unwrap() + s.store_received(folder, two, &[]).unwrap(), n as usize);
+        (s, folder)
+    }
+
+    fn body(uid: i64) -> Vec<u8> {
+        format!("Subject: {uid}\r\n\r\n{}\r\n", "x".repeat(uid as usize * 37)).into_bytes()
+    }
+
+    #[test]
+    fn compaction_moves_live_bodies_out_of_mostly_dead_packs_and_deletes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, folder) = store_with_mail(dir.path(), 200);
+        let packs_dir = s.packs_dir();
+        // nothing to do while every body is live
+        let none = s.compact_packs().unwrap();
+        assert_eq!((none.removed, none.moved), (0, 0));
+        assert_eq!(none.bytes_before, none.bytes_after);
+        // the receive writer of this connection still holds pack 1: release it
+        s.packs = None;
+        s.conn().execute("DELETE FROM messages WHERE uid % 4 != 0", []).unwrap();
+        let done = s.compact_packs().unwrap();
+        assert_eq!(done.removed, 1);
+        assert_eq!(done.moved, 50);
+        assert!(done.bytes_after * 3 < done.bytes_before, "{done:?}");
+        assert_eq!(packs::list(&packs_dir).unwrap(), vec![2]);
+        assert_eq!(s.integrity_check().unwrap(), "ok");
+        for uid in 1..=200 {
+            let got = s.message_raw(folder, uid).unwrap();
+            assert_eq!(got, (uid % 4 == 0).then(|| body(uid)), "uid {uid}");
+        }
+        // a pack left with no live body at all goes without a copy
+        s.conn().execute("DELETE FROM messages", []).unwrap();
+        let empty = s.compact_packs().unwrap();
+        assert_eq!((empty.removed, empty.moved, empty.bytes_after), (1, 0, 0));
+    }
+
+    #[test]
+    fn a_pack_a_writer_holds_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, folder) = store_with_mail(dir.path(), 20);
+        s.conn().execute("DELETE FROM messages WHERE uid > 1", []).unwrap();
+        // a second connection (another worker) is appending to pack 1
+        let mut other = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        std::mem::swap(&mut other.packs, &mut s.packs);
+        assert_eq!(s.compact_packs().unwrap().removed, 0);
+        assert_eq!(s.message_raw(folder, 1).unwrap(), Some(body(1)));
+        drop(other);
+        assert_eq!(s.compact_packs().unwrap().removed, 1);
+        assert_eq!(s.message_raw(folder, 1).unwrap(), Some(body(1)));
+    }
+
+    #[test]
+    fn integrity_and_backup_checks_see_a_broken_body_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, folder) = store_with_mail(dir.path(), 10);
+        let dest = dir.path().join("b.sqlite");
+        assert!(s.backup_to(&dest).unwrap() > 0);
+        assert_eq!(Store::check_backup(&dest).unwrap(), BackupCheck { integrity: "ok".into(), messages: 10 });
+        // the backup's packs are its own names: deleting the store's leaves the backup whole
+        s.packs = None;
+        s.conn().execute("DELETE FROM messages", []).unwrap();
+        s.compact_packs().unwrap();
+        assert_eq!(Store::check_backup(&dest).unwrap().integrity, "ok");
+        let b = Store::open(&dest).unwrap();
+        assert_eq!(b.message_raw(folder, 3).unwrap(), Some(body(3)));
+        drop(b);
+        // a reference off by one byte, and a missing pack
+        let c = Connection::open(&dest).unwrap();
+        c.execute("UPDATE message_bodies SET start = start + 1 WHERE message_id = 1", []).unwrap();
+        drop(c);
+        let bad = Store::check_backup(&dest).unwrap().integrity;
+        assert!(bad.contains("no record header") && bad.starts_with("message 1:"), "{bad}");
+        std::fs::remove_dir_all(packs::dir_for(&dest)).unwrap();
+        let gone = Store::check_backup(&dest).unwrap().integrity;
+        assert!(gone.contains("No such file"), "{gone}");
     }
 
     #[test]

@@ -102,10 +102,13 @@ CREATE INDEX messages_flags_pending ON messages(folder_id) WHERE flags_changed I
 CREATE INDEX messages_deletion_work ON messages(folder_id)
     WHERE deletion_synced IS NULL AND (local_deleted IS NOT NULL OR server_deleted IS NOT NULL OR move_to IS NOT NULL);
 
--- raw RFC 822 bytes apart from the row, so that flag scans never page through bodies
+-- where the raw RFC 822 bytes are: an append-only pack file beside the database (packs.rs);
+-- `start` is the body's offset in the pack, just after its record header
 CREATE TABLE message_bodies (
     message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
-    raw        BLOB NOT NULL
+    pack       INTEGER NOT NULL,
+    start      INTEGER NOT NULL,
+    length     INTEGER NOT NULL
 );
 
 CREATE TABLE receive_queue (

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use backproc_store::Store;
-use backproc_store::maintenance::DbPages;
+use backproc_store::maintenance::{DbPages, PackCompaction};
+use backproc_store::packs;
 
 use super::Ctx;
 use crate::task::{Failure, FailureKind, Report, Task};
@@ -35,12 +36,21 @@ pub struct Defrag {
     pub after: DbPages,
     /// Whether VACUUM ran (otherwise only the WAL was checkpointed).
     pub vacuumed: bool,
+    /// The message bodies' packs (deleted mail is given back here).
+    pub packs: PackCompaction,
     pub secs: f64,
 }
 
 impl Defrag {
     pub fn pages_freed(&self) -> i64 {
         (self.before.page_count - self.after.page_count).max(0)
+    }
+
+    /// Kilobytes given back to the file system: database pages and packs together (the
+    /// history record's count).
+    pub fn kb_freed(&self) -> i64 {
+        let packs = self.packs.bytes_before.saturating_sub(self.packs.bytes_after) as i64;
+        (self.pages_freed() * self.before.page_size + packs) / 1024
     }
 }
 
@@ -50,11 +60,13 @@ pub fn vacuum_worthwhile(p: &DbPages) -> bool {
     p.freelist_count * 10 > p.page_count || p.freelist_count > 1000
 }
 
-/// WAL checkpoint (TRUNCATE), then VACUUM when worthwhile (or `force`), then a checkpoint
-/// again so that the shrunk database reaches the file and the WAL is emptied. The store
-/// opens with auto_vacuum NONE, so an incremental vacuum is not available: VACUUM it is.
+/// Compaction of the body packs, WAL checkpoint (TRUNCATE), then VACUUM when worthwhile (or
+/// `force`), then a checkpoint again so that the shrunk database reaches the file and the WAL
+/// is emptied. The store opens with auto_vacuum NONE, so an incremental vacuum is not
+/// available: VACUUM it is.
 pub fn defragment(store: &mut Store, force: bool) -> Result<Defrag, backproc_store::Error> {
     let started = Instant::now();
+    let packs = store.compact_packs()?;
     store.wal_checkpoint_truncate()?;
     let before = store.db_pages()?;
     let vacuumed = force || vacuum_worthwhile(&before);
@@ -66,7 +78,7 @@ pub fn defragment(store: &mut Store, force: bool) -> Result<Defrag, backproc_sto
         }
     }
     let after = store.db_pages()?;
-    Ok(Defrag { before, after, vacuumed, secs: started.elapsed().as_secs_f64() })
+    Ok(Defrag { before, after, vacuumed, packs, secs: started.elapsed().as_secs_f64() })
 }
 
 fn mb(bytes: i64) -> String {
@@ -77,11 +89,15 @@ fn mb(bytes: i64) -> String {
 pub fn defrag_line(d: &Defrag) -> String {
     let what = if d.vacuumed { "" } else { " (WAL checkpoint only: not fragmented enough for VACUUM)" };
     format!(
-        "DB defragmentation: {} MB -> {} MB in {:.1}s, {} page(s) freed{what}",
+        "DB defragmentation: {} MB -> {} MB in {:.1}s, {} page(s) freed{what}; message packs {} MB -> {} MB ({} pack(s) compacted, {} message(s) moved)",
         mb(d.before.bytes()),
         mb(d.after.bytes()),
         d.secs,
-        d.pages_freed()
+        d.pages_freed(),
+        mb(d.packs.bytes_before as i64),
+        mb(d.packs.bytes_after as i64),
+        d.packs.removed,
+        d.packs.moved
     )
 }
 
@@ -90,7 +106,7 @@ pub fn vacuum(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
     match defragment(ctx.store, false) {
         Ok(d) => {
             log::info!("{}", defrag_line(&d));
-            Ok(Report { count: d.pages_freed(), follow_up: Vec::new() })
+            Ok(Report { count: d.kb_freed(), follow_up: Vec::new() })
         }
         Err(e) => {
             log::error!("Database defragmentation failed: {e}");
@@ -121,9 +137,23 @@ fn is_backup_name(name: &str) -> bool {
     name.starts_with("backproc-") && name.ends_with(".sqlite")
 }
 
-/// Copies the store to data_dir/backup/ with SQLite's online backup API (writers go on),
-/// checks that the copy opens with `integrity_check` = ok, renames it into place (a partial
-/// copy never carries a backup's name), and deletes all but the newest `keep` backups.
+/// Removes a backup: its database file and its packs directory.
+fn remove_backup(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(packs::dir_for(path)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Copies the store to data_dir/backup/ with SQLite's online backup API (writers go on) and
+/// its message packs as hard links (`backproc-….packs/` beside `backproc-….sqlite`), checks
+/// that the copy opens with `integrity_check` = ok and every body where its row says, renames
+/// it into place (packs first, the database last: a partial copy never carries a backup's
+/// name), and deletes all but the newest `keep` backups.
 pub fn backup_now(store: &Store, data_dir: &Path, keep: usize, now: i64) -> Result<BackupDone, String> {
     use std::os::unix::fs::PermissionsExt;
     let started = Instant::now();
@@ -132,9 +162,9 @@ pub fn backup_now(store: &Store, data_dir: &Path, keep: usize, now: i64) -> Resu
     let name = backup_name(now);
     let path = dir.join(&name);
     let tmp = dir.join(format!(".{name}.tmp"));
-    let _ = std::fs::remove_file(&tmp);
+    let _ = remove_backup(&tmp);
     let result = (|| {
-        store.backup_to(&tmp).map_err(|e| e.to_string())?;
+        let pack_bytes = store.backup_to(&tmp).map_err(|e| e.to_string())?;
         let check = Store::check_backup(&tmp).map_err(|e| format!("the copy does not open: {e}"))?;
         if check.integrity != "ok" {
             return Err(format!("the copy failed its integrity check: {}", check.integrity));
@@ -144,26 +174,37 @@ pub fn backup_now(store: &Store, data_dir: &Path, keep: usize, now: i64) -> Resu
         let mut perm = meta.permissions();
         perm.set_mode(perm.mode() & 0o770);
         std::fs::set_permissions(&tmp, perm).map_err(|e| e.to_string())?;
+        let packs = packs::dir_for(&path);
+        let _ = std::fs::remove_dir_all(&packs);
+        std::fs::rename(packs::dir_for(&tmp), &packs)
+            .map_err(|e| format!("cannot rename the copy's packs to {}: {e}", packs.display()))?;
         std::fs::rename(&tmp, &path).map_err(|e| format!("cannot rename the copy to {}: {e}", path.display()))?;
-        Ok((check.messages, meta.len()))
+        Ok((check.messages, meta.len() + pack_bytes))
     })();
     let (messages, bytes) = match result {
         Ok(v) => v,
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = remove_backup(&tmp);
             return Err(e);
         }
     };
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
+    let listed: Vec<String> = std::fs::read_dir(&dir)
         .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| is_backup_name(n))
         .collect();
+    // The packs of a backup whose database never got its name (a crash between the renames).
+    for orphan in listed.iter().filter(|n| n.starts_with("backproc-") && n.ends_with(".packs")) {
+        let db = dir.join(orphan).with_extension("sqlite");
+        if !db.exists() {
+            let _ = std::fs::remove_dir_all(dir.join(orphan));
+        }
+    }
+    let mut names: Vec<String> = listed.into_iter().filter(|n| is_backup_name(n)).collect();
     names.sort_unstable_by(|a, b| b.cmp(a));
     let mut removed = Vec::new();
     for old in names.iter().skip(keep.max(1)) {
         let p = dir.join(old);
-        match std::fs::remove_file(&p) {
+        match remove_backup(&p) {
             Ok(()) => removed.push(p),
             Err(e) => log::warn!("cannot delete the old backup {}: {e}", p.display()),
         }

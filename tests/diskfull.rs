@@ -115,6 +115,15 @@ fn copy_of_store(home: &Home) -> (tempfile::TempDir, backproc_store::Store) {
             std::fs::copy(&from, copy.path().join(format!("backproc.sqlite{suffix}"))).unwrap();
         }
     }
+    // and the message bodies' packs (the copy's integrity check reads every reference)
+    let packs = home.file("data/backproc.packs");
+    if packs.exists() {
+        std::fs::create_dir(copy.path().join("backproc.packs")).unwrap();
+        for e in std::fs::read_dir(&packs).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), copy.path().join("backproc.packs").join(e.file_name())).unwrap();
+        }
+    }
     let store = backproc_store::Store::open(&copy.path().join("backproc.sqlite")).expect("open the copied store");
     (copy, store)
 }

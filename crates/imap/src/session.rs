@@ -562,8 +562,12 @@ impl Session {
             .map_err(|e| classify("APPEND", e))
     }
 
+    /// Says LOGOUT and closes without waiting for the answer: no command is pending, the
+    /// BYE and OK would tell nothing we need, and waiting for them costs a round trip at
+    /// the end of every `run --once`.
     pub fn logout(mut self) {
-        let _ = self.inner.logout();
+        self.raw_tag += 1;
+        let _ = write!(self.raw, "r{} LOGOUT\r\n", self.raw_tag).and_then(|_| self.raw.flush());
     }
 
     pub fn noop(&mut self) -> Result<()> {

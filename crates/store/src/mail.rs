@@ -294,6 +294,35 @@ impl Store {
             })?)
     }
 
+    /// The account's folders as the scheduler sees them (`schedule_candidates`), with their
+    /// names: a sync asks the server about all those due at the same time in one write.
+    pub fn account_sched_folders(&self, account: i64, now: i64) -> Result<Vec<(String, SchedFolder)>> {
+        let mut st = self.conn().prepare_cached(
+            "SELECT f.name, a.id, f.id, f.priority, f.last_recent_sync, f.last_full_sync, f.sync_requested,
+                    COALESCE(u.session_expires > ?2, 0), (a.retry_after IS NULL OR a.retry_after <= ?2)
+             FROM folders f JOIN accounts a ON a.id = f.account_id JOIN users u ON u.id = a.owner_id
+             WHERE f.account_id = ?1 AND f.gone = 0 ORDER BY f.id",
+        )?;
+        let v = st
+            .query_map(params![account, now], |r| {
+                Ok((
+                    r.get(0)?,
+                    SchedFolder {
+                        account_id: r.get(1)?,
+                        folder_id: r.get(2)?,
+                        priority: r.get(3)?,
+                        last_recent_sync: r.get(4)?,
+                        last_full_sync: r.get(5)?,
+                        sync_requested: r.get(6)?,
+                        logged_in: r.get(7)?,
+                        account_ready: r.get(8)?,
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
     pub fn folder_sync_rows(&self, folder_id: i64) -> Result<(Vec<MsgSyncRow>, Vec<i64>)> {
         let mut st = self.conn().prepare_cached(
             "SELECT uid, seen, answered, flagged, draft, deleted, flags_changed, server_deleted IS NOT NULL

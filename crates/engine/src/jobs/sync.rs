@@ -7,6 +7,7 @@ use backproc_imap::{Change, Flags, LocalFolder, LocalMsg, ServerFlags, ServerVie
 use backproc_store::{FolderListing, MsgFlags, SyncApply};
 
 use super::Ctx;
+use crate::schedule::{Intervals, daily_start, folder_due};
 use crate::sessions::failure_from_imap;
 use crate::task::{Failure, FailureKind, Job, Report, Task};
 
@@ -66,6 +67,20 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
         highest_modseq: folder.highest_modseq.map(|v| v as u64),
         last_full_sync: folder.last_full_sync,
     };
+    let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
+    if !session.has_status_ahead(&folder.name) {
+        // The first sync of the account's folders due together asks for all their STATUS in
+        // one write: one round trip instead of one per folder.
+        let due = due_folder_names(ctx, account, now)?;
+        if due.len() > 1 {
+            let names: Vec<&str> = due.iter().map(String::as_str).collect();
+            let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
+            if let Err(e) = session.status_ahead(&names) {
+                ctx.sessions.discard(account);
+                return Err(failure_from_imap(e));
+            }
+        }
+    }
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
     let status = match session.status(&folder.name) {
         Ok(s) => s,
@@ -186,6 +201,20 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
         follow_up.push(Task::new(Job::SyncFull, Some(account), Some(folder_id)));
     }
     Ok(Report { count: found as i64, follow_up })
+}
+
+/// The names of the account's folders due for a sync now (as the scheduler decides it), this
+/// one included.
+fn due_folder_names(ctx: &mut Ctx, account: i64, now: i64) -> Result<Vec<String>, Failure> {
+    let iv = Intervals::from_config(ctx.config);
+    let low_start = daily_start(&chrono::Local, now, ctx.config.email_bg_lo_folders_sync_start);
+    Ok(ctx
+        .store
+        .account_sched_folders(account, now)?
+        .into_iter()
+        .filter(|(_, f)| folder_due(f, now, &iv, low_start).is_some())
+        .map(|(name, _)| name)
+        .collect())
 }
 
 fn local_msg(r: &backproc_store::MsgSyncRow) -> LocalMsg {

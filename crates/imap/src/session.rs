@@ -483,33 +483,33 @@ impl Session {
         last: u32,
         changed_since: Option<u64>,
     ) -> Result<(BTreeMap<u32, Flags>, BTreeSet<u32>)> {
+        let flags = self.changed_flags(last, changed_since)?;
+        let present: BTreeSet<u32> = if changed_since.is_some() && self.caps.condstore {
+            self.present_uids(last)?
+        } else {
+            flags.keys().copied().collect()
+        };
+        Ok((flags, present))
+    }
+
+    /// Flags of messages up to `last`: only those changed since `changed_since` with
+    /// CONDSTORE (RFC 7162 §3.1.4), all of them otherwise.
+    pub fn changed_flags(&mut self, last: u32, changed_since: Option<u64>) -> Result<BTreeMap<u32, Flags>> {
         if last == 0 {
-            return Ok((BTreeMap::new(), BTreeSet::new()));
+            return Ok(BTreeMap::new());
         }
-        let range = format!("1:{last}");
         let query = match changed_since {
             Some(m) if self.caps.condstore => format!("(UID FLAGS) (CHANGEDSINCE {m})"),
             _ => "(UID FLAGS)".to_owned(),
         };
-        let f = self.inner.uid_fetch(&range, &query).map_err(|e| classify("UID FETCH", e))?;
+        let f = self.inner.uid_fetch(format!("1:{last}"), &query).map_err(|e| classify("UID FETCH", e))?;
         let mut flags = BTreeMap::new();
         for m in f.iter() {
             if let Some(uid) = m.uid.filter(|u| *u <= last) {
                 flags.insert(uid, convert_flags(m.flags()));
             }
         }
-        drop(f);
-        let present: BTreeSet<u32> = if changed_since.is_some() && self.caps.condstore {
-            self.inner
-                .uid_search(format!("UID {range}"))
-                .map_err(|e| classify("UID SEARCH", e))?
-                .into_iter()
-                .filter(|u| *u <= last)
-                .collect()
-        } else {
-            flags.keys().copied().collect()
-        };
-        Ok((flags, present))
+        Ok(flags)
     }
 
     /// Downloads `uids` (a batch) without setting \Seen; calls `each` per message.

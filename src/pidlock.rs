@@ -40,8 +40,9 @@ pub fn acquire(dir: &Path) -> anyhow::Result<Acquire> {
             // Truncate only once we own the lock: the loser must not erase the winner's pid.
             lock.set_len(0)?;
             lock.seek(SeekFrom::Start(0))?;
+            // No fsync: the flock, not the file, says a master runs, and the pid only has to
+            // outlive this process, not a power cut (which ends the master too).
             writeln!(lock, "{}", std::process::id())?;
-            lock.sync_all()?;
             Ok(Acquire::Master(PidLock { _lock: lock }))
         }
         Err((_, Errno::EWOULDBLOCK)) => Ok(Acquire::Busy(read_pid(&path))),

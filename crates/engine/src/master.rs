@@ -32,6 +32,10 @@ pub struct MasterOptions {
     pub only_account: Option<i64>,
 }
 
+/// Largest WAL (bytes) a stopping master leaves for the next start to read back, instead of
+/// checkpointing it (two fsyncs) on the way out.
+const WAL_KEPT_AT_STOP: u64 = 4 << 20;
+
 enum Event {
     Tick,
     Outcome(Outcome),
@@ -102,6 +106,20 @@ pub fn run(
                 for dead in pool.reap() {
                     in_flight.retain(|_, w| *w != dead);
                 }
+                let due = match scheduler.due(&mut store, &config, &in_flight) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        log::error!("cannot read the schedule from the store: {e}");
+                        Vec::new()
+                    }
+                };
+                let mut due = due;
+                if let Some(a) = opts.only_account {
+                    due.retain(|t| t.account == Some(a));
+                }
+                let nothing_due = due.is_empty();
+                dispatch(&mut pool, &mut in_flight, due);
+                // Bookkeeping after the dispatch: the workers start (connect, log in) meanwhile.
                 if let Err(e) = store.master_heartbeat(clock.now()) {
                     log::error!("cannot write the heartbeat: {e}");
                 }
@@ -118,19 +136,6 @@ pub fn run(
                         log::debug!("WAL checkpoint: {e}");
                     }
                 }
-                let due = match scheduler.due(&mut store, &config, &in_flight) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        log::error!("cannot read the schedule from the store: {e}");
-                        Vec::new()
-                    }
-                };
-                let mut due = due;
-                if let Some(a) = opts.only_account {
-                    due.retain(|t| t.account == Some(a));
-                }
-                let nothing_due = due.is_empty();
-                dispatch(&mut pool, &mut in_flight, due);
                 if opts.once && nothing_due && in_flight.is_empty() {
                     break;
                 }
@@ -159,6 +164,11 @@ pub fn run(
         );
     }
     store.master_stopped(clock.now())?;
+    // Connections leave the WAL in place when they close (the store's `configure`): fold it
+    // into the database only once it is big enough to slow the next start's read-back.
+    if let Err(e) = store.checkpoint_if_wal_over(WAL_KEPT_AT_STOP) {
+        log::debug!("WAL checkpoint: {e}");
+    }
     if config.bg_metrics_enabled {
         crate::metrics::mark_down(&opts.data_dir);
     }

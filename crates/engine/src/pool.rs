@@ -49,6 +49,8 @@ pub struct Pool {
     factory: RunnerFactory,
     stopping: Arc<AtomicBool>,
     idle_every: Duration,
+    /// A worker thread sends on it as it ends, so `join` wakes at once instead of polling.
+    exited: (Sender<()>, Receiver<()>),
 }
 
 impl Pool {
@@ -62,6 +64,7 @@ impl Pool {
             factory,
             stopping: Arc::new(AtomicBool::new(false)),
             idle_every: Duration::from_secs(5),
+            exited: crossbeam_channel::unbounded(),
         }
     }
 
@@ -108,6 +111,7 @@ impl Pool {
             outcomes: self.outcomes.clone(),
             stopping: self.stopping.clone(),
             alive: alive.clone(),
+            exited: self.exited.0.clone(),
             idle_every: self.idle_every,
         };
         let factory = self.factory.clone();
@@ -149,7 +153,13 @@ impl Pool {
     /// Waits until every worker has exited or `deadline` passes; returns whether all exited.
     pub fn join(&mut self, deadline: Instant) -> bool {
         loop {
-            let all = self.workers.iter().flatten().all(|w| w.join.as_ref().is_none_or(|j| j.is_finished()));
+            // A worker marks itself dead as the last thing its thread does (`AliveGuard`), so
+            // joining it then waits for nothing more than the thread's return.
+            let all = self
+                .workers
+                .iter()
+                .flatten()
+                .all(|w| w.join.as_ref().is_none_or(|j| j.is_finished() || !w.alive.load(Ordering::SeqCst)));
             if all {
                 for w in self.workers.iter_mut().flatten() {
                     if let Some(j) = w.join.take() {
@@ -161,8 +171,8 @@ impl Pool {
             if Instant::now() >= deadline {
                 return false;
             }
-            // A short poll: a one-shot `run --once` ends here, and cron waits on it.
-            std::thread::sleep(Duration::from_millis(1));
+            // Woken by any worker's end (a one-shot `run --once` waits here, and cron on it).
+            let _ = self.exited.1.recv_deadline(deadline);
         }
     }
 }
@@ -174,20 +184,22 @@ struct WorkerLoop {
     outcomes: Sender<Outcome>,
     stopping: Arc<AtomicBool>,
     alive: Arc<AtomicBool>,
+    exited: Sender<()>,
     idle_every: Duration,
 }
 
-/// Marks the worker dead however its thread ends.
-struct AliveGuard(Arc<AtomicBool>);
+/// Marks the worker dead however its thread ends, and says so to `Pool::join`.
+struct AliveGuard(Arc<AtomicBool>, Sender<()>);
 impl Drop for AliveGuard {
     fn drop(&mut self) {
         self.0.store(false, Ordering::SeqCst);
+        let _ = self.1.send(());
     }
 }
 
 impl WorkerLoop {
     fn run(self, factory: RunnerFactory) {
-        let _guard = AliveGuard(self.alive.clone());
+        let _guard = AliveGuard(self.alive.clone(), self.exited.clone());
         log_mdc::insert("thread", format!("t{}", self.idx + 1));
         let mut runner = factory(self.idx);
         loop {

@@ -41,14 +41,25 @@ const LINE_MAX: usize = 1 << 20;
 /// size are read into one exact allocation, larger ones grow as their bytes come in.
 const PREALLOC_MAX: usize = 1 << 20;
 
-struct Reader<'a, T: Read> {
+/// Buffered lines and literals off the transport (also used by `crate::status`).
+pub(crate) struct Reader<'a, T: Read> {
     inner: &'a mut T,
     buf: Vec<u8>,
     pos: usize,
     len: usize,
 }
 
-impl<T: Read> Reader<'_, T> {
+impl<'a, T: Read> Reader<'a, T> {
+    pub(crate) fn new(inner: &'a mut T, capacity: usize) -> Reader<'a, T> {
+        Reader { inner, buf: vec![0; capacity], pos: 0, len: 0 }
+    }
+
+    /// Whether bytes were read past what was consumed (the stream is out of step if so at a
+    /// final tagged answer: the server sends nothing after it).
+    pub(crate) fn has_unread(&self) -> bool {
+        self.pos != self.len
+    }
+
     fn fill(&mut self) -> io::Result<bool> {
         if self.pos < self.len {
             return Ok(true);
@@ -59,7 +70,7 @@ impl<T: Read> Reader<'_, T> {
     }
 
     /// One line, CRLF included.
-    fn line(&mut self) -> Result<Vec<u8>, FetchError> {
+    pub(crate) fn line(&mut self) -> Result<Vec<u8>, FetchError> {
         let mut out = Vec::new();
         loop {
             if !self.fill()? {
@@ -87,7 +98,7 @@ impl<T: Read> Reader<'_, T> {
     /// `n` is what the server announced, not what it sent: the buffer grows at most by
     /// [`PREALLOC_MAX`] or by what has already arrived, whichever is larger, so a hostile
     /// `{4000000000}` followed by nothing costs 1 MiB, not 4 GB (found by fuzz/imap_fetch).
-    fn exact(&mut self, n: usize, out: &mut Vec<u8>) -> Result<(), FetchError> {
+    pub(crate) fn exact(&mut self, n: usize, out: &mut Vec<u8>) -> Result<(), FetchError> {
         out.reserve_exact(n.min(PREALLOC_MAX));
         let from_buf = n.min(self.len - self.pos);
         out.extend_from_slice(&self.buf[self.pos..self.pos + from_buf]);
@@ -115,7 +126,7 @@ impl<T: Read> Reader<'_, T> {
 }
 
 /// `{123}\r\n` (or `{123+}`) at the end of a line: the literal's size.
-fn literal_size(line: &[u8]) -> Option<usize> {
+pub(crate) fn literal_size(line: &[u8]) -> Option<usize> {
     let l = line.strip_suffix(b"\r\n").or_else(|| line.strip_suffix(b"\n"))?;
     let l = l.strip_suffix(b"}")?;
     let open = l.iter().rposition(|&b| b == b'{')?;

@@ -7,6 +7,7 @@ pub mod fetch;
 pub mod mutf7;
 pub mod plan;
 pub mod session;
+pub mod status;
 
 pub use plan::{Change, Flags, LocalFolder, LocalMsg, NewMsg, ServerFlags, ServerStatus, ServerView, plan};
 pub use session::{Caps, ConnectParams, Error, ErrorKind, Fetched, ListedFolder, Security, Session};

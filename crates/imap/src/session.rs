@@ -4,11 +4,11 @@
 //! Invariant: passwords never reach an error message or a log line (the imap crate's debug
 //! output, which echoes LOGIN, is never enabled).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use imap_proto::types::NameAttribute;
 
@@ -159,7 +159,14 @@ pub struct Session {
     raw_tag: u32,
     pub caps: Caps,
     selected: Option<(String, bool)>,
+    /// STATUS answers asked ahead for other folders (`status_ahead`), and when.
+    ahead: HashMap<String, (ServerStatus, Instant)>,
 }
+
+/// How long a STATUS answer asked ahead stands in for the folder's own STATUS: the folders
+/// of one account due together are synced one after the other within this time; a later sync
+/// asks again.
+const AHEAD_FOR: Duration = Duration::from_secs(2);
 
 fn tls_connector(p: &ConnectParams) -> Result<native_tls::TlsConnector> {
     let mut b = native_tls::TlsConnector::builder();
@@ -312,7 +319,7 @@ impl Session {
             // RFC 7162 §3.1: enabling CONDSTORE makes SELECT/EXAMINE/STATUS report MODSEQs.
             inner.run_command_and_check_ok("ENABLE CONDSTORE").map_err(|e| classify("ENABLE", e))?;
         }
-        Ok(Session { inner, raw, raw_tag: 0, caps, selected: None })
+        Ok(Session { inner, raw, raw_tag: 0, caps, selected: None, ahead: HashMap::new() })
     }
 
     /// Every folder, with special use from SPECIAL-USE attributes or well-known names.
@@ -355,19 +362,74 @@ impl Session {
         Ok(out)
     }
 
-    /// STATUS: one round trip, no SELECT: what a no-change resync needs to see.
-    pub fn status(&mut self, name: &str) -> Result<ServerStatus> {
-        let items = if self.caps.condstore {
+    fn status_items(&self) -> &'static str {
+        if self.caps.condstore {
             "(MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)"
         } else {
             "(MESSAGES UIDNEXT UIDVALIDITY)"
-        };
+        }
+    }
+
+    /// STATUS of `names` in one write (`crate::status`); each answer stands in for that
+    /// folder's own `status` for a short while ([`AHEAD_FOR`]). A refused folder keeps no
+    /// answer: its own STATUS reports the refusal.
+    pub fn status_ahead(&mut self, names: &[&str]) -> Result<()> {
+        let names: Vec<&str> = names.iter().copied().filter(|n| crate::status::quoted(n).is_some()).collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let answers = self.raw_status(&names)?;
+        let now = Instant::now();
+        for (name, answer) in names.into_iter().zip(answers) {
+            if let Ok(s) = answer {
+                self.ahead.insert(name.to_owned(), (s, now));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `status(name)` would be answered from a STATUS asked ahead.
+    pub fn has_status_ahead(&self, name: &str) -> bool {
+        self.ahead.get(name).is_some_and(|(_, at)| at.elapsed() < AHEAD_FOR)
+    }
+
+    fn raw_status(&mut self, names: &[&str]) -> Result<Vec<crate::status::Answer>> {
+        let tags: Vec<String> = names
+            .iter()
+            .map(|_| {
+                self.raw_tag += 1;
+                format!("r{}", self.raw_tag)
+            })
+            .collect();
+        let items = self.status_items();
+        crate::status::status_many(&mut self.raw, &tags, names, items).map_err(|e| {
+            let kind = match e {
+                crate::fetch::FetchError::Io(_) => ErrorKind::Connect,
+                _ => ErrorKind::Protocol,
+            };
+            Error::new(kind, format!("STATUS: {e}"))
+        })
+    }
+
+    /// STATUS: one round trip, no SELECT: what a no-change resync needs to see. Answered from
+    /// `status_ahead` when that asked for this folder a moment ago.
+    pub fn status(&mut self, name: &str) -> Result<ServerStatus> {
+        if let Some((s, at)) = self.ahead.remove(name)
+            && at.elapsed() < AHEAD_FOR
+        {
+            return Ok(s);
+        }
+        if crate::status::quoted(name).is_some() {
+            let answer = self.raw_status(&[name])?.remove(0);
+            return answer.map_err(|text| Error::new(ErrorKind::Protocol, format!("STATUS: {text}")));
+        }
+        // A name that cannot be sent quoted (CR, LF, 8-bit: never in a modified UTF-7 name)
+        // goes through the imap crate; when it finds no answer under the name as written,
+        // EXAMINE tells the same, at the cost of selecting the folder.
+        let items = self.status_items();
         let mb = match self.inner.status(name, items) {
             Ok(mb) => mb,
-            // The imap crate matches the answer's mailbox name against ours as written, so a
-            // name with `"` or `\` (escaped on the wire) is never found: EXAMINE tells the
-            // same, at the cost of selecting the folder.
-            Err(imap::Error::MissingStatusResponse) if name.contains(['"', '\\']) => return self.open(name, false),
+            Err(imap::Error::MissingStatusResponse) => return self.open(name, false),
             Err(e) => return Err(classify("STATUS", e)),
         };
         Ok(ServerStatus {
@@ -421,33 +483,33 @@ impl Session {
         last: u32,
         changed_since: Option<u64>,
     ) -> Result<(BTreeMap<u32, Flags>, BTreeSet<u32>)> {
+        let flags = self.changed_flags(last, changed_since)?;
+        let present: BTreeSet<u32> = if changed_since.is_some() && self.caps.condstore {
+            self.present_uids(last)?
+        } else {
+            flags.keys().copied().collect()
+        };
+        Ok((flags, present))
+    }
+
+    /// Flags of messages up to `last`: only those changed since `changed_since` with
+    /// CONDSTORE (RFC 7162 §3.1.4), all of them otherwise.
+    pub fn changed_flags(&mut self, last: u32, changed_since: Option<u64>) -> Result<BTreeMap<u32, Flags>> {
         if last == 0 {
-            return Ok((BTreeMap::new(), BTreeSet::new()));
+            return Ok(BTreeMap::new());
         }
-        let range = format!("1:{last}");
         let query = match changed_since {
             Some(m) if self.caps.condstore => format!("(UID FLAGS) (CHANGEDSINCE {m})"),
             _ => "(UID FLAGS)".to_owned(),
         };
-        let f = self.inner.uid_fetch(&range, &query).map_err(|e| classify("UID FETCH", e))?;
+        let f = self.inner.uid_fetch(format!("1:{last}"), &query).map_err(|e| classify("UID FETCH", e))?;
         let mut flags = BTreeMap::new();
         for m in f.iter() {
             if let Some(uid) = m.uid.filter(|u| *u <= last) {
                 flags.insert(uid, convert_flags(m.flags()));
             }
         }
-        drop(f);
-        let present: BTreeSet<u32> = if changed_since.is_some() && self.caps.condstore {
-            self.inner
-                .uid_search(format!("UID {range}"))
-                .map_err(|e| classify("UID SEARCH", e))?
-                .into_iter()
-                .filter(|u| *u <= last)
-                .collect()
-        } else {
-            flags.keys().copied().collect()
-        };
-        Ok((flags, present))
+        Ok(flags)
     }
 
     /// Downloads `uids` (a batch) without setting \Seen; calls `each` per message.
@@ -488,6 +550,8 @@ impl Session {
     /// With CONDSTORE and `unchanged_since`, the server refuses if it changed meanwhile
     /// (RFC 7162 §3.2): returns false then, so a concurrent change is not overwritten.
     pub fn store_flags(&mut self, uid: u32, flags: Flags, unchanged_since: Option<u64>) -> Result<bool> {
+        // What we change on the server makes the STATUS answers asked ahead stale.
+        self.ahead.clear();
         let cmd = match unchanged_since {
             Some(m) if self.caps.condstore => {
                 format!("UID STORE {uid} (UNCHANGEDSINCE {m}) FLAGS.SILENT {}", flags.to_imap())
@@ -516,6 +580,8 @@ impl Session {
     /// Moves `uids` of the selected (read-write) folder to `dest`: UID MOVE (RFC 6851), or
     /// COPY then delete when the server lacks MOVE.
     pub fn move_uids(&mut self, uids: &[u32], dest: &str) -> Result<()> {
+        // What we change on the server makes the STATUS answers asked ahead stale.
+        self.ahead.clear();
         if uids.is_empty() {
             return Ok(());
         }
@@ -532,6 +598,8 @@ impl Session {
     /// another client flagged \Deleted, so it is used only when no other message is flagged;
     /// otherwise ours stay flagged and `false` is returned.
     pub fn delete_uids(&mut self, uids: &[u32]) -> Result<bool> {
+        // What we change on the server makes the STATUS answers asked ahead stale.
+        self.ahead.clear();
         if uids.is_empty() {
             return Ok(true);
         }
@@ -553,6 +621,8 @@ impl Session {
 
     /// APPEND a message with \Seen (e.g. to the Sent folder).
     pub fn append_seen(&mut self, folder: &str, raw: &[u8]) -> Result<()> {
+        // What we change on the server makes the STATUS answers asked ahead stale.
+        self.ahead.clear();
         self.selected = None;
         self.inner
             .append(folder, raw)
@@ -562,8 +632,12 @@ impl Session {
             .map_err(|e| classify("APPEND", e))
     }
 
+    /// Says LOGOUT and closes without waiting for the answer: no command is pending, the
+    /// BYE and OK would tell nothing we need, and waiting for them costs a round trip at
+    /// the end of every `run --once`.
     pub fn logout(mut self) {
-        let _ = self.inner.logout();
+        self.raw_tag += 1;
+        let _ = write!(self.raw, "r{} LOGOUT\r\n", self.raw_tag).and_then(|_| self.raw.flush());
     }
 
     pub fn noop(&mut self) -> Result<()> {

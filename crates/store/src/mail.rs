@@ -279,19 +279,58 @@ impl Store {
     }
 
     /// Stored messages (with a current UID) and queued UIDs of a folder.
-    /// What a sync needs to know before it reads any row: messages the store believes the
-    /// server has, queued downloads, and whether a local flag change waits to be pushed.
+    /// What a sync needs to know before it reads any row: messages stored with a UID, queued
+    /// downloads, and whether a local flag change waits to be pushed. Every count comes from
+    /// an index alone (`stored` includes rows already known gone on the server: telling those
+    /// apart reads every row, see `folder_present_count`).
     pub fn folder_sync_summary(&self, folder_id: i64) -> Result<SyncSummary> {
         Ok(self
             .conn()
             .prepare_cached(
-                "SELECT (SELECT COUNT(*) FROM messages WHERE folder_id = ?1 AND uid > 0 AND server_deleted IS NULL),
+                "SELECT (SELECT COUNT(*) FROM messages WHERE folder_id = ?1 AND uid > 0),
                     (SELECT COUNT(*) FROM receive_queue WHERE folder_id = ?1),
                     EXISTS (SELECT 1 FROM messages WHERE folder_id = ?1 AND flags_changed IS NOT NULL)",
             )?
             .query_row([folder_id], |r| {
-                Ok(SyncSummary { present: r.get(0)?, queued: r.get(1)?, local_pending: r.get(2)? })
+                Ok(SyncSummary { stored: r.get(0)?, queued: r.get(1)?, local_pending: r.get(2)? })
             })?)
+    }
+
+    /// Stored messages the store believes the server still has (not marked gone there).
+    pub fn folder_present_count(&self, folder_id: i64) -> Result<i64> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT COUNT(*) FROM messages WHERE folder_id = ? AND uid > 0 AND server_deleted IS NULL")?
+            .query_row([folder_id], |r| r.get(0))?)
+    }
+
+    /// The account's folders as the scheduler sees them (`schedule_candidates`), with their
+    /// names: a sync asks the server about all those due at the same time in one write.
+    pub fn account_sched_folders(&self, account: i64, now: i64) -> Result<Vec<(String, SchedFolder)>> {
+        let mut st = self.conn().prepare_cached(
+            "SELECT f.name, a.id, f.id, f.priority, f.last_recent_sync, f.last_full_sync, f.sync_requested,
+                    COALESCE(u.session_expires > ?2, 0), (a.retry_after IS NULL OR a.retry_after <= ?2)
+             FROM folders f JOIN accounts a ON a.id = f.account_id JOIN users u ON u.id = a.owner_id
+             WHERE f.account_id = ?1 AND f.gone = 0 ORDER BY f.id",
+        )?;
+        let v = st
+            .query_map(params![account, now], |r| {
+                Ok((
+                    r.get(0)?,
+                    SchedFolder {
+                        account_id: r.get(1)?,
+                        folder_id: r.get(2)?,
+                        priority: r.get(3)?,
+                        last_recent_sync: r.get(4)?,
+                        last_full_sync: r.get(5)?,
+                        sync_requested: r.get(6)?,
+                        logged_in: r.get(7)?,
+                        account_ready: r.get(8)?,
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
     }
 
     pub fn folder_sync_rows(&self, folder_id: i64) -> Result<(Vec<MsgSyncRow>, Vec<i64>)> {
@@ -312,6 +351,39 @@ impl Store {
         let mut st = self.conn().prepare_cached("SELECT uid FROM receive_queue WHERE folder_id = ? ORDER BY uid")?;
         let queued = st.query_map([folder_id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
         Ok((msgs, queued))
+    }
+
+    /// The sync rows of `uids` (those stored) and of every message with a local flag change
+    /// waiting, sorted by UID: the partial view a flag pass needs when the server reported
+    /// only what changed and nothing can have been expunged (`imap::plan` takes it with
+    /// `present` = these UIDs), instead of every row of the folder.
+    pub fn folder_sync_rows_of(&self, folder_id: i64, uids: impl IntoIterator<Item = i64>) -> Result<Vec<MsgSyncRow>> {
+        const COLS: &str = "uid, seen, answered, flagged, draft, deleted, flags_changed, server_deleted IS NOT NULL";
+        let row = |r: &rusqlite::Row| -> rusqlite::Result<MsgSyncRow> {
+            Ok(MsgSyncRow {
+                uid: r.get(0)?,
+                flags: MsgFlags::from_row(r, 1)?,
+                flags_changed: r.get(6)?,
+                server_deleted: r.get(7)?,
+            })
+        };
+        let mut out: Vec<MsgSyncRow> = self
+            .conn()
+            .prepare_cached(&format!(
+                "SELECT {COLS} FROM messages WHERE folder_id = ? AND flags_changed IS NOT NULL AND uid > 0"
+            ))?
+            .query_map([folder_id], row)?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut one =
+            self.conn().prepare_cached(&format!("SELECT {COLS} FROM messages WHERE folder_id = ? AND uid = ?"))?;
+        for uid in uids.into_iter().filter(|u| *u > 0) {
+            if let Some(r) = one.query_row(params![folder_id, uid], row).optional()? {
+                out.push(r);
+            }
+        }
+        out.sort_by_key(|r| r.uid);
+        out.dedup_by_key(|r| r.uid);
+        Ok(out)
     }
 
     /// Applies one sync run. The watermarks move in the same transaction as the queue
@@ -621,7 +693,8 @@ impl Store {
 /// See `Store::folder_sync_summary`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SyncSummary {
-    pub present: i64,
+    /// Messages with a current UID, those known gone on the server included.
+    pub stored: i64,
     pub queued: i64,
     pub local_pending: bool,
 }

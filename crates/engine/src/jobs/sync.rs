@@ -1,12 +1,14 @@
 //! Folder discovery and the Sync job: asks the server what changed, plans, applies.
 //! It downloads nothing: new UIDs go to the receive queue.
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use backproc_imap::{Change, Flags, LocalFolder, LocalMsg, ServerFlags, ServerView, plan};
 use backproc_store::{FolderListing, MsgFlags, SyncApply};
 
 use super::Ctx;
+use crate::schedule::{Intervals, daily_start, folder_due};
 use crate::sessions::failure_from_imap;
 use crate::task::{Failure, FailureKind, Job, Report, Task};
 
@@ -67,6 +69,20 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
         last_full_sync: folder.last_full_sync,
     };
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
+    if !session.has_status_ahead(&folder.name) {
+        // The first sync of the account's folders due together asks for all their STATUS in
+        // one write: one round trip instead of one per folder.
+        let due = due_folder_names(ctx, account, now)?;
+        if due.len() > 1 {
+            let names: Vec<&str> = due.iter().map(String::as_str).collect();
+            let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
+            if let Err(e) = session.status_ahead(&names) {
+                ctx.sessions.discard(account);
+                return Err(failure_from_imap(e));
+            }
+        }
+    }
+    let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
     let status = match session.status(&folder.name) {
         Ok(s) => s,
         Err(e) => {
@@ -81,13 +97,12 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
     let flags_unchanged = session.caps.condstore
         && local.highest_modseq.is_some()
         && status.highest_modseq == local.highest_modseq
-        && status.exists as i64 == summary.present + summary.queued;
+        && holds_all(ctx.store, folder_id, &summary, i64::from(status.exists), 0)?;
     // Pending local flag changes need the flag pass even when the server changed nothing.
     let want_flags = !reset && full && (!flags_unchanged || summary.local_pending) && local.last_seen_uid > 0;
-    // Only the flag pass compares the folder message by message.
-    let (rows, queued) = if want_flags { ctx.store.folder_sync_rows(folder_id)? } else { Default::default() };
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
-    let result = (|| -> Result<(ServerView, Vec<Change>, Vec<u32>), backproc_imap::Error> {
+    let store: &backproc_store::Store = ctx.store;
+    let result = (|| -> Result<(ServerView, Vec<Change>, Vec<u32>), Fail> {
         let mut view = ServerView { status, new: Vec::new(), full: None };
         if reset {
             let changes = plan(&local, &[], &[], &view);
@@ -100,10 +115,30 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
             view.new = session.new_messages(local.last_seen_uid)?;
         }
         let mut pushed = Vec::new();
+        // Only the flag pass compares the folder message by message.
+        let (mut rows, mut queued) = (Vec::new(), Vec::new());
         if want_flags {
+            let last = local.last_seen_uid;
             let since = if session.caps.condstore { local.highest_modseq } else { None };
-            let (flags, present) = session.flags_and_present(local.last_seen_uid, since)?;
-            view.full = Some(ServerFlags { flags, present });
+            // UIDs only grow (RFC 3501 §2.3.1.1) and every UID up to the last seen one was
+            // queued here: when the server's count is what we hold plus the new UIDs, nothing
+            // we hold was expunged. Then CHANGEDSINCE's answer and the rows it names (and
+            // those with a local change waiting) are the whole story: no UID SEARCH of every
+            // UID, no read of every row. An expunge (or anything else that upsets the count)
+            // takes the full comparison.
+            let new_uids: BTreeSet<u32> = view.new.iter().map(|m| m.uid).filter(|u| *u > last).collect();
+            let nothing_expunged = since.is_some()
+                && holds_all(store, folder_id, &summary, i64::from(view.status.exists), new_uids.len() as i64)?;
+            if nothing_expunged {
+                let flags = session.changed_flags(last, since)?;
+                rows = store.folder_sync_rows_of(folder_id, flags.keys().map(|u| i64::from(*u)))?;
+                let present = rows.iter().map(|r| r.uid as u32).collect();
+                view.full = Some(ServerFlags { flags, present });
+            } else {
+                let (flags, present) = session.flags_and_present(last, since)?;
+                (rows, queued) = store.folder_sync_rows(folder_id)?;
+                view.full = Some(ServerFlags { flags, present });
+            }
         } else if full && local.last_seen_uid == 0 {
             view.full = Some(ServerFlags::default());
         }
@@ -134,10 +169,11 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
     })();
     let (view, changes, pushed) = match result {
         Ok(v) => v,
-        Err(e) => {
+        Err(Fail::Imap(e)) => {
             ctx.sessions.discard(account);
             return Err(failure_from_imap(e));
         }
+        Err(Fail::Store(e)) => return Err(e.into()),
     };
     let mut apply = SyncApply { full, uidvalidity: Some(view.status.uidvalidity as i64), ..SyncApply::default() };
     let mut found = 0usize;
@@ -186,6 +222,56 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
         follow_up.push(Task::new(Job::SyncFull, Some(account), Some(folder_id)));
     }
     Ok(Report { count: found as i64, follow_up })
+}
+
+/// Whether the server's message count `exists` is exactly what we hold, plus `new` UIDs above
+/// the last seen one: as UIDs only grow and every one up to the last seen was queued here,
+/// nothing we hold was expunged then. `summary.stored` (an index-only count) includes rows
+/// already known gone on the server, so it can only make the sum too high, never hide an
+/// expunge: only when it is too high is the exact count (a read of every row) needed.
+fn holds_all(
+    store: &backproc_store::Store,
+    folder_id: i64,
+    summary: &backproc_store::SyncSummary,
+    exists: i64,
+    new: i64,
+) -> Result<bool, backproc_store::Error> {
+    let held = summary.stored + summary.queued + new;
+    if exists >= held {
+        return Ok(exists == held);
+    }
+    Ok(exists == store.folder_present_count(folder_id)? + summary.queued + new)
+}
+
+/// The names of the account's folders due for a sync now (as the scheduler decides it), this
+/// one included.
+fn due_folder_names(ctx: &mut Ctx, account: i64, now: i64) -> Result<Vec<String>, Failure> {
+    let iv = Intervals::from_config(ctx.config);
+    let low_start = daily_start(&chrono::Local, now, ctx.config.email_bg_lo_folders_sync_start);
+    Ok(ctx
+        .store
+        .account_sched_folders(account, now)?
+        .into_iter()
+        .filter(|(_, f)| folder_due(f, now, &iv, low_start).is_some())
+        .map(|(name, _)| name)
+        .collect())
+}
+
+/// What stops a sync half-way: the server (the session is then in an unknown state and is
+/// dropped) or the store.
+enum Fail {
+    Imap(backproc_imap::Error),
+    Store(backproc_store::Error),
+}
+impl From<backproc_imap::Error> for Fail {
+    fn from(e: backproc_imap::Error) -> Fail {
+        Fail::Imap(e)
+    }
+}
+impl From<backproc_store::Error> for Fail {
+    fn from(e: backproc_store::Error) -> Fail {
+        Fail::Store(e)
+    }
 }
 
 fn local_msg(r: &backproc_store::MsgSyncRow) -> LocalMsg {

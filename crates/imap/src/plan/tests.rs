@@ -199,7 +199,98 @@ fn cases() -> Vec<Case> {
             server: ServerView { status: status(7, 3, None), new: vec![], full: full(&[(1, NONE)], &[1]) },
             expect: vec![],
         },
+        Case {
+            name: "partial view (nothing expunged): only the changed and pending rows, present = those",
+            local: local(Some(7), 9, Some(5), Some(100)),
+            messages: vec![
+                msg(2, NONE),
+                LocalMsg { flags_changed: Some(150), ..msg(4, FLAGGED) },
+                LocalMsg { flags_changed: Some(150), ..msg(6, SEEN) },
+            ],
+            queued: vec![],
+            server: ServerView {
+                status: status(7, 11, Some(9)),
+                new: new(&[10]),
+                // UID 8 changed but is not stored yet (queued, or being received): no row
+                full: full(&[(2, SEEN), (6, SEEN), (8, SEEN)], &[2, 4, 6]),
+            },
+            expect: vec![
+                Change::SetLocalFlags { uid: 2, flags: SEEN },
+                Change::PushFlags { uid: 4, flags: FLAGGED },
+                Change::SetLocalFlags { uid: 6, flags: SEEN },
+                Change::Queue(new(&[10])),
+                Change::Watermarks { last_seen_uid: 10, highest_modseq: Some(9) },
+            ],
+        },
+        Case {
+            name: "partial view with nothing changed still moves HIGHESTMODSEQ",
+            local: local(Some(7), 9, Some(5), Some(100)),
+            messages: vec![],
+            queued: vec![],
+            server: ServerView { status: status(7, 10, Some(6)), new: vec![], full: full(&[], &[]) },
+            expect: vec![Change::Watermarks { last_seen_uid: 9, highest_modseq: Some(6) }],
+        },
     ]
+}
+
+/// The partial view the engine builds when nothing was expunged (the server's count is ours
+/// plus the new UIDs): the rows the CHANGEDSINCE answer names and those with a local change
+/// waiting, `present` = their UIDs, no queue. Every combination of three stored messages
+/// (local flags, what the server reports, a local change older or newer than the last full
+/// sync, already gone on the server) plus a queued and a new UID must plan exactly as the
+/// full view (every row, every UID present, the queue) does.
+#[test]
+fn the_partial_view_plans_as_the_full_view_when_nothing_was_expunged() {
+    let reported = [None, Some(NONE), Some(SEEN), Some(FLAGGED)];
+    let pending = [None, Some(50), Some(150)];
+    let mut per_msg = Vec::new();
+    for lf in [NONE, SEEN] {
+        for rep in reported {
+            for p in pending {
+                for gone in [false, true] {
+                    per_msg.push((lf, rep, p, gone));
+                }
+            }
+        }
+    }
+    let lf = local(Some(7), 4, Some(5), Some(100));
+    let mut checked = 0;
+    for a in &per_msg {
+        for b in &per_msg {
+            for c in &per_msg {
+                let mut messages = Vec::new();
+                let mut flags = BTreeMap::new();
+                for (uid, (lflags, rep, p, gone)) in [(1, a), (2, b), (3, c)] {
+                    messages.push(LocalMsg { uid, flags: *lflags, flags_changed: *p, server_deleted: *gone });
+                    if let Some(f) = rep {
+                        flags.insert(uid, *f);
+                    }
+                }
+                // UID 4 is queued; the server may report its flags too
+                flags.insert(4, SEEN);
+                let status = status(7, 6, Some(9));
+                let whole = ServerView {
+                    status,
+                    new: new(&[5]),
+                    full: Some(ServerFlags { flags: flags.clone(), present: [1, 2, 3, 4].into() }),
+                };
+                let want = plan(&lf, &messages, &[4], &whole);
+                let rows: Vec<LocalMsg> = messages
+                    .iter()
+                    .copied()
+                    .filter(|m| flags.contains_key(&m.uid) || m.flags_changed.is_some())
+                    .collect();
+                let part = ServerView {
+                    status,
+                    new: new(&[5]),
+                    full: Some(ServerFlags { flags, present: rows.iter().map(|m| m.uid).collect() }),
+                };
+                assert_eq!(plan(&lf, &rows, &[], &part), want, "messages {messages:?}");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 48 * 48 * 48);
 }
 
 #[test]

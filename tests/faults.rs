@@ -97,9 +97,11 @@ fn sigkill_at_random_points_of_a_sync_loses_and_duplicates_nothing() {
     // fall while the sync still runs (it is network-bound, so a release build is not faster)
     let (n, min_kills, max_rounds, max_delay) = size((1000usize, 20usize, 60usize, 2000u64), (5000, 100, 400, 1500));
     let started = Instant::now();
-    // Small receive batches and a slow link (20 ms per chunk, both ways): the sync takes about
-    // ten seconds of engine time, so kills drawn in the first 2 s of each run land in every
-    // phase (login, folder discovery, flag sync, queueing, receive batches, commits).
+    // Small receive batches and a slow link (40 ms per chunk, both ways; the next batch's
+    // FETCH goes out before the current one is read, so a round trip no longer costs a batch
+    // each): the sync takes about ten seconds of engine time, so kills drawn in the first 2 s
+    // of each run land in every phase (login, folder discovery, flag sync, queueing, receive
+    // batches, commits).
     // Delays are drawn in 50..2000 ms (CI) or 50..1500 ms (soak).
     let (w, proxy) = proxied_world(&format!("{CONFIG}define('EMAIL_BG_RECEIVE_BATCH_MESSAGES', 2);\n"));
     let msgs: Vec<Vec<u8>> = (0..n).map(|i| mailgen::text_message(SEED, i)).collect();
@@ -110,7 +112,7 @@ fn sigkill_at_random_points_of_a_sync_loses_and_duplicates_nothing() {
     s.uid_store("250:320", "+FLAGS (\\Flagged)").unwrap();
     s.uid_store("700:720", "+FLAGS (\\Answered)").unwrap();
     drop(s);
-    proxy.set_fault(Fault::Delay { per_chunk_ms: 20 });
+    proxy.set_fault(Fault::Delay { per_chunk_ms: 40 });
 
     let inbox_done = || -> bool {
         let store = w.store();

@@ -179,11 +179,40 @@ pub fn uid_fetch_bodies<T: Read + Write>(
     tag: &str,
     uid_set: &str,
     max_literal: usize,
+    each: impl FnMut(FetchedBody),
+) -> Result<(), FetchError> {
+    send_uid_fetch(conn, tag, uid_set)?;
+    let mut carry = Vec::new();
+    read_uid_fetch(conn, &mut carry, tag, max_literal, each)?;
+    if !carry.is_empty() {
+        // Something arrived after our tagged answer: the stream is out of step.
+        return Err(FetchError::Invalid("unexpected data after the FETCH completion".into()));
+    }
+    Ok(())
+}
+
+/// Sends the command of [`uid_fetch_bodies`] only: several may be in flight at once
+/// (pipelined, RFC 3501 §5.5), each then read in order with [`read_uid_fetch`].
+pub fn send_uid_fetch<T: Write>(conn: &mut T, tag: &str, uid_set: &str) -> io::Result<()> {
+    conn.write_all(format!("{tag} UID FETCH {uid_set} (UID FLAGS INTERNALDATE BODY.PEEK[])\r\n").as_bytes())?;
+    conn.flush()
+}
+
+/// Reads the answer to the FETCH sent with `tag`. `carry` holds bytes read before (past the
+/// previous answer) and, on return, the bytes read past this one: the start of the next
+/// pipelined answer. When nothing else is in flight the caller must find it empty.
+pub fn read_uid_fetch<T: Read>(
+    conn: &mut T,
+    carry: &mut Vec<u8>,
+    tag: &str,
+    max_literal: usize,
     mut each: impl FnMut(FetchedBody),
 ) -> Result<(), FetchError> {
-    conn.write_all(format!("{tag} UID FETCH {uid_set} (UID FLAGS INTERNALDATE BODY.PEEK[])\r\n").as_bytes())?;
-    conn.flush()?;
-    let mut r = Reader { inner: conn, buf: vec![0; 64 * 1024], pos: 0, len: 0 };
+    const BUF: usize = 64 * 1024;
+    let mut buf = vec![0; BUF.max(carry.len())];
+    buf[..carry.len()].copy_from_slice(carry);
+    let mut r = Reader { inner: conn, buf, pos: 0, len: carry.len() };
+    carry.clear();
     let tagged = format!("{tag} ");
     loop {
         let first = r.line()?;
@@ -192,10 +221,7 @@ pub fn uid_fetch_bodies<T: Read + Write>(
             if !status.to_ascii_uppercase().starts_with("OK") {
                 return Err(FetchError::Refused(status));
             }
-            if r.pos != r.len {
-                // Something arrived after our tagged answer: the stream is out of step.
-                return Err(FetchError::Invalid("unexpected data after the FETCH completion".into()));
-            }
+            carry.extend_from_slice(&r.buf[r.pos..r.len]);
             return Ok(());
         }
         if first.starts_with(b"* BYE") {
@@ -289,6 +315,26 @@ r1 OK Fetch completed.\r\n";
             assert_eq!(got[1].raw, b"{3}\r\n");
             assert_eq!(got[1].flags, Flags::default());
         }
+    }
+
+    #[test]
+    fn pipelined_answers_are_read_one_after_the_other_whatever_the_chunking() {
+        let second = b"* 3 FETCH (UID 20 BODY[] {4}\r\nnext)\r\nr2 OK done\r\n";
+        let reply = [TWO, &second[..]].concat();
+        for chunk in [1, 3, 64, 1 << 16] {
+            let mut f = Fake { reply: Cursor::new(reply.clone()), sent: Vec::new(), chunk };
+            send_uid_fetch(&mut f, "r1", "1:3").unwrap();
+            send_uid_fetch(&mut f, "r2", "20").unwrap();
+            let (mut one, mut two, mut carry) = (Vec::new(), Vec::new(), Vec::new());
+            read_uid_fetch(&mut f, &mut carry, "r1", 1 << 20, |b| one.push(b.uid)).unwrap();
+            read_uid_fetch(&mut f, &mut carry, "r2", 1 << 20, |b| two.push(b.raw)).unwrap();
+            assert_eq!((one, two), (vec![7, 9], vec![b"next".to_vec()]), "chunk {chunk}");
+            assert!(carry.is_empty());
+            assert_eq!(f.sent, b"r1 UID FETCH 1:3 (UID FLAGS INTERNALDATE BODY.PEEK[])\r\nr2 UID FETCH 20 (UID FLAGS INTERNALDATE BODY.PEEK[])\r\n");
+        }
+        // read alone, the first answer followed by more bytes is a stream out of step
+        let (r, _, _) = run(&reply, 1 << 16);
+        assert!(matches!(r, Err(FetchError::Invalid(_))), "{r:?}");
     }
 
     #[test]

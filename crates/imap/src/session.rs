@@ -157,6 +157,8 @@ pub struct Session {
     inner: imap::Session<Conn>,
     raw: Conn,
     raw_tag: u32,
+    /// Bytes of a pipelined FETCH answer read past the previous one (`fetch_bodies_read`).
+    carry: Vec<u8>,
     pub caps: Caps,
     selected: Option<(String, bool)>,
     /// STATUS answers asked ahead for other folders (`status_ahead`), and when.
@@ -319,7 +321,7 @@ impl Session {
             // RFC 7162 §3.1: enabling CONDSTORE makes SELECT/EXAMINE/STATUS report MODSEQs.
             inner.run_command_and_check_ok("ENABLE CONDSTORE").map_err(|e| classify("ENABLE", e))?;
         }
-        Ok(Session { inner, raw, raw_tag: 0, caps, selected: None, ahead: HashMap::new() })
+        Ok(Session { inner, raw, raw_tag: 0, carry: Vec::new(), caps, selected: None, ahead: HashMap::new() })
     }
 
     /// Every folder, with special use from SPECIAL-USE attributes or well-known names.
@@ -514,22 +516,55 @@ impl Session {
 
     /// Downloads `uids` (a batch) without setting \Seen; calls `each` per message.
     /// UIDs the server no longer has are simply absent from the calls.
-    pub fn fetch_bodies(&mut self, uids: &[u32], max_size: usize, mut each: impl FnMut(Fetched)) -> Result<()> {
+    pub fn fetch_bodies(&mut self, uids: &[u32], max_size: usize, each: impl FnMut(Fetched)) -> Result<()> {
+        match self.fetch_bodies_send(uids)? {
+            Some(tag) => self.fetch_bodies_read(&tag, max_size, false, each),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends the UID FETCH of `uids` without reading its answer (None when `uids` is empty),
+    /// so that the server works on the next batch while we read this one: the answers are
+    /// then read in order with `fetch_bodies_read`. If a read fails, the session must be
+    /// discarded (answers still in flight cannot be matched to anything any more).
+    pub fn fetch_bodies_send(&mut self, uids: &[u32]) -> Result<Option<String>> {
         if uids.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         self.raw_tag += 1;
         let tag = format!("r{}", self.raw_tag);
-        crate::fetch::uid_fetch_bodies(&mut self.raw, &tag, &uid_set(uids), max_size, |b| {
-            each(Fetched { uid: b.uid, flags: b.flags, internal_date: b.internal_date, raw: b.raw })
-        })
-        .map_err(|e| {
+        crate::fetch::send_uid_fetch(&mut self.raw, &tag, &uid_set(uids))
+            .map_err(|e| Error::new(ErrorKind::Connect, format!("UID FETCH: {e}")))?;
+        Ok(Some(tag))
+    }
+
+    /// Reads the answer to the FETCH sent as `tag`; `more` when another FETCH was sent after
+    /// it (its first bytes may already have arrived and are kept for it).
+    pub fn fetch_bodies_read(
+        &mut self,
+        tag: &str,
+        max_size: usize,
+        more: bool,
+        mut each: impl FnMut(Fetched),
+    ) -> Result<()> {
+        let fetch_error = |e: crate::fetch::FetchError| {
             let kind = match e {
                 crate::fetch::FetchError::Io(_) => ErrorKind::Connect,
                 _ => ErrorKind::Protocol,
             };
             Error::new(kind, format!("UID FETCH: {e}"))
+        };
+        crate::fetch::read_uid_fetch(&mut self.raw, &mut self.carry, tag, max_size, |b| {
+            each(Fetched { uid: b.uid, flags: b.flags, internal_date: b.internal_date, raw: b.raw })
         })
+        .map_err(fetch_error)?;
+        if !more && !self.carry.is_empty() {
+            // The imap crate reads next: bytes we hold would be lost to it.
+            return Err(fetch_error(crate::fetch::FetchError::Invalid(
+                "unexpected data after the FETCH completion".into(),
+            )));
+        }
+        Ok(())
     }
 
     /// (uid, size, header block) of `uids`: enough to recognise a message by Message-ID.

@@ -92,6 +92,11 @@ pub fn receive(ctx: &mut Ctx, task: &Task, lane: Lane) -> Result<Report, Failure
 
 /// Fetches every due batch and hands it to the writer; on a server error counts one failed
 /// attempt for the batch that failed (batches already handed over are stored).
+///
+/// The FETCH of the next batch is sent before the current one is read, so the server goes
+/// straight from one answer to the next instead of waiting a round trip and our queue read
+/// for each batch (about 1.5 ms a batch, a tenth of an initial sync). Not after a UIDVALIDITY
+/// change: then each batch first asks for headers, which cannot overtake a FETCH in flight.
 fn fetch_all(
     ctx: &mut Ctx,
     account: i64,
@@ -101,46 +106,61 @@ fn fetch_all(
     tx: crossbeam_channel::Sender<Fetched>,
 ) -> Result<(), Failure> {
     let policy = policy(ctx.config);
-    let max_count = ctx.config.email_bg_receive_batch_messages as usize;
-    let max_bytes = ctx.config.email_bg_receive_batch_bytes as i64;
-    let max_size = ctx.config.email_bg_max_message_size as i64;
     let stale = ctx.store.has_stale(folder_id)?;
     let mut after_uid = 0i64;
+    // A batch whose FETCH is on the wire behind the one being read: (entries, UIDs, tag).
+    let mut ahead: Option<(Vec<QueueEntry>, Vec<u32>, String)> = None;
     loop {
         let now = ctx.clock.now();
-        let batch: Vec<QueueEntry> = ctx.store.receive_batch(folder_id, lane, now, after_uid, max_count, max_bytes)?;
-        let Some(last) = batch.last() else { return Ok(()) };
-        after_uid = last.uid;
-        // Messages above the memory limit are never downloaded; they fail until final.
-        let (too_big, batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|e| e.size > max_size);
-        if !too_big.is_empty() {
-            let ids: Vec<i64> = too_big.iter().map(|e| e.id).collect();
-            let msg = format!("message larger than EMAIL_BG_MAX_MESSAGE_SIZE ({max_size} bytes)");
-            log::error!("Not enough memory to process the message: {} message(s) skipped: {msg}", ids.len());
-            ctx.store.receive_failed(&ids, &msg, now, &policy)?;
-            if batch.is_empty() {
-                continue;
-            }
-        }
+        let (batch, sent) = match ahead.take() {
+            Some((batch, uids, tag)) => (batch, Some((uids, tag))),
+            None => match next_batch(ctx.store, ctx.config, ctx.clock, folder_id, lane, &mut after_uid, &policy)? {
+                Some(batch) => (batch, None),
+                None => return Ok(()),
+            },
+        };
         let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
         let mut msgs = Vec::with_capacity(batch.len());
+        // A store error while looking ahead is reported once this batch is handed over.
+        let mut ahead_failed = None;
         let result = (|| -> Result<Vec<i64>, backproc_imap::Error> {
-            session.ensure_open(folder_name, false)?;
-            let mut uids: Vec<u32> = batch.iter().map(|e| e.uid as u32).collect();
-            // After a UIDVALIDITY change, messages we already have are re-keyed, not
-            // downloaded again (matched by Message-ID and size).
-            if stale {
-                let mut rematched = Vec::new();
-                for (uid, size, header) in session.fetch_headers(&uids)? {
-                    if let Some(mid) = parse::message_id(&header)
-                        && ctx.store.rematch_stale(folder_id, uid as i64, &mid, size as i64).unwrap_or(false)
-                    {
-                        rematched.push(uid);
+            let (uids, tag) = match sent {
+                Some((uids, tag)) => (uids, Some(tag)),
+                None => {
+                    session.ensure_open(folder_name, false)?;
+                    let mut uids: Vec<u32> = batch.iter().map(|e| e.uid as u32).collect();
+                    // After a UIDVALIDITY change, messages we already have are re-keyed, not
+                    // downloaded again (matched by Message-ID and size).
+                    if stale {
+                        let mut rematched = Vec::new();
+                        for (uid, size, header) in session.fetch_headers(&uids)? {
+                            if let Some(mid) = parse::message_id(&header)
+                                && ctx.store.rematch_stale(folder_id, uid as i64, &mid, size as i64).unwrap_or(false)
+                            {
+                                rematched.push(uid);
+                            }
+                        }
+                        uids.retain(|u| !rematched.contains(u));
                     }
+                    let tag = session.fetch_bodies_send(&uids)?;
+                    (uids, tag)
                 }
-                uids.retain(|u| !rematched.contains(u));
+            };
+            let Some(tag) = tag else { return Ok(Vec::new()) };
+            if !stale {
+                match next_batch(ctx.store, ctx.config, ctx.clock, folder_id, lane, &mut after_uid, &policy) {
+                    Ok(Some(next)) => {
+                        let next_uids: Vec<u32> = next.iter().map(|e| e.uid as u32).collect();
+                        if let Some(t) = session.fetch_bodies_send(&next_uids)? {
+                            ahead = Some((next, next_uids, t));
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(f) => ahead_failed = Some(f),
+                }
             }
-            session.fetch_bodies(&uids, max_size as usize, |f| {
+            let max_size = ctx.config.email_bg_max_message_size as usize;
+            session.fetch_bodies_read(&tag, max_size, ahead.is_some(), |f| {
                 let flags = MsgFlags {
                     seen: f.flags.seen,
                     answered: f.flags.answered,
@@ -159,8 +179,12 @@ fn fetch_all(
                     // the writer stopped (its error is reported by the caller)
                     return Ok(());
                 }
+                if let Some(f) = ahead_failed {
+                    return Err(f);
+                }
             }
             Err(e) => {
+                // A FETCH still in flight dies with the session; its batch was not tried.
                 ctx.sessions.discard(account);
                 let f = failure_from_imap(e);
                 let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
@@ -177,6 +201,38 @@ fn fetch_all(
                 }
                 return Err(f);
             }
+        }
+    }
+}
+
+/// The next due batch after `after_uid` (which it advances), bounded by count and bytes;
+/// messages above EMAIL_BG_MAX_MESSAGE_SIZE are never downloaded: they fail until final.
+fn next_batch(
+    store: &mut Store,
+    config: &backproc_config::Config,
+    clock: crate::Clock,
+    folder_id: i64,
+    lane: Lane,
+    after_uid: &mut i64,
+    policy: &RetryPolicy,
+) -> Result<Option<Vec<QueueEntry>>, Failure> {
+    let max_count = config.email_bg_receive_batch_messages as usize;
+    let max_bytes = config.email_bg_receive_batch_bytes as i64;
+    let max_size = config.email_bg_max_message_size as i64;
+    loop {
+        let now = clock.now();
+        let batch: Vec<QueueEntry> = store.receive_batch(folder_id, lane, now, *after_uid, max_count, max_bytes)?;
+        let Some(last) = batch.last() else { return Ok(None) };
+        *after_uid = last.uid;
+        let (too_big, batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|e| e.size > max_size);
+        if !too_big.is_empty() {
+            let ids: Vec<i64> = too_big.iter().map(|e| e.id).collect();
+            let msg = format!("message larger than EMAIL_BG_MAX_MESSAGE_SIZE ({max_size} bytes)");
+            log::error!("Not enough memory to process the message: {} message(s) skipped: {msg}", ids.len());
+            store.receive_failed(&ids, &msg, now, policy)?;
+        }
+        if !batch.is_empty() {
+            return Ok(Some(batch));
         }
     }
 }

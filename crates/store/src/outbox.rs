@@ -3,7 +3,8 @@
 //! Application code may insert rows directly: `INSERT INTO outbox (account_id, created,
 //! message_id, mail_from, recipients, raw) VALUES (?, strftime('%s','now'), '<id@host>',
 //! 'from@x', '["to@y"]', CAST(? AS BLOB))`; state defaults to PENDING. Setting `state` to
-//! PENDING or RETRY sends an entry again; SUCCESS and ERROR are final otherwise.
+//! PENDING or RETRY sends an entry again; SUCCESS and ERROR are final otherwise. A trigger
+//! moves `raw` into `outbox_raw` (see the schema for why).
 //!
 //! Invariants: every write after a claim is fenced by the claim's lease token and must change
 //! exactly one row, so a worker that lost its lease cannot overwrite the final state.
@@ -274,7 +275,8 @@ impl Store {
     /// Sent messages of an account still to be appended to its Sent folder: (id, raw).
     pub fn outbox_pending_appends(&self, account_id: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>> {
         let mut st = self.conn().prepare_cached(
-            "SELECT id, raw FROM outbox WHERE account_id = ? AND state = 'SUCCESS' AND sent_append = 'pending' ORDER BY id LIMIT ?",
+            "SELECT o.id, r.raw FROM outbox o JOIN outbox_raw r ON r.outbox_id = o.id
+             WHERE o.account_id = ? AND o.state = 'SUCCESS' AND o.sent_append = 'pending' ORDER BY o.id LIMIT ?",
         )?;
         let v = st
             .query_map(params![account_id, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -303,8 +305,9 @@ impl Store {
 fn claim_one(tx: &rusqlite::Transaction, id: i64, secondary: bool, now: i64, lease: i64) -> Result<Option<Claimed>> {
     let row: Option<(i64, String, String, String, Vec<u8>, i64, i64)> = tx
         .prepare_cached(
-            "SELECT account_id, message_id, mail_from, recipients, raw, attempts, created FROM outbox
-     WHERE id = ? AND state IN ('PENDING','RETRY') AND secondary = ? AND next_attempt <= ?",
+            "SELECT o.account_id, o.message_id, o.mail_from, o.recipients, r.raw, o.attempts, o.created
+     FROM outbox o JOIN outbox_raw r ON r.outbox_id = o.id
+     WHERE o.id = ? AND o.state IN ('PENDING','RETRY') AND o.secondary = ? AND o.next_attempt <= ?",
         )?
         .query_row(params![id, secondary, now], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
@@ -353,7 +356,8 @@ fn finish_one(
                 // entry, so those who accepted never get the message twice.
                 tx.execute(
                     "INSERT INTO outbox (account_id, created, message_id, mail_from, recipients, raw, next_attempt, parent_id)
-                     SELECT account_id, ?, message_id, mail_from, ?, raw, ?, id FROM outbox WHERE id = ?",
+                     SELECT o.account_id, ?, o.message_id, o.mail_from, ?, r.raw, ?, o.id
+                     FROM outbox o JOIN outbox_raw r ON r.outbox_id = o.id WHERE o.id = ?",
                     params![now, serde_json::to_string(&info.pending).unwrap_or_default(), now + p.backoff_base, c.id],
                 )?;
             }
@@ -423,6 +427,37 @@ mod tests {
             )
             .unwrap();
         (dir, s, a)
+    }
+
+    #[test]
+    fn an_application_insert_is_claimed_with_its_message_kept_apart_from_the_record() {
+        let (dir, mut s, a) = store();
+        // what the README tells applications to run, from their own connection
+        let app = rusqlite::Connection::open(dir.path().join("s.sqlite")).unwrap();
+        app.execute(
+            "INSERT INTO outbox (account_id, created, message_id, mail_from, recipients, raw)
+             VALUES (?, 100, '<app@x.test>', 'u@x.test', '[\"b@x.test\"]', CAST(? AS BLOB))",
+            params![a, b"Subject: hi\r\n\r\nbody\r\n".as_slice()],
+        )
+        .unwrap();
+        let id = app.last_insert_rowid();
+        // the record's row holds no message: state changes rewrite a small row
+        let in_row: Option<Vec<u8>> = app.query_row("SELECT raw FROM outbox WHERE id = ?", [id], |r| r.get(0)).unwrap();
+        assert_eq!(in_row, None);
+        let c = claim(&mut s, a, false, 200, 60, 10).pop().expect("claimed");
+        assert_eq!((c.id, c.raw.as_slice()), (id, &b"Subject: hi\r\n\r\nbody\r\n"[..]));
+        // a row without a message is refused, as the NOT NULL column refused it before
+        let e = app
+            .execute(
+                "INSERT INTO outbox (account_id, created, message_id, mail_from, recipients) VALUES (?, 1, 'm', 'f', '[]')",
+                [a],
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("outbox.raw: the message is required"), "{e}");
+        // deleting the entry deletes its message
+        s.conn().execute("DELETE FROM outbox WHERE id = ?", [id]).unwrap();
+        let left: i64 = app.query_row("SELECT COUNT(*) FROM outbox_raw", [], |r| r.get(0)).unwrap();
+        assert_eq!(left, 0);
     }
 
     const P: SendPolicy = SendPolicy { backoff_base: 10, backoff_max: 100, secondary_after: 5, max_age: 1000 };

@@ -133,7 +133,7 @@ CREATE TABLE outbox (
     message_id        TEXT NOT NULL,
     mail_from         TEXT NOT NULL,
     recipients        TEXT NOT NULL,      -- JSON array: envelope recipients (To, Cc, Bcc)
-    raw               BLOB NOT NULL,      -- the message as sent (no Bcc header)
+    raw               BLOB,               -- the message as queued; moved to outbox_raw on insert
     state             TEXT NOT NULL DEFAULT 'PENDING'
                       CHECK (state IN ('PENDING','PROCESSING','SUCCESS','ERROR','RETRY')),
     start_time        INTEGER,
@@ -149,6 +149,21 @@ CREATE TABLE outbox (
     parent_id         INTEGER REFERENCES outbox(id) -- retry of a parent's temporarily refused recipients
 );
 CREATE INDEX outbox_due ON outbox(state, secondary, next_attempt);
+-- The message itself (no Bcc header), apart from its delivery record: a record changes two or
+-- three times per send, and with the message inside, every change rewrote it too (a 5 KB
+-- message spans overflow pages, and SQLite rewrites a whole row). Applications still insert
+-- into outbox.raw (README): the triggers move it here and refuse a row without one.
+CREATE TABLE outbox_raw (
+    outbox_id INTEGER PRIMARY KEY REFERENCES outbox(id) ON DELETE CASCADE,
+    raw       BLOB NOT NULL
+);
+CREATE TRIGGER outbox_raw_required BEFORE INSERT ON outbox WHEN NEW.raw IS NULL BEGIN
+    SELECT RAISE(ABORT, 'outbox.raw: the message is required');
+END;
+CREATE TRIGGER outbox_raw_apart AFTER INSERT ON outbox BEGIN
+    INSERT INTO outbox_raw (outbox_id, raw) VALUES (NEW.id, NEW.raw);
+    UPDATE outbox SET raw = NULL WHERE id = NEW.id;
+END;
 -- a sender claims an account's oldest due entry: walk its due entries in id order, never sort
 CREATE INDEX outbox_claim ON outbox(account_id, secondary, id) WHERE state IN ('PENDING','RETRY');
 

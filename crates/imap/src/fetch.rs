@@ -208,6 +208,43 @@ pub fn read_uid_fetch<T: Read>(
     max_literal: usize,
     mut each: impl FnMut(FetchedBody),
 ) -> Result<(), FetchError> {
+    read_fetch_responses(conn, carry, tag, max_literal, |text, body| {
+        // e.g. a flag update pushed by the server, or BODY[] NIL
+        if let (Some(uid), Some(raw)) = (number_after(text, b"UID "), body) {
+            each(FetchedBody { uid, flags: flags_of(text), internal_date: internal_date(text), raw });
+        }
+    })
+}
+
+/// `tag UID FETCH range (UID RFC822.SIZE)`: the (UID, size) of each message, read on our own
+/// path (the imap crate's parser cost ~5 µs a line: 70 ms for a folder of 14,000 new UIDs).
+pub fn uid_fetch_sizes<T: Read + Write>(conn: &mut T, tag: &str, range: &str) -> Result<Vec<(u32, u32)>, FetchError> {
+    conn.write_all(format!("{tag} UID FETCH {range} (UID RFC822.SIZE)\r\n").as_bytes())?;
+    conn.flush()?;
+    let mut out = Vec::new();
+    let mut carry = Vec::new();
+    // No literal is expected; one is read (and dropped) rather than taken for syntax.
+    read_fetch_responses(conn, &mut carry, tag, 1 << 20, |text, _| {
+        if let (Some(uid), Some(size)) = (number_after(text, b"UID "), number_after(text, b"RFC822.SIZE ")) {
+            out.push((uid, size));
+        }
+    })?;
+    if !carry.is_empty() {
+        return Err(FetchError::Invalid("unexpected data after the FETCH completion".into()));
+    }
+    Ok(out)
+}
+
+/// Reads responses up to the tagged completion of `tag` (see `read_uid_fetch` for `carry`),
+/// calling `each` with every untagged FETCH response's text (lines joined, literals left out)
+/// and its `BODY[]` literal if it has one.
+fn read_fetch_responses<T: Read>(
+    conn: &mut T,
+    carry: &mut Vec<u8>,
+    tag: &str,
+    max_literal: usize,
+    mut each: impl FnMut(&[u8], Option<Vec<u8>>),
+) -> Result<(), FetchError> {
     const BUF: usize = 64 * 1024;
     let mut buf = vec![0; BUF.max(carry.len())];
     buf[..carry.len()].copy_from_slice(carry);
@@ -250,13 +287,10 @@ pub fn read_uid_fetch<T: Read>(
             }
             line = r.line()?;
         }
-        if !is_fetch {
-            continue; // untagged noise (EXISTS, EXPUNGE, OK [..]): not ours to act on
+        if is_fetch {
+            each(&text, body);
         }
-        let (Some(uid), Some(raw)) = (number_after(&text, b"UID "), body) else {
-            continue; // e.g. a flag update pushed by the server, or BODY[] NIL
-        };
-        each(FetchedBody { uid, flags: flags_of(&text), internal_date: internal_date(&text), raw });
+        // anything else is untagged noise (EXISTS, EXPUNGE, OK [..]): not ours to act on
     }
 }
 
@@ -335,6 +369,20 @@ r1 OK Fetch completed.\r\n";
         // read alone, the first answer followed by more bytes is a stream out of step
         let (r, _, _) = run(&reply, 1 << 16);
         assert!(matches!(r, Err(FetchError::Invalid(_))), "{r:?}");
+    }
+
+    #[test]
+    fn sizes_are_read_from_fetch_lines_in_any_order() {
+        let reply = b"* 1 FETCH (UID 4 RFC822.SIZE 120)\r\n* 3 EXISTS\r\n* 2 FETCH (RFC822.SIZE 7 UID 9)\r\n\
+* 3 FETCH (FLAGS (\\Seen))\r\nr1 OK done\r\n";
+        for chunk in [1, 5, 1 << 16] {
+            let mut f = Fake { reply: Cursor::new(reply.to_vec()), sent: Vec::new(), chunk };
+            let got = uid_fetch_sizes(&mut f, "r1", "4:*").unwrap();
+            assert_eq!(got, vec![(4, 120), (9, 7)], "chunk {chunk}");
+            assert_eq!(f.sent, b"r1 UID FETCH 4:* (UID RFC822.SIZE)\r\n");
+        }
+        let mut f = Fake { reply: Cursor::new(b"r1 NO [SERVERBUG] oops\r\n".to_vec()), sent: Vec::new(), chunk: 64 };
+        assert!(matches!(uid_fetch_sizes(&mut f, "r1", "1:*"), Err(FetchError::Refused(_))));
     }
 
     #[test]

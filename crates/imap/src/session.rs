@@ -468,14 +468,17 @@ impl Session {
 
     /// UIDs above `last` with their sizes (the selected folder).
     pub fn new_messages(&mut self, last: u32) -> Result<Vec<NewMsg>> {
-        let f = self
-            .inner
-            .uid_fetch(format!("{}:*", last + 1), "(UID RFC822.SIZE)")
-            .map_err(|e| classify("UID FETCH", e))?;
-        Ok(f.iter()
-            .filter_map(|m| Some(NewMsg { uid: m.uid?, size: m.size.unwrap_or(0) }))
-            .filter(|m| m.uid > last)
-            .collect())
+        self.raw_tag += 1;
+        let tag = format!("r{}", self.raw_tag);
+        let sizes = crate::fetch::uid_fetch_sizes(&mut self.raw, &tag, &format!("{}:*", last + 1)).map_err(|e| {
+            let kind = match e {
+                crate::fetch::FetchError::Io(_) => ErrorKind::Connect,
+                _ => ErrorKind::Protocol,
+            };
+            Error::new(kind, format!("UID FETCH: {e}"))
+        })?;
+        // `N:*` also answers with the highest UID when nothing is above `last` (RFC 3501 §6.4.8)
+        Ok(sizes.into_iter().filter(|(uid, _)| *uid > last).map(|(uid, size)| NewMsg { uid, size }).collect())
     }
 
     /// Flags of messages up to `last` (only those changed since `changed_since` with

@@ -176,7 +176,11 @@ fn fetch_all(
         match result {
             Ok(gone) => {
                 if tx.send(Fetched { entries: batch.len(), msgs, gone }).is_err() {
-                    // the writer stopped (its error is reported by the caller)
+                    // The writer stopped (its error is reported by the caller). A FETCH still
+                    // in flight would be read by the session's next command: drop the session.
+                    if ahead.is_some() {
+                        ctx.sessions.discard(account);
+                    }
                     return Ok(());
                 }
                 if let Some(f) = ahead_failed {

@@ -83,17 +83,20 @@ impl Results {
             Some("incremental/backproc"),
         );
 
-        println!("\n### send: {} messages of ~5 KB to smtp-sink\n", self.send);
-        println!(
-            "| parallelism | tool | median s | min s | max s | msgs/s (median) | peak RSS MB | backproc time ÷ this | backproc msgs/s ÷ this |"
-        );
-        println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+        // Steps left out with --only print no section.
         let mut pars: Vec<String> = self
             .samples
             .keys()
             .filter_map(|k| k.strip_prefix("send/").and_then(|k| k.split('/').next()).map(str::to_owned))
             .collect();
         pars.dedup();
+        if !pars.is_empty() {
+            println!("\n### send: {} messages of ~5 KB to smtp-sink\n", self.send);
+            println!(
+                "| parallelism | tool | median s | min s | max s | msgs/s (median) | peak RSS MB | backproc time ÷ this | backproc msgs/s ÷ this |"
+            );
+            println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+        }
         for p in &pars {
             let b = format!("send/{p}/backproc");
             for (tool, key) in [("backproc", b.clone()), ("smtp-source", format!("send/{p}/smtp-source"))] {
@@ -120,29 +123,40 @@ impl Results {
         }
 
         let s = &self.sched;
-        println!(
-            "\n### scheduler tick: {} accounts, {} folders (store built in {:.0}s, {:.0} MB)\n",
-            s["accounts"],
-            s["folders"],
-            s["build_secs"].as_f64().unwrap_or(f64::NAN),
-            s["store_mb"].as_f64().unwrap_or(f64::NAN)
-        );
-        println!("| what | median ms | min ms | max ms |");
-        println!("|---|---:|---:|---:|");
         let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
-        for (label, key) in [
-            ("Store::schedule_candidates (folders past a due cut, indexed)", "schedule_candidates_ms"),
-            ("Scheduler::due + due receives (steady ticks)", "due_ms"),
-            ("whole tick: heartbeat + metrics + due (steady ticks)", "tick_ms"),
-        ] {
-            println!("| {label} | {:.1} | {:.1} | {:.1} |", f(&s[key]["median"]), f(&s[key]["min"]), f(&s[key]["max"]));
+        if !s.is_null() {
+            println!(
+                "\n### scheduler tick: {} accounts, {} folders (store built in {:.0}s, {:.0} MB)\n",
+                s["accounts"],
+                s["folders"],
+                s["build_secs"].as_f64().unwrap_or(f64::NAN),
+                s["store_mb"].as_f64().unwrap_or(f64::NAN)
+            );
+            println!("| what | median ms | min ms | max ms |");
+            println!("|---|---:|---:|---:|");
+            for (label, key) in [
+                ("Store::schedule_candidates (folders past a due cut, indexed)", "schedule_candidates_ms"),
+                ("Scheduler::due + due receives (steady ticks)", "due_ms"),
+                ("whole tick: heartbeat + metrics + due (steady ticks)", "tick_ms"),
+            ] {
+                println!(
+                    "| {label} | {:.1} | {:.1} | {:.1} |",
+                    f(&s[key]["median"]),
+                    f(&s[key]["min"]),
+                    f(&s[key]["max"])
+                );
+            }
+            println!(
+                "| first tick of a fresh master (Scheduler::due, {} tasks before the per-tick cap) | {:.1} | | |",
+                s["due_first_tasks"],
+                f(&s["due_first_ms"])
+            );
+            println!(
+                "\nprocess peak RSS {:.0} MB (VmHWM), {:.0} MB at the end",
+                f(&s["vm_hwm_mb"]),
+                f(&s["vm_rss_mb"])
+            );
         }
-        println!(
-            "| first tick of a fresh master (Scheduler::due, {} tasks before the per-tick cap) | {:.1} | | |",
-            s["due_first_tasks"],
-            f(&s["due_first_ms"])
-        );
-        println!("\nprocess peak RSS {:.0} MB (VmHWM), {:.0} MB at the end", f(&s["vm_hwm_mb"]), f(&s["vm_rss_mb"]));
 
         let disk = self.med("initial/disk/backproc");
         let tmpfs = self.med("initial/tmpfs/backproc");

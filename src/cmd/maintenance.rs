@@ -62,9 +62,9 @@ pub fn run(home: PathBuf, cmd: MaintenanceCmd) -> anyhow::Result<ExitCode> {
     record(&mut store, "Started", None, None, None);
     let started = Instant::now();
     let result: Result<Done, String> = match cmd {
-        MaintenanceCmd::Vacuum => jobs::defragment(&mut store, true)
-            .map(|d| (d.kb_freed(), jobs::defrag_line(&d)))
-            .map_err(|e| e.to_string()),
+        MaintenanceCmd::Vacuum => {
+            jobs::defragment(&mut store, true).map(|d| (d.kb_freed(), jobs::defrag_line(&d))).map_err(|e| e.to_string())
+        }
         MaintenanceCmd::Backup => jobs::backup_now(&store, &env.home.data(), config.bg_backup_keep as usize, now())
             .map(|b| (b.messages, jobs::backup_line(&b))),
         MaintenanceCmd::Resync { account } => store

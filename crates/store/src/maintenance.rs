@@ -127,7 +127,8 @@ impl Store {
         for (n, file) in &held {
             // Re-read under the lock: rows committed after the sums above are counted now.
             let rows: Vec<(i64, i64, i64)> = {
-                let mut st = self.conn().prepare("SELECT message_id, start, length FROM message_bodies WHERE pack = ?")?;
+                let mut st =
+                    self.conn().prepare("SELECT message_id, start, length FROM message_bodies WHERE pack = ?")?;
                 st.query_map([n], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?
             };
             let mut moved = Vec::with_capacity(rows.len());
@@ -337,7 +338,10 @@ mod tests {
             (1..=n).map(|uid| crate::NewMessage { uid, raw: body(uid), ..Default::default() }).collect();
         // two batches, so that the bodies span two appends of the same pack
         let (one, two) = msgs.split_at(msgs.len() / 2);
-        assert_eq!(s.store_received(folder, one, &[]).unwrap() + s.store_received(folder, two, &[]).unwrap(), n as usize);
+        assert_eq!(
+            s.store_received(folder, one, &[]).unwrap() + s.store_received(folder, two, &[]).unwrap(),
+            n as usize
+        );
         (s, folder)
     }
 

@@ -166,7 +166,8 @@ impl PackWriter {
         }
         let mut n = packs.last().map_or(1, |l| l + 1);
         loop {
-            let created = OpenOptions::new().read(true).append(true).create_new(true).mode(0o660).open(dir.join(file_name(n)));
+            let created =
+                OpenOptions::new().read(true).append(true).create_new(true).mode(0o660).open(dir.join(file_name(n)));
             match created {
                 // Another writer may lock the new file before us; then we try the next number.
                 Ok(file) if try_lock(&file)? => {
@@ -253,8 +254,13 @@ fn ensure_dir(dir: &Path) -> io::Result<()> {
 /// The store-wide compaction lock, shared (backup) or exclusive (compaction), waiting for it.
 pub fn lock_compaction(dir: &Path, exclusive: bool) -> io::Result<File> {
     ensure_dir(dir)?;
-    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o660).open(dir.join(LOCK_FILE))?;
-    if exclusive { f.lock()? } else { f.lock_shared()? }
+    let f =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o660).open(dir.join(LOCK_FILE))?;
+    if exclusive {
+        f.lock()?
+    } else {
+        f.lock_shared()?
+    }
     Ok(f)
 }
 

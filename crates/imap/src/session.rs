@@ -161,6 +161,9 @@ pub struct Session {
     selected: Option<(String, bool)>,
     /// STATUS answers asked ahead for other folders (`status_ahead`), and when.
     ahead: HashMap<String, (ServerStatus, Instant)>,
+    /// STATUS commands sent ahead whose answers are still on the wire (tags, names, when):
+    /// `settle` reads them before anything else is sent or read.
+    pending: Option<(Vec<String>, Vec<String>, Instant)>,
 }
 
 /// How long a STATUS answer asked ahead stands in for the folder's own STATUS: the folders
@@ -319,11 +322,12 @@ impl Session {
             // RFC 7162 §3.1: enabling CONDSTORE makes SELECT/EXAMINE/STATUS report MODSEQs.
             inner.run_command_and_check_ok("ENABLE CONDSTORE").map_err(|e| classify("ENABLE", e))?;
         }
-        Ok(Session { inner, raw, raw_tag: 0, caps, selected: None, ahead: HashMap::new() })
+        Ok(Session { inner, raw, raw_tag: 0, caps, selected: None, ahead: HashMap::new(), pending: None })
     }
 
     /// Every folder, with special use from SPECIAL-USE attributes or well-known names.
     pub fn list_folders(&mut self) -> Result<Vec<ListedFolder>> {
+        self.settle()?;
         let names = self.inner.list(Some(""), Some("*")).map_err(|e| classify("LIST", e))?;
         let mut out = Vec::new();
         for n in names.iter() {
@@ -373,16 +377,45 @@ impl Session {
     /// STATUS of `names` in one write (`crate::status`); each answer stands in for that
     /// folder's own `status` for a short while ([`AHEAD_FOR`]). A refused folder keeps no
     /// answer: its own STATUS reports the refusal.
-    pub fn status_ahead(&mut self, names: &[&str]) -> Result<()> {
-        let names: Vec<&str> = names.iter().copied().filter(|n| crate::status::quoted(n).is_some()).collect();
-        if names.is_empty() {
-            return Ok(());
+    ///
+    /// `later` (the slow folders, e.g. the biggest) are asked in a second write once the
+    /// answers to `names` are in, and their answers are read only when needed: Dovecot holds
+    /// back the answers of one write until its last command is done, so a slow folder in the
+    /// first write would delay every answer, while on its own it is worked out by the server
+    /// as we sync the other folders.
+    pub fn status_ahead(&mut self, names: &[&str], later: &[&str]) -> Result<()> {
+        self.settle()?;
+        let quotable = |v: &[&str]| -> Vec<String> {
+            v.iter().filter(|n| crate::status::quoted(n).is_some()).map(|n| (*n).to_owned()).collect()
+        };
+        let (names, later) = (quotable(names), quotable(later));
+        if !names.is_empty() {
+            let tags = self.tags(names.len());
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let items = self.status_items();
+            crate::status::send_status(&mut self.raw, &tags, &refs, items).map_err(status_error)?;
+            self.pending = Some((tags, names, Instant::now()));
+            self.settle()?;
         }
-        let answers = self.raw_status(&names)?;
-        let now = Instant::now();
+        if !later.is_empty() {
+            let tags = self.tags(later.len());
+            let refs: Vec<&str> = later.iter().map(String::as_str).collect();
+            let items = self.status_items();
+            crate::status::send_status(&mut self.raw, &tags, &refs, items).map_err(status_error)?;
+            self.pending = Some((tags, later, Instant::now()));
+        }
+        Ok(())
+    }
+
+    /// Reads the answers to STATUS commands sent ahead, if any are still on the wire: called
+    /// first by everything that sends or reads, so the imap crate never sees them.
+    fn settle(&mut self) -> Result<()> {
+        let Some((tags, names, sent)) = self.pending.take() else { return Ok(()) };
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let answers = crate::status::read_status(&mut self.raw, &tags, &refs).map_err(status_error)?;
         for (name, answer) in names.into_iter().zip(answers) {
             if let Ok(s) = answer {
-                self.ahead.insert(name.to_owned(), (s, now));
+                self.ahead.insert(name, (s, sent));
             }
         }
         Ok(())
@@ -391,34 +424,41 @@ impl Session {
     /// Whether `status(name)` would be answered from a STATUS asked ahead.
     pub fn has_status_ahead(&self, name: &str) -> bool {
         self.ahead.get(name).is_some_and(|(_, at)| at.elapsed() < AHEAD_FOR)
+            || self
+                .pending
+                .as_ref()
+                .is_some_and(|(_, names, at)| at.elapsed() < AHEAD_FOR && names.iter().any(|n| n == name))
     }
 
-    fn raw_status(&mut self, names: &[&str]) -> Result<Vec<crate::status::Answer>> {
-        let tags: Vec<String> = names
-            .iter()
+    fn tags(&mut self, n: usize) -> Vec<String> {
+        (0..n)
             .map(|_| {
                 self.raw_tag += 1;
                 format!("r{}", self.raw_tag)
             })
-            .collect();
+            .collect()
+    }
+
+    fn raw_status(&mut self, names: &[&str]) -> Result<Vec<crate::status::Answer>> {
+        let tags = self.tags(names.len());
         let items = self.status_items();
-        crate::status::status_many(&mut self.raw, &tags, names, items).map_err(|e| {
-            let kind = match e {
-                crate::fetch::FetchError::Io(_) => ErrorKind::Connect,
-                _ => ErrorKind::Protocol,
-            };
-            Error::new(kind, format!("STATUS: {e}"))
-        })
+        crate::status::status_many(&mut self.raw, &tags, names, items).map_err(status_error)
     }
 
     /// STATUS: one round trip, no SELECT: what a no-change resync needs to see. Answered from
     /// `status_ahead` when that asked for this folder a moment ago.
     pub fn status(&mut self, name: &str) -> Result<ServerStatus> {
+        // Answers still on the wire are read only when one of them is wanted (or before the
+        // next command): the other folders' work goes on meanwhile.
+        if !self.ahead.contains_key(name) {
+            self.settle()?;
+        }
         if let Some((s, at)) = self.ahead.remove(name)
             && at.elapsed() < AHEAD_FOR
         {
             return Ok(s);
         }
+        self.settle()?;
         if crate::status::quoted(name).is_some() {
             let answer = self.raw_status(&[name])?.remove(0);
             return answer.map_err(|text| Error::new(ErrorKind::Protocol, format!("STATUS: {text}")));
@@ -442,6 +482,7 @@ impl Session {
 
     /// EXAMINE (read-only) unless already selected; `write` needs SELECT.
     pub fn open(&mut self, name: &str, write: bool) -> Result<ServerStatus> {
+        self.settle()?;
         let mb = if write {
             self.inner.select(name).map_err(|e| classify("SELECT", e))?
         } else {
@@ -466,6 +507,7 @@ impl Session {
 
     /// UIDs above `last` with their sizes (the selected folder).
     pub fn new_messages(&mut self, last: u32) -> Result<Vec<NewMsg>> {
+        self.settle()?;
         let f = self
             .inner
             .uid_fetch(format!("{}:*", last + 1), "(UID RFC822.SIZE)")
@@ -495,6 +537,7 @@ impl Session {
     /// Flags of messages up to `last`: only those changed since `changed_since` with
     /// CONDSTORE (RFC 7162 §3.1.4), all of them otherwise.
     pub fn changed_flags(&mut self, last: u32, changed_since: Option<u64>) -> Result<BTreeMap<u32, Flags>> {
+        self.settle()?;
         if last == 0 {
             return Ok(BTreeMap::new());
         }
@@ -515,6 +558,7 @@ impl Session {
     /// Downloads `uids` (a batch) without setting \Seen; calls `each` per message.
     /// UIDs the server no longer has are simply absent from the calls.
     pub fn fetch_bodies(&mut self, uids: &[u32], max_size: usize, mut each: impl FnMut(Fetched)) -> Result<()> {
+        self.settle()?;
         if uids.is_empty() {
             return Ok(());
         }
@@ -534,6 +578,7 @@ impl Session {
 
     /// (uid, size, header block) of `uids`: enough to recognise a message by Message-ID.
     pub fn fetch_headers(&mut self, uids: &[u32]) -> Result<Vec<(u32, u32, Vec<u8>)>> {
+        self.settle()?;
         if uids.is_empty() {
             return Ok(Vec::new());
         }
@@ -550,6 +595,7 @@ impl Session {
     /// With CONDSTORE and `unchanged_since`, the server refuses if it changed meanwhile
     /// (RFC 7162 §3.2): returns false then, so a concurrent change is not overwritten.
     pub fn store_flags(&mut self, uid: u32, flags: Flags, unchanged_since: Option<u64>) -> Result<bool> {
+        self.settle()?;
         // What we change on the server makes the STATUS answers asked ahead stale.
         self.ahead.clear();
         let cmd = match unchanged_since {
@@ -565,6 +611,7 @@ impl Session {
 
     /// Every UID up to `last` that the selected folder has.
     pub fn present_uids(&mut self, last: u32) -> Result<BTreeSet<u32>> {
+        self.settle()?;
         if last == 0 {
             return Ok(BTreeSet::new());
         }
@@ -580,6 +627,7 @@ impl Session {
     /// Moves `uids` of the selected (read-write) folder to `dest`: UID MOVE (RFC 6851), or
     /// COPY then delete when the server lacks MOVE.
     pub fn move_uids(&mut self, uids: &[u32], dest: &str) -> Result<()> {
+        self.settle()?;
         // What we change on the server makes the STATUS answers asked ahead stale.
         self.ahead.clear();
         if uids.is_empty() {
@@ -598,6 +646,7 @@ impl Session {
     /// another client flagged \Deleted, so it is used only when no other message is flagged;
     /// otherwise ours stay flagged and `false` is returned.
     pub fn delete_uids(&mut self, uids: &[u32]) -> Result<bool> {
+        self.settle()?;
         // What we change on the server makes the STATUS answers asked ahead stale.
         self.ahead.clear();
         if uids.is_empty() {
@@ -621,6 +670,7 @@ impl Session {
 
     /// APPEND a message with \Seen (e.g. to the Sent folder).
     pub fn append_seen(&mut self, folder: &str, raw: &[u8]) -> Result<()> {
+        self.settle()?;
         // What we change on the server makes the STATUS answers asked ahead stale.
         self.ahead.clear();
         self.selected = None;
@@ -637,12 +687,21 @@ impl Session {
     /// the end of every `run --once`.
     pub fn logout(mut self) {
         self.raw_tag += 1;
-        let _ = write!(self.raw, "r{} LOGOUT\r\n", self.raw_tag).and_then(|_| self.raw.flush());
+        let _ = self.raw.write_all(format!("r{} LOGOUT\r\n", self.raw_tag).as_bytes()).and_then(|_| self.raw.flush());
     }
 
     pub fn noop(&mut self) -> Result<()> {
+        self.settle()?;
         self.inner.noop().map_err(|e| classify("NOOP", e))
     }
+}
+
+fn status_error(e: crate::fetch::FetchError) -> Error {
+    let kind = match e {
+        crate::fetch::FetchError::Io(_) => ErrorKind::Connect,
+        _ => ErrorKind::Protocol,
+    };
+    Error::new(kind, format!("STATUS: {e}"))
 }
 
 fn convert_flags(flags: &[imap::types::Flag<'_>]) -> Flags {

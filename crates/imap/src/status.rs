@@ -50,6 +50,13 @@ pub fn status_many<T: Read + Write>(
     names: &[&str],
     items: &str,
 ) -> Result<Vec<Answer>, FetchError> {
+    send_status(conn, tags, names, items)?;
+    read_status(conn, tags, names)
+}
+
+/// The sending half of `status_many`: nothing else may be read from `conn` until
+/// `read_status` has read the answers.
+pub fn send_status<T: Write>(conn: &mut T, tags: &[String], names: &[&str], items: &str) -> Result<(), FetchError> {
     debug_assert_eq!(tags.len(), names.len());
     let mut out = String::new();
     for (tag, name) in tags.iter().zip(names) {
@@ -58,7 +65,12 @@ pub fn status_many<T: Read + Write>(
     }
     conn.write_all(out.as_bytes())?;
     conn.flush()?;
+    Ok(())
+}
 
+/// The reading half of `status_many`: every answer to the STATUS commands `send_status`
+/// sent with `tags` for `names`.
+pub fn read_status<T: Read>(conn: &mut T, tags: &[String], names: &[&str]) -> Result<Vec<Answer>, FetchError> {
     let mut r = Reader::new(conn, 16 * 1024);
     let mut done: Vec<Option<Result<(), String>>> = vec![None; names.len()];
     let mut seen: Vec<(Vec<u8>, ServerStatus)> = Vec::new();

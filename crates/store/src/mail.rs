@@ -306,10 +306,12 @@ impl Store {
 
     /// The account's folders as the scheduler sees them (`schedule_candidates`), with their
     /// names: a sync asks the server about all those due at the same time in one write.
-    pub fn account_sched_folders(&self, account: i64, now: i64) -> Result<Vec<(String, SchedFolder)>> {
+    /// (name, last seen UID, schedule row) of each.
+    pub fn account_sched_folders(&self, account: i64, now: i64) -> Result<Vec<(String, i64, SchedFolder)>> {
         let mut st = self.conn().prepare_cached(
-            "SELECT f.name, a.id, f.id, f.priority, f.last_recent_sync, f.last_full_sync, f.sync_requested,
-                    COALESCE(u.session_expires > ?2, 0), (a.retry_after IS NULL OR a.retry_after <= ?2)
+            "SELECT f.name, f.last_seen_uid, a.id, f.id, f.priority, f.last_recent_sync, f.last_full_sync,
+                    f.sync_requested, COALESCE(u.session_expires > ?2, 0),
+                    (a.retry_after IS NULL OR a.retry_after <= ?2)
              FROM folders f JOIN accounts a ON a.id = f.account_id JOIN users u ON u.id = a.owner_id
              WHERE f.account_id = ?1 AND f.gone = 0 ORDER BY f.id",
         )?;
@@ -317,15 +319,16 @@ impl Store {
             .query_map(params![account, now], |r| {
                 Ok((
                     r.get(0)?,
+                    r.get(1)?,
                     SchedFolder {
-                        account_id: r.get(1)?,
-                        folder_id: r.get(2)?,
-                        priority: r.get(3)?,
-                        last_recent_sync: r.get(4)?,
-                        last_full_sync: r.get(5)?,
-                        sync_requested: r.get(6)?,
-                        logged_in: r.get(7)?,
-                        account_ready: r.get(8)?,
+                        account_id: r.get(2)?,
+                        folder_id: r.get(3)?,
+                        priority: r.get(4)?,
+                        last_recent_sync: r.get(5)?,
+                        last_full_sync: r.get(6)?,
+                        sync_requested: r.get(7)?,
+                        logged_in: r.get(8)?,
+                        account_ready: r.get(9)?,
                     },
                 ))
             })?

@@ -370,12 +370,13 @@ impl Store {
                 server_deleted: r.get(7)?,
             })
         };
+        // Through the partial index of pending changes; a `uid > 0` term here would make
+        // SQLite walk the (folder_id, uid) index over the whole folder instead.
         let mut out: Vec<MsgSyncRow> = self
             .conn()
-            .prepare_cached(&format!(
-                "SELECT {COLS} FROM messages WHERE folder_id = ? AND flags_changed IS NOT NULL AND uid > 0"
-            ))?
+            .prepare_cached(&format!("SELECT {COLS} FROM messages WHERE folder_id = ? AND flags_changed IS NOT NULL"))?
             .query_map([folder_id], row)?
+            .filter(|r| r.as_ref().map_or(true, |r| r.uid > 0))
             .collect::<rusqlite::Result<_>>()?;
         // UIDs close together are read as one range of the (folder_id, uid) index, then
         // filtered: one index walk instead of one lookup each (500 changed flags in a row:

@@ -6,7 +6,7 @@
 //! - the store is the truth: anything lost from memory (a dead worker, a restart) is found
 //!   again by the next tick's scheduling queries.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -34,7 +34,7 @@ pub struct MasterOptions {
 
 /// Largest WAL (bytes) a stopping master leaves for the next start to read back, instead of
 /// checkpointing it (two fsyncs) on the way out.
-const WAL_KEPT_AT_STOP: u64 = 4 << 20;
+const WAL_KEPT_AT_STOP: u64 = 1 << 20;
 
 enum Event {
     Tick,
@@ -69,6 +69,10 @@ pub fn run(
     }
     let mut config = config;
     let mut in_flight: HashMap<Task, usize> = HashMap::new();
+    // With `once`: the folder syncs and listings that finished in this run. A folder synced
+    // at 12:00:00.98 with a 1 s interval is due again at 12:00:01: that is not work that was
+    // due when the run started, and redoing it would make `run --once` chase the clock.
+    let mut synced: HashSet<Task> = HashSet::new();
     let mut tick_every = Duration::from_secs(config.bg_tick_interval);
     let mut next_tick = Instant::now();
     let mut last_truncate = Instant::now();
@@ -88,6 +92,16 @@ pub fn run(
             }
             Event::Outcome(o) => {
                 in_flight.remove(&o.task);
+                if opts.once
+                    && o.result.is_ok()
+                    && matches!(o.task.job, Job::ListFolders | Job::SyncRecent | Job::SyncFull)
+                {
+                    synced.insert(o.task);
+                    if o.task.job == Job::SyncFull {
+                        // a full sync counts as a recent one (`schedule::folder_due`)
+                        synced.insert(Task { job: Job::SyncRecent, ..o.task });
+                    }
+                }
                 let follow = scheduler.finished(&mut store, &config, &o);
                 dispatch(&mut pool, &mut in_flight, follow);
                 if opts.once && in_flight.is_empty() {
@@ -117,6 +131,7 @@ pub fn run(
                 if let Some(a) = opts.only_account {
                     due.retain(|t| t.account == Some(a));
                 }
+                due.retain(|t| !synced.contains(t));
                 let nothing_due = due.is_empty();
                 dispatch(&mut pool, &mut in_flight, due);
                 // Bookkeeping after the dispatch: the workers start (connect, log in) meanwhile.

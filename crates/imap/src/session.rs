@@ -163,6 +163,14 @@ pub struct Session {
     selected: Option<(String, bool)>,
     /// STATUS answers asked ahead for other folders (`status_ahead`), and when.
     ahead: HashMap<String, (ServerStatus, Instant)>,
+    /// Commands sent ahead whose answers are still on the wire: `settle` reads them before
+    /// anything else is sent or read.
+    pending: Option<Pending>,
+}
+
+enum Pending {
+    Status { tags: Vec<String>, names: Vec<String>, sent: Instant },
+    Examine { tag: String, name: String, sent: Instant },
 }
 
 /// How long a STATUS answer asked ahead stands in for the folder's own STATUS: the folders
@@ -321,11 +329,21 @@ impl Session {
             // RFC 7162 §3.1: enabling CONDSTORE makes SELECT/EXAMINE/STATUS report MODSEQs.
             inner.run_command_and_check_ok("ENABLE CONDSTORE").map_err(|e| classify("ENABLE", e))?;
         }
-        Ok(Session { inner, raw, raw_tag: 0, carry: Vec::new(), caps, selected: None, ahead: HashMap::new() })
+        Ok(Session {
+            inner,
+            raw,
+            raw_tag: 0,
+            carry: Vec::new(),
+            caps,
+            selected: None,
+            ahead: HashMap::new(),
+            pending: None,
+        })
     }
 
     /// Every folder, with special use from SPECIAL-USE attributes or well-known names.
     pub fn list_folders(&mut self) -> Result<Vec<ListedFolder>> {
+        self.settle()?;
         let names = self.inner.list(Some(""), Some("*")).map_err(|e| classify("LIST", e))?;
         let mut out = Vec::new();
         for n in names.iter() {
@@ -375,16 +393,57 @@ impl Session {
     /// STATUS of `names` in one write (`crate::status`); each answer stands in for that
     /// folder's own `status` for a short while ([`AHEAD_FOR`]). A refused folder keeps no
     /// answer: its own STATUS reports the refusal.
-    pub fn status_ahead(&mut self, names: &[&str]) -> Result<()> {
-        let names: Vec<&str> = names.iter().copied().filter(|n| crate::status::quoted(n).is_some()).collect();
-        if names.is_empty() {
-            return Ok(());
+    ///
+    /// `open_later` (the slow folder, e.g. the biggest) is opened with EXAMINE in a second
+    /// write once the answers to `names` are in, and its answer is read only when needed:
+    /// Dovecot holds back the answers of one write until its last command is done, so a slow
+    /// folder in the first write would delay every answer, while on its own it is worked out
+    /// by the server as we sync the other folders. EXAMINE tells what STATUS does, and when
+    /// the folder has changed its sync needs it opened anyway.
+    pub fn status_ahead(&mut self, names: &[&str], open_later: Option<&str>) -> Result<()> {
+        self.settle()?;
+        let names: Vec<String> =
+            names.iter().filter(|n| crate::status::quoted(n).is_some()).map(|n| (*n).to_owned()).collect();
+        if !names.is_empty() {
+            let tags = self.tags(names.len());
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let items = self.status_items();
+            crate::status::send_status(&mut self.raw, &tags, &refs, items).map_err(status_error)?;
+            self.pending = Some(Pending::Status { tags, names, sent: Instant::now() });
+            self.settle()?;
         }
-        let answers = self.raw_status(&names)?;
-        let now = Instant::now();
-        for (name, answer) in names.into_iter().zip(answers) {
-            if let Ok(s) = answer {
-                self.ahead.insert(name.to_owned(), (s, now));
+        if let Some(name) = open_later.filter(|n| crate::status::quoted(n).is_some()) {
+            let tag = self.tags(1).remove(0);
+            // From here the server's selected folder is this one, or none if it refuses.
+            self.selected = None;
+            crate::status::send_examine(&mut self.raw, &tag, name).map_err(status_error)?;
+            self.pending = Some(Pending::Examine { tag, name: name.to_owned(), sent: Instant::now() });
+        }
+        Ok(())
+    }
+
+    /// Reads the answers to commands sent ahead, if any are still on the wire: called first
+    /// by everything that sends or reads, so the imap crate never sees them.
+    fn settle(&mut self) -> Result<()> {
+        match self.pending.take() {
+            None => {}
+            Some(Pending::Status { tags, names, sent }) => {
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                let answers = crate::status::read_status(&mut self.raw, &tags, &refs).map_err(status_error)?;
+                for (name, answer) in names.into_iter().zip(answers) {
+                    if let Ok(s) = answer {
+                        self.ahead.insert(name, (s, sent));
+                    }
+                }
+            }
+            Some(Pending::Examine { tag, name, sent }) => {
+                // Whatever the answer, the previous folder is no longer selected (RFC 3501
+                // §6.3.1: a failed EXAMINE leaves none selected).
+                self.selected = None;
+                if let Ok(s) = crate::status::read_examine(&mut self.raw, &tag).map_err(status_error)? {
+                    self.selected = Some((name.clone(), false));
+                    self.ahead.insert(name, (s, sent));
+                }
             }
         }
         Ok(())
@@ -392,35 +451,43 @@ impl Session {
 
     /// Whether `status(name)` would be answered from a STATUS asked ahead.
     pub fn has_status_ahead(&self, name: &str) -> bool {
-        self.ahead.get(name).is_some_and(|(_, at)| at.elapsed() < AHEAD_FOR)
+        let pending = match &self.pending {
+            Some(Pending::Status { names, sent, .. }) => sent.elapsed() < AHEAD_FOR && names.iter().any(|n| n == name),
+            Some(Pending::Examine { name: n, sent, .. }) => sent.elapsed() < AHEAD_FOR && n == name,
+            None => false,
+        };
+        pending || self.ahead.get(name).is_some_and(|(_, at)| at.elapsed() < AHEAD_FOR)
     }
 
-    fn raw_status(&mut self, names: &[&str]) -> Result<Vec<crate::status::Answer>> {
-        let tags: Vec<String> = names
-            .iter()
+    fn tags(&mut self, n: usize) -> Vec<String> {
+        (0..n)
             .map(|_| {
                 self.raw_tag += 1;
                 format!("r{}", self.raw_tag)
             })
-            .collect();
+            .collect()
+    }
+
+    fn raw_status(&mut self, names: &[&str]) -> Result<Vec<crate::status::Answer>> {
+        let tags = self.tags(names.len());
         let items = self.status_items();
-        crate::status::status_many(&mut self.raw, &tags, names, items).map_err(|e| {
-            let kind = match e {
-                crate::fetch::FetchError::Io(_) => ErrorKind::Connect,
-                _ => ErrorKind::Protocol,
-            };
-            Error::new(kind, format!("STATUS: {e}"))
-        })
+        crate::status::status_many(&mut self.raw, &tags, names, items).map_err(status_error)
     }
 
     /// STATUS: one round trip, no SELECT: what a no-change resync needs to see. Answered from
     /// `status_ahead` when that asked for this folder a moment ago.
     pub fn status(&mut self, name: &str) -> Result<ServerStatus> {
+        // Answers still on the wire are read only when one of them is wanted (or before the
+        // next command): the other folders' work goes on meanwhile.
+        if !self.ahead.contains_key(name) {
+            self.settle()?;
+        }
         if let Some((s, at)) = self.ahead.remove(name)
             && at.elapsed() < AHEAD_FOR
         {
             return Ok(s);
         }
+        self.settle()?;
         if crate::status::quoted(name).is_some() {
             let answer = self.raw_status(&[name])?.remove(0);
             return answer.map_err(|text| Error::new(ErrorKind::Protocol, format!("STATUS: {text}")));
@@ -444,6 +511,7 @@ impl Session {
 
     /// EXAMINE (read-only) unless already selected; `write` needs SELECT.
     pub fn open(&mut self, name: &str, write: bool) -> Result<ServerStatus> {
+        self.settle()?;
         let mb = if write {
             self.inner.select(name).map_err(|e| classify("SELECT", e))?
         } else {
@@ -460,6 +528,7 @@ impl Session {
 
     /// Ensures `name` is selected (read-only is enough unless `write`).
     pub fn ensure_open(&mut self, name: &str, write: bool) -> Result<()> {
+        self.settle()?;
         match &self.selected {
             Some((n, w)) if n == name && (*w || !write) => Ok(()),
             _ => self.open(name, write).map(|_| ()),
@@ -468,6 +537,7 @@ impl Session {
 
     /// UIDs above `last` with their sizes (the selected folder).
     pub fn new_messages(&mut self, last: u32) -> Result<Vec<NewMsg>> {
+        self.settle()?;
         self.raw_tag += 1;
         let tag = format!("r{}", self.raw_tag);
         let sizes = crate::fetch::uid_fetch_sizes(&mut self.raw, &tag, &format!("{}:*", last + 1)).map_err(|e| {
@@ -500,6 +570,7 @@ impl Session {
     /// Flags of messages up to `last`: only those changed since `changed_since` with
     /// CONDSTORE (RFC 7162 §3.1.4), all of them otherwise.
     pub fn changed_flags(&mut self, last: u32, changed_since: Option<u64>) -> Result<BTreeMap<u32, Flags>> {
+        self.settle()?;
         if last == 0 {
             return Ok(BTreeMap::new());
         }
@@ -531,6 +602,7 @@ impl Session {
     /// then read in order with `fetch_bodies_read`. If a read fails, the session must be
     /// discarded (answers still in flight cannot be matched to anything any more).
     pub fn fetch_bodies_send(&mut self, uids: &[u32]) -> Result<Option<String>> {
+        self.settle()?;
         if uids.is_empty() {
             return Ok(None);
         }
@@ -572,6 +644,7 @@ impl Session {
 
     /// (uid, size, header block) of `uids`: enough to recognise a message by Message-ID.
     pub fn fetch_headers(&mut self, uids: &[u32]) -> Result<Vec<(u32, u32, Vec<u8>)>> {
+        self.settle()?;
         if uids.is_empty() {
             return Ok(Vec::new());
         }
@@ -588,6 +661,7 @@ impl Session {
     /// With CONDSTORE and `unchanged_since`, the server refuses if it changed meanwhile
     /// (RFC 7162 §3.2): returns false then, so a concurrent change is not overwritten.
     pub fn store_flags(&mut self, uid: u32, flags: Flags, unchanged_since: Option<u64>) -> Result<bool> {
+        self.settle()?;
         // What we change on the server makes the STATUS answers asked ahead stale.
         self.ahead.clear();
         let cmd = match unchanged_since {
@@ -603,6 +677,7 @@ impl Session {
 
     /// Every UID up to `last` that the selected folder has.
     pub fn present_uids(&mut self, last: u32) -> Result<BTreeSet<u32>> {
+        self.settle()?;
         if last == 0 {
             return Ok(BTreeSet::new());
         }
@@ -618,6 +693,7 @@ impl Session {
     /// Moves `uids` of the selected (read-write) folder to `dest`: UID MOVE (RFC 6851), or
     /// COPY then delete when the server lacks MOVE.
     pub fn move_uids(&mut self, uids: &[u32], dest: &str) -> Result<()> {
+        self.settle()?;
         // What we change on the server makes the STATUS answers asked ahead stale.
         self.ahead.clear();
         if uids.is_empty() {
@@ -636,6 +712,7 @@ impl Session {
     /// another client flagged \Deleted, so it is used only when no other message is flagged;
     /// otherwise ours stay flagged and `false` is returned.
     pub fn delete_uids(&mut self, uids: &[u32]) -> Result<bool> {
+        self.settle()?;
         // What we change on the server makes the STATUS answers asked ahead stale.
         self.ahead.clear();
         if uids.is_empty() {
@@ -659,6 +736,7 @@ impl Session {
 
     /// APPEND a message with \Seen (e.g. to the Sent folder).
     pub fn append_seen(&mut self, folder: &str, raw: &[u8]) -> Result<()> {
+        self.settle()?;
         // What we change on the server makes the STATUS answers asked ahead stale.
         self.ahead.clear();
         self.selected = None;
@@ -675,12 +753,21 @@ impl Session {
     /// the end of every `run --once`.
     pub fn logout(mut self) {
         self.raw_tag += 1;
-        let _ = write!(self.raw, "r{} LOGOUT\r\n", self.raw_tag).and_then(|_| self.raw.flush());
+        let _ = self.raw.write_all(format!("r{} LOGOUT\r\n", self.raw_tag).as_bytes()).and_then(|_| self.raw.flush());
     }
 
     pub fn noop(&mut self) -> Result<()> {
+        self.settle()?;
         self.inner.noop().map_err(|e| classify("NOOP", e))
     }
+}
+
+fn status_error(e: crate::fetch::FetchError) -> Error {
+    let kind = match e {
+        crate::fetch::FetchError::Io(_) => ErrorKind::Connect,
+        _ => ErrorKind::Protocol,
+    };
+    Error::new(kind, format!("STATUS: {e}"))
 }
 
 fn convert_flags(flags: &[imap::types::Flag<'_>]) -> Flags {

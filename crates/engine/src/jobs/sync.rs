@@ -71,12 +71,16 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
     if !session.has_status_ahead(&folder.name) {
         // The first sync of the account's folders due together asks for all their STATUS in
-        // one write: one round trip instead of one per folder.
-        let due = due_folder_names(ctx, account, now)?;
+        // one write: one round trip instead of one per folder. The biggest of the others (by
+        // UIDs, a stand-in for the server's work) is opened on its own right after, and read
+        // when its sync comes (`Session::status_ahead`).
+        let due = due_folders(ctx, account, now)?;
         if due.len() > 1 {
-            let names: Vec<&str> = due.iter().map(String::as_str).collect();
+            let biggest = due.iter().filter(|(n, _)| *n != folder.name).max_by_key(|(_, last)| *last);
+            let later = biggest.map(|(n, _)| n.as_str());
+            let names: Vec<&str> = due.iter().map(|(n, _)| n.as_str()).filter(|n| Some(*n) != later).collect();
             let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
-            if let Err(e) = session.status_ahead(&names) {
+            if let Err(e) = session.status_ahead(&names, later) {
                 ctx.sessions.discard(account);
                 return Err(failure_from_imap(e));
             }
@@ -243,17 +247,17 @@ fn holds_all(
     Ok(exists == store.folder_present_count(folder_id)? + summary.queued + new)
 }
 
-/// The names of the account's folders due for a sync now (as the scheduler decides it), this
-/// one included.
-fn due_folder_names(ctx: &mut Ctx, account: i64, now: i64) -> Result<Vec<String>, Failure> {
+/// (name, last seen UID) of the account's folders due for a sync now (as the scheduler
+/// decides it), this one included.
+fn due_folders(ctx: &mut Ctx, account: i64, now: i64) -> Result<Vec<(String, i64)>, Failure> {
     let iv = Intervals::from_config(ctx.config);
     let low_start = daily_start(&chrono::Local, now, ctx.config.email_bg_lo_folders_sync_start);
     Ok(ctx
         .store
         .account_sched_folders(account, now)?
         .into_iter()
-        .filter(|(_, f)| folder_due(f, now, &iv, low_start).is_some())
-        .map(|(name, _)| name)
+        .filter(|(_, _, f)| folder_due(f, now, &iv, low_start).is_some())
+        .map(|(name, last, _)| (name, last))
         .collect())
 }
 

@@ -117,11 +117,10 @@ fn temporary_refusals_move_to_secondary_then_succeed_and_permanent_ones_are_erro
         std::thread::sleep(Duration::from_millis(1100));
     }
     let r = show(&h, id);
-    assert_eq!(
-        (r["state"].as_str(), r["attempts"].as_i64(), r["secondary"].as_bool()),
-        (Some("PENDING"), Some(6), Some(true)),
-        "{r}"
-    );
+    // One attempt per run, and one more when a run outlasts the 1 s back-off (a loaded
+    // machine): past EMAIL_BG_SEND_MAX_ATTEMPTS (5) it waits in the secondary lane.
+    assert_eq!((r["state"].as_str(), r["secondary"].as_bool()), (Some("PENDING"), Some(true)), "{r}");
+    assert!((6..=12).contains(&r["attempts"].as_i64().unwrap_or(0)), "{r}");
     assert!(r["error"].as_str().unwrap().contains("450"), "{r}");
     sink.restart(SinkOptions::default()).unwrap();
     run_once(&h);

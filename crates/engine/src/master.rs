@@ -34,7 +34,7 @@ pub struct MasterOptions {
 
 /// Largest WAL (bytes) a stopping master leaves for the next start to read back, instead of
 /// checkpointing it (two fsyncs) on the way out.
-const WAL_KEPT_AT_STOP: u64 = 1 << 20;
+const WAL_KEPT_AT_STOP: u64 = 2 << 20;
 
 enum Event {
     Tick,

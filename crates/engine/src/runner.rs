@@ -78,46 +78,42 @@ impl Runner for JobRunner {
         let idx = self.idx;
         let started = Instant::now();
         let store = self.store()?;
-        let history = |store: &mut Store, status: &str, detail: Option<&str>, count: Option<i64>, ms: Option<i64>| {
-            let h = NewHistory {
-                process: task.job.name(),
-                status,
-                detail,
-                account_id: task.account,
-                folder_id: task.folder,
-                count,
-                duration_ms: ms,
-                thread: Some(&thread),
-            };
-            if let Err(e) = store.add_history(&h, clock.now()) {
-                log::error!("cannot write history: {e}");
-            }
-        };
-        history(store, "Started", None, None, None);
-        let _ = store.set_worker(&WorkerRow {
-            thread: idx as i64 + 1,
-            task: Some(task.to_string()),
+        let history = |status, detail, count, ms| NewHistory {
+            process: task.job.name(),
+            status,
+            detail,
             account_id: task.account,
             folder_id: task.folder,
+            count,
+            duration_ms: ms,
+            thread: Some(&thread),
+        };
+        let worker = |task: Option<String>, account_id, folder_id| WorkerRow {
+            thread: idx as i64 + 1,
+            task,
+            account_id,
+            folder_id,
             done: None,
             total: None,
             since: Some(clock.now()),
-        });
+        };
+        // A task's bookkeeping is one commit at its start and one at its end.
+        let running = worker(Some(task.to_string()), task.account, task.folder);
+        if let Err(e) = store.task_started(&history("Started", None, None, None), &running, clock.now()) {
+            log::error!("cannot write history: {e}");
+        }
         let store = self.store.as_mut().expect("opened above");
         let mut ctx = Ctx { store: &mut *store, config: &config, clock, sessions: &mut self.sessions, thread: idx };
         let result = execute(&mut ctx, task);
         let ms = started.elapsed().as_millis() as i64;
-        // The account's health: a success clears its back-off; a failure of the account as a
-        // whole (refused login, unreachable server, a connection dropped mid-command, TLS)
-        // backs it off, so it is not retried every tick.
+        // The account's health: a success clears its back-off (in the end's commit below); a
+        // failure of the account as a whole (refused login, unreachable server, a connection
+        // dropped mid-command, TLS) backs it off, so it is not retried every tick.
+        let mut success = None;
         if let Some(account) = task.account {
             let now = clock.now();
             match &result {
-                Ok(_) if task.job != Job::Sleep => match store.record_account_success(account, now) {
-                    Ok(n) if n > 0 => log::info!("account {account} works again after {n} failure(s)"),
-                    Ok(_) => {}
-                    Err(e) => log::error!("cannot record the account's health: {e}"),
-                },
+                Ok(_) if task.job != Job::Sleep => success = Some(account),
                 // SMTP trouble backs off the outbox entries (their own next attempt), not the
                 // account's IMAP work.
                 Err(f) if f.kind.account_level() && !matches!(task.job, Job::Send | Job::SendSecondary) => {
@@ -130,19 +126,15 @@ impl Runner for JobRunner {
                 _ => {}
             }
         }
-        match &result {
-            Ok(r) => history(store, "Finished", None, Some(r.count), Some(ms)),
-            Err(f) => history(store, f.kind.status(), Some(&f.detail), None, Some(ms)),
+        let h = match &result {
+            Ok(r) => history("Finished", None, Some(r.count), Some(ms)),
+            Err(f) => history(f.kind.status(), Some(&f.detail), None, Some(ms)),
+        };
+        match store.task_finished(&h, &worker(None, None, None), success, clock.now()) {
+            Ok(n) if n > 0 => log::info!("account {} works again after {n} failure(s)", task.account.unwrap_or(0)),
+            Ok(_) => {}
+            Err(e) => log::error!("cannot write history and the account's health: {e}"),
         }
-        let _ = store.set_worker(&WorkerRow {
-            thread: idx as i64 + 1,
-            task: None,
-            account_id: None,
-            folder_id: None,
-            done: None,
-            total: None,
-            since: Some(clock.now()),
-        });
         result
     }
 

@@ -163,14 +163,9 @@ pub struct Session {
     selected: Option<(String, bool)>,
     /// STATUS answers asked ahead for other folders (`status_ahead`), and when.
     ahead: HashMap<String, (ServerStatus, Instant)>,
-    /// Commands sent ahead whose answers are still on the wire: `settle` reads them before
-    /// anything else is sent or read.
-    pending: Option<Pending>,
-}
-
-enum Pending {
-    Status { tags: Vec<String>, names: Vec<String>, sent: Instant },
-    Examine { tag: String, name: String, sent: Instant },
+    /// STATUS commands sent ahead whose answers are still on the wire (tags, names, when):
+    /// `settle` reads them before anything else is sent or read.
+    pending: Option<(Vec<String>, Vec<String>, Instant)>,
 }
 
 /// How long a STATUS answer asked ahead stands in for the folder's own STATUS: the folders
@@ -394,56 +389,44 @@ impl Session {
     /// folder's own `status` for a short while ([`AHEAD_FOR`]). A refused folder keeps no
     /// answer: its own STATUS reports the refusal.
     ///
-    /// `open_later` (the slow folder, e.g. the biggest) is opened with EXAMINE in a second
-    /// write once the answers to `names` are in, and its answer is read only when needed:
-    /// Dovecot holds back the answers of one write until its last command is done, so a slow
-    /// folder in the first write would delay every answer, while on its own it is worked out
-    /// by the server as we sync the other folders. EXAMINE tells what STATUS does, and when
-    /// the folder has changed its sync needs it opened anyway.
-    pub fn status_ahead(&mut self, names: &[&str], open_later: Option<&str>) -> Result<()> {
+    /// `later` (the slow folders, e.g. the biggest) are asked in a second write once the
+    /// answers to `names` are in, and their answers are read only when needed: Dovecot holds
+    /// back the answers of one write until its last command is done, so a slow folder in the
+    /// first write would delay every answer, while on its own it is worked out by the server
+    /// as we sync the other folders.
+    pub fn status_ahead(&mut self, names: &[&str], later: &[&str]) -> Result<()> {
         self.settle()?;
-        let names: Vec<String> =
-            names.iter().filter(|n| crate::status::quoted(n).is_some()).map(|n| (*n).to_owned()).collect();
+        let quotable = |v: &[&str]| -> Vec<String> {
+            v.iter().filter(|n| crate::status::quoted(n).is_some()).map(|n| (*n).to_owned()).collect()
+        };
+        let (names, later) = (quotable(names), quotable(later));
         if !names.is_empty() {
             let tags = self.tags(names.len());
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
             let items = self.status_items();
             crate::status::send_status(&mut self.raw, &tags, &refs, items).map_err(status_error)?;
-            self.pending = Some(Pending::Status { tags, names, sent: Instant::now() });
+            self.pending = Some((tags, names, Instant::now()));
             self.settle()?;
         }
-        if let Some(name) = open_later.filter(|n| crate::status::quoted(n).is_some()) {
-            let tag = self.tags(1).remove(0);
-            // From here the server's selected folder is this one, or none if it refuses.
-            self.selected = None;
-            crate::status::send_examine(&mut self.raw, &tag, name).map_err(status_error)?;
-            self.pending = Some(Pending::Examine { tag, name: name.to_owned(), sent: Instant::now() });
+        if !later.is_empty() {
+            let tags = self.tags(later.len());
+            let refs: Vec<&str> = later.iter().map(String::as_str).collect();
+            let items = self.status_items();
+            crate::status::send_status(&mut self.raw, &tags, &refs, items).map_err(status_error)?;
+            self.pending = Some((tags, later, Instant::now()));
         }
         Ok(())
     }
 
-    /// Reads the answers to commands sent ahead, if any are still on the wire: called first
-    /// by everything that sends or reads, so the imap crate never sees them.
+    /// Reads the answers to STATUS commands sent ahead, if any are still on the wire: called
+    /// first by everything that sends or reads, so the imap crate never sees them.
     fn settle(&mut self) -> Result<()> {
-        match self.pending.take() {
-            None => {}
-            Some(Pending::Status { tags, names, sent }) => {
-                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                let answers = crate::status::read_status(&mut self.raw, &tags, &refs).map_err(status_error)?;
-                for (name, answer) in names.into_iter().zip(answers) {
-                    if let Ok(s) = answer {
-                        self.ahead.insert(name, (s, sent));
-                    }
-                }
-            }
-            Some(Pending::Examine { tag, name, sent }) => {
-                // Whatever the answer, the previous folder is no longer selected (RFC 3501
-                // §6.3.1: a failed EXAMINE leaves none selected).
-                self.selected = None;
-                if let Ok(s) = crate::status::read_examine(&mut self.raw, &tag).map_err(status_error)? {
-                    self.selected = Some((name.clone(), false));
-                    self.ahead.insert(name, (s, sent));
-                }
+        let Some((tags, names, sent)) = self.pending.take() else { return Ok(()) };
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let answers = crate::status::read_status(&mut self.raw, &tags, &refs).map_err(status_error)?;
+        for (name, answer) in names.into_iter().zip(answers) {
+            if let Ok(s) = answer {
+                self.ahead.insert(name, (s, sent));
             }
         }
         Ok(())
@@ -451,12 +434,11 @@ impl Session {
 
     /// Whether `status(name)` would be answered from a STATUS asked ahead.
     pub fn has_status_ahead(&self, name: &str) -> bool {
-        let pending = match &self.pending {
-            Some(Pending::Status { names, sent, .. }) => sent.elapsed() < AHEAD_FOR && names.iter().any(|n| n == name),
-            Some(Pending::Examine { name: n, sent, .. }) => sent.elapsed() < AHEAD_FOR && n == name,
-            None => false,
-        };
-        pending || self.ahead.get(name).is_some_and(|(_, at)| at.elapsed() < AHEAD_FOR)
+        self.ahead.get(name).is_some_and(|(_, at)| at.elapsed() < AHEAD_FOR)
+            || self
+                .pending
+                .as_ref()
+                .is_some_and(|(_, names, at)| at.elapsed() < AHEAD_FOR && names.iter().any(|n| n == name))
     }
 
     fn tags(&mut self, n: usize) -> Vec<String> {
@@ -528,7 +510,6 @@ impl Session {
 
     /// Ensures `name` is selected (read-only is enough unless `write`).
     pub fn ensure_open(&mut self, name: &str, write: bool) -> Result<()> {
-        self.settle()?;
         match &self.selected {
             Some((n, w)) if n == name && (*w || !write) => Ok(()),
             _ => self.open(name, write).map(|_| ()),

@@ -1,5 +1,5 @@
-//! STATUS of several folders in one write, and EXAMINE of one folder whose answer is read
-//! later, on the session's raw transport like `crate::fetch`.
+//! STATUS of several folders in one write, read on the session's raw transport like
+//! `crate::fetch`.
 //!
 //! Why: a no-change resync asks every due folder for its STATUS. One command at a time, that
 //! was one round trip per folder, one after the other, and a slow answer (a 14,000-message
@@ -120,79 +120,6 @@ pub fn read_status<T: Read>(conn: &mut T, tags: &[String], names: &[&str]) -> Re
             found.or(only).ok_or_else(|| "the server sent no STATUS data for the folder".to_owned())
         })
         .collect())
-}
-
-/// Sends `tag EXAMINE name`; nothing else may be read from `conn` until `read_examine` has
-/// read the answer. `name` must be `quoted`-able.
-pub fn send_examine<T: Write>(conn: &mut T, tag: &str, name: &str) -> Result<(), FetchError> {
-    let q = quoted(name).ok_or_else(|| FetchError::Invalid(format!("cannot quote the folder name {name:?}")))?;
-    conn.write_all(format!("{tag} EXAMINE {q}\r\n").as_bytes())?;
-    conn.flush()?;
-    Ok(())
-}
-
-/// The answer to `send_examine`: what STATUS would have said (RFC 3501 §6.3.1: `EXISTS`,
-/// `[UIDVALIDITY]`, `[UIDNEXT]`; RFC 7162 §3.1.2.1: `[HIGHESTMODSEQ]` or `[NOMODSEQ]`),
-/// or the refusal. An answer without UIDVALIDITY (required) is a refusal: taken as 0 it
-/// would look like a UIDVALIDITY change.
-pub fn read_examine<T: Read>(conn: &mut T, tag: &str) -> Result<Answer, FetchError> {
-    let mut r = Reader::new(conn, 16 * 1024);
-    let mut s = ServerStatus::default();
-    let mut uidvalidity = false;
-    let tagged = format!("{tag} ");
-    loop {
-        let line = r.line()?;
-        if let Some(n) = literal_size(&line) {
-            // never in these answers; skipped whole if a server sends one
-            if n > NAME_MAX {
-                return Err(FetchError::Invalid(format!("a {n}-byte literal in an EXAMINE answer")));
-            }
-            r.exact(n, &mut Vec::new())?;
-            continue;
-        }
-        if line.starts_with(b"* BYE") {
-            return Err(FetchError::Io(std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                String::from_utf8_lossy(&line).trim().to_owned(),
-            )));
-        }
-        let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end();
-        if let Some(rest) = text.strip_prefix(&tagged) {
-            if r.has_unread() {
-                return Err(FetchError::Invalid("unexpected data after the EXAMINE answer".into()));
-            }
-            if !rest.to_ascii_uppercase().starts_with("OK") {
-                return Ok(Err(rest.to_owned()));
-            }
-            if !uidvalidity {
-                return Ok(Err("the EXAMINE answer had no UIDVALIDITY".into()));
-            }
-            return Ok(Ok(s));
-        }
-        let upper = text.to_ascii_uppercase();
-        let words: Vec<&str> = upper.split_ascii_whitespace().collect();
-        let code = |name: &str| -> Option<u64> {
-            let i = upper.find(&format!("[{name} "))? + name.len() + 2;
-            upper[i..].split(']').next()?.trim().parse().ok()
-        };
-        match words.as_slice() {
-            ["*", n, "EXISTS"] => s.exists = n.parse().unwrap_or(0),
-            ["*", "OK", ..] => {
-                if let Some(v) = code("UIDVALIDITY") {
-                    s.uidvalidity = v as u32;
-                    uidvalidity = true;
-                }
-                if let Some(v) = code("UIDNEXT") {
-                    s.uidnext = v as u32;
-                }
-                if let Some(v) = code("HIGHESTMODSEQ") {
-                    s.highest_modseq = Some(v);
-                }
-            }
-            _ => {} // FLAGS, RECENT, PERMANENTFLAGS, UNSEEN, NOMODSEQ…
-        }
-    }
 }
 
 /// INBOX is case-insensitive (RFC 3501 §5.1); every other name is compared byte for byte.
@@ -337,31 +264,6 @@ r2 STATUS \"a \\\"q\\\" \\\\b\" (MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)\r\n
         assert!(r[1].as_ref().unwrap_err().contains("no STATUS data"));
         assert!(r[2].as_ref().unwrap_err().starts_with("BAD"));
         assert!(r[3].as_ref().unwrap_err().contains("no STATUS data"));
-    }
-
-    #[test]
-    fn examine_answers_read_as_status() {
-        let reply = b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n\
-* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n* 15800 EXISTS\r\n* 0 RECENT\r\n\
-* OK [UNSEEN 3] First unseen.\r\n* OK [UIDVALIDITY 1795454310] UIDs valid\r\n\
-* OK [UIDNEXT 15801] Predicted next UID\r\n* OK [HIGHESTMODSEQ 31337] Highest\r\n\
-r7 OK [READ-ONLY] Examine completed (0.005 + 0.000 secs).\r\n";
-        for chunk in [1, 5, 64, 1 << 16] {
-            let mut f = Fake { reply: Cursor::new(reply.to_vec()), sent: Vec::new(), chunk };
-            send_examine(&mut f, "r7", "INBOX").unwrap();
-            assert_eq!(f.sent, b"r7 EXAMINE \"INBOX\"\r\n");
-            let got = read_examine(&mut f, "r7").unwrap();
-            assert_eq!(got, Ok(st(15800, 15801, 1795454310, Some(31337))), "chunk {chunk}");
-        }
-        let no = b"r7 NO [NONEXISTENT] Mailbox doesn't exist: Gone\r\n";
-        let mut f = Fake { reply: Cursor::new(no.to_vec()), sent: Vec::new(), chunk: 64 };
-        assert!(read_examine(&mut f, "r7").unwrap().unwrap_err().contains("NONEXISTENT"));
-        // no UIDVALIDITY: refused rather than taken as 0 (a UIDVALIDITY change)
-        let bare = b"* 3 EXISTS\r\n* OK [NOMODSEQ] no\r\nr7 OK done\r\n";
-        let mut f = Fake { reply: Cursor::new(bare.to_vec()), sent: Vec::new(), chunk: 64 };
-        assert!(read_examine(&mut f, "r7").unwrap().unwrap_err().contains("UIDVALIDITY"));
-        let mut f = Fake { reply: Cursor::new(b"* 3 EXISTS\r\n".to_vec()), sent: Vec::new(), chunk: 64 };
-        assert!(read_examine(&mut f, "r7").is_err());
     }
 
     #[test]

@@ -273,14 +273,17 @@ impl Store {
 
     /// Records a task that succeeded; returns how many failures in a row this ended.
     pub fn record_account_success(&mut self, id: i64, now: i64) -> Result<i64> {
-        self.write(|tx| {
-            let before: i64 =
-                tx.query_row("SELECT failures FROM accounts WHERE id = ?", [id], |r| r.get(0)).optional()?.unwrap_or(0);
-            tx.execute(
-                "UPDATE accounts SET failures = 0, retry_after = NULL, last_success = ? WHERE id = ?",
-                params![now, id],
-            )?;
-            Ok(before)
-        })
+        self.write(|tx| account_success(tx, id, now))
     }
+}
+
+/// Clears the account's back-off; returns its failure count before.
+pub(crate) fn account_success(tx: &rusqlite::Transaction, id: i64, now: i64) -> Result<i64> {
+    let before: i64 =
+        tx.query_row("SELECT failures FROM accounts WHERE id = ?", [id], |r| r.get(0)).optional()?.unwrap_or(0);
+    tx.execute(
+        "UPDATE accounts SET failures = 0, retry_after = NULL, last_success = ? WHERE id = ?",
+        params![now, id],
+    )?;
+    Ok(before)
 }

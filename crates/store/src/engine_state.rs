@@ -62,14 +62,7 @@ impl Store {
 
     /// What worker `thread` does now (`task` None = idle).
     pub fn set_worker(&mut self, w: &WorkerRow) -> Result<()> {
-        self.write(|tx| {
-            tx.execute(
-                "INSERT OR REPLACE INTO workers (thread, task, account_id, folder_id, done, total, since)
-                 VALUES (?,?,?,?,?,?,?)",
-                params![w.thread, w.task, w.account_id, w.folder_id, w.done, w.total, w.since],
-            )?;
-            Ok(())
-        })
+        self.write(|tx| set_worker(tx, w))
     }
 
     pub fn workers(&self) -> Result<Vec<WorkerRow>> {
@@ -119,4 +112,13 @@ impl Store {
         let v = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
         Ok(v)
     }
+}
+
+pub(crate) fn set_worker(tx: &rusqlite::Transaction, w: &WorkerRow) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO workers (thread, task, account_id, folder_id, done, total, since)
+         VALUES (?,?,?,?,?,?,?)",
+    )?
+    .execute(params![w.thread, w.task, w.account_id, w.folder_id, w.done, w.total, w.since])?;
+    Ok(())
 }

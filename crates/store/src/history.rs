@@ -2,7 +2,7 @@
 
 use rusqlite::params;
 
-use crate::{Result, Store};
+use crate::{Result, Store, WorkerRow};
 
 #[derive(Debug, Clone, Default)]
 pub struct NewHistory<'a> {
@@ -42,24 +42,29 @@ pub struct HistoryFilter {
 
 impl Store {
     pub fn add_history(&mut self, h: &NewHistory, now: i64) -> Result<i64> {
+        self.write(|tx| add_history(tx, h, now))
+    }
+
+    /// A task's start, in one commit: its history row and its worker row.
+    pub fn task_started(&mut self, h: &NewHistory, w: &WorkerRow, now: i64) -> Result<()> {
         self.write(|tx| {
-            tx.execute(
-                "INSERT INTO history (time, process, status, detail, account_id, folder_id, count, duration_ms, pid, thread)
-                 VALUES (?,?,?,?,?,?,?,?,?,?)",
-                params![
-                    now,
-                    h.process,
-                    h.status,
-                    h.detail,
-                    h.account_id,
-                    h.folder_id,
-                    h.count,
-                    h.duration_ms,
-                    std::process::id(),
-                    h.thread
-                ],
-            )?;
-            Ok(tx.last_insert_rowid())
+            add_history(tx, h, now)?;
+            crate::engine_state::set_worker(tx, w)
+        })
+    }
+
+    /// A task's end, in one commit: the account's success when it succeeded (`success`:
+    /// its back-off is cleared, the failure count before is returned), the history row and
+    /// the worker row. One commit instead of three per task: a no-change run --once has 13.
+    pub fn task_finished(&mut self, h: &NewHistory, w: &WorkerRow, success: Option<i64>, now: i64) -> Result<i64> {
+        self.write(|tx| {
+            let before = match success {
+                Some(account) => crate::accounts::account_success(tx, account, now)?,
+                None => 0,
+            };
+            add_history(tx, h, now)?;
+            crate::engine_state::set_worker(tx, w)?;
+            Ok(before)
         })
     }
 
@@ -96,4 +101,24 @@ impl Store {
     pub fn prune_history(&mut self, before: i64) -> Result<usize> {
         self.write(|tx| Ok(tx.execute("DELETE FROM history WHERE time < ?", [before])?))
     }
+}
+
+fn add_history(tx: &rusqlite::Transaction, h: &NewHistory, now: i64) -> Result<i64> {
+    tx.prepare_cached(
+        "INSERT INTO history (time, process, status, detail, account_id, folder_id, count, duration_ms, pid, thread)
+         VALUES (?,?,?,?,?,?,?,?,?,?)",
+    )?
+    .execute(params![
+        now,
+        h.process,
+        h.status,
+        h.detail,
+        h.account_id,
+        h.folder_id,
+        h.count,
+        h.duration_ms,
+        std::process::id(),
+        h.thread
+    ])?;
+    Ok(tx.last_insert_rowid())
 }

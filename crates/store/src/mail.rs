@@ -243,12 +243,14 @@ impl Store {
         self.write(|tx| {
             let mut new = Vec::new();
             tx.execute("UPDATE folders SET gone = 1 WHERE account_id = ?", [account_id])?;
+            // Prepared once per connection: every master start lists every account's folders.
+            let mut update = tx.prepare_cached(
+                "UPDATE folders SET gone = 0, display_name = ?, delimiter = ?, special_use = ?
+                 WHERE account_id = ? AND name = ?",
+            )?;
             for f in listed {
-                let updated = tx.execute(
-                    "UPDATE folders SET gone = 0, display_name = ?, delimiter = ?, special_use = ?
-                     WHERE account_id = ? AND name = ?",
-                    params![f.display_name, f.delimiter, f.special_use, account_id, f.name],
-                )?;
+                let updated =
+                    update.execute(params![f.display_name, f.delimiter, f.special_use, account_id, f.name])?;
                 if updated == 0 {
                     let priority = if f.special_use.as_deref() == Some("inbox") { "high" } else { "low" };
                     tx.execute(

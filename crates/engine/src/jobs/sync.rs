@@ -72,15 +72,15 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
     if !session.has_status_ahead(&folder.name) {
         // The first sync of the account's folders due together asks for all their STATUS in
         // one write: one round trip instead of one per folder. The biggest of the others (by
-        // UIDs, a stand-in for the server's work) is opened on its own right after, and read
+        // UIDs, a stand-in for the server's work) is asked on its own right after, and read
         // when its sync comes (`Session::status_ahead`).
         let due = due_folders(ctx, account, now)?;
         if due.len() > 1 {
             let biggest = due.iter().filter(|(n, _)| *n != folder.name).max_by_key(|(_, last)| *last);
-            let later = biggest.map(|(n, _)| n.as_str());
-            let names: Vec<&str> = due.iter().map(|(n, _)| n.as_str()).filter(|n| Some(*n) != later).collect();
+            let later: Vec<&str> = biggest.map(|(n, _)| n.as_str()).into_iter().collect();
+            let names: Vec<&str> = due.iter().map(|(n, _)| n.as_str()).filter(|n| !later.contains(n)).collect();
             let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
-            if let Err(e) = session.status_ahead(&names, later) {
+            if let Err(e) = session.status_ahead(&names, &later) {
                 ctx.sessions.discard(account);
                 return Err(failure_from_imap(e));
             }

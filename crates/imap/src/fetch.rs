@@ -300,27 +300,7 @@ mod tests {
 
     use super::*;
 
-    /// A transport that answers with `reply` and records what was written.
-    struct Fake {
-        reply: Cursor<Vec<u8>>,
-        sent: Vec<u8>,
-        chunk: usize,
-    }
-    impl Read for Fake {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = buf.len().min(self.chunk);
-            self.reply.read(&mut buf[..n])
-        }
-    }
-    impl Write for Fake {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.sent.extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::testio::Fake;
 
     fn run(reply: &[u8], chunk: usize) -> (Result<(), FetchError>, Vec<FetchedBody>, Vec<u8>) {
         let mut f = Fake { reply: Cursor::new(reply.to_vec()), sent: Vec::new(), chunk };

@@ -8,6 +8,8 @@ pub mod mutf7;
 pub mod plan;
 pub mod session;
 pub mod status;
+#[cfg(test)]
+mod testio;
 
 pub use plan::{Change, Flags, LocalFolder, LocalMsg, NewMsg, ServerFlags, ServerStatus, ServerView, plan};
 pub use session::{Caps, ConnectParams, Error, ErrorKind, Fetched, ListedFolder, Security, Session};

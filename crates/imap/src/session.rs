@@ -521,13 +521,8 @@ impl Session {
         self.settle()?;
         self.raw_tag += 1;
         let tag = format!("r{}", self.raw_tag);
-        let sizes = crate::fetch::uid_fetch_sizes(&mut self.raw, &tag, &format!("{}:*", last + 1)).map_err(|e| {
-            let kind = match e {
-                crate::fetch::FetchError::Io(_) => ErrorKind::Connect,
-                _ => ErrorKind::Protocol,
-            };
-            Error::new(kind, format!("UID FETCH: {e}"))
-        })?;
+        let sizes = crate::fetch::uid_fetch_sizes(&mut self.raw, &tag, &format!("{}:*", last + 1))
+            .map_err(|e| raw_error("UID FETCH", e))?;
         // `N:*` also answers with the highest UID when nothing is above `last` (RFC 3501 §6.4.8)
         Ok(sizes.into_iter().filter(|(uid, _)| *uid > last).map(|(uid, size)| NewMsg { uid, size }).collect())
     }
@@ -603,13 +598,7 @@ impl Session {
         more: bool,
         mut each: impl FnMut(Fetched),
     ) -> Result<()> {
-        let fetch_error = |e: crate::fetch::FetchError| {
-            let kind = match e {
-                crate::fetch::FetchError::Io(_) => ErrorKind::Connect,
-                _ => ErrorKind::Protocol,
-            };
-            Error::new(kind, format!("UID FETCH: {e}"))
-        };
+        let fetch_error = |e| raw_error("UID FETCH", e);
         crate::fetch::read_uid_fetch(&mut self.raw, &mut self.carry, tag, max_size, |b| {
             each(Fetched { uid: b.uid, flags: b.flags, internal_date: b.internal_date, raw: b.raw })
         })
@@ -743,12 +732,18 @@ impl Session {
     }
 }
 
-fn status_error(e: crate::fetch::FetchError) -> Error {
+/// An error of our own response readers (`fetch`, `status`) as a session error: a lost
+/// connection is a connection problem, anything else the server's.
+fn raw_error(what: &str, e: crate::fetch::FetchError) -> Error {
     let kind = match e {
         crate::fetch::FetchError::Io(_) => ErrorKind::Connect,
         _ => ErrorKind::Protocol,
     };
-    Error::new(kind, format!("STATUS: {e}"))
+    Error::new(kind, format!("{what}: {e}"))
+}
+
+fn status_error(e: crate::fetch::FetchError) -> Error {
+    raw_error("STATUS", e)
 }
 
 fn convert_flags(flags: &[imap::types::Flag<'_>]) -> Flags {

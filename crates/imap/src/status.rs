@@ -180,30 +180,11 @@ fn parse_status(head: &[u8], literal: Option<(&[u8], &[u8])>) -> Option<(Vec<u8>
 
 #[cfg(test)]
 mod tests {
-    use std::io::{self, Cursor};
+    use std::io::Cursor;
 
     use super::*;
 
-    struct Fake {
-        reply: Cursor<Vec<u8>>,
-        sent: Vec<u8>,
-        chunk: usize,
-    }
-    impl Read for Fake {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = buf.len().min(self.chunk);
-            self.reply.read(&mut buf[..n])
-        }
-    }
-    impl Write for Fake {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.sent.extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::testio::Fake;
 
     fn run(names: &[&str], reply: &[u8], chunk: usize) -> (Result<Vec<Answer>, FetchError>, String) {
         let mut f = Fake { reply: Cursor::new(reply.to_vec()), sent: Vec::new(), chunk };

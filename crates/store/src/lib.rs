@@ -320,6 +320,24 @@ pub fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
+/// A store in `dir` with user "u" and one account of theirs (unit tests of this crate).
+#[cfg(test)]
+pub(crate) fn test_store(dir: &Path) -> (Store, i64) {
+    let mut s = Store::open(&dir.join("s.sqlite")).unwrap();
+    s.add_user("u", 0).unwrap();
+    let account = NewAccount {
+        owner_login: "u".into(),
+        email: "u@x.test".into(),
+        imap_host: "127.0.0.1".into(),
+        imap_port: 143,
+        login: "u".into(),
+        password: Some("p".into()),
+        ..NewAccount::default()
+    };
+    let a = s.add_account(&account, 0).unwrap();
+    (s, a)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -310,22 +310,7 @@ mod tests {
 
     /// A store with one folder holding `n` messages whose bodies are `body(uid)`.
     fn store_with_mail(dir: &Path, n: i64) -> (Store, i64) {
-        let mut s = Store::open(&dir.join("s.sqlite")).unwrap();
-        s.add_user("u", 0).unwrap();
-        let a = s
-            .add_account(
-                &crate::NewAccount {
-                    owner_login: "u".into(),
-                    email: "u@x.test".into(),
-                    imap_host: "127.0.0.1".into(),
-                    imap_port: 143,
-                    login: "u".into(),
-                    password: Some("p".into()),
-                    ..crate::NewAccount::default()
-                },
-                0,
-            )
-            .unwrap();
+        let (mut s, a) = crate::test_store(dir);
         let listed = [crate::FolderListing {
             name: "INBOX".into(),
             display_name: "INBOX".into(),

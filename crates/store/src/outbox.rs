@@ -399,7 +399,6 @@ fn finish_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{NewAccount, SmtpSettings};
 
     /// Claims up to `limit` due entries, oldest first, as a sender does one by one.
     fn claim(s: &mut Store, account: i64, secondary: bool, now: i64, lease: i64, limit: usize) -> Vec<Claimed> {
@@ -409,23 +408,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, Store, i64) {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("s.sqlite")).unwrap();
-        s.add_user("u", 0).unwrap();
-        let a = s
-            .add_account(
-                &NewAccount {
-                    owner_login: "u".into(),
-                    email: "u@x.test".into(),
-                    imap_host: "127.0.0.1".into(),
-                    imap_port: 143,
-                    login: "u".into(),
-                    password: Some("p".into()),
-                    smtp: SmtpSettings::default(),
-                    ..NewAccount::default()
-                },
-                0,
-            )
-            .unwrap();
+        let (s, a) = crate::test_store(dir.path());
         (dir, s, a)
     }
 

@@ -340,7 +340,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("s.packs");
         let mut one = PackWriter::open(&dir).unwrap();
-        let mut two = PackWriter::open(&dir).unwrap();
+        let two = PackWriter::open(&dir).unwrap();
         assert_eq!((one.pack(), two.pack()), (1, 2));
         one.append(b"x").unwrap();
         drop(two);

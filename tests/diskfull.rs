@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use backproc_testkit::{SinkOptions, SmtpSink, mailgen};
-use faultkit::outbox::{LEASE, SEND_CONFIG, check_send_invariants, queue, sink_counts};
+use faultkit::outbox::{LEASE, check_send_invariants, queue, sink_counts};
 use mailworld::*;
 use util::*;
 
@@ -266,7 +266,7 @@ fn disk_full_during_send_records_no_success_without_a_send_and_delivers_everythi
     const N: usize = 60;
     let started = Instant::now();
     let sink = SmtpSink::start(SinkOptions::default()).expect("smtp-sink");
-    let home = Home::with_config(SEND_CONFIG);
+    let home = Home::with_config(&send_short_lease());
     let _tmpfs = Tmpfs::mount(&home.file("data"), 8 << 20);
     let account = add_smtp_account(&home, sink.port(), 1);
     let queued = {

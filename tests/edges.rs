@@ -319,15 +319,6 @@ fn smtp_commands(client: &[u8]) -> (Vec<String>, Vec<Vec<u8>>) {
     (cmds, datas)
 }
 
-const SEND: &str = "<?php
-define('EMAIL_OUTBOX_ENABLED', TRUE);
-define('EMAIL_BG_SENT_APPEND', FALSE);
-define('BG_TICK_INTERVAL', 1);
-define('EMAIL_BG_SEND_POLL_INTERVAL', 1);
-define('BG_BACKOFF_BASE', 1);
-define('BG_BACKOFF_MAX', 1);
-";
-
 #[test]
 fn hostile_outbox_fields_add_no_header_and_no_smtp_command() {
     let py = PySmtp::start().expect("aiosmtpd");

@@ -222,7 +222,7 @@ fn sigkill_at_random_points_while_sending_loses_nothing_and_sends_nothing_twice(
     // commit, and between entries. A faster machine cannot finish in fewer kills.
     let proxy = FaultProxy::start(format!("127.0.0.1:{}", sink.port()).parse().unwrap()).unwrap();
     proxy.set_fault(Fault::Delay { per_chunk_ms: 10 });
-    let (home, account) = home_with_smtp(faultkit::outbox::SEND_CONFIG, proxy.port(), 1);
+    let (home, account) = home_with_smtp(&send_short_lease(), proxy.port(), 1);
     let store = || backproc_store::Store::open(&home.file("data/backproc.sqlite")).expect("open store");
     let queued = faultkit::outbox::queue(&mut store(), account, SEED, n);
     let by_mid: BTreeMap<&str, i64> = queued.iter().map(|(id, m)| (m.as_str(), *id)).collect();

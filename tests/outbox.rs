@@ -10,16 +10,6 @@ use backproc_testkit::{Dovecot, Fault, FaultProxy, PySmtp, SinkOptions, SmtpRule
 use serde_json::Value;
 use util::*;
 
-const SEND: &str = "<?php
-define('EMAIL_OUTBOX_ENABLED', TRUE);
-define('EMAIL_BG_SENT_APPEND', FALSE);
-define('BG_TICK_INTERVAL', 1);
-define('EMAIL_BG_SEND_POLL_INTERVAL', 1);
-define('BG_BACKOFF_BASE', 1);
-define('BG_BACKOFF_MAX', 1);
-define('EMAIL_BG_SECONDARY_INTERVAL', 1);
-";
-
 fn add(h: &Home, account: i64, to: &[&str], subject: &str) -> i64 {
     let a = account.to_string();
     let mut args = vec!["outbox", "add", "--account", &a, "--subject", subject, "--body", "hello there"];
@@ -149,7 +139,7 @@ fn disabled_outbox_sends_nothing() {
 #[test]
 fn kill_9_while_sending_never_sends_twice_and_processing_entries_expire_to_error() {
     let sink = SmtpSink::start(SinkOptions::default()).unwrap();
-    let config = format!("{SEND}define('EMAIL_BG_SEND_LEASE', 10);\ndefine('EMAIL_BG_SEND_BATCH', 5);\n");
+    let config = send_short_lease();
     let (h, acct) = home_with_smtp(&config, sink.port(), 1);
     let ids: Vec<i64> = (0..60).map(|i| add(&h, acct, &["a@x.test"], &format!("k{i}"))).collect();
     let mut child = h.spawn(&["run"]);

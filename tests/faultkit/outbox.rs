@@ -6,23 +6,7 @@ use std::collections::BTreeMap;
 
 use backproc_testkit::mailgen;
 
-/// Outbox on, sync off, no Sent append, every interval at 1 s, and the shortest send lease the
-/// config accepts (10 s, see `email_bg_send_lease` in crates/config/src/spec.rs) so entries
-/// caught in PROCESSING expire within a test. Small claim batches (5) make a kill catch a few
-/// entries in PROCESSING rather than a hundred.
-pub const SEND_CONFIG: &str = "<?php
-define('EMAIL_OUTBOX_ENABLED', TRUE);
-define('EMAIL_BG_SENT_APPEND', FALSE);
-define('BG_TICK_INTERVAL', 1);
-define('EMAIL_BG_SEND_POLL_INTERVAL', 1);
-define('BG_BACKOFF_BASE', 1);
-define('BG_BACKOFF_MAX', 1);
-define('EMAIL_BG_SECONDARY_INTERVAL', 1);
-define('EMAIL_BG_SEND_LEASE', 10);
-define('EMAIL_BG_SEND_BATCH', 5);
-";
-
-/// The lease of `SEND_CONFIG`, in seconds.
+/// The lease of `util::send_short_lease`, in seconds.
 pub const LEASE: u64 = 10;
 
 /// The Message-ID (without angle brackets) of queued message `i` of run `seed`.

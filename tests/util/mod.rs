@@ -6,6 +6,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Outbox on, sync off, no Sent append, every interval and back-off at 1 s.
+pub const SEND: &str = "<?php
+define('EMAIL_OUTBOX_ENABLED', TRUE);
+define('EMAIL_BG_SENT_APPEND', FALSE);
+define('BG_TICK_INTERVAL', 1);
+define('EMAIL_BG_SEND_POLL_INTERVAL', 1);
+define('BG_BACKOFF_BASE', 1);
+define('BG_BACKOFF_MAX', 1);
+define('EMAIL_BG_SECONDARY_INTERVAL', 1);
+";
+
+/// `SEND` with the shortest send lease the config accepts (10 s, see `email_bg_send_lease` in
+/// crates/config/src/spec.rs), so entries caught in PROCESSING expire within a test, and
+/// claim batches of 5, so a kill catches a few entries in PROCESSING rather than a hundred.
+pub fn send_short_lease() -> String {
+    format!("{SEND}define('EMAIL_BG_SEND_LEASE', 10);\ndefine('EMAIL_BG_SEND_BATCH', 5);\n")
+}
+
 pub struct Home {
     pub dir: tempfile::TempDir,
 }

@@ -352,6 +352,28 @@ fn a_cut_right_after_the_final_dot_is_outcome_unknown_and_never_resent() {
     assert_eq!(in_sink(), before, "an outcome-unknown entry was sent again");
 }
 
+/// A server that drops the connection after every final "." without answering: on a
+/// pipelining server the next entry's envelope went out with that message, claimed ahead.
+/// Each message that reached its "." ends as ERROR "outcome unknown", never sent twice; each
+/// entry behind one is sent again on a new connection, its one attempt counted once.
+#[test]
+fn a_drop_after_each_final_dot_leaves_each_message_unknown_once_and_the_next_one_tried() {
+    let sink = SmtpSink::start(SinkOptions { disconnect: vec![".".into()], ..Default::default() }).unwrap();
+    let (h, acct) = home_with_smtp(SEND, sink.port(), 1);
+    let ids: Vec<i64> = (0..3).map(|i| add(&h, acct, &["a@x.test"], &format!("drop {i}"))).collect();
+    run_once(&h);
+    let all = sink.messages().unwrap().concat();
+    for id in &ids {
+        let r = show(&h, *id);
+        assert_eq!(r["state"], "ERROR", "{r}");
+        assert!(r["error"].as_str().unwrap().contains("outcome unknown"), "{r}");
+        assert_eq!(r["attempts"], 1, "{r}");
+        let mid = r["messageId"].as_str().unwrap();
+        assert!(count(&all, &format!("Message-ID: <{mid}>")) <= 1, "{mid}");
+    }
+    assert_eq!(h.log("l-info.log").matches("delivery outcome unknown").count(), 3);
+}
+
 /// The whole engine under faketime (issue 11's process clock): an entry a dead worker left
 /// PROCESSING stays untouched while its lease runs, and the first run an hour later (for the
 /// engine's clock only) ends it as ERROR "outcome unknown" without sending it.

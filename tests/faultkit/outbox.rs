@@ -81,6 +81,9 @@ pub fn check_send_invariants(
             "PENDING" | "RETRY" => {
                 assert_eq!(in_sink, 0, "{when}: entry {} is {} but already in the sink", r.id, r.state)
             }
+            "PROCESSING" if !r.sending => {
+                assert_eq!(in_sink, 0, "{when}: entry {} is only claimed ahead but already in the sink", r.id)
+            }
             _ => {}
         }
     }

@@ -249,10 +249,14 @@ impl Scheduler {
             && self.interval_due(store, "send_poll", config.email_bg_send_poll_interval as i64, now)
         {
             self.last_interval.insert("send_poll", now);
-            for id in store.outbox_expire_leases(now)? {
+            let expired = store.outbox_expire_leases(now)?;
+            for id in expired.unknown {
                 log::error!(
                     "outbox entry {id} was still PROCESSING past its lease: delivery outcome unknown, marked ERROR"
                 );
+            }
+            for id in expired.returned {
+                log::warn!("outbox entry {id} was claimed ahead but never sent before its lease expired: due again");
             }
             let mut accounts: BTreeSet<i64> = store.outbox_due_accounts(now, false)?.into_iter().collect();
             accounts.extend(store.outbox_append_accounts()?);

@@ -31,6 +31,43 @@ mod tests {
         assert_eq!(d(b""), ".\r\n");
     }
 
+    /// The rule byte by byte, as RFC 5321 states it: the reference for the line-at-a-time
+    /// `crlf`.
+    fn crlf_bytewise(raw: &[u8], stuff: bool) -> Vec<u8> {
+        let (mut out, mut at_line_start, mut i) = (Vec::new(), true, 0);
+        while i < raw.len() {
+            if stuff && at_line_start && raw[i] == b'.' {
+                out.push(b'.');
+            }
+            if raw[i] == b'\r' || raw[i] == b'\n' {
+                out.extend_from_slice(b"\r\n");
+                i += usize::from(raw[i] == b'\r' && raw.get(i + 1) == Some(&b'\n'));
+                at_line_start = true;
+            } else {
+                out.push(raw[i]);
+                at_line_start = false;
+            }
+            i += 1;
+        }
+        if !at_line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    #[test]
+    fn line_ends_and_stuffing_agree_with_the_bytewise_rule_on_every_short_input() {
+        let alphabet = [b'a', b'.', b'\r', b'\n'];
+        for len in 0..=7u32 {
+            for n in 0..4usize.pow(len) {
+                let raw: Vec<u8> = (0..len).map(|k| alphabet[n / 4usize.pow(k) % 4]).collect();
+                for stuff in [false, true] {
+                    assert_eq!(super::crlf(&raw, stuff), crlf_bytewise(&raw, stuff), "{raw:?} stuff {stuff}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn bare_line_ends_cannot_end_the_data_early() {
         let d = |s: &[u8]| String::from_utf8(super::data_section(s)).unwrap();
@@ -137,34 +174,23 @@ fn data_section(raw: &[u8]) -> Vec<u8> {
 }
 
 /// `raw` with every line end CRLF and a CRLF at the end; with `stuff`, a "." that starts a
-/// line doubled.
+/// line doubled. CRLF is one line end; so are a lone CR and a lone LF.
 fn crlf(raw: &[u8], stuff: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 64 + 8);
-    let mut at_line_start = true;
-    let mut i = 0;
-    while i < raw.len() {
-        let b = raw[i];
-        if stuff && at_line_start && b == b'.' {
+    let mut rest = raw;
+    while !rest.is_empty() {
+        if stuff && rest[0] == b'.' {
             out.push(b'.');
         }
-        match b {
-            b'\r' | b'\n' => {
-                out.extend_from_slice(b"\r\n");
-                // CRLF is one line end; so are a lone CR and a lone LF.
-                if b == b'\r' && raw.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-                at_line_start = true;
-            }
-            _ => {
-                out.push(b);
-                at_line_start = false;
-            }
-        }
-        i += 1;
-    }
-    if !at_line_start {
+        let Some(end) = memchr::memchr2(b'\r', b'\n', rest) else {
+            out.extend_from_slice(rest);
+            out.extend_from_slice(b"\r\n");
+            break;
+        };
+        out.extend_from_slice(&rest[..end]);
         out.extend_from_slice(b"\r\n");
+        let crlf = rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n');
+        rest = &rest[end + if crlf { 2 } else { 1 }..];
     }
     out
 }
@@ -175,6 +201,66 @@ struct Verbatim<'a>(&'a str);
 impl std::fmt::Display for Verbatim<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.0)
+    }
+}
+
+/// A transaction whose envelope the server accepted (354 to DATA): its message goes next,
+/// with `Smtp::data`.
+#[derive(Debug)]
+pub struct Open {
+    d: Delivery,
+}
+
+/// The server's answers to an envelope (MAIL, RCPT, DATA).
+#[derive(Debug)]
+pub enum Envelope {
+    /// DATA accepted: send the message.
+    Open(Open),
+    /// The transaction ended without the message: nobody accepted it, or it was refused.
+    Done(Result<Delivery, Error>),
+}
+
+fn parse_sender(from: &str) -> Result<Address, Error> {
+    from.parse().map_err(|e| err(ErrorKind::Permanent, format!("invalid sender {from:?}: {e}")))
+}
+
+/// MAIL, every valid RCPT and DATA as one pipelined write, with the recipients it names and a
+/// delivery with the invalid ones refused; `Err` when nothing is to be written (an invalid
+/// sender, no valid recipient) with the transaction's end.
+fn envelope_text<'a>(from: &str, recipients: &'a [String]) -> Result<(String, Vec<&'a String>, Delivery), Envelope> {
+    let from = parse_sender(from).map_err(|e| Envelope::Done(Err(e)))?;
+    let mut d = Delivery::default();
+    let mut text = Mail::new(Some(from), vec![]).to_string();
+    let mut sent = Vec::with_capacity(recipients.len());
+    for r in recipients {
+        match r.parse::<Address>() {
+            Ok(addr) => {
+                text.push_str(&Rcpt::new(addr, vec![]).to_string());
+                sent.push(r);
+            }
+            Err(_) => d.rejected.push(r.clone()),
+        }
+    }
+    if sent.is_empty() {
+        return Err(Envelope::Done(Ok(d)));
+    }
+    text.push_str(&Data.to_string());
+    Ok((text, sent, d))
+}
+
+/// A message's final answer (after its "."), into its delivery.
+fn final_answer(
+    mut d: Delivery,
+    answer: Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error>,
+) -> Result<Delivery, Error> {
+    match answer {
+        Ok(resp) => {
+            d.response = format!("{} {}", resp.code(), resp.message().collect::<Vec<_>>().join(" "));
+            Ok(d)
+        }
+        Err(e) if e.is_permanent() || e.is_transient() => Err(classify("end of DATA", e)),
+        // The final "." was sent; the reply was lost. The server may have accepted it.
+        Err(e) => Err(err(ErrorKind::Unknown, format!("connection lost after the end of DATA: {e}"))),
     }
 }
 
@@ -259,16 +345,40 @@ impl Smtp {
         Ok(Smtp { conn, pipelining })
     }
 
+    /// Whether the server pipelines (RFC 2920): `data` can then carry the next envelope.
+    pub fn pipelining(&self) -> bool {
+        self.pipelining
+    }
+
     /// One transaction: MAIL, RCPT per recipient (each answer recorded), DATA if anyone
     /// accepted. Errors are whole-transaction failures; per-recipient refusals are in the
     /// `Delivery`.
     pub fn send(&mut self, from: &str, recipients: &[String], raw: &[u8]) -> Result<Delivery, Error> {
-        let from: Address =
-            from.parse().map_err(|e| err(ErrorKind::Permanent, format!("invalid sender {from:?}: {e}")))?;
-        if self.pipelining {
-            return self.send_pipelined(from, recipients, raw);
+        match self.envelope(from, recipients) {
+            Envelope::Open(open) => self.data(open, raw, None).0,
+            Envelope::Done(r) => r,
         }
-        self.conn.command(Mail::new(Some(from), vec![])).map_err(|e| classify("MAIL FROM", e))?;
+    }
+
+    /// Opens a transaction: MAIL, RCPT per recipient and DATA, in one write when the server
+    /// pipelines, and their answers.
+    pub fn envelope(&mut self, from: &str, recipients: &[String]) -> Envelope {
+        if self.pipelining {
+            return match envelope_text(from, recipients) {
+                Ok((text, sent, d)) => {
+                    let mail = self.conn.command(&text);
+                    self.read_envelope(mail, &sent, d)
+                }
+                Err(done) => done,
+            };
+        }
+        let from = match parse_sender(from) {
+            Ok(f) => f,
+            Err(e) => return Envelope::Done(Err(e)),
+        };
+        if let Err(e) = self.conn.command(Mail::new(Some(from), vec![])) {
+            return Envelope::Done(Err(classify("MAIL FROM", e)));
+        }
         let mut d = Delivery::default();
         for r in recipients {
             let Ok(addr) = r.parse::<Address>() else {
@@ -288,49 +398,40 @@ impl Smtp {
                     d.pending.push(r.clone());
                     d.response = e.to_string();
                 }
-                Err(e) => return Err(classify("RCPT TO", e)),
+                Err(e) => return Envelope::Done(Err(classify("RCPT TO", e))),
             }
         }
         if d.accepted.is_empty() {
             let _ = self.conn.command(lettre::transport::smtp::commands::Rset);
-            return Ok(d);
+            return Envelope::Done(Ok(d));
         }
-        self.conn.command(Data).map_err(|e| classify("DATA", e))?;
-        self.data(d, raw)
+        match self.conn.command(Data) {
+            Ok(_) => Envelope::Open(Open { d }),
+            Err(e) => Envelope::Done(Err(classify("DATA", e))),
+        }
     }
 
-    /// MAIL, every RCPT and DATA in one write, then their answers in order (RFC 2920). A
-    /// refused MAIL still gets its RCPT and DATA answers read, so the next message starts in
-    /// step with the server.
-    fn send_pipelined(&mut self, from: Address, recipients: &[String], raw: &[u8]) -> Result<Delivery, Error> {
-        let mut d = Delivery::default();
-        let mut batch = Mail::new(Some(from), vec![]).to_string();
-        let mut sent = Vec::with_capacity(recipients.len());
-        for r in recipients {
-            match r.parse::<Address>() {
-                Ok(addr) => {
-                    batch.push_str(&Rcpt::new(addr, vec![]).to_string());
-                    sent.push(r);
-                }
-                Err(_) => d.rejected.push(r.clone()),
-            }
-        }
-        if sent.is_empty() {
-            return Ok(d);
-        }
-        batch.push_str(&Data.to_string());
+    /// The answers to a pipelined envelope, in order (RFC 2920), `mail` being the first. A
+    /// refused MAIL still gets its RCPT and DATA answers read, so the next transaction starts
+    /// in step with the server.
+    fn read_envelope(
+        &mut self,
+        mail: Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error>,
+        sent: &[&String],
+        mut d: Delivery,
+    ) -> Envelope {
         let broken = |e: &lettre::transport::smtp::Error| !e.is_permanent() && !e.is_transient();
-        let mail = match self.conn.command(&batch) {
-            Err(e) if broken(&e) => return Err(classify("MAIL FROM", e)),
+        let mail = match mail {
+            Err(e) if broken(&e) => return Envelope::Done(Err(classify("MAIL FROM", e))),
             m => m,
         };
-        for r in sent {
+        for &r in sent {
             match self.conn.read_response() {
                 Ok(resp) => {
                     d.accepted.push(r.clone());
                     d.response = resp.message().collect::<Vec<_>>().join(" ");
                 }
-                Err(e) if broken(&e) => return Err(classify("RCPT TO", e)),
+                Err(e) if broken(&e) => return Envelope::Done(Err(classify("RCPT TO", e))),
                 // After a refused MAIL every RCPT fails too; that says nothing of the recipient.
                 Err(_) if mail.is_err() => d.pending.push(r.clone()),
                 Err(e) if e.is_permanent() => {
@@ -348,42 +449,69 @@ impl Smtp {
             if data.is_ok() {
                 let _ = self.conn.command(".\r\n");
             }
-            return Err(classify("MAIL FROM", e));
+            return Envelope::Done(Err(classify("MAIL FROM", e)));
         }
         match data {
             Ok(_) if d.accepted.is_empty() => {
                 // RFC 2920: a server may accept DATA with no recipient; end the empty message.
                 let _ = self.conn.command(".\r\n");
-                Ok(d)
+                Envelope::Done(Ok(d))
             }
-            Ok(_) => self.data(d, raw),
-            Err(e) if broken(&e) => Err(classify("DATA", e)),
-            Err(_) if d.accepted.is_empty() => Ok(d),
-            Err(e) => Err(classify("DATA", e)),
+            Ok(_) => Envelope::Open(Open { d }),
+            Err(e) if broken(&e) => Envelope::Done(Err(classify("DATA", e))),
+            Err(_) if d.accepted.is_empty() => Envelope::Done(Ok(d)),
+            Err(e) => Envelope::Done(Err(classify("DATA", e))),
         }
     }
 
-    /// After the server's 354: the message and its terminator, the final answer.
-    fn data(&mut self, mut d: Delivery, raw: &[u8]) -> Result<Delivery, Error> {
+    /// After the server's 354: the message and its terminator, then its final answer. With
+    /// `next` on a pipelining server, the next transaction's envelope goes out in the same
+    /// write (RFC 2920 allows commands after the final ".") and its answers are returned too:
+    /// one round trip a message instead of two. `None` for `next`: its envelope was not sent
+    /// or not answered (the connection broke); open it with `envelope`.
+    pub fn data(
+        &mut self,
+        open: Open,
+        raw: &[u8],
+        next: Option<(&str, &[String])>,
+    ) -> (Result<Delivery, Error>, Option<Envelope>) {
+        let d = open.d;
         // lettre writes a message and its final "." in two writes; on a connection without
         // TCP_NODELAY the second waits for the server's delayed ACK (40 ms a message). The
         // whole DATA section goes out in one write instead.
         let data = data_section(raw);
-        let answer = match std::str::from_utf8(&data) {
-            Ok(text) => self.conn.command(Verbatim(text)),
+        let Ok(text) = String::from_utf8(data) else {
             // 8-bit bytes that are not UTF-8: lettre's own writer, which dot-stuffs again,
             // so it gets the line-end-normalized message without our stuffing.
-            Err(_) => self.conn.message(&crlf(raw, false)),
+            let answer = self.conn.message(&crlf(raw, false));
+            return (final_answer(d, answer), None);
         };
-        match answer {
-            Ok(resp) => {
-                d.response = format!("{} {}", resp.code(), resp.message().collect::<Vec<_>>().join(" "));
-                Ok(d)
+        let (text, chained) = match next {
+            Some((from, recipients)) if self.pipelining => match envelope_text(from, recipients) {
+                Ok((envelope, sent, nd)) => {
+                    let mut t = text;
+                    t.push_str(&envelope);
+                    (t, Some((sent, nd)))
+                }
+                // refused before anything is written: the answer is already known
+                Err(done) => return (final_answer(d, self.conn.command(Verbatim(&text))), Some(done)),
+            },
+            _ => (text, None),
+        };
+        let answer = self.conn.command(Verbatim(&text));
+        let broke = answer.as_ref().is_err_and(|e| !e.is_permanent() && !e.is_transient());
+        let result = final_answer(d, answer);
+        let next = match chained {
+            Some((sent, nd)) if !broke => {
+                let mail = self.conn.read_response();
+                match self.read_envelope(mail, &sent, nd) {
+                    Envelope::Done(Err(e)) if e.kind == ErrorKind::Connect => None,
+                    e => Some(e),
+                }
             }
-            Err(e) if e.is_permanent() || e.is_transient() => Err(classify("end of DATA", e)),
-            // The final "." was sent; the reply was lost. The server may have accepted it.
-            Err(e) => Err(err(ErrorKind::Unknown, format!("connection lost after the end of DATA: {e}"))),
-        }
+            _ => None,
+        };
+        (result, next)
     }
 
     pub fn quit(mut self) {

@@ -8,11 +8,14 @@
 //!
 //! Invariants: every write after a claim is fenced by the claim's lease token and must change
 //! exactly one row, so a worker that lost its lease cannot overwrite the final state.
-//! Claims and records are plain WAL commits: a killed process loses none of them, and an
-//! entry it left PROCESSING ends as ERROR "outcome unknown" at its lease expiry, never sent
-//! again. The sender makes a batch durable with one `Store::sync_wal`; a power cut before it
-//! may lose the last claims, and those entries are sent again, with the same Message-ID (a
-//! power cut costs at most a batch of duplicates, never a lost message).
+//! Claims and records are plain WAL commits: a killed process loses none of them. An entry
+//! it left PROCESSING with `sending` set (its message may have reached the server) ends as
+//! ERROR "outcome unknown" at its lease expiry, never sent again; one claimed ahead (`sending`
+//! 0: a pipelining sender claims the next entry before the current message goes out, and
+//! sets `sending` in the commit before its message does) goes back to PENDING, its attempt
+//! not counted. The sender makes a batch durable with one `Store::sync_wal`; a power cut
+//! before it may lose the last claims, and those entries are sent again, with the same
+//! Message-ID (a power cut costs at most a batch of duplicates, never a lost message).
 
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
@@ -48,6 +51,8 @@ pub struct OutboxRecord {
     pub created: i64,
     pub secondary: bool,
     pub parent_id: Option<i64>,
+    /// While PROCESSING: the message may be on its way (false: claimed ahead, not sent).
+    pub sending: bool,
 }
 
 /// A claimed entry, ready to send.
@@ -62,6 +67,40 @@ pub struct Claimed {
     pub token: String,
     pub attempts: i64,
     pub created: i64,
+    /// Its message may be written to the server (false: claimed ahead; `Store::outbox_step`
+    /// must set it before the message goes out).
+    pub sending: bool,
+}
+
+/// An entry for `Store::outbox_step` to claim, if it is still due in its lane.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim {
+    pub id: i64,
+    pub secondary: bool,
+    /// Seconds the claim holds.
+    pub lease: i64,
+    /// Claimed ahead of sending (`Claimed::sending` false): a kill before the entry is marked
+    /// sending puts it back in the queue instead of leaving its outcome unknown.
+    pub ahead: bool,
+}
+
+/// What one `Store::outbox_step` did.
+#[derive(Debug)]
+pub struct Step {
+    /// Per end given: false when the lease was lost (nothing was changed).
+    pub held: Vec<bool>,
+    /// False when the entry to mark sending had lost its lease: its message must not go out.
+    pub sending: bool,
+    pub claimed: Option<Claimed>,
+}
+
+/// Entries whose lease expired, by what became of them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Their message may have reached the server: ERROR "delivery outcome unknown".
+    pub unknown: Vec<i64>,
+    /// Claimed ahead and never sent: due again (PENDING), the attempt not counted.
+    pub returned: Vec<i64>,
 }
 
 /// How a send ended, as the Send job saw it.
@@ -99,6 +138,14 @@ fn token() -> String {
 
 const STATES: [&str; 5] = ["PENDING", "PROCESSING", "SUCCESS", "ERROR", "RETRY"];
 
+/// `Store::outbox_depths`: PENDING and RETRY, PROCESSING, ERROR, and the total.
+const DEPTHS: [&str; 4] = [
+    "SELECT state, COUNT(*) FROM outbox WHERE state IN ('PENDING','RETRY') GROUP BY state",
+    "SELECT COUNT(*) FROM outbox WHERE state = 'PROCESSING'",
+    "SELECT COUNT(*) FROM outbox WHERE state = 'ERROR'",
+    "SELECT n FROM outbox_total",
+];
+
 impl Store {
     /// Queues a message; returns the entry id.
     pub fn outbox_add(
@@ -126,23 +173,37 @@ impl Store {
         })
     }
 
-    /// Entries stuck in PROCESSING past their lease become ERROR: the outcome is unknown
-    /// (the engine was killed or frozen), so they are never sent again automatically.
-    pub fn outbox_expire_leases(&mut self, now: i64) -> Result<Vec<i64>> {
+    /// Entries stuck in PROCESSING past their lease (the engine was killed or frozen): one
+    /// whose message may have gone out becomes ERROR, its outcome unknown, never sent again
+    /// automatically; one only claimed ahead goes back to PENDING, as if never claimed.
+    pub fn outbox_expire_leases(&mut self, now: i64) -> Result<Expired> {
         self.write(|tx| {
             let mut st = tx.prepare_cached(
-                "SELECT id FROM outbox WHERE state = 'PROCESSING' AND lease_expire_time < ?",
+                "SELECT id, sending FROM outbox WHERE state = 'PROCESSING' AND lease_expire_time < ?",
             )?;
-            let ids: Vec<i64> = st.query_map([now], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-            for id in &ids {
-                tx.execute(
-                    "UPDATE outbox SET state = 'ERROR', end_time = ?, lease_token = NULL,
-                        error = 'delivery outcome unknown: the lease expired while sending (engine killed or frozen); not sent again automatically, use `backproc outbox retry` to send it again'
-                     WHERE id = ? AND state = 'PROCESSING'",
-                    params![now, id],
-                )?;
+            let rows: Vec<(i64, bool)> =
+                st.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+            let mut expired = Expired::default();
+            for (id, sending) in rows {
+                if sending {
+                    tx.execute(
+                        "UPDATE outbox SET state = 'ERROR', end_time = ?, lease_token = NULL,
+                            error = 'delivery outcome unknown: the lease expired while sending (engine killed or frozen); not sent again automatically, use `backproc outbox retry` to send it again'
+                         WHERE id = ? AND state = 'PROCESSING'",
+                        params![now, id],
+                    )?;
+                    expired.unknown.push(id);
+                } else {
+                    tx.execute(
+                        "UPDATE outbox SET state = 'PENDING', lease_token = NULL, lease_expire_time = NULL,
+                            attempts = attempts - 1
+                         WHERE id = ? AND state = 'PROCESSING'",
+                        [id],
+                    )?;
+                    expired.returned.push(id);
+                }
             }
-            Ok(ids)
+            Ok(expired)
         })
     }
 
@@ -171,28 +232,40 @@ impl Store {
         Ok(v)
     }
 
-    /// Claims entry `id` as `outbox_claim` does, if it is still due in that lane; `None` when
-    /// it is not (another worker claimed it, or it was changed meanwhile).
+    /// Claims entry `id` to send it at once (`Claimed::sending` set), if it is still due in
+    /// that lane; `None` when it is not (another worker claimed it, or it was changed).
     pub fn outbox_claim_one(&mut self, id: i64, secondary: bool, now: i64, lease: i64) -> Result<Option<Claimed>> {
-        self.write(|tx| claim_one(tx, id, secondary, now, lease))
+        self.write(|tx| claim_one(tx, Claim { id, secondary, lease, ahead: false }, now))
     }
 
-    /// One step of a sender: records the ends of entries already sent and claims the next
-    /// entry, in one transaction (durable when an "outcome unknown" is among the ends).
+    /// One step of a sender, in one transaction (durable when an "outcome unknown" is among
+    /// the ends): records the ends of entries already sent, marks `sending` the entry whose
+    /// message goes out next (fenced by its lease), and claims the next entry.
     pub fn outbox_step(
         &mut self,
         ends: &[(&Claimed, &SendOutcome)],
         now: i64,
         p: &SendPolicy,
-        claim: Option<(i64, bool, i64)>,
-    ) -> Result<(Vec<bool>, Option<Claimed>)> {
+        sending: Option<&Claimed>,
+        claim: Option<Claim>,
+    ) -> Result<Step> {
         let step = |tx: &rusqlite::Transaction| {
             let held = ends.iter().map(|(c, o)| finish_one(tx, c, o, now, p)).collect::<Result<Vec<bool>>>()?;
+            let sending = match sending {
+                Some(c) if !c.sending => {
+                    tx.prepare_cached(
+                        "UPDATE outbox SET sending = 1 WHERE id = ? AND lease_token = ? AND state = 'PROCESSING'",
+                    )?
+                    .execute(params![c.id, c.token])?
+                        == 1
+                }
+                _ => true,
+            };
             let claimed = match claim {
-                Some((id, secondary, lease)) => claim_one(tx, id, secondary, now, lease)?,
+                Some(c) => claim_one(tx, c, now)?,
                 None => None,
             };
-            Ok((held, claimed))
+            Ok(Step { held, sending, claimed })
         };
         if ends.iter().any(|(_, o)| matches!(o, SendOutcome::Unknown { .. })) {
             self.durable_write(step)
@@ -204,7 +277,7 @@ impl Store {
     /// Records how a claimed send ended. Returns false when the lease was lost (another
     /// worker or the lease expiry owns the entry now): nothing was changed.
     pub fn outbox_finish(&mut self, c: &Claimed, outcome: &SendOutcome, now: i64, p: &SendPolicy) -> Result<bool> {
-        Ok(self.outbox_step(&[(c, outcome)], now, p, None)?.0[0])
+        Ok(self.outbox_step(&[(c, outcome)], now, p, None, None)?.held[0])
     }
 
     pub fn outbox_record(&self, id: i64) -> Result<OutboxRecord> {
@@ -222,7 +295,7 @@ impl Store {
         }
         let mut st = self.conn().prepare_cached(
             "SELECT id, account_id, state, start_time, end_time, error, attempts, lease_expire_time, info, message_id,
-                    recipients, created, secondary, parent_id
+                    recipients, created, secondary, parent_id, sending
              FROM outbox WHERE (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR state = ?2) ORDER BY id DESC",
         )?;
         let v = st
@@ -244,6 +317,7 @@ impl Store {
                     created: r.get(11)?,
                     secondary: r.get(12)?,
                     parent_id: r.get(13)?,
+                    sending: r.get(14)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -265,11 +339,23 @@ impl Store {
         })
     }
 
-    /// Outbox entry counts by state, for `status` and metrics.
+    /// Outbox entry counts by state (those not zero, by name), for `status` and the metrics
+    /// of every tick: each count reads a partial index or the total, never the SUCCESS
+    /// history, which grows without end (see the schema).
     pub fn outbox_depths(&self) -> Result<Vec<(String, i64)>> {
-        let mut st = self.conn().prepare_cached("SELECT state, COUNT(*) FROM outbox GROUP BY state ORDER BY state")?;
-        let v = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
-        Ok(v)
+        let c = self.conn();
+        let mut depths: Vec<(String, i64)> = c
+            .prepare_cached(DEPTHS[0])?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (state, sql) in [("PROCESSING", DEPTHS[1]), ("ERROR", DEPTHS[2])] {
+            depths.push((state.to_owned(), c.prepare_cached(sql)?.query_row([], |r| r.get(0))?));
+        }
+        let total: i64 = c.prepare_cached(DEPTHS[3])?.query_row([], |r| r.get(0))?;
+        depths.push(("SUCCESS".to_owned(), total - depths.iter().map(|d| d.1).sum::<i64>()));
+        depths.retain(|d| d.1 != 0);
+        depths.sort();
+        Ok(depths)
     }
 
     /// Sent messages of an account still to be appended to its Sent folder: (id, raw).
@@ -301,8 +387,9 @@ impl Store {
     }
 }
 
-/// Claims one due entry by id (see `Store::outbox_claim_one`).
-fn claim_one(tx: &rusqlite::Transaction, id: i64, secondary: bool, now: i64, lease: i64) -> Result<Option<Claimed>> {
+/// Claims one due entry by id (see `Store::outbox_claim_one` and `Claim`).
+fn claim_one(tx: &rusqlite::Transaction, claim: Claim, now: i64) -> Result<Option<Claimed>> {
+    let Claim { id, secondary, lease, ahead } = claim;
     let row: Option<(i64, String, String, String, Vec<u8>, i64, i64)> = tx
         .prepare_cached(
             "SELECT o.account_id, o.message_id, o.mail_from, o.recipients, r.raw, o.attempts, o.created
@@ -319,9 +406,9 @@ fn claim_one(tx: &rusqlite::Transaction, id: i64, secondary: bool, now: i64, lea
     let token = token();
     tx.prepare_cached(
         "UPDATE outbox SET state = 'PROCESSING', start_time = ?, end_time = NULL, lease_expire_time = ?,
-            lease_token = ?, attempts = attempts + 1 WHERE id = ?",
+            lease_token = ?, attempts = attempts + 1, sending = ? WHERE id = ?",
     )?
-    .execute(params![now, now + lease, token, id])?;
+    .execute(params![now, now + lease, token, !ahead, id])?;
     Ok(Some(Claimed {
         id,
         account_id,
@@ -332,6 +419,7 @@ fn claim_one(tx: &rusqlite::Transaction, id: i64, secondary: bool, now: i64, lea
         token,
         attempts: attempts + 1,
         created,
+        sending: !ahead,
     }))
 }
 
@@ -443,6 +531,65 @@ mod tests {
         assert_eq!(left, 0);
     }
 
+    /// The counts the triggers keep, against a count of the rows.
+    fn assert_counts_agree(s: &Store) {
+        let mut st = s.conn().prepare("SELECT state, COUNT(*) FROM outbox GROUP BY state ORDER BY state").unwrap();
+        let counted: Vec<(String, i64)> =
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<rusqlite::Result<_>>().unwrap();
+        assert_eq!(s.outbox_depths().unwrap(), counted);
+    }
+
+    #[test]
+    fn the_send_path_and_the_counts_never_scan_the_sent_history() {
+        let (_d, s, _a) = store();
+        let queries = [
+            "SELECT id FROM outbox WHERE account_id = 1 AND state IN ('PENDING','RETRY') AND secondary = 0
+             AND next_attempt <= 5 ORDER BY id LIMIT 10",
+            "SELECT DISTINCT account_id FROM outbox WHERE state IN ('PENDING','RETRY') AND secondary = 0 AND next_attempt <= 5",
+            "SELECT id, sending FROM outbox WHERE state = 'PROCESSING' AND lease_expire_time < 5",
+            "SELECT DISTINCT account_id FROM outbox WHERE state = 'SUCCESS' AND sent_append = 'pending'",
+        ];
+        for q in queries.iter().chain(&DEPTHS) {
+            let plan: Vec<String> = s
+                .conn()
+                .prepare(&format!("EXPLAIN QUERY PLAN {q}"))
+                .unwrap()
+                .query_map([], |r| r.get(3))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            let plan = plan.join("; ");
+            assert!(
+                plan.contains("outbox_total") || plan.contains("USING") && plan.contains("INDEX outbox_"),
+                "{q}: {plan}"
+            );
+        }
+    }
+
+    #[test]
+    fn counts_by_state_follow_every_change_made_through_the_store_or_by_hand() {
+        let (_d, mut s, a) = store();
+        let ids: Vec<i64> = (0..4)
+            .map(|i| s.outbox_add(a, &format!("m{i}@x"), "u@x.test", &["b@x.test".into()], b"raw", false, 100).unwrap())
+            .collect();
+        assert_eq!(s.outbox_depths().unwrap(), vec![("PENDING".to_owned(), 4)]);
+        let c0 = s.outbox_claim_one(ids[0], false, 100, 30).unwrap().unwrap();
+        let c1 = s.outbox_claim_one(ids[1], false, 100, 30).unwrap().unwrap();
+        assert_counts_agree(&s);
+        s.outbox_finish(&c0, &SendOutcome::Success { info: info(&["b@x.test"], &["c@x.test"]) }, 101, &P).unwrap();
+        s.outbox_finish(&c1, &SendOutcome::Permanent { error: "550".into(), info: info(&[], &[]) }, 101, &P).unwrap();
+        s.outbox_retry(ids[1], 102).unwrap();
+        s.outbox_claim_one(ids[2], false, 100, 30).unwrap().unwrap();
+        s.outbox_expire_leases(200).unwrap();
+        assert_counts_agree(&s);
+        // an application's own writes, as the README allows
+        s.conn().execute("UPDATE outbox SET state = 'RETRY' WHERE id = ?", [ids[3]]).unwrap();
+        s.conn().execute("DELETE FROM outbox WHERE id = ?", [ids[3]]).unwrap();
+        assert_counts_agree(&s);
+        let depths = s.outbox_depths().unwrap();
+        assert_eq!(depths.iter().map(|d| d.1).sum::<i64>(), 4, "{depths:?}"); // 3 left and the child
+    }
+
     const P: SendPolicy = SendPolicy { backoff_base: 10, backoff_max: 100, secondary_after: 5, max_age: 1000 };
 
     fn info(accepted: &[&str], pending: &[&str]) -> DeliveryInfo {
@@ -478,8 +625,8 @@ mod tests {
         assert_eq!(s.outbox_record(id).unwrap().state, "PROCESSING");
         assert_eq!(s.outbox_record(id).unwrap().lease_expire_time, Some(130));
         // frozen past the lease: the expiry makes it ERROR (outcome unknown)
-        assert!(s.outbox_expire_leases(129).unwrap().is_empty());
-        assert_eq!(s.outbox_expire_leases(131).unwrap(), vec![id]);
+        assert_eq!(s.outbox_expire_leases(129).unwrap(), Expired::default());
+        assert_eq!(s.outbox_expire_leases(131).unwrap(), Expired { unknown: vec![id], returned: vec![] });
         // the late write changes nothing
         assert!(!s.outbox_finish(&c, &SendOutcome::Success { info: info(&["b@x.test"], &[]) }, 140, &P).unwrap());
         let r = s.outbox_record(id).unwrap();
@@ -495,6 +642,44 @@ mod tests {
         assert!(!s.outbox_finish(&c, &SendOutcome::Temporary { error: "x".into() }, 201, &P).unwrap(), "old token");
         assert!(s.outbox_finish(&c2, &SendOutcome::Success { info: info(&["b@x.test"], &[]) }, 202, &P).unwrap());
         assert_eq!(s.outbox_record(id).unwrap().state, "SUCCESS");
+    }
+
+    #[test]
+    fn an_entry_claimed_ahead_goes_back_to_the_queue_at_expiry_unless_marked_sending() {
+        let (_d, mut s, a) = store();
+        let ids: Vec<i64> = (0..3)
+            .map(|i| s.outbox_add(a, &format!("m{i}@x"), "u@x.test", &["b@x.test".into()], b"raw", false, 100).unwrap())
+            .collect();
+        let ahead = |id| Some(Claim { id, secondary: false, lease: 30, ahead: true });
+        let c0 = s.outbox_claim_one(ids[0], false, 100, 30).unwrap().unwrap();
+        assert!(c0.sending && s.outbox_record(ids[0]).unwrap().sending);
+        // the step before c0's message goes out claims the next entry ahead
+        let step = s.outbox_step(&[], 100, &P, Some(&c0), ahead(ids[1])).unwrap();
+        let c1 = step.claimed.unwrap();
+        assert!(step.sending && !c1.sending);
+        let r1 = s.outbox_record(ids[1]).unwrap();
+        assert_eq!((r1.state.as_str(), r1.sending, r1.attempts), ("PROCESSING", false, 1));
+        // the next step records c0, marks c1 sending and claims the third ahead
+        let ok = SendOutcome::Success { info: info(&["b@x.test"], &[]) };
+        let step = s.outbox_step(&[(&c0, &ok)], 101, &P, Some(&c1), ahead(ids[2])).unwrap();
+        assert_eq!((step.held, step.sending), (vec![true], true));
+        assert!(s.outbox_record(ids[1]).unwrap().sending);
+        // a kill now: c1 may have gone out, the third never did
+        let e = s.outbox_expire_leases(132).unwrap();
+        assert_eq!(e, Expired { unknown: vec![ids[1]], returned: vec![ids[2]] });
+        let r2 = s.outbox_record(ids[2]).unwrap();
+        assert_eq!((r2.state.as_str(), r2.attempts, r2.lease_expire_time), ("PENDING", 0, None));
+        assert_eq!(s.outbox_due_ids(a, false, 132, 10).unwrap(), vec![ids[2]], "due again at once");
+        // a sender that lost an ahead claim's lease must not send its message
+        let stale = step.claimed.unwrap();
+        let again = s.outbox_step(&[], 133, &P, Some(&stale), None).unwrap();
+        assert!(!again.sending);
+        assert!(!s.outbox_record(ids[2]).unwrap().sending);
+        // and the entry is claimed and sent as any other
+        let c2 = s.outbox_claim_one(ids[2], false, 133, 30).unwrap().unwrap();
+        assert!(s.outbox_finish(&c2, &ok, 134, &P).unwrap());
+        let r2 = s.outbox_record(ids[2]).unwrap();
+        assert_eq!((r2.state.as_str(), r2.attempts), ("SUCCESS", 1));
     }
 
     #[test]

@@ -146,9 +146,11 @@ CREATE TABLE outbox (
     secondary         INTEGER NOT NULL DEFAULT 0,
     info              TEXT,               -- JSON {messageId, accepted, rejected, pending, response}
     sent_append       TEXT,               -- NULL | 'pending' | 'done'
+    -- while PROCESSING: 1 once the message may be on its way (a kill leaves its outcome
+    -- unknown); 0 while it is only claimed ahead, its envelope at most (nothing to deliver)
+    sending           INTEGER NOT NULL DEFAULT 0,
     parent_id         INTEGER REFERENCES outbox(id) -- retry of a parent's temporarily refused recipients
 );
-CREATE INDEX outbox_due ON outbox(state, secondary, next_attempt);
 -- The message itself (no Bcc header), apart from its delivery record: a record changes two or
 -- three times per send, and with the message inside, every change rewrote it too (a 5 KB
 -- message spans overflow pages, and SQLite rewrites a whole row). Applications still insert
@@ -164,8 +166,27 @@ CREATE TRIGGER outbox_raw_apart AFTER INSERT ON outbox BEGIN
     INSERT INTO outbox_raw (outbox_id, raw) VALUES (NEW.id, NEW.raw);
     UPDATE outbox SET raw = NULL WHERE id = NEW.id;
 END;
--- a sender claims an account's oldest due entry: walk its due entries in id order, never sort
-CREATE INDEX outbox_claim ON outbox(account_id, secondary, id) WHERE state IN ('PENDING','RETRY');
+-- Every index entry that moves with a state change is a page the send commit writes, one
+-- commit a message: the indexes below hold only entries of the states they serve, never the
+-- SUCCESS history, and `Store::outbox_depths` counts SUCCESS as the total (kept by insert and
+-- delete triggers, which the send path never fires) minus the other states.
+-- A sender claims an account's oldest due entry: walk its due entries in id order, never
+-- sort; next_attempt and state make it cover the due-accounts scan and the counts too.
+CREATE INDEX outbox_claim ON outbox(account_id, secondary, id, next_attempt, state)
+    WHERE state IN ('PENDING','RETRY');
+-- the lease expiry looks at PROCESSING entries only
+CREATE INDEX outbox_leases ON outbox(lease_expire_time) WHERE state = 'PROCESSING';
+CREATE INDEX outbox_errors ON outbox(account_id) WHERE state = 'ERROR';
+-- sent messages waiting for their Sent-folder append
+CREATE INDEX outbox_appends ON outbox(account_id) WHERE state = 'SUCCESS' AND sent_append = 'pending';
+CREATE TABLE outbox_total (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL);
+INSERT INTO outbox_total (id, n) VALUES (1, 0);
+CREATE TRIGGER outbox_total_insert AFTER INSERT ON outbox BEGIN
+    UPDATE outbox_total SET n = n + 1;
+END;
+CREATE TRIGGER outbox_total_delete AFTER DELETE ON outbox BEGIN
+    UPDATE outbox_total SET n = n - 1;
+END;
 
 -- every background process's Started/Finished/error records (DESIGN.md §6)
 CREATE TABLE history (

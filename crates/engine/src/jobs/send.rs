@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use backproc_smtp::{ErrorKind, Params, Security, Smtp};
-use backproc_store::outbox::{Claimed, DeliveryInfo, SendOutcome, SendPolicy};
+use backproc_smtp::{Envelope, ErrorKind, Params, Security, Smtp};
+use backproc_store::outbox::{Claim, Claimed, DeliveryInfo, SendOutcome, SendPolicy};
 use backproc_store::{Account, Security as StoreSecurity};
 
 use super::Ctx;
@@ -100,15 +100,30 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     let mut smtp: Option<Smtp> = None;
     let mut last_failure: Option<Failure> = None;
     let mut ends = Ends::default();
-    // One entry is claimed at a time, right before it is sent: only an entry that may really
-    // be on its way is PROCESSING, so a kill, a freeze or a commit that fails (disk full)
-    // leaves at most that one to expire as "outcome unknown", never untried ones behind it.
-    // The previous entry's delivery record is committed in the same transaction as the next
-    // claim: one commit a message, and still at most one entry caught by a kill.
+    // Entries are claimed one at a time, so that only an entry whose message may really be on
+    // its way is PROCESSING with `sending` set: a kill, a freeze or a commit that fails (disk
+    // full) leaves at most that one to expire as "outcome unknown", never untried ones behind
+    // it. On a pipelining server the next entry is claimed ahead (`sending` unset) in the
+    // commit before the current message goes out, and its envelope rides in the same write as
+    // that message; the commit before its own message marks it sending. A kill in between
+    // returns it to the queue at its lease expiry. Each commit also records the previous
+    // entry's end: one commit and one round trip a message.
     let due = ctx.store.outbox_due_ids(account, secondary, ctx.clock.now(), batch)?;
-    for &id in &due {
-        let Some(c) = ends.claim_next(ctx, id, secondary, lease, &policy)? else {
-            continue; // claimed by another worker meanwhile
+    let mut ids = due.iter().copied();
+    let claim = |id, ahead| Claim { id, secondary, lease, ahead };
+    // The entry to send next and, when its envelope went out with the previous message, the
+    // server's answer to it.
+    let mut current: Option<(Claimed, Option<Envelope>)> = None;
+    loop {
+        let (c, envelope) = match current.take() {
+            Some(next) => next,
+            None => {
+                let Some(id) = ids.next() else { break };
+                match ends.step(ctx, &policy, None, Some(claim(id, false)))?.1 {
+                    Some(c) => (c, None),
+                    None => continue, // claimed by another worker meanwhile
+                }
+            }
         };
         let started = Instant::now();
         if let Some(f) = &last_failure {
@@ -137,7 +152,27 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
             }
         }
         let s = smtp.as_mut().expect("connected above");
-        let o = outcome(&c, s.send(&c.mail_from, &c.recipients, &c.raw));
+        let result = match envelope.unwrap_or_else(|| s.envelope(&c.mail_from, &c.recipients)) {
+            Envelope::Done(r) => r,
+            Envelope::Open(open) => {
+                let next = if s.pipelining() { ids.next().map(|id| claim(id, true)) } else { None };
+                let (marked, next) = ends.step(ctx, &policy, Some(&c), next)?;
+                if !marked {
+                    // The lease expired while this worker was frozen: the entry is someone
+                    // else's now. Its message must not go out; the open transaction dies
+                    // with the connection.
+                    log::warn!("lost the lease of outbox entry {} before sending it: left to its new owner", c.id);
+                    smtp = None;
+                    current = next.map(|n| (n, None));
+                    continue;
+                }
+                let (r, answer) =
+                    s.data(open, &c.raw, next.as_ref().map(|n| (n.mail_from.as_str(), n.recipients.as_slice())));
+                current = next.map(|n| (n, answer));
+                r
+            }
+        };
+        let o = outcome(&c, result);
         match &o {
             SendOutcome::Success { info } => {
                 sent += 1;
@@ -190,57 +225,50 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     }
 }
 
-/// The delivery record of the last entry sent, waiting to be committed with the next claim
+/// The delivery records of entries already sent, waiting to be committed with the next step
 /// (or by `flush` at the end of the batch). An "outcome unknown" is committed at once.
 #[derive(Default)]
 struct Ends {
-    waiting: Option<(Claimed, SendOutcome)>,
+    waiting: Vec<(Claimed, SendOutcome)>,
 }
 
 impl Ends {
-    /// Keeps the end of the entry just sent for the next claim's commit; an "outcome
-    /// unknown" is committed at once (and durably).
     fn push(&mut self, ctx: &mut Ctx, c: Claimed, o: SendOutcome, p: &SendPolicy) -> Result<(), Failure> {
         let unknown = matches!(o, SendOutcome::Unknown { .. });
-        debug_assert!(self.waiting.is_none(), "every claim takes the waiting end");
-        self.waiting = Some((c, o));
+        self.waiting.push((c, o));
         if unknown { self.flush(ctx, p) } else { Ok(()) }
     }
 
-    /// Records the waiting end, if any, and claims entry `id`, in one transaction.
-    fn claim_next(
-        &mut self,
-        ctx: &mut Ctx,
-        id: i64,
-        secondary: bool,
-        lease: i64,
-        p: &SendPolicy,
-    ) -> Result<Option<Claimed>, Failure> {
-        self.step(ctx, p, Some((id, secondary, lease)))
-    }
-
     fn flush(&mut self, ctx: &mut Ctx, p: &SendPolicy) -> Result<(), Failure> {
-        self.step(ctx, p, None).map(|_| ())
+        if self.waiting.is_empty() {
+            return Ok(());
+        }
+        self.step(ctx, p, None, None).map(|_| ())
     }
 
+    /// Records the waiting ends, marks `sending` the entry whose message goes out next, and
+    /// claims the next entry, in one transaction (`Store::outbox_step`). Returns whether the
+    /// mark held (false: that entry's lease was lost, its message must not go out) and the
+    /// entry claimed.
     fn step(
         &mut self,
         ctx: &mut Ctx,
         p: &SendPolicy,
-        claim: Option<(i64, bool, i64)>,
-    ) -> Result<Option<Claimed>, Failure> {
-        let waiting = self.waiting.take();
-        let ends: Vec<(&Claimed, &SendOutcome)> = waiting.iter().map(|(c, o)| (c, o)).collect();
-        if ends.is_empty() && claim.is_none() {
-            return Ok(None);
+        sending: Option<&Claimed>,
+        claim: Option<Claim>,
+    ) -> Result<(bool, Option<Claimed>), Failure> {
+        if self.waiting.is_empty() && claim.is_none() && sending.is_none_or(|c| c.sending) {
+            return Ok((true, None));
         }
-        let (held, claimed) = ctx.store.outbox_step(&ends, ctx.clock.now(), p, claim)?;
-        for ((c, _), held) in ends.iter().zip(held) {
+        let waiting = std::mem::take(&mut self.waiting);
+        let ends: Vec<(&Claimed, &SendOutcome)> = waiting.iter().map(|(c, o)| (c, o)).collect();
+        let step = ctx.store.outbox_step(&ends, ctx.clock.now(), p, sending, claim)?;
+        for ((c, _), held) in ends.iter().zip(step.held) {
             if !held {
                 log::warn!("lost the lease of outbox entry {}: its record was left as the lease expiry set it", c.id);
             }
         }
-        Ok(claimed)
+        Ok((step.sending, step.claimed))
     }
 }
 

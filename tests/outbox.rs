@@ -269,6 +269,10 @@ fn bad_input_is_refused_and_nothing_is_queued() {
     assert_eq!(list.as_array().unwrap().len(), 0);
 }
 
+/// SIGSTOP for longer than the lease, twice: once while the entry is only claimed (its
+/// message not sent), once while its message may be on its way. Either way the expiry owns the
+/// entry and the resumed worker changes nothing: the first goes back to the queue and is sent
+/// once, the second ends as ERROR "outcome unknown".
 #[test]
 fn a_worker_frozen_past_its_lease_cannot_change_the_final_state() {
     use backproc_testkit::{Fault, FaultProxy};
@@ -278,23 +282,56 @@ fn a_worker_frozen_past_its_lease_cannot_change_the_final_state() {
     proxy.set_fault(Fault::Delay { per_chunk_ms: 400 });
     let config = format!("{SEND}define('EMAIL_BG_SEND_LEASE', 10);\n");
     let (h, acct) = home_with_smtp(&config, proxy.port(), 1);
-    let id = add(&h, acct, &["a@x.test"], "frozen");
+    let in_sink = |mid: &str| count(&sink.messages().unwrap().concat(), &format!("Message-ID: <{mid}>"));
+    let freeze = |master: &std::process::Child| {
+        let pid = master.id().to_string();
+        assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+        std::thread::sleep(Duration::from_secs(11)); // past the lease
+        assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    };
     let mut master = h.spawn(&["run"]);
-    assert!(wait_until(Duration::from_secs(10), || show(&h, id)["state"] == "PROCESSING"));
-    let pid = master.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
-    std::thread::sleep(Duration::from_secs(11)); // past the lease
-    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+
+    // 1. frozen while the entry is only claimed (connecting, envelope)
+    let first = add(&h, acct, &["a@x.test"], "claimed");
+    assert!(wait_until(Duration::from_secs(10), || {
+        let r = show(&h, first);
+        r["state"] == "PROCESSING" && r["sending"] == false
+    }));
+    freeze(&master);
+    // the master's next tick returns it to the queue; the worker must not send it any more
+    assert!(wait_until(Duration::from_secs(30), || h.log("l-info.log").contains("before sending it")));
+    assert!(wait_until(Duration::from_secs(30), || show(&h, first)["state"] == "SUCCESS"));
+    let r = show(&h, first);
+    assert_eq!(r["attempts"], 1, "the returned claim is not an attempt: {r}");
+    assert_eq!(in_sink(r["messageId"].as_str().unwrap()), 1, "{r}");
+
+    // 2. frozen while its message may be on its way: 2 MB take the slow link longer than the
+    // freeze, so the resumed worker is still waiting for the final answer when the master's
+    // first tick after the freeze expires the lease
+    let body = format!("{}\r\n", "x".repeat(76)).repeat(27_000);
+    let raw = mailgen::message_with(
+        "frozen",
+        "a@x.test",
+        "a@x.test",
+        "Mon, 23 Nov 2026 12:00:00 +0000",
+        "frozen@x.test",
+        &body,
+    );
+    let id = backproc_store::Store::open(&h.file("data/backproc.sqlite"))
+        .unwrap()
+        .outbox_add(acct, "frozen@x.test", "a@x.test", &["a@x.test".into()], &raw, false, backproc_store::now())
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || show(&h, id)["sending"] == true));
+    freeze(&master);
     // the master's next tick expires the lease before the slow conversation ends
-    assert!(wait_until(Duration::from_secs(30), || h.log("l-info.log").contains("lost the lease")));
+    assert!(wait_until(Duration::from_secs(30), || h.log("l-info.log").contains("its record was left as")));
     assert!(h.run(&["stop"]).status.success());
     master.wait().unwrap();
     let r = show(&h, id);
     assert_eq!(r["state"], "ERROR", "{r}");
     assert!(r["error"].as_str().unwrap().contains("outcome unknown"), "{r}");
     assert!(r["info"].is_null(), "the late SUCCESS write must not land: {r}");
-    let mid = r["messageId"].as_str().unwrap();
-    assert!(count(&sink.messages().unwrap().concat(), &format!("Message-ID: <{mid}>")) <= 1);
+    assert!(in_sink(r["messageId"].as_str().unwrap()) <= 1);
     // and it is never picked up again automatically
     run_once(&h);
     assert_eq!(show(&h, id)["state"], "ERROR");

@@ -10,10 +10,9 @@
 //! exactly one row, so a worker that lost its lease cannot overwrite the final state.
 //! Claims and records are plain WAL commits: a killed process loses none of them. An entry
 //! it left PROCESSING with `sending` set (its message may have reached the server) ends as
-//! ERROR "outcome unknown" at its lease expiry, never sent again; one claimed ahead (`sending`
-//! 0: a pipelining sender claims the next entry before the current message goes out, and
-//! sets `sending` in the commit before its message does) goes back to PENDING, its attempt
-//! not counted. The sender makes a batch durable with one `Store::sync_wal`; a power cut
+//! ERROR "outcome unknown" at its lease expiry, never sent again; one only claimed (`sending`
+//! 0: the sender claims each entry ahead, and sets `sending` in the commit right before its
+//! message goes out) goes back to PENDING, its attempt not counted. The sender makes a batch durable with one `Store::sync_wal`; a power cut
 //! before it may lose the last claims, and those entries are sent again, with the same
 //! Message-ID (a power cut costs at most a batch of duplicates, never a lost message).
 
@@ -67,21 +66,20 @@ pub struct Claimed {
     pub token: String,
     pub attempts: i64,
     pub created: i64,
-    /// Its message may be written to the server (false: claimed ahead; `Store::outbox_step`
+    /// Its message may be written to the server (false: only claimed; `Store::outbox_step`
     /// must set it before the message goes out).
     pub sending: bool,
 }
 
-/// An entry for `Store::outbox_step` to claim, if it is still due in its lane.
+/// An entry for `Store::outbox_step` to claim ahead of sending (`Claimed::sending` false), if
+/// it is still due in its lane: a kill before the entry is marked sending puts it back in the
+/// queue at its lease expiry instead of leaving its outcome unknown.
 #[derive(Debug, Clone, Copy)]
 pub struct Claim {
     pub id: i64,
     pub secondary: bool,
     /// Seconds the claim holds.
     pub lease: i64,
-    /// Claimed ahead of sending (`Claimed::sending` false): a kill before the entry is marked
-    /// sending puts it back in the queue instead of leaving its outcome unknown.
-    pub ahead: bool,
 }
 
 /// What one `Store::outbox_step` did.
@@ -175,7 +173,7 @@ impl Store {
 
     /// Entries stuck in PROCESSING past their lease (the engine was killed or frozen): one
     /// whose message may have gone out becomes ERROR, its outcome unknown, never sent again
-    /// automatically; one only claimed ahead goes back to PENDING, as if never claimed.
+    /// automatically; one only claimed goes back to PENDING, as if never claimed.
     pub fn outbox_expire_leases(&mut self, now: i64) -> Result<Expired> {
         self.write(|tx| {
             let mut st = tx.prepare_cached(
@@ -235,12 +233,12 @@ impl Store {
     /// Claims entry `id` to send it at once (`Claimed::sending` set), if it is still due in
     /// that lane; `None` when it is not (another worker claimed it, or it was changed).
     pub fn outbox_claim_one(&mut self, id: i64, secondary: bool, now: i64, lease: i64) -> Result<Option<Claimed>> {
-        self.write(|tx| claim_one(tx, Claim { id, secondary, lease, ahead: false }, now))
+        self.write(|tx| claim_one(tx, Claim { id, secondary, lease }, true, now))
     }
 
     /// One step of a sender, in one transaction (durable when an "outcome unknown" is among
     /// the ends): records the ends of entries already sent, marks `sending` the entry whose
-    /// message goes out next (fenced by its lease), and claims the next entry.
+    /// message goes out next (fenced by its lease), and claims the next entry ahead.
     pub fn outbox_step(
         &mut self,
         ends: &[(&Claimed, &SendOutcome)],
@@ -262,7 +260,7 @@ impl Store {
                 _ => true,
             };
             let claimed = match claim {
-                Some(c) => claim_one(tx, c, now)?,
+                Some(c) => claim_one(tx, c, false, now)?,
                 None => None,
             };
             Ok(Step { held, sending, claimed })
@@ -387,9 +385,9 @@ impl Store {
     }
 }
 
-/// Claims one due entry by id (see `Store::outbox_claim_one` and `Claim`).
-fn claim_one(tx: &rusqlite::Transaction, claim: Claim, now: i64) -> Result<Option<Claimed>> {
-    let Claim { id, secondary, lease, ahead } = claim;
+/// Claims one due entry by id, marked `sending` or not (see `Claim`).
+fn claim_one(tx: &rusqlite::Transaction, claim: Claim, sending: bool, now: i64) -> Result<Option<Claimed>> {
+    let Claim { id, secondary, lease } = claim;
     let row: Option<(i64, String, String, String, Vec<u8>, i64, i64)> = tx
         .prepare_cached(
             "SELECT o.account_id, o.message_id, o.mail_from, o.recipients, r.raw, o.attempts, o.created
@@ -408,7 +406,7 @@ fn claim_one(tx: &rusqlite::Transaction, claim: Claim, now: i64) -> Result<Optio
         "UPDATE outbox SET state = 'PROCESSING', start_time = ?, end_time = NULL, lease_expire_time = ?,
             lease_token = ?, attempts = attempts + 1, sending = ? WHERE id = ?",
     )?
-    .execute(params![now, now + lease, token, !ahead, id])?;
+    .execute(params![now, now + lease, token, sending, id])?;
     Ok(Some(Claimed {
         id,
         account_id,
@@ -419,7 +417,7 @@ fn claim_one(tx: &rusqlite::Transaction, claim: Claim, now: i64) -> Result<Optio
         token,
         attempts: attempts + 1,
         created,
-        sending: !ahead,
+        sending,
     }))
 }
 
@@ -650,7 +648,7 @@ mod tests {
         let ids: Vec<i64> = (0..3)
             .map(|i| s.outbox_add(a, &format!("m{i}@x"), "u@x.test", &["b@x.test".into()], b"raw", false, 100).unwrap())
             .collect();
-        let ahead = |id| Some(Claim { id, secondary: false, lease: 30, ahead: true });
+        let ahead = |id| Some(Claim { id, secondary: false, lease: 30 });
         let c0 = s.outbox_claim_one(ids[0], false, 100, 30).unwrap().unwrap();
         assert!(c0.sending && s.outbox_record(ids[0]).unwrap().sending);
         // the step before c0's message goes out claims the next entry ahead

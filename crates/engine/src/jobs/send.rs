@@ -100,17 +100,16 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     let mut smtp: Option<Smtp> = None;
     let mut last_failure: Option<Failure> = None;
     let mut ends = Ends::default();
-    // Entries are claimed one at a time, so that only an entry whose message may really be on
-    // its way is PROCESSING with `sending` set: a kill, a freeze or a commit that fails (disk
-    // full) leaves at most that one to expire as "outcome unknown", never untried ones behind
-    // it. On a pipelining server the next entry is claimed ahead (`sending` unset) in the
-    // commit before the current message goes out, and its envelope rides in the same write as
-    // that message; the commit before its own message marks it sending. A kill in between
-    // returns it to the queue at its lease expiry. Each commit also records the previous
-    // entry's end: one commit and one round trip a message.
+    // Entries are claimed one at a time and ahead of sending (`sending` unset); the commit
+    // right before an entry's message goes out marks it sending, so only an entry whose
+    // message may really be on its way can expire as "outcome unknown": a kill, a freeze or a
+    // commit that fails (disk full) leaves at most that one, never untried ones (those go back
+    // to the queue at their lease expiry). That commit also records the previous entry's end
+    // and claims the next entry, whose envelope rides in the same write as the message on a
+    // pipelining server: one commit and one round trip a message.
     let due = ctx.store.outbox_due_ids(account, secondary, ctx.clock.now(), batch)?;
     let mut ids = due.iter().copied();
-    let claim = |id, ahead| Claim { id, secondary, lease, ahead };
+    let claim = |id| Claim { id, secondary, lease };
     // The entry to send next and, when its envelope went out with the previous message, the
     // server's answer to it.
     let mut current: Option<(Claimed, Option<Envelope>)> = None;
@@ -119,7 +118,7 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
             Some(next) => next,
             None => {
                 let Some(id) = ids.next() else { break };
-                match ends.step(ctx, &policy, None, Some(claim(id, false)))?.1 {
+                match ends.step(ctx, &policy, None, Some(claim(id)))?.1 {
                     Some(c) => (c, None),
                     None => continue, // claimed by another worker meanwhile
                 }
@@ -155,8 +154,7 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
         let result = match envelope.unwrap_or_else(|| s.envelope(&c.mail_from, &c.recipients)) {
             Envelope::Done(r) => r,
             Envelope::Open(open) => {
-                let next = if s.pipelining() { ids.next().map(|id| claim(id, true)) } else { None };
-                let (marked, next) = ends.step(ctx, &policy, Some(&c), next)?;
+                let (marked, next) = ends.step(ctx, &policy, Some(&c), ids.next().map(claim))?;
                 if !marked {
                     // The lease expired while this worker was frozen: the entry is someone
                     // else's now. Its message must not go out; the open transaction dies

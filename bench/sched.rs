@@ -85,7 +85,7 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
 
         let t = Instant::now();
         store.master_heartbeat(backproc_store::now())?;
-        backproc_engine::metrics::write_file(&store, &config, data_dir)?;
+        backproc_engine::metrics::write_file(&store, data_dir, true)?;
         let td = Instant::now();
         let due = scheduler.due(&mut store, &config, &in_flight)?;
         let _ = store.folders_with_due_receive(Lane::Primary, backproc_store::now())?;

@@ -132,14 +132,17 @@ pub fn run(
                     due.retain(|t| t.account == Some(a));
                 }
                 due.retain(|t| !synced.contains(t));
-                let nothing_due = due.is_empty();
+                if opts.once && due.is_empty() && in_flight.is_empty() {
+                    // Done: the stop below records the end and writes the last metrics.
+                    break;
+                }
                 dispatch(&mut pool, &mut in_flight, due);
                 // Bookkeeping after the dispatch: the workers start (connect, log in) meanwhile.
                 if let Err(e) = store.master_heartbeat(clock.now()) {
                     log::error!("cannot write the heartbeat: {e}");
                 }
                 if config.bg_metrics_enabled
-                    && let Err(e) = crate::metrics::write_file(&store, &config, &opts.data_dir)
+                    && let Err(e) = crate::metrics::write_file(&store, &opts.data_dir, true)
                 {
                     log::warn!("cannot write metrics: {e}");
                 }
@@ -150,9 +153,6 @@ pub fn run(
                     if let Err(e) = store.checkpoint_truncate() {
                         log::debug!("WAL checkpoint: {e}");
                     }
-                }
-                if opts.once && nothing_due && in_flight.is_empty() {
-                    break;
                 }
             }
         }
@@ -184,8 +184,11 @@ pub fn run(
     if let Err(e) = store.checkpoint_if_wal_over(WAL_KEPT_AT_STOP) {
         log::debug!("WAL checkpoint: {e}");
     }
-    if config.bg_metrics_enabled {
-        crate::metrics::mark_down(&opts.data_dir);
+    // backproc_up 0 at once, rather than by the file's age, with the run's last figures
+    if config.bg_metrics_enabled
+        && let Err(e) = crate::metrics::write_file(&store, &opts.data_dir, false)
+    {
+        log::warn!("cannot write metrics: {e}");
     }
     log::info!("master stopped");
     Ok(())

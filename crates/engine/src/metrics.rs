@@ -13,7 +13,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use backproc_config::Config;
 use backproc_store::Store;
 
 use crate::task::Job;
@@ -88,8 +87,8 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// The metrics as text (exposition format 0.0.4).
-pub fn render(store: &Store) -> backproc_store::Result<String> {
+/// The metrics as text (exposition format 0.0.4); `up`: the master runs (0 once it stopped).
+pub fn render(store: &Store, up: bool) -> backproc_store::Result<String> {
     let mut out = String::new();
     family(
         &mut out,
@@ -97,7 +96,7 @@ pub fn render(store: &Store) -> backproc_store::Result<String> {
         "gauge",
         "1 while the master runs; 0 once it stopped cleanly (a killed master leaves 1: check the file's mtime).",
     );
-    out.push_str("backproc_up 1\n");
+    let _ = writeln!(out, "backproc_up {}", u8::from(up));
     if let Some(m) = store.master()? {
         family(&mut out, "backproc_master_start_time_seconds", "gauge", "Start time of the master, unix seconds.");
         let _ = writeln!(out, "backproc_master_start_time_seconds {}", m.started);
@@ -155,8 +154,8 @@ pub fn render(store: &Store) -> backproc_store::Result<String> {
 
 /// Writes the metrics file atomically (temp file + rename). Best effort: errors are logged
 /// by the caller and never stop the master.
-pub fn write_file(store: &Store, _config: &Config, data_dir: &Path) -> std::io::Result<()> {
-    let text = render(store).map_err(std::io::Error::other)?;
+pub fn write_file(store: &Store, data_dir: &Path, up: bool) -> std::io::Result<()> {
+    let text = render(store, up).map_err(std::io::Error::other)?;
     // The textfile collector reads only *.prom files: the temp name is never half-read.
     let tmp = data_dir.join(".backproc.prom.tmp");
     {
@@ -191,9 +190,9 @@ mod tests {
             ..Default::default()
         };
         s.add_history(&h, 1001).unwrap();
-        write_file(&s, &Config::default(), dir.path()).unwrap();
+        write_file(&s, dir.path(), true).unwrap();
         s.add_history(&backproc_store::NewHistory { count: Some(4), duration_ms: Some(250), ..h }, 1002).unwrap();
-        write_file(&s, &Config::default(), dir.path()).unwrap();
+        write_file(&s, dir.path(), true).unwrap();
         let text = std::fs::read_to_string(dir.path().join("backproc.prom")).unwrap();
         assert!(text.contains("backproc_master_start_time_seconds 1000\n"), "{text}");
         assert!(text.contains("backproc_messages_received_total 7\n"), "{text}");
@@ -203,16 +202,5 @@ mod tests {
             let name = l.split(['{', ' ']).next().unwrap();
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
         }
-    }
-}
-
-/// Rewrites `backproc_up` to 0 when the master stops, so monitoring sees it at once rather
-/// than by the file's age. Best effort.
-pub fn mark_down(data_dir: &Path) {
-    let path = data_dir.join("backproc.prom");
-    let Ok(text) = std::fs::read_to_string(&path) else { return };
-    let tmp = data_dir.join(".backproc.prom.tmp");
-    if std::fs::write(&tmp, text.replace("\nbackproc_up 1\n", "\nbackproc_up 0\n")).is_ok() {
-        let _ = std::fs::rename(&tmp, &path);
     }
 }

@@ -23,6 +23,9 @@ fn to_plan(f: MsgFlags) -> Flags {
 pub fn list_folders(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
     let account = task.account.ok_or_else(|| Failure::new(FailureKind::Other, "no account"))?;
     let now = ctx.clock.now();
+    // The folders due now are synced right after the listing: ask their STATUS first, INBOX
+    // first of all (see `ask_status_ahead`).
+    ask_status_ahead(ctx, account, now, None)?;
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
     let listed = match session.list_folders() {
         Ok(l) => l,
@@ -68,23 +71,8 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
         highest_modseq: folder.highest_modseq.map(|v| v as u64),
         last_full_sync: folder.last_full_sync,
     };
-    let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
-    if !session.has_status_ahead(&folder.name) {
-        // The first sync of the account's folders due together asks for all their STATUS in
-        // one write: one round trip instead of one per folder. The biggest of the others (by
-        // UIDs, a stand-in for the server's work) is asked on its own right after, and read
-        // when its sync comes (`Session::status_ahead`).
-        let due = due_folders(ctx, account, now)?;
-        if due.len() > 1 {
-            let biggest = due.iter().filter(|(n, _)| *n != folder.name).max_by_key(|(_, last)| *last);
-            let later: Vec<&str> = biggest.map(|(n, _)| n.as_str()).into_iter().collect();
-            let names: Vec<&str> = due.iter().map(|(n, _)| n.as_str()).filter(|n| !later.contains(n)).collect();
-            let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
-            if let Err(e) = session.status_ahead(&names, &later) {
-                ctx.sessions.discard(account);
-                return Err(failure_from_imap(e));
-            }
-        }
+    if !ctx.sessions.get(ctx.store, ctx.config, account, now)?.has_status_ahead(&folder.name) {
+        ask_status_ahead(ctx, account, now, Some(&folder.name))?;
     }
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
     let status = match session.status(&folder.name) {
@@ -245,6 +233,31 @@ fn holds_all(
         return Ok(exists == held);
     }
     Ok(exists == store.folder_present_count(folder_id)? + summary.queued + new)
+}
+
+/// Asks the STATUS of all the account's folders due now in one write, `current` (the folder
+/// being synced, if any) included: one round trip instead of one per folder. INBOX goes
+/// first: Dovecot answers it in ~0.3 ms as the first mailbox command of a session and in 4-6
+/// ms after any other (LIST or another folder's STATUS; 14,000 messages, measured), and the
+/// other folders stay fast behind it. The biggest of the rest (by UIDs, a stand-in for the
+/// server's work) is asked on its own right after, and read when its sync comes
+/// (`Session::status_ahead`). Nothing when one folder alone is due for its own sync.
+fn ask_status_ahead(ctx: &mut Ctx, account: i64, now: i64, current: Option<&str>) -> Result<(), Failure> {
+    let due = due_folders(ctx, account, now)?;
+    if due.is_empty() || current.is_some() && due.len() == 1 {
+        return Ok(());
+    }
+    let is_inbox = |n: &str| n.eq_ignore_ascii_case("INBOX");
+    let biggest = due.iter().filter(|(n, _)| Some(n.as_str()) != current && !is_inbox(n)).max_by_key(|(_, last)| *last);
+    let later: Vec<&str> = biggest.map(|(n, _)| n.as_str()).into_iter().collect();
+    let mut names: Vec<&str> = due.iter().map(|(n, _)| n.as_str()).filter(|n| !later.contains(n)).collect();
+    names.sort_by_key(|n| !is_inbox(n)); // stable: INBOX first, the rest as listed
+    let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
+    if let Err(e) = session.status_ahead(&names, &later) {
+        ctx.sessions.discard(account);
+        return Err(failure_from_imap(e));
+    }
+    Ok(())
 }
 
 /// (name, last seen UID) of the account's folders due for a sync now (as the scheduler

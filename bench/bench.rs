@@ -50,7 +50,7 @@ impl Opts {
         let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
         let mut o = Opts {
             messages: env("BENCH_MESSAGES").unwrap_or(20_000),
-            runs: env("BENCH_RUNS").unwrap_or(3),
+            runs: env("BENCH_RUNS").unwrap_or(5),
             send: env("BENCH_SEND").unwrap_or(10_000),
             send_parallel: vec![1, 4],
             sched: (10_000, 10, 100),

@@ -42,16 +42,17 @@ fn addresses(a: Option<&Address<'_>>) -> Option<String> {
 /// by scanning part headers instead of decoding every part: a full MIME parse base64-decodes
 /// every attachment, which was the largest single cost of an initial sync (bench/README.md).
 fn count_attachments(raw: &[u8]) -> i64 {
-    // "isposition:" cannot occur inside base64 (no ':'), so a SIMD substring search skips the
-    // bodies at memory speed; each hit is then checked to be a header at a line start.
-    let finder = memchr::memmem::Finder::new(b"isposition:");
+    // A ':' cannot occur inside base64 (most of an attachment's bytes), so a SIMD search for
+    // that one byte skips the bodies at memory speed; each hit is then checked to end a
+    // "Content-Disposition" header name at a line start. (A two-byte-pair substring search for
+    // "isposition:" was 9% of an initial sync's profile: its letters are common in base64.)
+    const NAME: &[u8] = b"content-disposition";
     let mut n = 0;
-    for at in finder.find_iter(raw) {
-        let Some(start) = at.checked_sub(9) else { continue };
-        let name = &raw[start..at];
+    for at in memchr::memchr_iter(b':', raw) {
+        let Some(start) = at.checked_sub(NAME.len()) else { continue };
         let line_start = start == 0 || raw[start - 1] == b'\n';
-        if line_start && name.eq_ignore_ascii_case(b"content-d") {
-            let value = raw[at + 11..].trim_ascii_start();
+        if line_start && raw[start..at].eq_ignore_ascii_case(NAME) {
+            let value = raw[at + 1..].trim_ascii_start();
             if value.len() >= 10 && value[..10].eq_ignore_ascii_case(b"attachment") {
                 n += 1;
             }

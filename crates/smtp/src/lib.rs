@@ -350,18 +350,9 @@ impl Smtp {
         self.pipelining
     }
 
-    /// One transaction: MAIL, RCPT per recipient (each answer recorded), DATA if anyone
-    /// accepted. Errors are whole-transaction failures; per-recipient refusals are in the
-    /// `Delivery`.
-    pub fn send(&mut self, from: &str, recipients: &[String], raw: &[u8]) -> Result<Delivery, Error> {
-        match self.envelope(from, recipients) {
-            Envelope::Open(open) => self.data(open, raw, None).0,
-            Envelope::Done(r) => r,
-        }
-    }
-
     /// Opens a transaction: MAIL, RCPT per recipient and DATA, in one write when the server
-    /// pipelines, and their answers.
+    /// pipelines, and their answers (each recipient's recorded; errors are whole-transaction
+    /// failures). Then `data` sends the message.
     pub fn envelope(&mut self, from: &str, recipients: &[String]) -> Envelope {
         if self.pipelining {
             return match envelope_text(from, recipients) {

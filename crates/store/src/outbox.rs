@@ -529,6 +529,13 @@ mod tests {
         assert_eq!(left, 0);
     }
 
+    /// `n` one-recipient entries of account `a`, queued at time 100.
+    fn queue(s: &mut Store, a: i64, n: usize) -> Vec<i64> {
+        (0..n)
+            .map(|i| s.outbox_add(a, &format!("m{i}@x"), "u@x.test", &["b@x.test".into()], b"raw", false, 100).unwrap())
+            .collect()
+    }
+
     /// The counts the triggers keep, against a count of the rows.
     fn assert_counts_agree(s: &Store) {
         let mut st = s.conn().prepare("SELECT state, COUNT(*) FROM outbox GROUP BY state ORDER BY state").unwrap();
@@ -567,9 +574,7 @@ mod tests {
     #[test]
     fn counts_by_state_follow_every_change_made_through_the_store_or_by_hand() {
         let (_d, mut s, a) = store();
-        let ids: Vec<i64> = (0..4)
-            .map(|i| s.outbox_add(a, &format!("m{i}@x"), "u@x.test", &["b@x.test".into()], b"raw", false, 100).unwrap())
-            .collect();
+        let ids = queue(&mut s, a, 4);
         assert_eq!(s.outbox_depths().unwrap(), vec![("PENDING".to_owned(), 4)]);
         let c0 = s.outbox_claim_one(ids[0], false, 100, 30).unwrap().unwrap();
         let c1 = s.outbox_claim_one(ids[1], false, 100, 30).unwrap().unwrap();
@@ -602,9 +607,7 @@ mod tests {
     #[test]
     fn due_ids_claim_nothing_and_claim_one_takes_an_entry_once() {
         let (_d, mut s, a) = store();
-        let ids: Vec<i64> = (0..3)
-            .map(|i| s.outbox_add(a, &format!("m{i}@x"), "u@x.test", &["b@x.test".into()], b"raw", false, 100).unwrap())
-            .collect();
+        let ids = queue(&mut s, a, 3);
         assert_eq!(s.outbox_due_ids(a, false, 100, 2).unwrap(), ids[..2].to_vec(), "oldest first, limited");
         assert!(s.outbox_records(None, Some("PROCESSING")).unwrap().is_empty(), "listing claims nothing");
         let c = s.outbox_claim_one(ids[1], false, 100, 30).unwrap().expect("due");
@@ -645,9 +648,7 @@ mod tests {
     #[test]
     fn an_entry_claimed_ahead_goes_back_to_the_queue_at_expiry_unless_marked_sending() {
         let (_d, mut s, a) = store();
-        let ids: Vec<i64> = (0..3)
-            .map(|i| s.outbox_add(a, &format!("m{i}@x"), "u@x.test", &["b@x.test".into()], b"raw", false, 100).unwrap())
-            .collect();
+        let ids = queue(&mut s, a, 3);
         let ahead = |id| Some(Claim { id, secondary: false, lease: 30 });
         let c0 = s.outbox_claim_one(ids[0], false, 100, 30).unwrap().unwrap();
         assert!(c0.sending && s.outbox_record(ids[0]).unwrap().sending);

@@ -564,18 +564,10 @@ impl Session {
         Ok(flags)
     }
 
-    /// Downloads `uids` (a batch) without setting \Seen; calls `each` per message.
-    /// UIDs the server no longer has are simply absent from the calls.
-    pub fn fetch_bodies(&mut self, uids: &[u32], max_size: usize, each: impl FnMut(Fetched)) -> Result<()> {
-        match self.fetch_bodies_send(uids)? {
-            Some(tag) => self.fetch_bodies_read(&tag, max_size, false, each),
-            None => Ok(()),
-        }
-    }
-
-    /// Sends the UID FETCH of `uids` without reading its answer (None when `uids` is empty),
-    /// so that the server works on the next batch while we read this one: the answers are
-    /// then read in order with `fetch_bodies_read`. If a read fails, the session must be
+    /// Sends the UID FETCH of `uids` (bodies, without setting \Seen) without reading its
+    /// answer (None when `uids` is empty), so that the server works on the next batch while
+    /// we read this one: the answers are then read in order with `fetch_bodies_read`, and
+    /// UIDs the server no longer has are simply absent. If a read fails, the session must be
     /// discarded (answers still in flight cannot be matched to anything any more).
     pub fn fetch_bodies_send(&mut self, uids: &[u32]) -> Result<Option<String>> {
         self.settle()?;

@@ -13,3 +13,8 @@ mod testio;
 
 pub use plan::{Change, Flags, LocalFolder, LocalMsg, NewMsg, ServerFlags, ServerStatus, ServerView, plan};
 pub use session::{Caps, ConnectParams, Error, ErrorKind, Fetched, ListedFolder, Security, Session};
+
+/// Whether a mailbox name is INBOX: that one name is case-insensitive (RFC 3501 §5.1).
+pub fn is_inbox(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"INBOX")
+}

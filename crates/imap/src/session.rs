@@ -362,7 +362,7 @@ impl Session {
                     _ => {}
                 }
             }
-            if raw.eq_ignore_ascii_case("INBOX") {
+            if crate::is_inbox(raw.as_bytes()) {
                 special = Some("inbox");
             }
             let leaf = n.delimiter().and_then(|d| display.rsplit(d).next()).unwrap_or(&display);

@@ -122,9 +122,9 @@ pub fn read_status<T: Read>(conn: &mut T, tags: &[String], names: &[&str]) -> Re
         .collect())
 }
 
-/// INBOX is case-insensitive (RFC 3501 §5.1); every other name is compared byte for byte.
+/// INBOX is case-insensitive; every other name is compared byte for byte.
 fn same_mailbox(answer: &[u8], name: &str) -> bool {
-    answer == name.as_bytes() || (name.eq_ignore_ascii_case("INBOX") && answer.eq_ignore_ascii_case(b"INBOX"))
+    answer == name.as_bytes() || (crate::is_inbox(name.as_bytes()) && crate::is_inbox(answer))
 }
 
 /// `* STATUS name (MESSAGES 3 UIDNEXT 9 …)`, the name an atom or a quoted string in `head`,

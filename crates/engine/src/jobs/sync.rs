@@ -247,7 +247,7 @@ fn ask_status_ahead(ctx: &mut Ctx, account: i64, now: i64, current: Option<&str>
     if due.is_empty() || current.is_some() && due.len() == 1 {
         return Ok(());
     }
-    let is_inbox = |n: &str| n.eq_ignore_ascii_case("INBOX");
+    let is_inbox = |n: &str| backproc_imap::is_inbox(n.as_bytes());
     let biggest = due.iter().filter(|(n, _)| Some(n.as_str()) != current && !is_inbox(n)).max_by_key(|(_, last)| *last);
     let later: Vec<&str> = biggest.map(|(n, _)| n.as_str()).into_iter().collect();
     let mut names: Vec<&str> = due.iter().map(|(n, _)| n.as_str()).filter(|n| !later.contains(n)).collect();

@@ -28,6 +28,7 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
                 name,
                 delimiter: Some("/".into()),
                 special_use: (i == 0).then(|| "inbox".to_owned()),
+                unusable: None,
             }
         })
         .collect();

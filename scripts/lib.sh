@@ -13,6 +13,7 @@ ensure_packages() {
         need_pkg doveadm dovecot-core
         need_pkg /usr/sbin/smtp-sink postfix
         need_pkg openssl openssl
+        need_pkg debootstrap debootstrap  # Cyrus and Courier chroots (crates/testkit/src/chroot.rs)
         need_pkg faketime faketime      # whole-process clock checks (tests/outbox.rs)
         need_pkg sqlite3 sqlite3        # schema comparisons (tests/edges.rs)
         /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || echo python3-aiosmtpd

@@ -251,7 +251,8 @@ fn backup_is_consistent_while_writes_go_on_and_vacuum_shrinks_the_file() {
             let mut s = Store::open(&path).unwrap();
             let mut i = 0usize;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                s.mail_set_flags(ids[i % ids.len()], Some(i.is_multiple_of(2)), None, backproc_store::now()).unwrap();
+                let edit = backproc_store::FlagEdit { seen: Some(i.is_multiple_of(2)), ..Default::default() };
+                s.mail_set_flags(ids[i % ids.len()], &edit, backproc_store::now()).unwrap();
                 let h = NewHistory { process: "Writer", status: "Finished", ..Default::default() };
                 s.add_history(&h, backproc_store::now()).unwrap();
                 writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

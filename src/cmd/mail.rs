@@ -35,7 +35,8 @@ pub enum MailCmd {
         #[arg(long)]
         raw: bool,
     },
-    /// Change flags (here at once; on the server at the next full sync).
+    /// Change flags and keywords (here at once; on the server at the next full sync, as
+    /// what changed only: the server keeps the keywords other clients set).
     #[command(group(ArgGroup::new("flag").required(true).multiple(true)))]
     Flag {
         id: i64,
@@ -47,6 +48,12 @@ pub enum MailCmd {
         flagged: bool,
         #[arg(long, group = "flag")]
         unflagged: bool,
+        /// Add a keyword (e.g. $Label1, NonJunk); repeatable.
+        #[arg(long = "add", value_name = "KEYWORD", group = "flag")]
+        add: Vec<String>,
+        /// Remove a keyword; repeatable.
+        #[arg(long = "remove", value_name = "KEYWORD", group = "flag")]
+        remove: Vec<String>,
     },
     /// Delete (here at once; on the server, to Trash where there is one, by Sync Delete).
     Delete { id: i64 },
@@ -101,8 +108,12 @@ pub fn run(home: PathBuf, cmd: MailCmd) -> anyhow::Result<ExitCode> {
                 print_json(&store.mail(id)?)?;
             }
         }
-        MailCmd::Flag { id, seen, unseen, flagged, unflagged } => {
-            store.mail_set_flags(id, tri(seen, unseen), tri(flagged, unflagged), now())?;
+        MailCmd::Flag { id, seen, unseen, flagged, unflagged, add, remove } => {
+            if let Some(k) = add.iter().find(|k| remove.contains(k)) {
+                bail!("the keyword {k:?} is both added and removed");
+            }
+            let edit = backproc_store::FlagEdit { seen: tri(seen, unseen), flagged: tri(flagged, unflagged), add, remove };
+            store.mail_set_flags(id, &edit, now())?;
             println!("message {id} updated; the server follows at the next full sync");
         }
         MailCmd::Delete { id } => {

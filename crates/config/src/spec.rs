@@ -174,7 +174,10 @@ constants! {
     bg_shutdown_grace: u64 = 30u64, secs(0, 3600), "seconds running tasks get to finish on SIGTERM";
     bg_log_max_size: u64 = 10_485_760u64, bytes(1024, 10_737_418_240), "bytes before a log file rotates";
     bg_log_keep: u64 = 5u64, int(0, 1000), "rotated files kept per log";
-    bg_max_connections_per_host: u64 = 8u64, int(1, 1000), "concurrent connections to one IMAP/SMTP host";
+    bg_max_connections_per_host: u64 = 8u64, int(1, 1000), "concurrent connections to one IMAP/SMTP host, idle cached ones included";
+    bg_task_deadline: u64 = 600u64, secs(1, 86_400), "seconds a task may take, unless bytes keep arriving at BG_MIN_TRANSFER_RATE";
+    bg_min_transfer_rate: u64 = 10_240u64, bytes(1, 1_073_741_824), "bytes a second that keep a long transfer within its deadline";
+    bg_io_timeout: u64 = 60u64, secs(1, 3600), "seconds a server may stay silent before the connection is dropped";
     bg_session_idle_timeout: u64 = 300u64, secs(1, 86_400), "seconds an idle IMAP/SMTP session is kept open";
     bg_max_starts_per_tick: u64 = 200u64, int(1, 100_000), "tasks the scheduler starts per tick";
     bg_backoff_base: u64 = 60u64, secs(1, 86_400), "seconds of the first retry delay after a failure (doubles)";

@@ -18,6 +18,7 @@ use crossbeam_channel::{Receiver, select, unbounded};
 use crate::pool::{Offer, Pool, RunnerFactory};
 use crate::runner::JobRunner;
 use crate::schedule::Scheduler;
+use crate::sessions::SessionPool;
 use crate::task::{Job, Outcome, Task};
 use crate::{Clock, Error, SharedConfig};
 
@@ -55,11 +56,15 @@ pub fn run(
     store.master_started(std::process::id(), clock.now())?;
     let shared: SharedConfig = Arc::new(RwLock::new(Arc::new(config.clone())));
     let (outcome_tx, outcome_rx) = unbounded();
+    let sessions = SessionPool::new();
     let factory: RunnerFactory = {
         let shared = shared.clone();
         let store_path = opts.store_path.clone();
         let data_dir = opts.data_dir.clone();
-        Arc::new(move |idx| Box::new(JobRunner::new(idx, store_path.clone(), data_dir.clone(), shared.clone(), clock)))
+        let sessions = sessions.clone();
+        Arc::new(move |idx| {
+            Box::new(JobRunner::new(idx, store_path.clone(), data_dir.clone(), shared.clone(), clock, sessions.clone()))
+        })
     };
     let mut pool =
         Pool::new(config.bg_max_threads as usize, config.bg_max_tasks_per_thread as usize, outcome_tx, factory);
@@ -117,8 +122,8 @@ pub fn run(
                     *shared.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new.clone());
                     config = new;
                 }
-                for dead in pool.reap() {
-                    in_flight.retain(|_, w| *w != dead);
+                for lost in pool.reap() {
+                    in_flight.remove(&lost);
                 }
                 let due = match scheduler.due(&mut store, &config, &in_flight) {
                     Ok(d) => d,
@@ -172,6 +177,7 @@ pub fn run(
         }
     }
     let clean = pool.join(deadline.max(Instant::now() + Duration::from_millis(100)));
+    sessions.close_all();
     if !in_flight.is_empty() || !clean {
         log::warn!(
             "{} task(s) still running at the end of the grace period; they are redone at next start",

@@ -1,7 +1,7 @@
 //! Header fields of a downloaded message, read with mail-parser. Never fails: a message
 //! that cannot be parsed is stored raw with whatever could be read.
 
-use backproc_store::{MsgFlags, NewMessage};
+use backproc_store::{Flags, NewMessage};
 use mail_parser::{Address, MessageParser};
 
 /// Longest header text we keep in a column (the raw message keeps everything).
@@ -63,7 +63,7 @@ fn count_attachments(raw: &[u8]) -> i64 {
 
 /// Parses what we index of a message (header fields; attachments counted from part
 /// headers); the raw bytes are kept unchanged.
-pub fn message(uid: i64, raw: Vec<u8>, flags: MsgFlags, internal_date: Option<i64>) -> NewMessage {
+pub fn message(uid: i64, raw: Vec<u8>, flags: Flags, internal_date: Option<i64>) -> NewMessage {
     let mut m = NewMessage { uid, flags, internal_date, ..NewMessage::default() };
     if let Some(p) = MessageParser::default().parse_headers(&raw[..]) {
         m.message_id = p.message_id().map(clip);
@@ -91,7 +91,7 @@ mod tests {
     fn decodes_rfc2047_and_addresses() {
         let raw = b"From: =?UTF-8?B?0JjQstCw0L0=?= <ivan@example.ru>\r\nTo: a@x.test, B <b@x.test>\r\n\
 Subject: =?UTF-8?B?0J/RgNC40LLQtdGC?=\r\nMessage-ID: <abc@x>\r\nDate: Sun, 12 Jan 2014 22:28:05 +0100\r\n\r\nbody\r\n";
-        let m = message(5, raw.to_vec(), MsgFlags::default(), None);
+        let m = message(5, raw.to_vec(), Flags::default(), None);
         assert_eq!(m.subject.as_deref(), Some("Привет"));
         assert_eq!(m.from.as_deref(), Some("Иван <ivan@example.ru>"));
         assert_eq!(m.to.as_deref(), Some("a@x.test, B <b@x.test>"));
@@ -105,9 +105,9 @@ Subject: =?UTF-8?B?0J/RgNC40LLQtdGC?=\r\nMessage-ID: <abc@x>\r\nDate: Sun, 12 Ja
         let raw = b"Subject: x\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n\
 --b\r\nContent-Disposition: attachment; filename=a.bin\r\n\r\nAAAA\r\n--b\r\ncontent-disposition:  ATTACHMENT\r\n\r\nBBBB\r\n\
 --b\r\nContent-Disposition: inline\r\n\r\nx\r\n--b--\r\n";
-        let m = message(1, raw.to_vec(), MsgFlags::default(), None);
+        let m = message(1, raw.to_vec(), Flags::default(), None);
         assert_eq!(m.attachments, 2);
-        assert_eq!(message(1, b"Subject: none\r\n\r\nbody".to_vec(), MsgFlags::default(), None).attachments, 0);
+        assert_eq!(message(1, b"Subject: none\r\n\r\nbody".to_vec(), Flags::default(), None).attachments, 0);
     }
 
     /// The fuzz seeds (fuzz/corpus/message_headers) under the fuzz target's properties.
@@ -117,7 +117,7 @@ Subject: =?UTF-8?B?0J/RgNC40LLQtdGC?=\r\nMessage-ID: <abc@x>\r\nDate: Sun, 12 Ja
         let mut n = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let raw = std::fs::read(entry.unwrap().path()).unwrap();
-            let m = message(1, raw.clone(), MsgFlags::default(), None);
+            let m = message(1, raw.clone(), Flags::default(), None);
             assert_eq!(m.raw, raw);
             for f in [&m.message_id, &m.subject, &m.from, &m.to, &m.cc].into_iter().flatten() {
                 assert!(f.len() <= MAX_FIELD && !f.contains('\0'), "{f:?}");
@@ -138,7 +138,7 @@ Subject: =?UTF-8?B?0J/RgNC40LLQtdGC?=\r\nMessage-ID: <abc@x>\r\nDate: Sun, 12 Ja
             b"no headers at all",
         ];
         for raw in inputs {
-            let m = message(1, raw.to_vec(), MsgFlags::default(), Some(7));
+            let m = message(1, raw.to_vec(), Flags::default(), Some(7));
             assert_eq!(m.raw, raw.to_vec());
             assert_eq!(m.internal_date, Some(7));
         }

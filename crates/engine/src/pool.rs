@@ -1,25 +1,29 @@
-//! Worker threads, each with two bounded queues (urgent and bulk), and account affinity.
+//! Worker threads, each with two bounded queues (urgent and bulk), and account affinity that
+//! holds only while an account has work.
 //!
 //! Invariants:
 //! - at most `max` threads exist; they are spawned lazily, when a task first needs one;
-//! - all tasks of one account go to the same worker (`affinity`), so one account never has
-//!   two sessions competing;
+//! - no two tasks of one account (one affinity key) run at the same time, so one account never
+//!   has two sessions competing; while an account has a task queued or running on a worker,
+//!   its next tasks go to that worker;
+//! - a blocked account never blocks another: a worker that has been on one task longer than
+//!   [`STEAL_AFTER`] lets idle workers take the queued tasks of its other accounts;
 //! - a full queue refuses the task (`Offer::Full`): the caller keeps it due (back-pressure);
 //! - a panicking task becomes a `FailureKind::Panic` outcome and the worker goes on; a worker
-//!   that dies anyway is noticed by `reap` and replaced.
+//!   that dies anyway is noticed by `reap`, its task reported lost, and it is replaced (its
+//!   queued tasks wait in the shared queues, for it or for another worker).
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::task::{Failure, FailureKind, Outcome, Report, Task};
 
-/// Executes tasks on one worker thread; owns that worker's sessions and store connection.
+/// Executes tasks on one worker thread; owns that worker's store connection.
 pub trait Runner: Send {
     fn run(&mut self, task: &Task) -> Result<Report, Failure>;
     /// Called when the worker has had nothing to do for a while (close idle sessions).
@@ -28,143 +32,205 @@ pub trait Runner: Send {
 
 pub type RunnerFactory = Arc<dyn Fn(usize) -> Box<dyn Runner> + Send + Sync>;
 
-struct Worker {
-    urgent: Sender<Task>,
-    bulk: Sender<Task>,
-    alive: Arc<AtomicBool>,
-    join: Option<JoinHandle<()>>,
-}
+/// How long a worker may be on one task before idle workers take its other accounts' tasks.
+pub const STEAL_AFTER: Duration = Duration::from_secs(2);
 
 pub enum Offer {
     Queued { worker: usize },
     Full,
 }
 
+#[derive(Default)]
+struct Lanes {
+    urgent: VecDeque<Task>,
+    bulk: VecDeque<Task>,
+    /// The task it runs and since when.
+    running: Option<(Task, Instant)>,
+    /// The thread is alive (false once it ended, however).
+    alive: bool,
+}
+
+impl Lanes {
+    fn holds(&self, key: u64) -> bool {
+        self.running.is_some_and(|(t, _)| t.affinity() == key)
+            || self.urgent.iter().chain(&self.bulk).any(|t| t.affinity() == key)
+    }
+    fn load(&self) -> usize {
+        self.urgent.len() + self.bulk.len() + usize::from(self.running.is_some())
+    }
+}
+
+struct State {
+    lanes: Vec<Lanes>,
+    stopping: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled whenever a task is queued or finishes, or the pool stops.
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 pub struct Pool {
-    workers: Vec<Option<Worker>>,
+    shared: Arc<Shared>,
+    threads: Vec<Option<JoinHandle<()>>>,
     max: usize,
     capacity: usize,
-    affinity: HashMap<u64, usize>,
     outcomes: Sender<Outcome>,
     factory: RunnerFactory,
-    stopping: Arc<AtomicBool>,
     idle_every: Duration,
-    /// A worker thread sends on it as it ends, so `join` wakes at once instead of polling.
-    exited: (Sender<()>, Receiver<()>),
+    steal_after: Duration,
+    /// A worker thread sends its index on it as it ends, so `join` wakes at once instead of
+    /// polling (and knows it ended even before its handle says so).
+    exited: (Sender<usize>, Receiver<usize>),
 }
 
 impl Pool {
     pub fn new(max: usize, capacity: usize, outcomes: Sender<Outcome>, factory: RunnerFactory) -> Pool {
         Pool {
-            workers: Vec::new(),
+            shared: Arc::new(Shared { state: Mutex::new(State { lanes: Vec::new(), stopping: false }), changed: Condvar::new() }),
+            threads: Vec::new(),
             max: max.max(1),
             capacity: capacity.max(1),
-            affinity: HashMap::new(),
             outcomes,
             factory,
-            stopping: Arc::new(AtomicBool::new(false)),
             idle_every: Duration::from_secs(5),
+            steal_after: STEAL_AFTER,
             exited: crossbeam_channel::unbounded(),
         }
     }
 
-    /// New limits apply to threads spawned and accounts assigned from now on.
+    /// New limits apply to threads spawned and tasks queued from now on.
     pub fn set_limits(&mut self, max: usize, capacity: usize) {
         self.max = max.max(1);
         self.capacity = capacity.max(1);
     }
 
     pub fn threads(&self) -> usize {
-        self.workers.iter().filter(|w| w.is_some()).count()
+        self.threads.iter().filter(|t| t.is_some()).count()
     }
 
-    /// The worker index for an affinity key: sticky once chosen.
-    pub fn worker_for(&mut self, key: u64) -> usize {
-        let max = self.max;
-        *self.affinity.entry(key).or_insert_with(|| (key % max as u64) as usize)
-    }
-
+    /// Queues a task: on the worker that has its account's work, else on an idle worker (a
+    /// new one while fewer than `max` exist), else on the least loaded.
     pub fn offer(&mut self, task: Task) -> Offer {
-        let idx = self.worker_for(task.affinity());
-        if self.workers.len() <= idx {
-            self.workers.resize_with(idx + 1, || None);
+        let key = task.affinity();
+        let mut st = self.shared.lock();
+        let pinned = st.lanes.iter().position(|l| l.holds(key));
+        let idx = match pinned {
+            Some(i) => i,
+            None => {
+                let idle = st.lanes.iter().position(|l| l.alive && l.load() == 0);
+                match idle {
+                    Some(i) => i,
+                    None if st.lanes.len() < self.max => st.lanes.len(),
+                    None => (0..st.lanes.len()).min_by_key(|&i| st.lanes[i].load()).unwrap_or(0),
+                }
+            }
+        };
+        if idx >= st.lanes.len() {
+            st.lanes.resize_with(idx + 1, Lanes::default);
         }
-        if self.workers[idx].is_none() {
-            self.workers[idx] = Some(self.spawn(idx));
+        let lanes = &mut st.lanes[idx];
+        let lane = if task.job.urgent() { &mut lanes.urgent } else { &mut lanes.bulk };
+        if lane.len() >= self.capacity {
+            return Offer::Full;
         }
-        let w = self.workers[idx].as_ref().expect("spawned above");
-        let lane = if task.job.urgent() { &w.urgent } else { &w.bulk };
-        match lane.try_send(task) {
-            Ok(()) => Offer::Queued { worker: idx },
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Offer::Full,
+        lane.push_back(task);
+        let spawn = !lanes.alive;
+        lanes.alive = true;
+        drop(st);
+        if spawn {
+            self.spawn(idx);
         }
+        self.shared.changed.notify_all();
+        Offer::Queued { worker: idx }
     }
 
-    fn spawn(&self, idx: usize) -> Worker {
-        let (urgent_tx, urgent_rx) = bounded(self.capacity);
-        let (bulk_tx, bulk_rx) = bounded(self.capacity);
-        let alive = Arc::new(AtomicBool::new(true));
-        let ctx = WorkerLoop {
+    fn spawn(&mut self, idx: usize) {
+        if self.threads.len() <= idx {
+            self.threads.resize_with(idx + 1, || None);
+        }
+        let w = WorkerLoop {
             idx,
-            urgent: urgent_rx,
-            bulk: bulk_rx,
+            shared: self.shared.clone(),
             outcomes: self.outcomes.clone(),
-            stopping: self.stopping.clone(),
-            alive: alive.clone(),
             exited: self.exited.0.clone(),
             idle_every: self.idle_every,
+            steal_after: self.steal_after,
         };
         let factory = self.factory.clone();
         let join = std::thread::Builder::new()
             .name(format!("t{}", idx + 1))
-            .spawn(move || ctx.run(factory))
+            .spawn(move || w.run(factory))
             .expect("cannot spawn a worker thread");
         log::debug!("started worker t{}", idx + 1);
-        Worker { urgent: urgent_tx, bulk: bulk_tx, alive, join: Some(join) }
+        self.threads[idx] = Some(join);
     }
 
-    /// Replaces workers whose thread died; returns their indexes (their queued and running
-    /// tasks are lost from the queue and must be forgotten by the caller, which re-offers
-    /// them when they are due again: the store is the truth).
-    pub fn reap(&mut self) -> Vec<usize> {
-        let mut dead = Vec::new();
-        for (i, slot) in self.workers.iter_mut().enumerate() {
-            if slot.as_ref().is_some_and(|w| !w.alive.load(Ordering::SeqCst)) {
-                log::error!(target: "threading", "worker t{} died; replacing it", i + 1);
-                *slot = None;
-                dead.push(i);
+    /// Replaces workers whose thread died; returns the tasks they were running (lost: the
+    /// caller forgets them and the scheduler offers them again when due; the store is the
+    /// truth). Their queued tasks wait for the new thread or for other workers.
+    pub fn reap(&mut self) -> Vec<Task> {
+        let mut lost = Vec::new();
+        let mut respawn = Vec::new();
+        {
+            let mut st = self.shared.lock();
+            if st.stopping {
+                return lost;
+            }
+            for (i, l) in st.lanes.iter_mut().enumerate() {
+                let dead = self.threads.get(i).and_then(Option::as_ref).is_some_and(JoinHandle::is_finished);
+                if dead {
+                    log::error!(target: "threading", "worker t{} died; replacing it", i + 1);
+                    lost.extend(l.running.take().map(|(t, _)| t));
+                    l.alive = false;
+                    respawn.push(i);
+                }
             }
         }
-        dead
+        for i in respawn {
+            if let Some(t) = self.threads[i].take() {
+                let _ = t.join();
+            }
+            let has_work = self.shared.lock().lanes[i].load() > 0;
+            if has_work {
+                self.shared.lock().lanes[i].alive = true;
+                self.spawn(i);
+            }
+        }
+        lost
     }
 
     /// Stop taking new work: workers finish the task they run and exit.
-    /// Returns the threads' join handles so the caller can wait with its own deadline.
     pub fn stop(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        // Dropping the senders wakes idle workers.
-        for w in self.workers.iter_mut().flatten() {
-            let (dead_tx, _) = bounded(0);
-            w.urgent = dead_tx.clone();
-            w.bulk = dead_tx;
-        }
+        self.shared.lock().stopping = true;
+        self.shared.changed.notify_all();
     }
 
     /// Waits until every worker has exited or `deadline` passes; returns whether all exited.
+    /// Tasks still queued are reported as cancelled (they are due again at the next start).
     pub fn join(&mut self, deadline: Instant) -> bool {
+        let mut ended = std::collections::HashSet::new();
         loop {
-            // A worker marks itself dead as the last thing its thread does (`AliveGuard`), so
-            // joining it then waits for nothing more than the thread's return.
-            let all = self
-                .workers
-                .iter()
-                .flatten()
-                .all(|w| w.join.as_ref().is_none_or(|j| j.is_finished() || !w.alive.load(Ordering::SeqCst)));
+            ended.extend(self.exited.1.try_iter());
+            let all = self.threads.iter().enumerate().all(|(i, t)| t.as_ref().is_none_or(|t| t.is_finished() || ended.contains(&i)));
             if all {
-                for w in self.workers.iter_mut().flatten() {
-                    if let Some(j) = w.join.take() {
-                        let _ = j.join();
-                    }
+                for t in self.threads.iter_mut().filter_map(Option::take) {
+                    let _ = t.join();
+                }
+                let queued: Vec<Task> = {
+                    let mut st = self.shared.lock();
+                    st.lanes.iter_mut().flat_map(|l| l.urgent.drain(..).chain(l.bulk.drain(..)).collect::<Vec<_>>()).collect()
+                };
+                for task in queued {
+                    let cancelled = Failure::new(FailureKind::Cancelled, "not started: the master is stopping");
+                    let _ = self.outcomes.send(Outcome { task, worker: 0, result: Err(cancelled) });
                 }
                 return true;
             }
@@ -172,52 +238,101 @@ impl Pool {
                 return false;
             }
             // Woken by any worker's end (a one-shot `run --once` waits here, and cron on it).
-            let _ = self.exited.1.recv_deadline(deadline);
+            if let Ok(i) = self.exited.1.recv_deadline(deadline) {
+                ended.insert(i);
+            }
         }
     }
 }
 
 struct WorkerLoop {
     idx: usize,
-    urgent: Receiver<Task>,
-    bulk: Receiver<Task>,
+    shared: Arc<Shared>,
     outcomes: Sender<Outcome>,
-    stopping: Arc<AtomicBool>,
-    alive: Arc<AtomicBool>,
-    exited: Sender<()>,
+    exited: Sender<usize>,
     idle_every: Duration,
+    steal_after: Duration,
 }
 
-/// Marks the worker dead however its thread ends, and says so to `Pool::join`.
-struct AliveGuard(Arc<AtomicBool>, Sender<()>);
-impl Drop for AliveGuard {
+enum Next {
+    Run(Task),
+    Idle,
+    Stop,
+}
+
+/// Says so to `Pool::join` however the thread ends.
+struct ExitGuard(Sender<usize>, usize);
+impl Drop for ExitGuard {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
-        let _ = self.1.send(());
+        let _ = self.0.send(self.1);
     }
+}
+
+/// The next task worker `me` may run, taken out of its queue: its own urgent then bulk work
+/// first, then work of a worker busy on one task for longer than `steal_after`. A task whose
+/// account is running elsewhere is never taken.
+fn next_task(st: &mut State, me: usize, steal_after: Duration) -> Option<Task> {
+    let running: Vec<u64> = st.lanes.iter().filter_map(|l| l.running.map(|(t, _)| t.affinity())).collect();
+    let free = |t: &Task| !running.contains(&t.affinity());
+    let take = |lanes: &mut Lanes| -> Option<Task> {
+        for lane in [&mut lanes.urgent, &mut lanes.bulk] {
+            if let Some(i) = lane.iter().position(free) {
+                return lane.remove(i);
+            }
+        }
+        None
+    };
+    if let Some(t) = take(&mut st.lanes[me]) {
+        return Some(t);
+    }
+    let now = Instant::now();
+    let stuck = |l: &Lanes| !l.alive || l.running.is_some_and(|(_, since)| now.duration_since(since) >= steal_after);
+    for i in (0..st.lanes.len()).filter(|&i| i != me) {
+        if stuck(&st.lanes[i])
+            && let Some(t) = take(&mut st.lanes[i])
+        {
+            return Some(t);
+        }
+    }
+    None
 }
 
 impl WorkerLoop {
     fn run(self, factory: RunnerFactory) {
-        let _guard = AliveGuard(self.alive.clone(), self.exited.clone());
+        let _guard = ExitGuard(self.exited.clone(), self.idx);
         log_mdc::insert("thread", format!("t{}", self.idx + 1));
         let mut runner = factory(self.idx);
+        let mut last_work = Instant::now();
         loop {
-            if self.stopping.load(Ordering::SeqCst) {
-                break;
-            }
-            // Urgent lane first; then whichever lane has work; idle housekeeping otherwise.
-            let task = match self.urgent.try_recv() {
-                Ok(t) => t,
-                Err(_) => select! {
-                    recv(self.urgent) -> t => match t { Ok(t) => t, Err(_) => break },
-                    recv(self.bulk) -> t => match t { Ok(t) => t, Err(_) => break },
-                    default(self.idle_every) => { runner.idle(); continue; }
-                },
+            let next = {
+                let mut st = self.shared.lock();
+                loop {
+                    if st.stopping {
+                        break Next::Stop;
+                    }
+                    if let Some(t) = next_task(&mut st, self.idx, self.steal_after) {
+                        st.lanes[self.idx].running = Some((t, Instant::now()));
+                        break Next::Run(t);
+                    }
+                    if last_work.elapsed() >= self.idle_every {
+                        break Next::Idle;
+                    }
+                    // Wake at least as often as a steal could become possible, and for idle
+                    // housekeeping.
+                    let wait = self.idle_every.min(self.steal_after);
+                    let (g, _) = self.shared.changed.wait_timeout(st, wait).unwrap_or_else(|e| e.into_inner());
+                    st = g;
+                }
             };
-            if self.stopping.load(Ordering::SeqCst) {
-                break;
-            }
+            let task = match next {
+                Next::Stop => break,
+                Next::Idle => {
+                    last_work = Instant::now();
+                    runner.idle();
+                    continue;
+                }
+                Next::Run(t) => t,
+            };
             let result = match catch_unwind(AssertUnwindSafe(|| runner.run(&task))) {
                 Ok(r) => r,
                 Err(payload) => {
@@ -230,18 +345,13 @@ impl WorkerLoop {
                     Err(Failure::new(FailureKind::Panic, format!("task panicked: {msg}")))
                 }
             };
+            last_work = Instant::now();
             // Clear any account/folder context a job left behind.
             log_mdc::remove("account");
             log_mdc::remove("folder");
+            self.shared.lock().lanes[self.idx].running = None;
+            self.shared.changed.notify_all();
             if self.outcomes.send(Outcome { task, worker: self.idx, result }).is_err() {
-                break;
-            }
-        }
-        // Tasks still queued at a stop never start: say so, so the master does not wait for
-        // them (they are due again at the next start; the store is the truth).
-        for task in self.urgent.try_iter().chain(self.bulk.try_iter()) {
-            let cancelled = Failure::new(FailureKind::Cancelled, "not started: the master is stopping");
-            if self.outcomes.send(Outcome { task, worker: self.idx, result: Err(cancelled) }).is_err() {
                 break;
             }
         }
@@ -251,17 +361,16 @@ impl WorkerLoop {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{HashMap, HashSet};
-    use std::sync::Mutex;
+    use std::collections::HashSet;
 
     use crossbeam_channel::{Receiver, unbounded};
 
     use super::*;
     use crate::task::Job;
 
-    /// Records which thread ran which account; panics on folder 666; sleeps `arg` ms.
+    /// Records which thread ran which account and when; panics on folder 666; sleeps `arg` ms.
     struct Probe {
-        seen: Arc<Mutex<Vec<(i64, String)>>>,
+        seen: Arc<Mutex<Vec<(i64, String, Instant, Instant)>>>,
         panic_in_idle: bool,
     }
 
@@ -270,9 +379,10 @@ mod tests {
             if task.folder == Some(666) {
                 panic!("boom");
             }
+            let start = Instant::now();
             std::thread::sleep(Duration::from_millis(task.arg));
             let name = std::thread::current().name().unwrap_or("?").to_owned();
-            self.seen.lock().unwrap().push((task.account.unwrap_or(-1), name));
+            self.seen.lock().unwrap().push((task.account.unwrap_or(-1), name, start, Instant::now()));
             Ok(Report::default())
         }
         fn idle(&mut self) {
@@ -282,13 +392,16 @@ mod tests {
         }
     }
 
-    fn pool(max: usize, cap: usize, panic_in_idle: bool) -> (Pool, Receiver<Outcome>, Arc<Mutex<Vec<(i64, String)>>>) {
+    type Seen = Arc<Mutex<Vec<(i64, String, Instant, Instant)>>>;
+
+    fn pool(max: usize, cap: usize, panic_in_idle: bool) -> (Pool, Receiver<Outcome>, Seen) {
         let (tx, rx) = unbounded();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         let factory: RunnerFactory = Arc::new(move |_| Box::new(Probe { seen: s.clone(), panic_in_idle }));
         let mut p = Pool::new(max, cap, tx, factory);
         p.idle_every = Duration::from_millis(20);
+        p.steal_after = Duration::from_millis(100);
         (p, rx, seen)
     }
 
@@ -297,25 +410,69 @@ mod tests {
     }
 
     #[test]
-    fn at_most_max_threads_and_stable_affinity() {
-        let (mut p, rx, seen) = pool(2, 100, false);
-        for round in 0..4 {
+    fn at_most_max_threads_and_never_one_account_twice_at_once() {
+        let (mut p, rx, seen) = pool(3, 100, false);
+        for round in 0..6 {
             for a in 1..=5 {
-                assert!(matches!(p.offer(task(a, round, 1)), Offer::Queued { .. }));
+                assert!(matches!(p.offer(task(a, round, 3)), Offer::Queued { .. }));
             }
         }
-        for _ in 0..20 {
+        for _ in 0..30 {
             rx.recv_timeout(Duration::from_secs(5)).unwrap().result.unwrap();
         }
-        assert_eq!(p.threads(), 2);
-        let mut by_account: HashMap<i64, HashSet<String>> = HashMap::new();
-        for (a, t) in seen.lock().unwrap().iter() {
-            by_account.entry(*a).or_default().insert(t.clone());
+        assert_eq!(p.threads(), 3);
+        let seen = seen.lock().unwrap();
+        let threads: HashSet<_> = seen.iter().map(|s| s.1.clone()).collect();
+        assert_eq!(threads.len(), 3);
+        for (i, a) in seen.iter().enumerate() {
+            for b in &seen[i + 1..] {
+                let overlap = a.2 < b.3 && b.2 < a.3;
+                assert!(!(a.0 == b.0 && overlap), "account {} ran twice at once: {a:?} {b:?}", a.0);
+            }
         }
-        assert_eq!(by_account.len(), 5);
-        assert!(by_account.values().all(|t| t.len() == 1), "{by_account:?}");
-        let threads: HashSet<_> = by_account.values().flatten().collect();
-        assert_eq!(threads.len(), 2);
+    }
+
+    #[test]
+    fn an_account_with_work_keeps_its_worker() {
+        let (mut p, rx, seen) = pool(4, 100, false);
+        // the first task keeps account 1 busy; the ones queued behind it stay with it
+        for f in 0..4 {
+            p.offer(task(1, f, 30));
+        }
+        for _ in 0..4 {
+            rx.recv_timeout(Duration::from_secs(5)).unwrap().result.unwrap();
+        }
+        let names: HashSet<_> = seen.lock().unwrap().iter().map(|s| s.1.clone()).collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    /// One account hangs on worker 1; the tasks of other accounts queued behind it are taken
+    /// by idle workers once it has been busy past the threshold.
+    #[test]
+    fn a_hung_account_does_not_block_the_accounts_queued_behind_it() {
+        let (mut p, rx, seen) = pool(2, 100, false);
+        p.offer(task(1, 1, 1500)); // the "hung" account
+        std::thread::sleep(Duration::from_millis(20));
+        p.offer(task(2, 1, 200)); // goes to the idle worker 2
+        // now every worker is busy: these queue behind account 1 or 2
+        for a in 3..=6 {
+            p.offer(task(a, 1, 5));
+        }
+        let started = Instant::now();
+        let mut done = HashSet::new();
+        while done.len() < 5 {
+            let o = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            o.result.unwrap();
+            done.insert(o.task.account.unwrap());
+            if done.contains(&1) {
+                break;
+            }
+        }
+        assert!(!done.contains(&1), "the healthy accounts finish before the hung one");
+        assert!(started.elapsed() < Duration::from_millis(1200), "{:?}", started.elapsed());
+        assert_eq!(done, (2..=6).collect::<HashSet<i64>>());
+        rx.recv_timeout(Duration::from_secs(5)).unwrap().result.unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 6);
     }
 
     #[test]
@@ -350,7 +507,7 @@ mod tests {
         assert_eq!(first.result.unwrap_err().kind, FailureKind::Panic);
         rx.recv_timeout(Duration::from_secs(5)).unwrap().result.unwrap();
         assert_eq!(seen.lock().unwrap().len(), 1);
-        assert_eq!(p.reap(), Vec::<usize>::new());
+        assert_eq!(p.reap(), Vec::<Task>::new());
     }
 
     #[test]
@@ -359,16 +516,17 @@ mod tests {
         p.offer(task(1, 1, 0));
         rx.recv_timeout(Duration::from_secs(5)).unwrap().result.unwrap();
         // idle() panics after ~20 ms: the thread dies outside any task
-        let mut dead = Vec::new();
-        for _ in 0..100 {
-            dead = p.reap();
-            if !dead.is_empty() {
+        let mut reaped = false;
+        for _ in 0..200 {
+            let dead = p.threads.first().and_then(Option::as_ref).is_some_and(JoinHandle::is_finished);
+            if dead {
+                assert!(p.reap().is_empty(), "it was running nothing");
+                reaped = true;
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(dead, vec![0]);
-        assert_eq!(p.threads(), 0);
+        assert!(reaped, "the worker died and was reaped");
         assert!(matches!(p.offer(task(1, 2, 0)), Offer::Queued { worker: 0 }));
         rx.recv_timeout(Duration::from_secs(5)).unwrap().result.unwrap();
     }

@@ -8,7 +8,7 @@ use backproc_store::{Lane, NewHistory, Store, WorkerRow};
 
 use crate::jobs::{self, Ctx};
 use crate::pool::Runner;
-use crate::sessions::Sessions;
+use crate::sessions::{SessionPool, Sessions};
 use crate::task::{Failure, Job, Report, Task};
 use crate::{Clock, SharedConfig};
 
@@ -24,8 +24,15 @@ pub struct JobRunner {
 }
 
 impl JobRunner {
-    pub fn new(idx: usize, store_path: PathBuf, data_dir: PathBuf, config: SharedConfig, clock: Clock) -> JobRunner {
-        JobRunner { idx, store_path, data_dir, config, clock, store: None, sessions: Sessions::new() }
+    pub fn new(
+        idx: usize,
+        store_path: PathBuf,
+        data_dir: PathBuf,
+        config: SharedConfig,
+        clock: Clock,
+        pool: std::sync::Arc<SessionPool>,
+    ) -> JobRunner {
+        JobRunner { idx, store_path, data_dir, config, clock, store: None, sessions: Sessions::new(pool) }
     }
 
     fn store(&mut self) -> Result<&mut Store, Failure> {
@@ -103,8 +110,20 @@ impl Runner for JobRunner {
             log::error!("cannot write history: {e}");
         }
         let store = self.store.as_mut().expect("opened above");
+        // Every task has an overall deadline on top of the per-read timeouts (BG_TASK_DEADLINE,
+        // renewed while bytes come at BG_MIN_TRANSFER_RATE).
+        let deadline = backproc_imap::Deadline::new(Duration::from_secs(config.bg_task_deadline), config.bg_min_transfer_rate);
+        self.sessions.begin_task(Some(deadline));
         let mut ctx = Ctx { store: &mut *store, config: &config, clock, sessions: &mut self.sessions, thread: idx };
         let result = execute(&mut ctx, task);
+        self.sessions.end_task();
+        let ignored = self.sessions.take_ignored();
+        if ignored > 0 {
+            log::debug!("{ignored} FETCH answer(s) for UIDs not asked were ignored");
+            if let Err(e) = store.add_counter("ignored_fetch_responses", ignored as i64) {
+                log::warn!("cannot count ignored FETCH answers: {e}");
+            }
+        }
         let ms = started.elapsed().as_millis() as i64;
         // The account's health: a success clears its back-off (in the end's commit below); a
         // failure of the account as a whole (refused login, unreachable server, a connection

@@ -1,19 +1,183 @@
-//! A worker's open IMAP sessions, one per account, kept between tasks and closed when idle.
-//! Also where credentials are resolved (stored password or password command) and where an
-//! account's health (back-off after failures) is recorded.
+//! The engine's IMAP connections: one cached session per account, shared by every worker, and
+//! a budget of connections per host (BG_MAX_CONNECTIONS_PER_HOST) that counts the idle cached
+//! sessions too. Also where credentials are resolved (stored password or password command) and
+//! where an account's health (back-off after failures) is recorded.
+//!
+//! Invariants:
+//! - at no moment are more connections open to a host than its budget: a task that needs one
+//!   when the budget is full first logs out the host's least recently used idle session, and
+//!   otherwise waits for one to be given back (back-pressure, not failure) until its deadline;
+//! - a server that says it has too many connections from us (Gmail's "Too many simultaneous
+//!   connections", RFC 5530 `[LIMIT]`/`[UNAVAILABLE]`) lowers that host's budget for a while
+//!   to what it accepted, instead of failing the task;
+//! - a session is used by one task at a time (the pool never runs two tasks of an account at
+//!   once; a worker checks the account's session out for its task).
 
 use std::collections::HashMap;
 use std::process::Command;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use backproc_config::Config;
-use backproc_imap::{ConnectParams, ErrorKind, Security, Session};
+use backproc_imap::{ConnectParams, Deadline, ErrorKind, Security, Session};
 use backproc_store::{Account, Store};
 
 use crate::task::{Failure, FailureKind};
 
-pub struct Sessions {
-    open: HashMap<i64, (Session, Instant)>,
+/// How long a host keeps the lower budget its "too many connections" answer gave it.
+const LOWERED_FOR: Duration = Duration::from_secs(600);
+
+/// Connections of one host.
+#[derive(Default)]
+struct Host {
+    /// Open connections: in use by a task, idle in the cache, or being set up.
+    open: usize,
+    /// A budget lower than the configured one, and until when.
+    lowered: Option<(usize, Instant)>,
+}
+
+impl Host {
+    fn limit(&mut self, configured: usize) -> usize {
+        match self.lowered {
+            Some((n, until)) if Instant::now() < until => n.min(configured),
+            Some(_) => {
+                self.lowered = None;
+                configured
+            }
+            None => configured,
+        }
+    }
+}
+
+struct Idle {
+    session: Session,
+    host: String,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct PoolState {
+    idle: HashMap<i64, Idle>,
+    hosts: HashMap<String, Host>,
+    /// Most connections seen open to one host at once, for tests and `status`.
+    peak: usize,
+}
+
+/// Every worker's sessions.
+pub struct SessionPool {
+    state: Mutex<PoolState>,
+    /// Signalled when a connection is closed or given back idle.
+    freed: Condvar,
+}
+
+impl SessionPool {
+    pub fn new() -> Arc<SessionPool> {
+        Arc::new(SessionPool { state: Mutex::new(PoolState::default()), freed: Condvar::new() })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most connections that were open to one host at once.
+    pub fn peak(&self) -> usize {
+        self.lock().peak
+    }
+
+    /// A slot for a new connection to `host`: taken when the budget has room, else made by
+    /// logging out the host's least recently used idle session, else waited for until
+    /// `until`.
+    fn acquire(&self, host: &str, configured: usize, until: Instant) -> Result<(), Failure> {
+        let mut st = self.lock();
+        loop {
+            let h = st.hosts.entry(host.to_owned()).or_default();
+            let limit = h.limit(configured);
+            if h.open < limit {
+                h.open += 1;
+                let open = h.open;
+                st.peak = st.peak.max(open);
+                return Ok(());
+            }
+            // The slot of an idle session of this host passes to us.
+            let lru = st.idle.iter().filter(|(_, i)| i.host == host).min_by_key(|(_, i)| i.since).map(|(a, _)| *a);
+            if let Some(account) = lru {
+                let old = st.idle.remove(&account).expect("found above");
+                drop(st);
+                log::debug!("closing the idle session of account {account}: {host} is at its connection budget");
+                old.session.logout();
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Err(Failure::new(
+                    FailureKind::Connect,
+                    format!("no free connection to {host} within the task's deadline ({limit} in use, BG_MAX_CONNECTIONS_PER_HOST)"),
+                ));
+            }
+            st = self.freed.wait_timeout(st, until - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// A connection to `host` closed (or was never made).
+    fn release(&self, host: &str) {
+        let mut st = self.lock();
+        if let Some(h) = st.hosts.get_mut(host) {
+            h.open = h.open.saturating_sub(1);
+        }
+        drop(st);
+        self.freed.notify_all();
+    }
+
+    /// The server refused a connection as one too many: its budget becomes what it has
+    /// accepted (at least one) for [`LOWERED_FOR`]. Returns whether other connections to it
+    /// are open (if none, the refusal is not about our count).
+    fn lower(&self, host: &str) -> bool {
+        let mut st = self.lock();
+        let h = st.hosts.entry(host.to_owned()).or_default();
+        // `open` counts the connection that was refused too.
+        let accepted = h.open.saturating_sub(1);
+        if accepted > 0 {
+            log::warn!("{host} has too many connections from us: its budget is {accepted} for the next {} s", LOWERED_FOR.as_secs());
+            h.lowered = Some((accepted, Instant::now() + LOWERED_FOR));
+        }
+        accepted > 0
+    }
+
+    fn take_idle(&self, account: i64) -> Option<(Session, String)> {
+        self.lock().idle.remove(&account).map(|i| (i.session, i.host))
+    }
+
+    fn give_back(&self, account: i64, session: Session, host: String) {
+        let old = self.lock().idle.insert(account, Idle { session, host: host.clone(), since: Instant::now() });
+        if let Some(old) = old {
+            // Never happens (one task of an account at a time); close it properly if it does.
+            old.session.logout();
+            self.release(&host);
+        }
+        self.freed.notify_all();
+    }
+
+    /// Logs out of sessions unused for `idle`.
+    pub fn close_idle(&self, idle: Duration) {
+        let stale: Vec<(i64, Idle)> = {
+            let mut st = self.lock();
+            let keys: Vec<i64> = st.idle.iter().filter(|(_, i)| i.since.elapsed() >= idle).map(|(k, _)| *k).collect();
+            keys.into_iter().filter_map(|k| st.idle.remove(&k).map(|i| (k, i))).collect()
+        };
+        for (k, i) in stale {
+            log::debug!("closing idle session of account {k}");
+            i.session.logout();
+            self.release(&i.host);
+        }
+    }
+
+    pub fn close_all(&self) {
+        let all: Vec<Idle> = self.lock().idle.drain().map(|(_, i)| i).collect();
+        for i in all {
+            i.session.logout();
+            self.release(&i.host);
+        }
+    }
 }
 
 /// Runs a password command (like mbsync's PassCmd); its output is the password. Neither the
@@ -36,7 +200,7 @@ pub fn run_password_command(cmd: &str) -> Result<String, Failure> {
     Ok(pw)
 }
 
-pub fn imap_params(a: &Account, timeout: Duration) -> Result<ConnectParams, Failure> {
+pub fn imap_params(a: &Account, config: &Config, deadline: Option<Deadline>) -> Result<ConnectParams, Failure> {
     let password = match (&a.password_command, &a.password) {
         (Some(cmd), _) => run_password_command(cmd)?,
         (None, Some(p)) => p.clone(),
@@ -62,75 +226,160 @@ pub fn imap_params(a: &Account, timeout: Duration) -> Result<ConnectParams, Fail
         password,
         ca_pem,
         insecure: a.tls_insecure,
-        timeout,
+        timeout: Duration::from_secs(config.bg_io_timeout),
+        deadline,
+        max_message: usize::try_from(config.email_bg_max_message_size).unwrap_or(usize::MAX),
     })
 }
 
 pub fn failure_from_imap(e: backproc_imap::Error) -> Failure {
     let kind = match e.kind {
         ErrorKind::Auth => FailureKind::Auth,
-        ErrorKind::Connect => FailureKind::Connect,
+        ErrorKind::Connect | ErrorKind::Timeout | ErrorKind::Busy | ErrorKind::Throttled => FailureKind::Connect,
         ErrorKind::Tls => FailureKind::Tls,
-        ErrorKind::Protocol => FailureKind::Protocol,
+        ErrorKind::Protocol | ErrorKind::Refused => FailureKind::Protocol,
     };
-    Failure::new(kind, e.detail)
+    let mut f = Failure::new(kind, e.detail);
+    f.retry_after = e.retry_after;
+    f
+}
+
+/// The key of a host's budget: its name, in lower case.
+fn host_key(a: &Account) -> String {
+    a.imap_host.to_ascii_lowercase()
+}
+
+/// One worker's view of the pool: the session its current task checked out.
+pub struct Sessions {
+    pool: Arc<SessionPool>,
+    /// (account, its session, its host, the session's ignored FETCH answers when checked out)
+    current: Option<(i64, Session, String, u64)>,
+    deadline: Option<Deadline>,
+    /// FETCH answers for UIDs not asked (or UID 0, or twice) the sessions of this worker's
+    /// tasks ignored since the last `take_ignored`.
+    ignored: u64,
 }
 
 impl Sessions {
-    pub fn new() -> Sessions {
-        Sessions { open: HashMap::new() }
+    pub fn new(pool: Arc<SessionPool>) -> Sessions {
+        Sessions { pool, current: None, deadline: None, ignored: 0 }
     }
 
-    /// The account's session, connecting if needed. The account's health (back-off) is
-    /// recorded by the runner from the task's outcome, not here: a connection that logs in
-    /// and then drops must back off too.
-    pub fn get(
-        &mut self,
-        store: &mut Store,
-        _config: &Config,
-        account: i64,
-        _now: i64,
-    ) -> Result<&mut Session, Failure> {
-        if !self.open.contains_key(&account) {
-            let a = store.account(account)?;
-            let s = imap_params(&a, Duration::from_secs(60))
-                .and_then(|p| Session::connect(&p).map_err(failure_from_imap))?;
-            self.open.insert(account, (s, Instant::now()));
+    /// Ignored FETCH answers since the last call (for `backproc_ignored_fetch_responses_total`).
+    pub fn take_ignored(&mut self) -> u64 {
+        std::mem::take(&mut self.ignored)
+    }
+
+    /// A new task starts: its deadline applies to every session it uses.
+    pub fn begin_task(&mut self, deadline: Option<Deadline>) {
+        self.deadline = deadline;
+    }
+
+    /// The task ended: its session goes back to the pool, idle.
+    pub fn end_task(&mut self) {
+        self.end_task_session();
+        self.deadline = None;
+    }
+
+    /// The account's session, from the pool or newly connected within the host's budget.
+    /// The account's health (back-off) is recorded by the runner from the task's outcome,
+    /// not here: a connection that logs in and then drops must back off too.
+    pub fn get(&mut self, store: &mut Store, config: &Config, account: i64, _now: i64) -> Result<&mut Session, Failure> {
+        if self.current.as_ref().is_some_and(|(a, ..)| *a != account) {
+            self.end_task_session();
         }
-        let entry = self.open.get_mut(&account).expect("inserted above");
-        entry.1 = Instant::now();
-        Ok(&mut entry.0)
+        if self.current.is_none() {
+            let (session, host) = match self.pool.take_idle(account) {
+                Some(found) => found,
+                None => self.connect(store, config, account)?,
+            };
+            let seen = session.stats().ignored_fetch;
+            self.current = Some((account, session, host, seen));
+        }
+        let (_, s, ..) = self.current.as_mut().expect("set above");
+        s.set_deadline(self.deadline);
+        Ok(s)
     }
 
-    /// Forgets a session after an error: its connection state is unknown.
-    pub fn discard(&mut self, account: i64) {
-        self.open.remove(&account);
+    fn count_ignored(&mut self, s: &Session, seen: u64) {
+        self.ignored += s.stats().ignored_fetch.saturating_sub(seen);
     }
 
-    /// Logs out of sessions unused for `idle`.
-    pub fn close_idle(&mut self, idle: Duration) {
-        let stale: Vec<i64> = self.open.iter().filter(|(_, (_, t))| t.elapsed() >= idle).map(|(k, _)| *k).collect();
-        for k in stale {
-            if let Some((s, _)) = self.open.remove(&k) {
-                log::debug!("closing idle session of account {k}");
-                s.logout();
+    fn end_task_session(&mut self) {
+        if let Some((account, s, host, seen)) = self.current.take() {
+            self.count_ignored(&s, seen);
+            self.pool.give_back(account, s, host);
+        }
+    }
+
+    fn connect(&mut self, store: &mut Store, config: &Config, account: i64) -> Result<(Session, String), Failure> {
+        let a = store.account(account)?;
+        let host = host_key(&a);
+        let budget = config.bg_max_connections_per_host as usize;
+        let until = self.deadline.map_or_else(
+            || Instant::now() + Duration::from_secs(config.bg_task_deadline),
+            |d| d.start + d.budget,
+        );
+        loop {
+            self.pool.acquire(&host, budget, until)?;
+            let params = match imap_params(&a, config, self.deadline) {
+                Ok(p) => p,
+                Err(f) => {
+                    self.pool.release(&host);
+                    return Err(f);
+                }
+            };
+            match Session::connect(&params) {
+                Ok(s) => return Ok((s, host)),
+                Err(e) => {
+                    let busy = e.kind == ErrorKind::Busy;
+                    let f = failure_from_imap(e);
+                    let others = busy && self.pool.lower(&host);
+                    self.pool.release(&host);
+                    if !others || Instant::now() >= until {
+                        return Err(f);
+                    }
+                    // Too many of ours: wait for one of them to be given back, within the
+                    // deadline, and try again.
+                }
             }
         }
     }
 
-    pub fn close_all(&mut self) {
-        for (_, (s, _)) in self.open.drain() {
-            s.logout();
+    /// Forgets the account's session after an error: its connection state is unknown.
+    pub fn discard(&mut self, account: i64) {
+        if let Some((a, s, host, seen)) = self.current.take() {
+            if a == account {
+                self.count_ignored(&s, seen);
+                drop(s);
+                self.pool.release(&host);
+            } else {
+                self.current = Some((a, s, host, seen));
+            }
         }
+    }
+
+    /// Logs out of sessions unused for `idle` (any worker's).
+    pub fn close_idle(&mut self, idle: Duration) {
+        self.pool.close_idle(idle);
+    }
+
+    pub fn close_all(&mut self) {
+        self.end_task_session();
+        self.pool.close_all();
     }
 }
 
 /// Records an account-level failure and when to try again: after a refused login wait
 /// EMAIL_AUTH_ERROR_CHECK_RETRY_TIME (retrying a wrong password every tick can lock the
-/// mailbox); otherwise back off exponentially. Logged at info once per change of state.
+/// mailbox); a server that says how long to wait (throttling) is waited for that long;
+/// otherwise back off exponentially. Logged at info once per change of state.
 pub fn record_failure(store: &mut Store, config: &Config, a: &Account, f: &Failure, now: i64) -> Result<(), Failure> {
     let delay = if f.kind == FailureKind::Auth {
         config.email_auth_error_check_retry_time as i64
+    } else if let Some(wait) = f.retry_after {
+        // whole seconds, rounded up: a wait of 1.5 s is 2 s
+        wait.as_millis().div_ceil(1000).max(1) as i64
     } else {
         let shift = a.failures.clamp(0, 20) as u32;
         (config.bg_backoff_base as i64).saturating_mul(1 << shift).min(config.bg_backoff_max as i64)

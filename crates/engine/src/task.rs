@@ -169,11 +169,13 @@ impl FailureKind {
 pub struct Failure {
     pub kind: FailureKind,
     pub detail: String,
+    /// How long the server asked us to wait before trying again (throttling), if it said.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Failure {
     pub fn new(kind: FailureKind, detail: impl Into<String>) -> Failure {
-        Failure { kind, detail: detail.into() }
+        Failure { kind, detail: detail.into(), retry_after: None }
     }
 }
 

@@ -1,18 +1,32 @@
-//! IMAP: sessions to servers, folder names (modified UTF-7), and the pure sync plan.
+//! IMAP: one protocol layer per connection (`session`: the one owner of its tags,
+//! pipelining and buffered bytes; `commands`: typed commands), a response tokenizer that does
+//! no I/O (`lex`) under a parser that reads items at item boundaries (`response`), modified
+//! UTF-7 folder names, and the pure sync planners (`plan`).
 //!
-//! Invariants: `plan` does no I/O and knows nothing of SQL; `session` knows nothing of the
-//! store. The engine glues them.
+//! Invariants: `lex`, `response` and `plan` do no I/O; the jobs never see a tag or a raw line;
+//! `session` knows nothing of the store; passwords never reach an error or a log line.
 
-pub mod fetch;
+pub mod commands;
+pub mod lex;
 pub mod mutf7;
 pub mod plan;
+pub mod read;
+pub mod response;
 pub mod session;
-pub mod status;
 #[cfg(test)]
 mod testio;
+pub mod transport;
 
-pub use plan::{Change, Flags, LocalFolder, LocalMsg, NewMsg, ServerFlags, ServerStatus, ServerView, plan};
-pub use session::{Caps, ConnectParams, Error, ErrorKind, Fetched, ListedFolder, Security, Session};
+pub use commands::{
+    FetchReport, Fetched, FlagPush, FlagsRead, FolderAnswer, FolderRead, ListedFolder, Listing, StoreReport, Ticket,
+    Unusable, special_by_name, uid_set,
+};
+pub use plan::{
+    Change, FetchPlan, Flags, LocalFolder, LocalMsg, LocalSummary, NewMsg, Presence, ReadCaps, ServerFlags, ServerStatus,
+    ServerView, plan, plan_fetch,
+};
+pub use session::{Caps, ConnectParams, Error, ErrorKind, Security, Selected, Session, Stats};
+pub use transport::Deadline;
 
 /// Whether a mailbox name is INBOX: that one name is case-insensitive (RFC 3501 §5.1).
 pub fn is_inbox(name: &[u8]) -> bool {

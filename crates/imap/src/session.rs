@@ -1,19 +1,31 @@
-//! An IMAP session to one account: connect (TLS, STARTTLS or plain), log in, and the few
-//! commands the jobs need, with errors classified for back-off and history.
+//! An IMAP session: the one owner of a connection. It owns the tags, the commands in flight
+//! (pipelining), the bytes read past an answer, and every limit on what the server may make
+//! us hold; the jobs call typed methods (`commands.rs`) and never see a tag or a raw line.
 //!
-//! Invariant: passwords never reach an error message or a log line (the imap crate's debug
-//! output, which echoes LOGIN, is never enabled).
+//! Connecting is TLS, STARTTLS (required when chosen) or plain on loopback; logging in never
+//! sends a password in clear to a server that says LOGINDISABLED (RFC 3501 §6.2.3).
+//!
+//! Invariant: passwords never reach an error message, a log line or the command log.
+//!
+//! Why not the `imap` crate any more: it owns its socket through its `Client`/`Session`, so
+//! our streaming FETCH reader had to share the socket with it behind a mutex (two clients on
+//! one connection, sixteen methods that had to `settle()` first, nothing to enforce it), and
+//! its readers have no bound on what they collect (a flood of `* OK` lines in answer to LIST
+//! cost 2 GB). Nor `imap-codec`/`imap-next`: a sound codec, but it decodes a response only once
+//! all of it, literals included, is in its input buffer, where we need a 50 MB body to go from
+//! the socket into the buffer that is stored, once, and limits at every stage of a response.
+//! What we keep from the ecosystem: native-tls for TLS (certificate checks, the system's CA
+//! store), and the grammar of RFC 3501/9051, implemented in `lex.rs` and `response.rs`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{self, Read, Write};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{self, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use imap_proto::types::NameAttribute;
-
-use crate::mutf7;
-use crate::plan::{Flags, NewMsg, ServerStatus};
+use crate::plan::ServerStatus;
+use crate::read::{Limits, ReadError, Reader};
+use crate::response::{Code, Malformed, ParseLimits, Response, Status, Tagged, Untagged, read_response};
+use crate::transport::{Deadline, Stream, Transport};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Security {
@@ -34,7 +46,12 @@ pub struct ConnectParams {
     pub ca_pem: Option<Vec<u8>>,
     /// Skip certificate verification (explicit per-account opt-out).
     pub insecure: bool,
+    /// Per read and write.
     pub timeout: Duration,
+    /// The task's overall deadline, from the start of the connection.
+    pub deadline: Option<Deadline>,
+    /// EMAIL_BG_MAX_MESSAGE_SIZE: the largest body literal read.
+    pub max_message: usize,
 }
 
 impl std::fmt::Debug for ConnectParams {
@@ -45,14 +62,24 @@ impl std::fmt::Debug for ConnectParams {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// Login refused.
+    /// Login refused: the credentials are wrong.
     Auth,
     /// Cannot reach the server, or the connection dropped.
     Connect,
-    /// TLS handshake or certificate.
+    /// TLS handshake or certificate, or a server that wants TLS we were not told to use.
     Tls,
-    /// NO/BAD or an unparsable response.
+    /// The server answered something that is not IMAP, or more than a limit allows: the
+    /// connection is in an unknown state and must be dropped.
     Protocol,
+    /// A command was refused (tagged NO or BAD): the connection is fine.
+    Refused,
+    /// The task's deadline passed or the server went silent.
+    Timeout,
+    /// The server has too many connections from us (`[LIMIT]`, `[UNAVAILABLE]`, Gmail's "Too
+    /// many simultaneous connections"): not a failure of the account.
+    Busy,
+    /// The server asks us to wait (`retry_after`), e.g. Microsoft 365's "Request is throttled".
+    Throttled,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,118 +87,176 @@ pub enum ErrorKind {
 pub struct Error {
     pub kind: ErrorKind,
     pub detail: String,
+    /// How long the server asked us to wait, when it said.
+    pub retry_after: Option<Duration>,
 }
 
 impl Error {
-    fn new(kind: ErrorKind, detail: impl Into<String>) -> Error {
-        Error { kind, detail: detail.into() }
+    pub(crate) fn new(kind: ErrorKind, detail: impl Into<String>) -> Error {
+        Error { kind, detail: detail.into(), retry_after: None }
+    }
+
+    /// Whether the session can go on after this error (a refused command only).
+    pub fn session_usable(&self) -> bool {
+        self.kind == ErrorKind::Refused
     }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-fn classify(what: &str, e: imap::Error) -> Error {
-    use imap::Error as E;
-    let kind = match &e {
-        E::Io(_) | E::ConnectionLost | E::Bye(_) => ErrorKind::Connect,
-        _ => ErrorKind::Protocol,
-    };
-    Error::new(kind, format!("{what}: {e}"))
-}
-
-/// The transport under the IMAP client.
-pub enum Transport {
-    Plain(TcpStream),
-    Tls(Box<native_tls::TlsStream<TcpStream>>),
-}
-
-/// A shared handle on the transport: the imap crate owns one, the session keeps another
-/// for the streaming FETCH reader (`crate::fetch`), used only between two imap commands.
-#[derive(Clone)]
-pub struct Conn(Arc<Mutex<Transport>>);
-
-impl Conn {
-    fn new(t: Transport) -> Conn {
-        Conn(Arc::new(Mutex::new(t)))
-    }
-    fn lock(&self) -> std::sync::MutexGuard<'_, Transport> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match &mut *self.lock() {
-            Transport::Plain(s) => s.read(buf),
-            Transport::Tls(s) => s.read(buf),
-        }
-    }
-}
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut *self.lock() {
-            Transport::Plain(s) => s.write(buf),
-            Transport::Tls(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match &mut *self.lock() {
-            Transport::Plain(s) => s.flush(),
-            Transport::Tls(s) => s.flush(),
-        }
-    }
-}
-
-/// A folder as LIST shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListedFolder {
-    /// Verbatim (modified UTF-7): what commands must use.
-    pub name: String,
-    /// Decoded for people.
-    pub display_name: String,
-    pub delimiter: Option<String>,
-    /// inbox|sent|drafts|trash|junk|archive|all|flagged
-    pub special_use: Option<&'static str>,
-    pub selectable: bool,
-}
-
-/// A downloaded message.
-#[derive(Debug, Clone)]
-pub struct Fetched {
-    pub uid: u32,
-    pub flags: Flags,
-    pub internal_date: Option<i64>,
-    pub raw: Vec<u8>,
-}
-
-/// What the server supports, read once after login.
-#[derive(Debug, Clone, Copy, Default)]
+/// What the server supports, read after login (and after STARTTLS before it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Caps {
     pub condstore: bool,
+    pub qresync: bool,
     pub uidplus: bool,
     pub mv: bool,
     pub special_use: bool,
+    pub enable: bool,
+    pub esearch: bool,
+    pub namespace: bool,
+    pub idle: bool,
+    pub notify: bool,
+    pub literal_plus: bool,
+    pub literal_minus: bool,
+    pub utf8_accept: bool,
+    pub compress_deflate: bool,
+    pub starttls: bool,
+    pub logindisabled: bool,
+    /// X-GM-EXT-1: Gmail's labels as folders, one message in several (X-GM-MSGID).
+    pub gmail: bool,
 }
+
+impl Caps {
+    pub fn from_words(words: &[String]) -> Caps {
+        let has = |w: &str| words.iter().any(|x| x.eq_ignore_ascii_case(w));
+        Caps {
+            condstore: has("CONDSTORE") || has("QRESYNC"),
+            qresync: has("QRESYNC"),
+            uidplus: has("UIDPLUS"),
+            mv: has("MOVE"),
+            special_use: has("SPECIAL-USE"),
+            enable: has("ENABLE"),
+            esearch: has("ESEARCH"),
+            namespace: has("NAMESPACE"),
+            idle: has("IDLE"),
+            notify: has("NOTIFY"),
+            literal_plus: has("LITERAL+"),
+            literal_minus: has("LITERAL-"),
+            utf8_accept: has("UTF8=ACCEPT") || has("UTF8=ONLY"),
+            compress_deflate: has("COMPRESS=DEFLATE"),
+            starttls: has("STARTTLS"),
+            logindisabled: has("LOGINDISABLED"),
+            gmail: has("X-GM-EXT-1"),
+        }
+    }
+}
+
+/// The selected mailbox, as its SELECT or EXAMINE answer described it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selected {
+    pub name: String,
+    pub write: bool,
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    pub exists: u32,
+    pub highest_modseq: Option<u64>,
+    /// PERMANENTFLAGS, when the server said (RFC 3501 §7.1): without `\*` only these
+    /// keywords can be kept.
+    pub permanent_flags: Option<Vec<String>>,
+}
+
+impl Selected {
+    /// Whether the server keeps `keyword` on a message.
+    pub fn keeps_keyword(&self, keyword: &str) -> bool {
+        match &self.permanent_flags {
+            None => true,
+            Some(p) => p.iter().any(|f| f == "\\*" || f.eq_ignore_ascii_case(keyword)),
+        }
+    }
+
+    pub fn status(&self) -> ServerStatus {
+        ServerStatus {
+            uidvalidity: self.uidvalidity,
+            uidnext: self.uidnext,
+            highest_modseq: self.highest_modseq,
+            exists: self.exists,
+        }
+    }
+}
+
+/// Figures of one session, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// FETCH answers for UIDs not asked, UID 0, or a UID twice: ignored.
+    pub ignored_fetch: u64,
+    /// Commands sent.
+    pub commands: u64,
+}
+
+/// A command in flight.
+pub(crate) struct Pending {
+    pub tag: u32,
+    pub what: &'static str,
+    /// STATUS asked ahead: the mailbox (its key in `status_answers`).
+    pub status_of: Option<Vec<u8>>,
+    /// A body FETCH: the UIDs it asked (answers for them are kept for it whoever reads them).
+    pub fetch_of: Option<std::collections::BTreeSet<u32>>,
+    /// Nobody waits for its completion (ENABLE): a refusal is logged.
+    pub unawaited: bool,
+    /// Most untagged responses its answer may hold, and most bytes.
+    pub max_untagged: usize,
+    pub max_bytes: u64,
+    pub untagged: usize,
+    /// Where its answer began (a value of the reader's `consumed`), once it is being read.
+    pub started: Option<u64>,
+}
+
+/// Bounds on one command's answer. Generous for honest servers (a LIST of 200,000 folders, the
+/// flags of a million messages), small enough that no flood costs more than a few MB.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    pub untagged: usize,
+    pub bytes: u64,
+}
+
+impl Budget {
+    pub const SMALL: Budget = Budget { untagged: 1_000, bytes: 1 << 20 };
+    pub const STATUS: Budget = Budget { untagged: 100, bytes: 256 << 10 };
+    pub const LIST: Budget = Budget { untagged: 200_000, bytes: 64 << 20 };
+}
+
+/// STATUS commands in flight at most: more would risk both sides blocking on full socket
+/// buffers (we write while the server writes answers nobody reads yet).
+pub(crate) const MAX_STATUS_AHEAD: usize = 500;
 
 pub struct Session {
-    inner: imap::Session<Conn>,
-    raw: Conn,
-    raw_tag: u32,
-    /// Bytes of a pipelined FETCH answer read past the previous one (`fetch_bodies_read`).
-    carry: Vec<u8>,
+    pub(crate) r: Reader<Transport>,
+    pub(crate) out: Vec<u8>,
+    next_tag: u32,
+    pub(crate) pending: VecDeque<Pending>,
     pub caps: Caps,
-    selected: Option<(String, bool)>,
-    /// STATUS answers asked ahead for other folders (`status_ahead`), and when.
-    ahead: HashMap<String, (ServerStatus, Instant)>,
-    /// STATUS commands sent ahead whose answers are still on the wire (tags, names, when):
-    /// `settle` reads them before anything else is sent or read.
-    pending: Option<(Vec<String>, Vec<String>, Instant)>,
+    pub(crate) enabled: HashSet<String>,
+    pub(crate) selected: Option<Selected>,
+    /// Answers to STATUS asked ahead, by mailbox key (`status_key`): the status, or why not.
+    pub(crate) status_answers: HashMap<Vec<u8>, std::result::Result<ServerStatus, String>>,
+    pub(crate) lim: ParseLimits,
+    pub(crate) host: String,
+    pub(crate) stats: Stats,
+    /// The personal namespace (prefix, delimiter), once asked.
+    pub(crate) namespace: Option<(Vec<u8>, Option<String>)>,
+    /// Completions of commands read while waiting for others (a server may run pipelined
+    /// commands concurrently and answer them in any order, RFC 3501 §5.5; Dovecot does).
+    pub(crate) completed: HashMap<u32, Tagged>,
+    /// Body FETCH answers read while waiting for another command, by the tag that asked them.
+    pub(crate) fetched_early: HashMap<u32, Vec<crate::response::FetchData>>,
 }
 
-/// How long a STATUS answer asked ahead stands in for the folder's own STATUS: the folders
-/// of one account due together are synced one after the other within this time; a later sync
-/// asks again.
-const AHEAD_FOR: Duration = Duration::from_secs(2);
+/// How STATUS answers are matched to the folders asked: the name's bytes exactly, except
+/// INBOX, whose name is case-insensitive (RFC 3501 §5.1).
+pub(crate) fn status_key(name: &[u8]) -> Vec<u8> {
+    if crate::is_inbox(name) { b"INBOX".to_vec() } else { name.to_vec() }
+}
 
 fn tls_connector(p: &ConnectParams) -> Result<native_tls::TlsConnector> {
     let mut b = native_tls::TlsConnector::builder();
@@ -190,714 +275,547 @@ fn tcp(p: &ConnectParams) -> Result<TcpStream> {
     let addrs = (p.host.as_str(), p.port)
         .to_socket_addrs()
         .map_err(|e| Error::new(ErrorKind::Connect, format!("cannot resolve {}: {e}", p.host)))?;
+    let mut timeout = p.timeout;
+    if let Some(d) = p.deadline {
+        timeout = timeout.min((d.start + d.budget).saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
+    }
     let mut last = None;
     for a in addrs {
-        match TcpStream::connect_timeout(&a, p.timeout) {
+        match TcpStream::connect_timeout(&a, timeout) {
             Ok(s) => {
-                let _ = s.set_read_timeout(Some(p.timeout));
-                let _ = s.set_write_timeout(Some(p.timeout));
                 let _ = s.set_nodelay(true);
                 return Ok(s);
             }
             Err(e) => last = Some(e),
         }
     }
-    Err(Error::new(
-        ErrorKind::Connect,
-        format!(
-            "cannot connect to {}:{}: {}",
-            p.host,
-            p.port,
-            last.map(|e| e.to_string()).unwrap_or_else(|| "no address".into())
-        ),
-    ))
+    let why = match last {
+        Some(e) if e.kind() == io::ErrorKind::TimedOut => format!("no answer within {} s", timeout.as_secs()),
+        Some(e) => e.to_string(),
+        None => "no address".into(),
+    };
+    Err(Error::new(ErrorKind::Connect, format!("cannot connect to {}:{}: {why}", p.host, p.port)))
 }
 
-fn tls_wrap(p: &ConnectParams, s: TcpStream) -> Result<Conn> {
+fn tls_wrap(p: &ConnectParams, s: TcpStream) -> Result<Stream> {
+    // The handshake is bounded like any read: a server that stops in it cannot hang us.
+    let _ = s.set_read_timeout(Some(p.timeout));
+    let _ = s.set_write_timeout(Some(p.timeout));
     let c = tls_connector(p)?;
     c.connect(&p.host, s)
-        .map(|t| Conn::new(Transport::Tls(Box::new(t))))
+        .map(|t| Stream::Tls(Box::new(t)))
         .map_err(|e| Error::new(ErrorKind::Tls, format!("TLS handshake with {}:{} failed: {e}", p.host, p.port)))
 }
 
-/// The plain-text prelude of STARTTLS (RFC 3501 §6.2.1), done by hand because the imap
-/// crate cannot upgrade a connection with our own TLS settings. STARTTLS is required when
-/// chosen: a server (or a proxy) that does not offer it is an error, never a fall-back to
-/// plain text. Lines are read a byte at a time so nothing after the OK is consumed.
-fn starttls(p: &ConnectParams, mut s: TcpStream) -> Result<Conn> {
-    fn line(s: &mut TcpStream) -> Result<String> {
-        let mut v = Vec::new();
-        let mut b = [0u8; 1];
-        while v.len() < 64 * 1024 {
-            match s.read(&mut b) {
-                Ok(0) => {
-                    return Err(Error::new(ErrorKind::Connect, "connection closed before STARTTLS"));
-                }
-                Ok(_) => {
-                    v.push(b[0]);
-                    if b[0] == b'\n' {
-                        return Ok(String::from_utf8_lossy(&v).into_owned());
-                    }
-                }
-                Err(e) => {
-                    return Err(Error::new(ErrorKind::Connect, format!("reading before STARTTLS: {e}")));
-                }
-            }
-        }
-        Err(Error::new(ErrorKind::Protocol, "line too long before STARTTLS"))
+/// The text of a refusal a person can act on: the status word, the code, the server's words.
+pub(crate) fn refusal_text(t: &Tagged) -> String {
+    let mut s = t.status.word().to_owned();
+    if let Some(c) = &t.code {
+        s.push_str(&format!(" [{}]", c.name()));
     }
-    fn until_tagged(s: &mut TcpStream, tag: &str) -> Result<(Vec<String>, String)> {
-        let mut untagged = Vec::new();
-        loop {
-            let l = line(s)?;
-            if let Some(rest) = l.strip_prefix(tag) {
-                return Ok((untagged, rest.trim().to_owned()));
-            }
-            untagged.push(l);
-        }
+    if !t.text.is_empty() {
+        s.push(' ');
+        s.push_str(&shorten(&t.text, 300));
     }
-    let greeting = line(&mut s)?;
-    if !greeting.starts_with("* OK") {
-        return Err(Error::new(ErrorKind::Protocol, format!("unexpected greeting: {}", greeting.trim())));
+    s
+}
+
+pub(crate) fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
     }
-    let io = |e: io::Error| Error::new(ErrorKind::Connect, format!("writing before STARTTLS: {e}"));
-    s.write_all(b"s0 CAPABILITY\r\n").map_err(io)?;
-    let (caps, _) = until_tagged(&mut s, "s0 ")?;
-    let offered = caps.iter().chain(std::iter::once(&greeting)).any(|l| {
-        l.to_ascii_uppercase().split(|c: char| c == ' ' || c == ']' || c == '[').any(|w| w.trim() == "STARTTLS")
-    });
-    if !offered {
-        return Err(Error::new(
-            ErrorKind::Tls,
-            format!("{} does not offer STARTTLS; refusing to log in without TLS", p.host),
-        ));
+    let mut out: String = s.chars().take(max).collect();
+    out.push('…');
+    out
+}
+
+/// Microsoft 365: `Request is throttled. Suggested Backoff Time: 92415 milliseconds`.
+pub(crate) fn throttle_hint(text: &str) -> Option<Duration> {
+    let lower = text.to_ascii_lowercase();
+    if !lower.contains("throttled") {
+        return None;
     }
-    s.write_all(b"s1 STARTTLS\r\n").map_err(io)?;
-    let (_, status) = until_tagged(&mut s, "s1 ")?;
-    if !status.to_ascii_uppercase().starts_with("OK") {
-        return Err(Error::new(ErrorKind::Tls, format!("STARTTLS refused: {status}")));
+    let at = lower.find("backoff time:")? + "backoff time:".len();
+    let digits: String = lower[at..].trim_start().chars().take_while(char::is_ascii_digit).collect();
+    let ms: u64 = digits.parse().ok()?;
+    Some(Duration::from_millis(ms))
+}
+
+/// Whether a refusal says the server has too many connections from us (RFC 5530 LIMIT,
+/// UNAVAILABLE, INUSE; Gmail's ALERT text).
+pub(crate) fn is_busy(t: &Tagged) -> bool {
+    let code = t.code.as_ref().map(|c| c.name().to_owned()).unwrap_or_default();
+    matches!(code.as_str(), "LIMIT" | "UNAVAILABLE" | "INUSE")
+        || t.text.to_ascii_lowercase().contains("too many simultaneous connections")
+        || t.text.to_ascii_lowercase().contains("too many connections")
+}
+
+/// A refused command as an error: throttling and busy servers told apart from a plain NO.
+pub(crate) fn refused(what: &str, t: &Tagged) -> Error {
+    let text = format!("{what} refused: {}", refusal_text(t));
+    if let Some(wait) = throttle_hint(&t.text) {
+        return Error { kind: ErrorKind::Throttled, detail: text, retry_after: Some(wait) };
     }
-    tls_wrap(p, s)
+    if is_busy(t) {
+        return Error::new(ErrorKind::Busy, text);
+    }
+    Error::new(ErrorKind::Refused, text)
 }
 
 impl Session {
+    fn new(t: Transport, host: &str, max_message: usize) -> Session {
+        Session {
+            r: Reader::new(t, Limits::default()),
+            out: Vec::with_capacity(4096),
+            next_tag: 0,
+            pending: VecDeque::new(),
+            caps: Caps::default(),
+            enabled: HashSet::new(),
+            selected: None,
+            status_answers: HashMap::new(),
+            lim: ParseLimits { body: max_message, ..ParseLimits::default() },
+            host: host.to_owned(),
+            stats: Stats::default(),
+            namespace: None,
+            completed: HashMap::new(),
+            fetched_early: HashMap::new(),
+        }
+    }
+
+    /// Connects, reads the greeting, secures the connection as asked, logs in, and reads the
+    /// capabilities. A server that refuses logins without TLS is never sent the password.
     pub fn connect(p: &ConnectParams) -> Result<Session> {
         let stream = tcp(p)?;
-        let conn = match p.security {
+        let stream = match p.security {
             Security::Ssl => tls_wrap(p, stream)?,
-            Security::None => Conn::new(Transport::Plain(stream)),
-            Security::StartTls => starttls(p, stream)?,
+            Security::StartTls | Security::None => Stream::Plain(stream),
         };
-        let raw = conn.clone();
-        let mut client = imap::Client::new(conn);
-        // After STARTTLS there is no new greeting (RFC 3501 §6.2.1).
-        if p.security != Security::StartTls {
-            client.read_greeting().map_err(|e| classify("greeting", e))?;
+        let mut t = Transport::new(stream, p.timeout);
+        t.set_deadline(p.deadline);
+        let mut s = Session::new(t, &p.host, p.max_message);
+        let preauth = s.greeting()?;
+        let caps_known = s.caps != Caps::default();
+        if !caps_known {
+            s.capability()?;
         }
-        let mut inner = client.login(&p.login, &p.password).map_err(|(e, _)| match e {
-            imap::Error::No(_) | imap::Error::Bad(_) => {
-                // RFC 5530: UNAVAILABLE / LIMIT (e.g. "too many simultaneous connections") is
-                // the server's state, not a wrong password: back off, do not wait
-                // EMAIL_AUTH_ERROR_CHECK_RETRY_TIME.
-                let text = e.to_string();
-                let upper = text.to_ascii_uppercase();
-                if ["UNAVAILABLE", "LIMIT", "TOO MANY", "INUSE"].iter().any(|k| upper.contains(k)) {
-                    Error::new(
-                        ErrorKind::Connect,
-                        format!("login of {} refused by {} for now: {text}", p.login, p.host),
-                    )
-                } else {
-                    Error::new(ErrorKind::Auth, format!("login of {} refused by {}", p.login, p.host))
+        let plain = matches!(p.security, Security::StartTls | Security::None);
+        if p.security == Security::StartTls && !s.caps.starttls {
+            return Err(Error::new(
+                ErrorKind::Tls,
+                format!("{} does not offer STARTTLS; refusing to log in without TLS", p.host),
+            ));
+        }
+        if p.security == Security::StartTls || (plain && s.caps.logindisabled && !preauth) {
+            if !s.caps.starttls {
+                return Err(Error::new(
+                    ErrorKind::Tls,
+                    format!("{} refuses logins without TLS (it advertises LOGINDISABLED) and offers no STARTTLS", p.host),
+                ));
+            }
+            s = s.starttls(p)?;
+        }
+        if !preauth {
+            s.login(p)?;
+        }
+        // RFC 5161: ENABLE only to a server that has it; CONDSTORE alone is turned on by the
+        // first command that uses it (RFC 7162 §3.1).
+        let mut want = Vec::new();
+        if s.caps.enable {
+            if s.caps.qresync {
+                want.push("QRESYNC");
+            } else if s.caps.condstore {
+                want.push("CONDSTORE");
+            }
+        }
+        if !want.is_empty() {
+            let line = format!("ENABLE {}", want.join(" "));
+            // Its answer is read with the next command's: no round trip of its own.
+            s.send_raw(line.as_bytes(), "ENABLE", Budget::SMALL, None)?;
+            if let Some(p) = s.pending.back_mut() {
+                p.unawaited = true;
+            }
+        }
+        Ok(s)
+    }
+
+    /// Reads the greeting; returns whether it was PREAUTH.
+    fn greeting(&mut self) -> Result<bool> {
+        self.r.get_mut().waiting_for = "the greeting";
+        let end = self.r.consumed() + Budget::SMALL.bytes;
+        self.r.set_budget(Some((end, Budget::SMALL.bytes, "the greeting")));
+        let resp = read_response(&mut self.r, &self.lim).map_err(|e| self.fail("the greeting", e))?;
+        self.r.set_budget(None);
+        match resp {
+            Response::Untagged(Untagged::Status(t)) => {
+                if let Some(Code::Capability(c)) = &t.code {
+                    self.caps = Caps::from_words(c);
+                }
+                match t.status {
+                    Status::Ok => Ok(false),
+                    Status::PreAuth => Ok(true),
+                    _ if is_busy(&t) => Err(Error::new(ErrorKind::Busy, format!("{} refused the connection: {}", self.host, refusal_text(&t)))),
+                    _ => Err(Error::new(ErrorKind::Connect, format!("{} refused the connection: {}", self.host, refusal_text(&t)))),
                 }
             }
-            other => classify("login", other),
-        })?;
-        let c = inner.capabilities().map_err(|e| classify("CAPABILITY", e))?;
-        let caps = Caps {
-            condstore: c.has_str("CONDSTORE"),
-            uidplus: c.has_str("UIDPLUS"),
-            mv: c.has_str("MOVE"),
-            special_use: c.has_str("SPECIAL-USE"),
-        };
-        drop(c);
-        if caps.condstore {
-            // RFC 7162 §3.1: enabling CONDSTORE makes SELECT/EXAMINE/STATUS report MODSEQs.
-            inner.run_command_and_check_ok("ENABLE CONDSTORE").map_err(|e| classify("ENABLE", e))?;
-        }
-        Ok(Session {
-            inner,
-            raw,
-            raw_tag: 0,
-            carry: Vec::new(),
-            caps,
-            selected: None,
-            ahead: HashMap::new(),
-            pending: None,
-        })
-    }
-
-    /// Every folder, with special use from SPECIAL-USE attributes or well-known names.
-    pub fn list_folders(&mut self) -> Result<Vec<ListedFolder>> {
-        self.settle()?;
-        let names = self.inner.list(Some(""), Some("*")).map_err(|e| classify("LIST", e))?;
-        let mut out = Vec::new();
-        for n in names.iter() {
-            // imap-proto hands a quoted name back with its escapes; the imap crate escapes it
-            // again when quoting it in a command, so keep the name itself.
-            let raw = unescape_quoted(n.name());
-            let display = mutf7::display(&raw);
-            let mut special = None;
-            let mut selectable = true;
-            for a in n.attributes() {
-                match a {
-                    NameAttribute::NoSelect => selectable = false,
-                    NameAttribute::All => special = Some("all"),
-                    NameAttribute::Archive => special = Some("archive"),
-                    NameAttribute::Drafts => special = Some("drafts"),
-                    NameAttribute::Flagged => special = Some("flagged"),
-                    NameAttribute::Junk => special = Some("junk"),
-                    NameAttribute::Sent => special = Some("sent"),
-                    NameAttribute::Trash => special = Some("trash"),
-                    NameAttribute::Extension(e) if e.eq_ignore_ascii_case("\\NonExistent") => selectable = false,
-                    _ => {}
-                }
-            }
-            if crate::is_inbox(raw.as_bytes()) {
-                special = Some("inbox");
-            }
-            let leaf = n.delimiter().and_then(|d| display.rsplit(d).next()).unwrap_or(&display);
-            out.push(ListedFolder {
-                special_use: special.or_else(|| special_by_name(leaf)),
-                name: raw,
-                display_name: display,
-                delimiter: n.delimiter().map(unescape_quoted),
-                selectable,
-            });
-        }
-        Ok(out)
-    }
-
-    fn status_items(&self) -> &'static str {
-        if self.caps.condstore {
-            "(MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)"
-        } else {
-            "(MESSAGES UIDNEXT UIDVALIDITY)"
+            other => Err(Error::new(ErrorKind::Protocol, format!("an unexpected greeting: {}", brief(&other)))),
         }
     }
 
-    /// STATUS of `names` in one write (`crate::status`); each answer stands in for that
-    /// folder's own `status` for a short while ([`AHEAD_FOR`]). A refused folder keeps no
-    /// answer: its own STATUS reports the refusal.
-    ///
-    /// `later` (the slow folders, e.g. the biggest) are asked in a second write once the
-    /// answers to `names` are in, and their answers are read only when needed: Dovecot holds
-    /// back the answers of one write until its last command is done, so a slow folder in the
-    /// first write would delay every answer, while on its own it is worked out by the server
-    /// as we sync the other folders.
-    pub fn status_ahead(&mut self, names: &[&str], later: &[&str]) -> Result<()> {
-        self.settle()?;
-        let quotable = |v: &[&str]| -> Vec<String> {
-            v.iter().filter(|n| crate::status::quoted(n).is_some()).map(|n| (*n).to_owned()).collect()
-        };
-        let (names, later) = (quotable(names), quotable(later));
-        if !names.is_empty() {
-            let tags = self.tags(names.len());
-            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            let items = self.status_items();
-            crate::status::send_status(&mut self.raw, &tags, &refs, items).map_err(status_error)?;
-            self.pending = Some((tags, names, Instant::now()));
-            self.settle()?;
-        }
-        if !later.is_empty() {
-            let tags = self.tags(later.len());
-            let refs: Vec<&str> = later.iter().map(String::as_str).collect();
-            let items = self.status_items();
-            crate::status::send_status(&mut self.raw, &tags, &refs, items).map_err(status_error)?;
-            self.pending = Some((tags, later, Instant::now()));
-        }
+    fn capability(&mut self) -> Result<()> {
+        let tag = self.send_raw(b"CAPABILITY", "CAPABILITY", Budget::SMALL, None)?;
+        self.complete_ok(tag, "CAPABILITY", &mut |_, _| Ok(()))?;
         Ok(())
     }
 
-    /// Reads the answers to STATUS commands sent ahead, if any are still on the wire: called
-    /// first by everything that sends or reads, so the imap crate never sees them.
-    fn settle(&mut self) -> Result<()> {
-        let Some((tags, names, sent)) = self.pending.take() else { return Ok(()) };
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let answers = crate::status::read_status(&mut self.raw, &tags, &refs).map_err(status_error)?;
-        for (name, answer) in names.into_iter().zip(answers) {
-            if let Ok(s) = answer {
-                self.ahead.insert(name, (s, sent));
+    fn starttls(mut self, p: &ConnectParams) -> Result<Session> {
+        let tag = self.send_raw(b"STARTTLS", "STARTTLS", Budget::SMALL, None)?;
+        let t = self.complete(tag, &mut |_, _| Ok(()))?;
+        if t.status != Status::Ok {
+            return Err(Error::new(ErrorKind::Tls, format!("STARTTLS refused: {}", refusal_text(&t))));
+        }
+        // Bytes after the OK and before the handshake would be the attacker's (a STARTTLS
+        // injection): the TLS session must start from nothing.
+        if self.r.has_buffered() {
+            return Err(Error::new(ErrorKind::Tls, "the server sent data after STARTTLS's answer; refusing it"));
+        }
+        let host = self.host.clone();
+        let max = self.lim.body;
+        let stream = match self.r.into_inner().into_stream() {
+            Stream::Plain(s) => s,
+            Stream::Tls(_) => return Err(Error::new(ErrorKind::Tls, "STARTTLS on a TLS connection")),
+        };
+        let mut t = Transport::new(tls_wrap(p, stream)?, p.timeout);
+        t.set_deadline(p.deadline);
+        let mut s = Session::new(t, &host, max);
+        // Capabilities before TLS mean nothing after it (RFC 3501 §6.2.1).
+        s.capability()?;
+        Ok(s)
+    }
+
+    fn login(&mut self, p: &ConnectParams) -> Result<()> {
+        if self.caps.logindisabled {
+            return Err(Error::new(
+                ErrorKind::Tls,
+                format!("{} refuses logins without TLS (LOGINDISABLED after STARTTLS)", p.host),
+            ));
+        }
+        self.r.get_mut().waiting_for = "the answer to LOGIN";
+        let mut cmd = crate::commands::CommandBuf::new(self.caps.literal_plus, self.caps.literal_minus);
+        cmd.raw("LOGIN ");
+        cmd.astring(p.login.as_bytes());
+        cmd.raw(" ");
+        cmd.astring(p.password.as_bytes());
+        let tag = self.send_command(cmd, "LOGIN", Budget::SMALL)?;
+        let t = self.complete(tag, &mut |_, _| Ok(()))?;
+        if t.status == Status::Ok {
+            match &t.code {
+                Some(Code::Capability(c)) => self.caps = Caps::from_words(c),
+                _ => self.capability()?,
             }
-        }
-        Ok(())
-    }
-
-    /// Whether `status(name)` would be answered from a STATUS asked ahead.
-    pub fn has_status_ahead(&self, name: &str) -> bool {
-        self.ahead.get(name).is_some_and(|(_, at)| at.elapsed() < AHEAD_FOR)
-            || self
-                .pending
-                .as_ref()
-                .is_some_and(|(_, names, at)| at.elapsed() < AHEAD_FOR && names.iter().any(|n| n == name))
-    }
-
-    fn tags(&mut self, n: usize) -> Vec<String> {
-        (0..n)
-            .map(|_| {
-                self.raw_tag += 1;
-                format!("r{}", self.raw_tag)
-            })
-            .collect()
-    }
-
-    fn raw_status(&mut self, names: &[&str]) -> Result<Vec<crate::status::Answer>> {
-        let tags = self.tags(names.len());
-        let items = self.status_items();
-        crate::status::status_many(&mut self.raw, &tags, names, items).map_err(status_error)
-    }
-
-    /// STATUS: one round trip, no SELECT: what a no-change resync needs to see. Answered from
-    /// `status_ahead` when that asked for this folder a moment ago.
-    pub fn status(&mut self, name: &str) -> Result<ServerStatus> {
-        // Answers still on the wire are read only when one of them is wanted (or before the
-        // next command): the other folders' work goes on meanwhile.
-        if !self.ahead.contains_key(name) {
-            self.settle()?;
-        }
-        if let Some((s, at)) = self.ahead.remove(name)
-            && at.elapsed() < AHEAD_FOR
-        {
-            return Ok(s);
-        }
-        self.settle()?;
-        if crate::status::quoted(name).is_some() {
-            let answer = self.raw_status(&[name])?.remove(0);
-            return answer.map_err(|text| Error::new(ErrorKind::Protocol, format!("STATUS: {text}")));
-        }
-        // A name that cannot be sent quoted (CR, LF, 8-bit: never in a modified UTF-7 name)
-        // goes through the imap crate; when it finds no answer under the name as written,
-        // EXAMINE tells the same, at the cost of selecting the folder.
-        let items = self.status_items();
-        let mb = match self.inner.status(name, items) {
-            Ok(mb) => mb,
-            Err(imap::Error::MissingStatusResponse) => return self.open(name, false),
-            Err(e) => return Err(classify("STATUS", e)),
-        };
-        Ok(ServerStatus {
-            uidvalidity: mb.uid_validity.unwrap_or(0),
-            uidnext: mb.uid_next.unwrap_or(0),
-            highest_modseq: mb.highest_mod_seq,
-            exists: mb.exists,
-        })
-    }
-
-    /// EXAMINE (read-only) unless already selected; `write` needs SELECT.
-    pub fn open(&mut self, name: &str, write: bool) -> Result<ServerStatus> {
-        self.settle()?;
-        let mb = if write {
-            self.inner.select(name).map_err(|e| classify("SELECT", e))?
-        } else {
-            self.inner.examine(name).map_err(|e| classify("EXAMINE", e))?
-        };
-        self.selected = Some((name.to_owned(), write));
-        Ok(ServerStatus {
-            uidvalidity: mb.uid_validity.unwrap_or(0),
-            uidnext: mb.uid_next.unwrap_or(0),
-            highest_modseq: mb.highest_mod_seq,
-            exists: mb.exists,
-        })
-    }
-
-    /// Ensures `name` is selected (read-only is enough unless `write`).
-    pub fn ensure_open(&mut self, name: &str, write: bool) -> Result<()> {
-        match &self.selected {
-            Some((n, w)) if n == name && (*w || !write) => Ok(()),
-            _ => self.open(name, write).map(|_| ()),
-        }
-    }
-
-    /// UIDs above `last` with their sizes (the selected folder).
-    pub fn new_messages(&mut self, last: u32) -> Result<Vec<NewMsg>> {
-        self.settle()?;
-        self.raw_tag += 1;
-        let tag = format!("r{}", self.raw_tag);
-        let sizes = crate::fetch::uid_fetch_sizes(&mut self.raw, &tag, &format!("{}:*", last + 1))
-            .map_err(|e| raw_error("UID FETCH", e))?;
-        // `N:*` also answers with the highest UID when nothing is above `last` (RFC 3501 §6.4.8)
-        Ok(sizes.into_iter().filter(|(uid, _)| *uid > last).map(|(uid, size)| NewMsg { uid, size }).collect())
-    }
-
-    /// Flags of messages up to `last` (only those changed since `changed_since` with
-    /// CONDSTORE), and the set of UIDs present up to `last`.
-    pub fn flags_and_present(
-        &mut self,
-        last: u32,
-        changed_since: Option<u64>,
-    ) -> Result<(BTreeMap<u32, Flags>, BTreeSet<u32>)> {
-        let flags = self.changed_flags(last, changed_since)?;
-        let present: BTreeSet<u32> = if changed_since.is_some() && self.caps.condstore {
-            self.present_uids(last)?
-        } else {
-            flags.keys().copied().collect()
-        };
-        Ok((flags, present))
-    }
-
-    /// Flags of messages up to `last`: only those changed since `changed_since` with
-    /// CONDSTORE (RFC 7162 §3.1.4), all of them otherwise.
-    pub fn changed_flags(&mut self, last: u32, changed_since: Option<u64>) -> Result<BTreeMap<u32, Flags>> {
-        self.settle()?;
-        if last == 0 {
-            return Ok(BTreeMap::new());
-        }
-        let query = match changed_since {
-            Some(m) if self.caps.condstore => format!("(UID FLAGS) (CHANGEDSINCE {m})"),
-            _ => "(UID FLAGS)".to_owned(),
-        };
-        let f = self.inner.uid_fetch(format!("1:{last}"), &query).map_err(|e| classify("UID FETCH", e))?;
-        let mut flags = BTreeMap::new();
-        for m in f.iter() {
-            if let Some(uid) = m.uid.filter(|u| *u <= last) {
-                flags.insert(uid, convert_flags(m.flags()));
-            }
-        }
-        Ok(flags)
-    }
-
-    /// Sends the UID FETCH of `uids` (bodies, without setting \Seen) without reading its
-    /// answer (None when `uids` is empty), so that the server works on the next batch while
-    /// we read this one: the answers are then read in order with `fetch_bodies_read`, and
-    /// UIDs the server no longer has are simply absent. If a read fails, the session must be
-    /// discarded (answers still in flight cannot be matched to anything any more).
-    pub fn fetch_bodies_send(&mut self, uids: &[u32]) -> Result<Option<String>> {
-        self.settle()?;
-        if uids.is_empty() {
-            return Ok(None);
-        }
-        self.raw_tag += 1;
-        let tag = format!("r{}", self.raw_tag);
-        crate::fetch::send_uid_fetch(&mut self.raw, &tag, &uid_set(uids))
-            .map_err(|e| Error::new(ErrorKind::Connect, format!("UID FETCH: {e}")))?;
-        Ok(Some(tag))
-    }
-
-    /// Reads the answer to the FETCH sent as `tag`; `more` when another FETCH was sent after
-    /// it (its first bytes may already have arrived and are kept for it).
-    pub fn fetch_bodies_read(
-        &mut self,
-        tag: &str,
-        max_size: usize,
-        more: bool,
-        mut each: impl FnMut(Fetched),
-    ) -> Result<()> {
-        let fetch_error = |e| raw_error("UID FETCH", e);
-        crate::fetch::read_uid_fetch(&mut self.raw, &mut self.carry, tag, max_size, |b| {
-            each(Fetched { uid: b.uid, flags: b.flags, internal_date: b.internal_date, raw: b.raw })
-        })
-        .map_err(fetch_error)?;
-        if !more && !self.carry.is_empty() {
-            // The imap crate reads next: bytes we hold would be lost to it.
-            return Err(fetch_error(crate::fetch::FetchError::Invalid(
-                "unexpected data after the FETCH completion".into(),
-            )));
-        }
-        Ok(())
-    }
-
-    /// (uid, size, header block) of `uids`: enough to recognise a message by Message-ID.
-    pub fn fetch_headers(&mut self, uids: &[u32]) -> Result<Vec<(u32, u32, Vec<u8>)>> {
-        self.settle()?;
-        if uids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let f = self
-            .inner
-            .uid_fetch(uid_set(uids), "(UID RFC822.SIZE RFC822.HEADER)")
-            .map_err(|e| classify("UID FETCH", e))?;
-        Ok(f.iter()
-            .filter_map(|m| Some((m.uid?, m.size.unwrap_or(0), m.header().unwrap_or_default().to_vec())))
-            .collect())
-    }
-
-    /// Sets the system flags of `uid` exactly to `flags` (the selected folder, SELECTed).
-    /// With CONDSTORE and `unchanged_since`, the server refuses if it changed meanwhile
-    /// (RFC 7162 §3.2): returns false then, so a concurrent change is not overwritten.
-    pub fn store_flags(&mut self, uid: u32, flags: Flags, unchanged_since: Option<u64>) -> Result<bool> {
-        self.settle()?;
-        // What we change on the server makes the STATUS answers asked ahead stale.
-        self.ahead.clear();
-        let cmd = match unchanged_since {
-            Some(m) if self.caps.condstore => {
-                format!("UID STORE {uid} (UNCHANGEDSINCE {m}) FLAGS.SILENT {}", flags.to_imap())
-            }
-            _ => format!("UID STORE {uid} FLAGS.SILENT {}", flags.to_imap()),
-        };
-        let resp = self.inner.run(&cmd).map_err(|e| classify("UID STORE", e))?;
-        // A refused conditional store answers `OK [MODIFIED uid]`.
-        Ok(!String::from_utf8_lossy(&resp.0).contains("[MODIFIED"))
-    }
-
-    /// Every UID up to `last` that the selected folder has.
-    pub fn present_uids(&mut self, last: u32) -> Result<BTreeSet<u32>> {
-        self.settle()?;
-        if last == 0 {
-            return Ok(BTreeSet::new());
-        }
-        Ok(self
-            .inner
-            .uid_search(format!("UID 1:{last}"))
-            .map_err(|e| classify("UID SEARCH", e))?
-            .into_iter()
-            .filter(|u| *u <= last)
-            .collect())
-    }
-
-    /// Moves `uids` of the selected (read-write) folder to `dest`: UID MOVE (RFC 6851), or
-    /// COPY then delete when the server lacks MOVE.
-    pub fn move_uids(&mut self, uids: &[u32], dest: &str) -> Result<()> {
-        self.settle()?;
-        // What we change on the server makes the STATUS answers asked ahead stale.
-        self.ahead.clear();
-        if uids.is_empty() {
             return Ok(());
         }
-        let set = uid_set(uids);
-        if self.caps.mv {
-            return self.inner.uid_mv(&set, dest).map_err(|e| classify("UID MOVE", e));
-        }
-        self.inner.uid_copy(&set, dest).map_err(|e| classify("UID COPY", e))?;
-        self.delete_uids(uids).map(|_| ())
-    }
-
-    /// Deletes `uids` of the selected (read-write) folder: \Deleted, then UID EXPUNGE of
-    /// exactly these (RFC 4315). Without UIDPLUS a plain EXPUNGE would also remove messages
-    /// another client flagged \Deleted, so it is used only when no other message is flagged;
-    /// otherwise ours stay flagged and `false` is returned.
-    pub fn delete_uids(&mut self, uids: &[u32]) -> Result<bool> {
-        self.settle()?;
-        // What we change on the server makes the STATUS answers asked ahead stale.
-        self.ahead.clear();
-        if uids.is_empty() {
-            return Ok(true);
-        }
-        let set = uid_set(uids);
-        self.inner.uid_store(&set, "+FLAGS.SILENT (\\Deleted)").map_err(|e| classify("UID STORE", e))?;
-        if self.caps.uidplus {
-            self.inner.uid_expunge(&set).map_err(|e| classify("UID EXPUNGE", e))?;
-            return Ok(true);
-        }
-        let flagged = self.inner.uid_search("DELETED").map_err(|e| classify("UID SEARCH", e))?;
-        let ours: BTreeSet<u32> = uids.iter().copied().collect();
-        if flagged.iter().all(|u| ours.contains(u)) {
-            self.inner.expunge().map_err(|e| classify("EXPUNGE", e))?;
-            Ok(true)
+        let code = t.code.as_ref().map(|c| c.name().to_owned()).unwrap_or_default();
+        Err(if code == "PRIVACYREQUIRED" {
+            Error::new(ErrorKind::Tls, format!("{} refuses logins without TLS: {}", p.host, refusal_text(&t)))
+        } else if let Some(wait) = throttle_hint(&t.text) {
+            Error { kind: ErrorKind::Throttled, detail: format!("login of {} throttled by {}: {}", p.login, p.host, refusal_text(&t)), retry_after: Some(wait) }
+        } else if is_busy(&t) {
+            Error::new(ErrorKind::Busy, format!("login of {} refused by {} for now: {}", p.login, p.host, refusal_text(&t)))
         } else {
-            Ok(false)
+            Error::new(ErrorKind::Auth, format!("login of {} refused by {}: {}", p.login, p.host, refusal_text(&t)))
+        })
+    }
+
+    /// Applies a new task's deadline to this (cached) session.
+    pub fn set_deadline(&mut self, d: Option<Deadline>) {
+        self.r.get_mut().set_deadline(d);
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Bytes received and sent on this connection.
+    pub fn traffic(&self) -> (u64, u64) {
+        (self.r.get_ref().bytes_in, self.r.get_ref().bytes_out)
+    }
+
+    /// The selected mailbox, if any.
+    pub fn selected(&self) -> Option<&Selected> {
+        self.selected.as_ref()
+    }
+
+    /// An error of reading as a session error: what went wrong, while waiting for what.
+    pub(crate) fn fail(&self, what: &str, e: ReadError) -> Error {
+        match e {
+            ReadError::Io(io) if io.kind() == io::ErrorKind::TimedOut => Error::new(ErrorKind::Timeout, format!("{what}: {io}")),
+            ReadError::Io(io) => Error::new(ErrorKind::Connect, format!("connection to {} lost while reading {what}: {io}", self.host)),
+            ReadError::Limit(m) => Error::new(ErrorKind::Protocol, format!("{what}: the server sent {m}; connection dropped")),
+            ReadError::Syntax(m) => Error::new(ErrorKind::Protocol, format!("invalid answer to {what}: {m}")),
         }
     }
 
-    /// APPEND a message with \Seen (e.g. to the Sent folder).
-    pub fn append_seen(&mut self, folder: &str, raw: &[u8]) -> Result<()> {
-        self.settle()?;
-        // What we change on the server makes the STATUS answers asked ahead stale.
-        self.ahead.clear();
-        self.selected = None;
-        self.inner
-            .append(folder, raw)
-            .flag(imap::types::Flag::Seen)
-            .finish()
-            .map(|_| ())
-            .map_err(|e| classify("APPEND", e))
+    fn tag(&mut self) -> u32 {
+        self.next_tag += 1;
+        self.next_tag
     }
 
-    /// Says LOGOUT and closes without waiting for the answer: no command is pending, the
-    /// BYE and OK would tell nothing we need, and waiting for them costs a round trip at
-    /// the end of every `run --once`.
-    pub fn logout(mut self) {
-        self.raw_tag += 1;
-        let _ = self.raw.write_all(format!("r{} LOGOUT\r\n", self.raw_tag).as_bytes()).and_then(|_| self.raw.flush());
+    /// Queues a command without literals (`line` is written after its tag); it goes out at
+    /// the next flush, which every wait does first.
+    pub(crate) fn send_raw(&mut self, line: &[u8], what: &'static str, b: Budget, status_of: Option<Vec<u8>>) -> Result<u32> {
+        let tag = self.tag();
+        write!(self.out, "b{tag} ").expect("writing to a Vec");
+        self.out.extend_from_slice(line);
+        self.out.extend_from_slice(b"\r\n");
+        self.pending.push_back(Pending { tag, what, status_of, fetch_of: None, unawaited: false, max_untagged: b.untagged, max_bytes: b.bytes, untagged: 0, started: None });
+        self.stats.commands += 1;
+        Ok(tag)
     }
 
-    pub fn noop(&mut self) -> Result<()> {
-        self.settle()?;
-        self.inner.noop().map_err(|e| classify("NOOP", e))
-    }
-}
-
-/// An error of our own response readers (`fetch`, `status`) as a session error: a lost
-/// connection is a connection problem, anything else the server's.
-fn raw_error(what: &str, e: crate::fetch::FetchError) -> Error {
-    let kind = match e {
-        crate::fetch::FetchError::Io(_) => ErrorKind::Connect,
-        _ => ErrorKind::Protocol,
-    };
-    Error::new(kind, format!("{what}: {e}"))
-}
-
-fn status_error(e: crate::fetch::FetchError) -> Error {
-    raw_error("STATUS", e)
-}
-
-fn convert_flags(flags: &[imap::types::Flag<'_>]) -> Flags {
-    use imap::types::Flag;
-    let mut f = Flags::default();
-    for fl in flags {
-        match fl {
-            Flag::Seen => f.seen = true,
-            Flag::Answered => f.answered = true,
-            Flag::Flagged => f.flagged = true,
-            Flag::Draft => f.draft = true,
-            Flag::Deleted => f.deleted = true,
-            _ => {}
-        }
-    }
-    f
-}
-
-/// Compresses sorted UIDs to an IMAP set: 1:5,7,9:12.
-pub fn uid_set(uids: &[u32]) -> String {
-    let mut v: Vec<u32> = uids.to_vec();
-    v.sort_unstable();
-    v.dedup();
-    let mut out = String::new();
-    let mut i = 0;
-    while i < v.len() {
-        let start = v[i];
-        let mut end = start;
-        while i + 1 < v.len() && v[i + 1] == end + 1 {
-            i += 1;
-            end = v[i];
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        if start == end {
-            out.push_str(&start.to_string());
-        } else {
-            out.push_str(&format!("{start}:{end}"));
-        }
-        i += 1;
-    }
-    out
-}
-
-/// Special use from well-known (and localized) names, for servers without SPECIAL-USE.
-pub fn special_by_name(leaf: &str) -> Option<&'static str> {
-    let l = leaf.to_lowercase();
-    let table: &[(&str, &[&str])] = &[
-        (
-            "sent",
-            &[
-                "sent",
-                "sent items",
-                "sent messages",
-                "sent mail",
-                "gesendet",
-                "gesendete objekte",
-                "envoyés",
-                "éléments envoyés",
-                "wysłane",
-                "отправленные",
-                "enviados",
-                "itens enviados",
-                "inviata",
-                "posta inviata",
-            ],
-        ),
-        (
-            "drafts",
-            &[
-                "drafts",
-                "draft",
-                "entwürfe",
-                "brouillons",
-                "kopie robocze",
-                "черновики",
-                "rascunhos",
-                "borradores",
-                "bozze",
-            ],
-        ),
-        (
-            "trash",
-            &[
-                "trash",
-                "deleted items",
-                "deleted messages",
-                "papierkorb",
-                "corbeille",
-                "kosz",
-                "удаленные",
-                "корзина",
-                "lixeira",
-                "lixo",
-                "papelera",
-                "cestino",
-            ],
-        ),
-        (
-            "junk",
-            &[
-                "junk",
-                "spam",
-                "junk e-mail",
-                "bulk mail",
-                "спам",
-                "lixo eletrônico",
-                "correo no deseado",
-                "wiadomości-śmieci",
-            ],
-        ),
-        ("archive", &["archive", "archives", "archiv", "archiwum", "архив", "arquivo"]),
-    ];
-    table.iter().find(|(_, names)| names.contains(&l.as_str())).map(|(k, _)| *k)
-}
-
-/// Undoes RFC 3501 quoted-string escapes (`\\` and `\"`).
-fn unescape_quoted(s: &str) -> String {
-    if !s.contains('\\') {
-        return s.to_owned();
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match (c, chars.clone().next()) {
-            ('\\', Some(n @ ('\\' | '"'))) => {
-                out.push(n);
-                chars.next();
+    /// Queues a built command; a synchronizing literal (no LITERAL+) makes it wait for the
+    /// server's go-ahead first, after the answers of every command before it.
+    pub(crate) fn send_command(&mut self, cmd: crate::commands::CommandBuf, what: &'static str, b: Budget) -> Result<u32> {
+        let tag = self.tag();
+        write!(self.out, "b{tag} ").expect("writing to a Vec");
+        self.stats.commands += 1;
+        let mut parts = cmd.into_parts().into_iter().peekable();
+        let mut first = true;
+        while let Some(part) = parts.next() {
+            if !first {
+                // the server's go-ahead for the literal that ended the part before
+                self.flush(what)?;
+                self.await_continuation(tag, what)?;
             }
-            _ => out.push(c),
+            first = false;
+            self.out.extend_from_slice(&part);
+            if parts.peek().is_none() {
+                self.out.extend_from_slice(b"\r\n");
+            }
+        }
+        self.pending.push_back(Pending { tag, what, status_of: None, fetch_of: None, unawaited: false, max_untagged: b.untagged, max_bytes: b.bytes, untagged: 0, started: None });
+        Ok(tag)
+    }
+
+    /// Reads until the `+` that lets a synchronizing literal go; earlier commands' answers are
+    /// taken as they come. A NO or BAD instead refuses the command.
+    fn await_continuation(&mut self, tag: u32, what: &'static str) -> Result<()> {
+        loop {
+            let resp = read_response(&mut self.r, &self.lim).map_err(|e| self.fail(what, e))?;
+            match resp {
+                Response::Continue(_) => return Ok(()),
+                Response::Tagged(t) if tag_number(&t.tag) == Some(tag) => return Err(refused(what, &t)),
+                Response::Tagged(t) => self.finish_other(t)?,
+                Response::Untagged(u) => self.route(u, &[], &mut |_, _| Ok(()))?,
+            }
         }
     }
-    out
+
+    pub(crate) fn flush(&mut self, what: &str) -> Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.out);
+        let t = self.r.get_mut();
+        let r = t.write_all(&out).and_then(|_| t.flush());
+        self.out = out;
+        self.out.clear();
+        r.map_err(|e| {
+            if e.kind() == io::ErrorKind::TimedOut {
+                Error::new(ErrorKind::Timeout, format!("sending {what}: {e}"))
+            } else {
+                Error::new(ErrorKind::Connect, format!("connection to {} lost while sending {what}: {e}", self.host))
+            }
+        })
+    }
+
+    /// Reads responses until the tagged completion of `tag` and returns it (see `complete_all`).
+    pub(crate) fn complete(&mut self, tag: u32, on: &mut dyn FnMut(&mut Session, Untagged) -> Result<()>) -> Result<Tagged> {
+        Ok(self.complete_all(&[tag], on)?.remove(0))
+    }
+
+    /// Reads responses until every command in `tags` has completed; returns their completions
+    /// in that order. A server may run pipelined commands at the same time and interleave
+    /// their answers (RFC 3501 §5.5; Dovecot does), so untagged data are never attributed to
+    /// "the command being read": `on` gets every untagged response that concerns none of the
+    /// session's own state, and must tell them apart by their content. Data for a STATUS asked
+    /// ahead or a body FETCH in flight go to them, whoever reads them.
+    pub(crate) fn complete_all(
+        &mut self,
+        tags: &[u32],
+        on: &mut dyn FnMut(&mut Session, Untagged) -> Result<()>,
+    ) -> Result<Vec<Tagged>> {
+        let what = tags.first().and_then(|t| self.pending.iter().find(|p| p.tag == *t)).map_or("a command", |p| p.what);
+        self.flush(what)?;
+        let mut done: Vec<Option<Tagged>> = tags.iter().map(|t| self.completed.remove(t)).collect();
+        while done.iter().any(Option::is_none) {
+            let consumed = self.r.consumed();
+            let front = self.pending.front_mut().map(|p| {
+                let start = *p.started.get_or_insert(consumed);
+                (start.saturating_add(p.max_bytes), p.max_bytes, p.what)
+            });
+            self.r.set_budget(front);
+            if let Some((_, _, w)) = front {
+                self.r.get_mut().waiting_for = w;
+            }
+            let resp = read_response(&mut self.r, &self.lim).map_err(|e| self.fail(what, e))?;
+            match resp {
+                Response::Tagged(t) => {
+                    let n = tag_number(&t.tag);
+                    match n.and_then(|n| tags.iter().position(|x| *x == n)) {
+                        Some(i) => {
+                            self.pending.retain(|p| Some(p.tag) != n);
+                            done[i] = Some(t);
+                        }
+                        None => self.finish_other(t)?,
+                    }
+                }
+                Response::Untagged(u) => {
+                    if let Some(p) = self.pending.front_mut() {
+                        p.untagged += 1;
+                        if p.untagged > p.max_untagged {
+                            return Err(Error::new(
+                                ErrorKind::Protocol,
+                                format!(
+                                    "{}: the server sent more than {} untagged responses in answer to it; connection dropped",
+                                    p.what, p.max_untagged
+                                ),
+                            ));
+                        }
+                    }
+                    self.route(u, tags, on)?;
+                }
+                Response::Continue(_) => {
+                    return Err(Error::new(ErrorKind::Protocol, format!("a continuation request nobody asked for, while reading {what}")));
+                }
+            }
+        }
+        self.r.set_budget(None);
+        Ok(done.into_iter().map(|t| t.expect("every one completed")).collect())
+    }
+
+    /// `complete`, and a refusal as an error.
+    pub(crate) fn complete_ok(&mut self, tag: u32, what: &str, on: &mut dyn FnMut(&mut Session, Untagged) -> Result<()>) -> Result<Tagged> {
+        let t = self.complete(tag, on)?;
+        if t.status == Status::Ok { Ok(t) } else { Err(refused(what, &t)) }
+    }
+
+    /// The completion of a command other than the one waited for: a STATUS asked ahead (its
+    /// answer or refusal is kept for its folder), or ENABLE.
+    fn finish_other(&mut self, t: Tagged) -> Result<()> {
+        let tag = tag_number(&t.tag);
+        let Some(i) = tag.and_then(|n| self.pending.iter().position(|p| p.tag == n)) else {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!("a tagged answer to {:?}, a tag never sent", String::from_utf8_lossy(&t.tag)),
+            ));
+        };
+        let p = self.pending.remove(i).expect("found above");
+        if let Some(key) = p.status_of {
+            let entry = self.status_answers.entry(key).or_insert_with(|| Err(String::new()));
+            if t.status != Status::Ok {
+                *entry = Err(refusal_text(&t));
+            } else if matches!(entry, Err(e) if e.is_empty()) {
+                *entry = Err("the server sent no STATUS data for the folder".into());
+            }
+        } else if p.unawaited {
+            if t.status != Status::Ok {
+                log::warn!("{} refused by {}: {}", p.what, self.host, refusal_text(&t));
+            }
+        } else {
+            // Someone waits for it: kept until they read it.
+            self.completed.insert(p.tag, t);
+        }
+        Ok(())
+    }
+
+    /// Takes what concerns the session itself; hands the rest to `on`.
+    fn route(&mut self, u: Untagged, waited: &[u32], on: &mut dyn FnMut(&mut Session, Untagged) -> Result<()>) -> Result<()> {
+        match u {
+            Untagged::Fetch(f) if f.body.is_some() && f.uid.is_some() => {
+                // A body belongs to the FETCH that asked for its UID: kept for it when that is
+                // not one of the commands being read now.
+                let uid = f.uid.unwrap_or(0);
+                let owner = self
+                    .pending
+                    .iter()
+                    .find(|p| p.fetch_of.as_ref().is_some_and(|s| s.contains(&uid)) && !self.seen_for(p.tag, uid))
+                    .map(|p| p.tag);
+                match owner {
+                    Some(t) if !waited.contains(&t) => self.fetched_early.entry(t).or_default().push(*f),
+                    _ => on(self, Untagged::Fetch(f))?,
+                }
+            }
+            Untagged::Capability(c) => self.caps = Caps::from_words(&c),
+            Untagged::Enabled(e) => self.enabled.extend(e.into_iter().map(|w| w.to_ascii_uppercase())),
+            Untagged::MailboxStatus(st) => {
+                let key = status_key(&st.name);
+                let asked = self.pending.iter().any(|p| p.status_of.as_ref() == Some(&key));
+                if let Some(entry) = self.status_answers.get_mut(&key).filter(|_| asked) {
+                    *entry = match (st.uidvalidity, st.uidnext, st.messages) {
+                        (Some(v), n, Some(m)) => Ok(ServerStatus { uidvalidity: v, uidnext: n.unwrap_or(0), highest_modseq: st.highest_modseq, exists: m }),
+                        _ => Err(format!("the server's STATUS answer for {:?} lacks MESSAGES or UIDVALIDITY", String::from_utf8_lossy(&st.name))),
+                    };
+                } else {
+                    log::debug!("a STATUS answer for {:?}, which was not asked: ignored", String::from_utf8_lossy(&st.name));
+                }
+            }
+            Untagged::Malformed(Malformed { kind, mailbox: Some(m), error }) if kind == "STATUS" => {
+                let key = status_key(&m);
+                if let Some(entry) = self.status_answers.get_mut(&key) {
+                    *entry = Err(format!("invalid STATUS answer for {:?}: {error}", String::from_utf8_lossy(&m)));
+                }
+            }
+            Untagged::Status(t) if t.status == Status::Bye => {
+                return Err(Error::new(ErrorKind::Connect, format!("{} closed the connection: {}", self.host, refusal_text(&t))));
+            }
+            Untagged::Status(ref t) if matches!(&t.code, Some(Code::Other(n, _)) if n == "ALERT") => {
+                log::warn!("alert from {}: {}", self.host, shorten(&t.text, 300));
+                on(self, u)?;
+            }
+            Untagged::Exists(n) => {
+                if let Some(s) = self.selected.as_mut() {
+                    s.exists = n;
+                }
+                on(self, u)?;
+            }
+            Untagged::Expunge(_) => {
+                if let Some(s) = self.selected.as_mut() {
+                    s.exists = s.exists.saturating_sub(1);
+                }
+                on(self, u)?;
+            }
+            Untagged::Vanished { earlier: false, ref uids } => {
+                if let Some(s) = self.selected.as_mut() {
+                    s.exists = s.exists.saturating_sub(uids.len().min(u64::from(u32::MAX)) as u32);
+                }
+                on(self, u)?;
+            }
+            Untagged::Other(name) => log::debug!("ignored an untagged {name} response"),
+            other => on(self, other)?,
+        }
+        Ok(())
+    }
+
+    /// Whether a body for `uid` is already kept early for `tag` (a second one is the server
+    /// repeating itself, not the answer to another FETCH).
+    fn seen_for(&self, tag: u32, uid: u32) -> bool {
+        self.fetched_early.get(&tag).is_some_and(|v| v.iter().any(|f| f.uid == Some(uid)))
+    }
+
+    /// Says LOGOUT and closes without waiting for the answer: the BYE and OK would tell
+    /// nothing we need, and waiting for them costs a round trip at the end of every run.
+    pub fn logout(mut self) {
+        let tag = self.tag();
+        let _ = write!(self.out, "b{tag} LOGOUT\r\n");
+        let _ = self.flush("LOGOUT");
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Our tags are `b` and a number.
+fn tag_number(tag: &[u8]) -> Option<u32> {
+    std::str::from_utf8(tag).ok()?.strip_prefix('b')?.parse().ok()
+}
 
-    #[test]
-    fn uid_sets() {
-        assert_eq!(uid_set(&[]), "");
-        assert_eq!(uid_set(&[5]), "5");
-        assert_eq!(uid_set(&[3, 1, 2, 7, 9, 10, 11]), "1:3,7,9:11");
-        assert_eq!(uid_set(&[4, 4, 5]), "4:5");
-    }
-
-    #[test]
-    fn localized_special_names() {
-        assert_eq!(special_by_name("Sent Items"), Some("sent"));
-        assert_eq!(special_by_name("Отправленные"), Some("sent"));
-        assert_eq!(special_by_name("Kosz"), Some("trash"));
-        assert_eq!(special_by_name("Entwürfe"), Some("drafts"));
-        assert_eq!(special_by_name("Projects"), None);
-    }
-
-    #[test]
-    fn quoted_names_lose_their_escapes() {
-        assert_eq!(super::unescape_quoted(r#"it's \"quoted\""#), r#"it's "quoted""#);
-        assert_eq!(super::unescape_quoted(r"a\\b"), r"a\b");
-        assert_eq!(super::unescape_quoted(r"trailing\"), r"trailing\");
-        assert_eq!(super::unescape_quoted("plain/名前"), "plain/名前");
-    }
+fn brief(r: &Response) -> String {
+    shorten(&format!("{r:?}"), 200)
 }

@@ -1,13 +1,18 @@
-//! A scripted transport for the unit tests of our own response readers (`fetch`, `status`).
+//! A scripted transport for the unit tests of the readers: answers with fixed bytes, at most
+//! `chunk` bytes a read (to test every split of a response), and records what was written.
 
 use std::io::{self, Cursor, Read, Write};
 
-/// Answers with `reply`, at most `chunk` bytes a read (to test every split of a response),
-/// and records what was written.
 pub struct Fake {
     pub reply: Cursor<Vec<u8>>,
     pub sent: Vec<u8>,
     pub chunk: usize,
+}
+
+impl Fake {
+    pub fn new(reply: &[u8], chunk: usize) -> Fake {
+        Fake { reply: Cursor::new(reply.to_vec()), sent: Vec::new(), chunk: chunk.max(1) }
+    }
 }
 
 impl Read for Fake {

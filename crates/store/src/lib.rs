@@ -36,7 +36,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, Transactio
 pub use accounts::{Account, NewAccount, Security, SmtpSettings};
 pub use engine_state::{MasterRow, WorkerRow};
 pub use history::{HistoryFilter, HistoryRow, NewHistory};
-pub use local::{DeletionWork, MailRow};
+pub use local::{DeletionWork, FlagEdit, MailRow};
 pub use mail::*;
 pub use users::User;
 

@@ -9,7 +9,8 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use crate::{Error, MsgFlags, Result, Store};
+use crate::mail::{FLAG_COLS, flags_at};
+use crate::{Error, Flags, Result, Store};
 
 /// A message as `mail list` / `mail show` present it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -27,10 +28,22 @@ pub struct MailRow {
     pub date: Option<i64>,
     pub internal_date: Option<i64>,
     pub size: i64,
-    pub flags: MsgFlags,
+    /// System flags and keywords.
+    pub flags: Flags,
+    /// Keywords the user set that the server cannot keep (its PERMANENTFLAGS lack `\*`).
+    pub keywords_refused: Vec<String>,
     pub attachments: i64,
     /// A local change not yet on the server.
     pub pending: bool,
+}
+
+/// A change of flags a user asks for: None leaves a flag as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlagEdit {
+    pub seen: Option<bool>,
+    pub flagged: Option<bool>,
+    pub add: Vec<String>,
+    pub remove: Vec<String>,
 }
 
 /// Deletion work of one folder for Sync Delete.
@@ -52,7 +65,7 @@ pub struct DeletionWork {
 
 const MAIL_COLS: &str = "m.id, f.account_id, m.folder_id, f.display_name, m.uid, m.message_id, m.from_addr, m.to_addr,
     m.cc_addr, m.subject, m.date, m.internal_date, m.size, m.seen, m.answered, m.flagged, m.draft, m.deleted,
-    m.attachments, (m.flags_changed IS NOT NULL OR m.move_to IS NOT NULL)";
+    m.keywords, m.attachments, (m.flags_changed IS NOT NULL OR m.move_to IS NOT NULL), m.keywords_refused";
 
 fn mail_row(r: &rusqlite::Row) -> rusqlite::Result<MailRow> {
     Ok(MailRow {
@@ -69,9 +82,10 @@ fn mail_row(r: &rusqlite::Row) -> rusqlite::Result<MailRow> {
         date: r.get(10)?,
         internal_date: r.get(11)?,
         size: r.get(12)?,
-        flags: MsgFlags::from_row(r, 13)?,
-        attachments: r.get(18)?,
-        pending: r.get(19)?,
+        flags: flags_at(r, 13)?,
+        attachments: r.get(19)?,
+        pending: r.get(20)?,
+        keywords_refused: r.get::<_, Option<String>>(21)?.map(|t| t.split(' ').map(str::to_owned).collect()).unwrap_or_default(),
     })
 }
 
@@ -122,13 +136,30 @@ impl Store {
         }
     }
 
-    /// Sets flags here at once and marks the change for the server.
-    pub fn mail_set_flags(&mut self, id: i64, seen: Option<bool>, flagged: Option<bool>, now: i64) -> Result<()> {
+    /// Changes flags and keywords here at once and marks the change for the server; the
+    /// server's state before the first change is kept (a trigger of the schema), so that the
+    /// push says only what the user changed.
+    pub fn mail_set_flags(&mut self, id: i64, edit: &FlagEdit, now: i64) -> Result<()> {
+        for k in edit.add.iter().chain(&edit.remove) {
+            if !backproc_types::valid_keyword(k) {
+                return Err(Error::Invalid(backproc_types::KeywordError(k.clone()).to_string()));
+            }
+        }
         self.visible(id)?;
         self.write(|tx| {
+            let mut f: Flags =
+                tx.query_row(&format!("SELECT {FLAG_COLS} FROM messages WHERE id = ?"), [id], |r| flags_at(r, 0))?;
+            f.seen = edit.seen.unwrap_or(f.seen);
+            f.flagged = edit.flagged.unwrap_or(f.flagged);
+            for k in &edit.add {
+                f.add_keyword(k);
+            }
+            for k in &edit.remove {
+                f.remove_keyword(k);
+            }
             tx.execute(
-                "UPDATE messages SET seen = COALESCE(?, seen), flagged = COALESCE(?, flagged), flags_changed = ? WHERE id = ?",
-                params![seen, flagged, now, id],
+                "UPDATE messages SET seen = ?, flagged = ?, keywords = ?, flags_changed = ? WHERE id = ?",
+                params![f.seen, f.flagged, f.keywords_text(), now, id],
             )?;
             Ok(())
         })

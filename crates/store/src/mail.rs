@@ -72,29 +72,19 @@ impl Store {
     }
 }
 
-/// The system flags of a message as stored.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct MsgFlags {
-    pub seen: bool,
-    pub answered: bool,
-    pub flagged: bool,
-    pub draft: bool,
-    pub deleted: bool,
+pub use backproc_types::Flags;
+
+/// Reads a message's flags from the columns selected in the order seen, answered, flagged,
+/// draft, deleted, keywords, starting at column `at`.
+pub(crate) fn flags_at(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Flags> {
+    let mut f = Flags::default();
+    (f.seen, f.answered, f.flagged, f.draft, f.deleted) = (r.get(at)?, r.get(at + 1)?, r.get(at + 2)?, r.get(at + 3)?, r.get(at + 4)?);
+    f.set_keywords_text(r.get::<_, Option<String>>(at + 5)?.as_deref());
+    Ok(f)
 }
 
-impl MsgFlags {
-    /// Reads the five flag columns selected in the order seen, answered, flagged, draft,
-    /// deleted, starting at column `at`.
-    pub(crate) fn from_row(r: &rusqlite::Row, at: usize) -> rusqlite::Result<MsgFlags> {
-        Ok(MsgFlags {
-            seen: r.get(at)?,
-            answered: r.get(at + 1)?,
-            flagged: r.get(at + 2)?,
-            draft: r.get(at + 3)?,
-            deleted: r.get(at + 4)?,
-        })
-    }
-}
+/// The flag columns in the order `flags_at` reads them.
+pub(crate) const FLAG_COLS: &str = "seen, answered, flagged, draft, deleted, keywords";
 
 /// A folder as LIST reported it, to be recorded.
 #[derive(Debug, Clone)]
@@ -103,6 +93,8 @@ pub struct FolderListing {
     pub display_name: String,
     pub delimiter: Option<String>,
     pub special_use: Option<String>,
+    /// Why the folder cannot be synced (a name we cannot use): it is kept visible, off.
+    pub unusable: Option<String>,
 }
 
 /// A folder's sync watermarks and identity.
@@ -122,12 +114,25 @@ pub struct FolderRow {
 }
 
 /// A stored message's sync state (what the sync plan needs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MsgSyncRow {
     pub uid: i64,
-    pub flags: MsgFlags,
+    pub flags: Flags,
+    /// The server's flags when the pending local change began (None: no change, or one
+    /// made before the store kept it).
+    pub base: Option<Flags>,
     pub flags_changed: Option<i64>,
     pub server_deleted: bool,
+}
+
+/// A UID to queue for Receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queued {
+    pub uid: i64,
+    pub size: i64,
+    /// X-GM-MSGID, on Gmail: a message already stored under another label is not
+    /// downloaded again.
+    pub gm_msgid: Option<i64>,
 }
 
 /// The outcome of one sync run, applied in one transaction.
@@ -135,11 +140,13 @@ pub struct MsgSyncRow {
 pub struct SyncApply {
     /// UIDVALIDITY changed to this value: the folder's UIDs are void.
     pub reset: Option<i64>,
-    /// (uid, size) to queue for Receive.
-    pub queue: Vec<(i64, i64)>,
-    pub set_flags: Vec<(i64, MsgFlags)>,
-    /// Local flag changes that reached the server: clear their marker.
-    pub pushed: Vec<i64>,
+    /// UIDs to queue for Receive (new ones, and those a self-healing check found missing).
+    pub queue: Vec<Queued>,
+    /// (uid, flags, the `flags_changed` read by this sync): the message's flags become these
+    /// and its pending change is settled, unless the user changed it again meanwhile.
+    pub set_flags: Vec<(i64, Flags, Option<i64>)>,
+    /// (uid, keywords the server cannot keep), recorded on the row.
+    pub refused: Vec<(i64, Vec<String>)>,
     pub vanished: Vec<i64>,
     pub unqueue: Vec<i64>,
     pub watermarks: Option<(i64, Option<i64>)>,
@@ -156,6 +163,7 @@ pub struct QueueEntry {
     pub uid: i64,
     pub size: i64,
     pub attempts: i64,
+    pub gm_msgid: Option<i64>,
 }
 
 /// A downloaded message, parsed, ready to store.
@@ -169,9 +177,10 @@ pub struct NewMessage {
     pub subject: Option<String>,
     pub date: Option<i64>,
     pub internal_date: Option<i64>,
-    pub flags: MsgFlags,
+    pub flags: Flags,
     pub attachments: i64,
     pub raw: Vec<u8>,
+    pub gm_msgid: Option<i64>,
 }
 
 /// Which receive queue a job works on.
@@ -216,6 +225,20 @@ impl RetryPolicy {
     }
 }
 
+/// The columns `sync_row` reads.
+const SYNC_COLS: &str =
+    "uid, seen, answered, flagged, draft, deleted, keywords, flags_base, flags_changed, server_deleted IS NOT NULL";
+
+fn sync_row(r: &rusqlite::Row) -> rusqlite::Result<MsgSyncRow> {
+    Ok(MsgSyncRow {
+        uid: r.get(0)?,
+        flags: flags_at(r, 1)?,
+        base: r.get::<_, Option<String>>(7)?.map(|t| Flags::parse(&t)),
+        flags_changed: r.get(8)?,
+        server_deleted: r.get(9)?,
+    })
+}
+
 const FOLDER_COLS: &str = "id, account_id, name, special_use, priority, uidvalidity, last_seen_uid, highest_modseq,
     last_recent_sync, last_full_sync, gone";
 
@@ -245,20 +268,27 @@ impl Store {
             tx.execute("UPDATE folders SET gone = 1 WHERE account_id = ?", [account_id])?;
             // Prepared once per connection: every master start lists every account's folders.
             let mut update = tx.prepare_cached(
-                "UPDATE folders SET gone = 0, display_name = ?, delimiter = ?, special_use = ?
+                "UPDATE folders SET gone = 0, display_name = ?, delimiter = ?, special_use = ?, unusable = ?
                  WHERE account_id = ? AND name = ?",
             )?;
             for f in listed {
-                let updated =
-                    update.execute(params![f.display_name, f.delimiter, f.special_use, account_id, f.name])?;
+                let updated = update
+                    .execute(params![f.display_name, f.delimiter, f.special_use, f.unusable, account_id, f.name])?;
                 if updated == 0 {
-                    let priority = if f.special_use.as_deref() == Some("inbox") { "high" } else { "low" };
+                    // A folder we cannot use is shown, never synced: priority off.
+                    let priority = match (&f.unusable, f.special_use.as_deref()) {
+                        (Some(_), _) => "off",
+                        (None, Some("inbox")) => "high",
+                        _ => "low",
+                    };
                     tx.execute(
-                        "INSERT INTO folders (account_id, name, display_name, delimiter, special_use, priority)
-                         VALUES (?,?,?,?,?,?)",
-                        params![account_id, f.name, f.display_name, f.delimiter, f.special_use, priority],
+                        "INSERT INTO folders (account_id, name, display_name, delimiter, special_use, priority, unusable)
+                         VALUES (?,?,?,?,?,?,?)",
+                        params![account_id, f.name, f.display_name, f.delimiter, f.special_use, priority, f.unusable],
                     )?;
-                    new.push(tx.last_insert_rowid());
+                    if f.unusable.is_none() {
+                        new.push(tx.last_insert_rowid());
+                    }
                 }
             }
             Ok(new)
@@ -339,20 +369,10 @@ impl Store {
     }
 
     pub fn folder_sync_rows(&self, folder_id: i64) -> Result<(Vec<MsgSyncRow>, Vec<i64>)> {
-        let mut st = self.conn().prepare_cached(
-            "SELECT uid, seen, answered, flagged, draft, deleted, flags_changed, server_deleted IS NOT NULL
-             FROM messages WHERE folder_id = ? AND uid > 0 ORDER BY uid",
-        )?;
-        let msgs = st
-            .query_map([folder_id], |r| {
-                Ok(MsgSyncRow {
-                    uid: r.get(0)?,
-                    flags: MsgFlags::from_row(r, 1)?,
-                    flags_changed: r.get(6)?,
-                    server_deleted: r.get(7)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+        let mut st = self.conn().prepare_cached(&format!(
+            "SELECT {SYNC_COLS} FROM messages WHERE folder_id = ? AND uid > 0 ORDER BY uid"
+        ))?;
+        let msgs = st.query_map([folder_id], sync_row)?.collect::<rusqlite::Result<_>>()?;
         let mut st = self.conn().prepare_cached("SELECT uid FROM receive_queue WHERE folder_id = ? ORDER BY uid")?;
         let queued = st.query_map([folder_id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
         Ok((msgs, queued))
@@ -363,15 +383,8 @@ impl Store {
     /// only what changed and nothing can have been expunged (`imap::plan` takes it with
     /// `present` = these UIDs), instead of every row of the folder.
     pub fn folder_sync_rows_of(&self, folder_id: i64, uids: impl IntoIterator<Item = i64>) -> Result<Vec<MsgSyncRow>> {
-        const COLS: &str = "uid, seen, answered, flagged, draft, deleted, flags_changed, server_deleted IS NOT NULL";
-        let row = |r: &rusqlite::Row| -> rusqlite::Result<MsgSyncRow> {
-            Ok(MsgSyncRow {
-                uid: r.get(0)?,
-                flags: MsgFlags::from_row(r, 1)?,
-                flags_changed: r.get(6)?,
-                server_deleted: r.get(7)?,
-            })
-        };
+        const COLS: &str = SYNC_COLS;
+        let row = sync_row;
         // Through the partial index of pending changes; a `uid > 0` term here would make
         // SQLite walk the (folder_id, uid) index over the whole folder instead.
         let mut out: Vec<MsgSyncRow> = self
@@ -410,6 +423,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Stored messages whose UID is one of `uids` (the rows a QRESYNC VANISHED names).
+    pub fn folder_rows_with_uids(&self, folder_id: i64, uids: &[i64]) -> Result<Vec<MsgSyncRow>> {
+        self.folder_sync_rows_of(folder_id, uids.iter().copied()).map(|mut v| {
+            v.retain(|r| uids.binary_search(&r.uid).is_ok() || r.flags_changed.is_some());
+            v
+        })
+    }
+
     /// Applies one sync run. The watermarks move in the same transaction as the queue
     /// entries and flags they cover, so a crash never leaves the store believing it has
     /// seen what it has not.
@@ -431,22 +452,25 @@ impl Store {
             }
             {
                 let mut q = tx.prepare_cached(
-                    "INSERT INTO receive_queue (folder_id, uid, size, queued) VALUES (?,?,?,?)
+                    "INSERT INTO receive_queue (folder_id, uid, size, queued, gm_msgid) VALUES (?,?,?,?,?)
                      ON CONFLICT (folder_id, uid) DO NOTHING",
                 )?;
-                for (uid, size) in &a.queue {
-                    q.execute(params![folder_id, uid, size, now])?;
+                for e in &a.queue {
+                    q.execute(params![folder_id, e.uid, e.size, now, e.gm_msgid])?;
                 }
+                // `flags_changed IS ?`: a change the user made after this sync read the row
+                // is never overwritten; the next sync takes it.
                 let mut f = tx.prepare_cached(
-                    "UPDATE messages SET seen = ?, answered = ?, flagged = ?, draft = ?, deleted = ?, flags_changed = NULL
-                     WHERE folder_id = ? AND uid = ?",
+                    "UPDATE messages SET seen = ?, answered = ?, flagged = ?, draft = ?, deleted = ?, keywords = ?,
+                        flags_changed = NULL, flags_base = NULL
+                     WHERE folder_id = ? AND uid = ? AND flags_changed IS ?",
                 )?;
-                for (uid, fl) in &a.set_flags {
-                    f.execute(params![fl.seen, fl.answered, fl.flagged, fl.draft, fl.deleted, folder_id, uid])?;
+                for (uid, fl, read) in &a.set_flags {
+                    f.execute(params![fl.seen, fl.answered, fl.flagged, fl.draft, fl.deleted, fl.keywords_text(), folder_id, uid, read])?;
                 }
-                let mut p = tx.prepare_cached("UPDATE messages SET flags_changed = NULL WHERE folder_id = ? AND uid = ?")?;
-                for uid in &a.pushed {
-                    p.execute(params![folder_id, uid])?;
+                let mut r = tx.prepare_cached("UPDATE messages SET keywords_refused = ? WHERE folder_id = ? AND uid = ?")?;
+                for (uid, words) in &a.refused {
+                    r.execute(params![(!words.is_empty()).then(|| words.join(" ")), folder_id, uid])?;
                 }
                 let mut v = tx.prepare_cached(
                     "UPDATE messages SET server_deleted = ? WHERE folder_id = ? AND uid = ? AND server_deleted IS NULL",
@@ -496,11 +520,11 @@ impl Store {
         max_bytes: i64,
     ) -> Result<Vec<QueueEntry>> {
         let mut st = self.conn().prepare_cached(
-            "SELECT id, uid, COALESCE(size, 0), attempts FROM receive_queue
+            "SELECT id, uid, COALESCE(size, 0), attempts, gm_msgid FROM receive_queue
              WHERE folder_id = ? AND queue = ? AND next_attempt <= ? AND uid > ? ORDER BY uid LIMIT ?",
         )?;
         let rows = st.query_map(params![folder_id, lane.as_str(), now, after_uid, max_count as i64], |r| {
-            Ok(QueueEntry { id: r.get(0)?, uid: r.get(1)?, size: r.get(2)?, attempts: r.get(3)? })
+            Ok(QueueEntry { id: r.get(0)?, uid: r.get(1)?, size: r.get(2)?, attempts: r.get(3)?, gm_msgid: r.get(4)? })
         })?;
         let mut out = Vec::new();
         let mut bytes = 0i64;
@@ -592,8 +616,8 @@ impl Store {
         self.write(|tx| {
             let mut ins = tx.prepare_cached(
                 "INSERT INTO messages (folder_id, uid, message_id, from_addr, to_addr, cc_addr, subject, date,
-                    internal_date, size, seen, answered, flagged, draft, deleted, attachments)
-                 VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                    internal_date, size, seen, answered, flagged, draft, deleted, keywords, attachments, gm_msgid)
+                 VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
                  ON CONFLICT (folder_id, uid) DO NOTHING",
             )?;
             let mut body =
@@ -617,7 +641,9 @@ impl Store {
                     m.flags.flagged,
                     m.flags.draft,
                     m.flags.deleted,
-                    m.attachments
+                    m.flags.keywords_text(),
+                    m.attachments,
+                    m.gm_msgid
                 ])?;
                 if n == 1 {
                     body.execute(params![tx.last_insert_rowid(), pack, start, m.raw.len() as i64])?;
@@ -629,6 +655,65 @@ impl Store {
                 deq.execute(params![folder_id, uid])?;
             }
             Ok(stored)
+        })
+    }
+
+    /// The UIDs in a folder's receive queue.
+    pub fn queued_uids(&self, folder_id: i64) -> Result<Vec<i64>> {
+        let mut st = self.conn().prepare_cached("SELECT uid FROM receive_queue WHERE folder_id = ? ORDER BY uid")?;
+        let v = st.query_map([folder_id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
+    /// Drops queue entries of UIDs the server no longer has (a receive batch asked for them
+    /// and a UID SEARCH confirmed they are gone).
+    pub fn unqueue(&mut self, folder_id: i64, uids: &[i64]) -> Result<()> {
+        self.write(|tx| {
+            let mut d = tx.prepare_cached("DELETE FROM receive_queue WHERE folder_id = ? AND uid = ?")?;
+            for uid in uids {
+                d.execute(params![folder_id, uid])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Stores queued UIDs whose message the account already holds under another label
+    /// (Gmail's X-GM-MSGID, one message in several label folders): a new row pointing at the
+    /// body already in the packs, nothing downloaded. Returns the UIDs so stored; their queue
+    /// entries go in the same transaction.
+    pub fn link_known_bodies(&mut self, folder_id: i64, entries: &[(i64, i64)]) -> Result<Vec<i64>> {
+        self.write(|tx| {
+            let mut find = tx.prepare_cached(
+                "SELECT m.id FROM messages m JOIN message_bodies b ON b.message_id = m.id
+                 WHERE m.gm_msgid = ?2 AND m.folder_id IN
+                     (SELECT id FROM folders WHERE account_id = (SELECT account_id FROM folders WHERE id = ?1))
+                 LIMIT 1",
+            )?;
+            let mut copy = tx.prepare_cached(
+                "INSERT INTO messages (folder_id, uid, message_id, from_addr, to_addr, cc_addr, subject, date,
+                    internal_date, size, seen, answered, flagged, draft, deleted, keywords, attachments, gm_msgid)
+                 SELECT ?1, ?2, message_id, from_addr, to_addr, cc_addr, subject, date, internal_date, size,
+                    seen, answered, flagged, draft, deleted, keywords, attachments, gm_msgid
+                 FROM messages WHERE id = ?3
+                 ON CONFLICT (folder_id, uid) DO NOTHING",
+            )?;
+            let mut body = tx.prepare_cached(
+                "INSERT INTO message_bodies (message_id, pack, start, length)
+                 SELECT ?1, pack, start, length FROM message_bodies WHERE message_id = ?2",
+            )?;
+            let mut deq = tx.prepare_cached("DELETE FROM receive_queue WHERE folder_id = ? AND uid = ?")?;
+            let mut done = Vec::new();
+            for &(uid, gm) in entries {
+                let Some(src): Option<i64> = find.query_row(params![folder_id, gm], |r| r.get(0)).optional()? else {
+                    continue;
+                };
+                if copy.execute(params![folder_id, uid, src])? == 1 {
+                    body.execute(params![tx.last_insert_rowid(), src])?;
+                }
+                deq.execute(params![folder_id, uid])?;
+                done.push(uid);
+            }
+            Ok(done)
         })
     }
 
@@ -679,13 +764,13 @@ impl Store {
 
     /// The messages of a folder as the store has them (uid, Message-ID, flags, raw size):
     /// for tests and `mail list`.
-    pub fn folder_messages(&self, folder_id: i64) -> Result<Vec<(i64, Option<String>, MsgFlags, i64)>> {
-        let mut st = self.conn().prepare(
-            "SELECT uid, message_id, seen, answered, flagged, draft, deleted, size FROM messages
-             WHERE folder_id = ? AND deletion_synced IS NULL ORDER BY uid",
-        )?;
+    pub fn folder_messages(&self, folder_id: i64) -> Result<Vec<(i64, Option<String>, Flags, i64)>> {
+        let mut st = self.conn().prepare(&format!(
+            "SELECT uid, message_id, {FLAG_COLS}, size FROM messages
+             WHERE folder_id = ? AND deletion_synced IS NULL ORDER BY uid"
+        ))?;
         let v = st
-            .query_map([folder_id], |r| Ok((r.get(0)?, r.get(1)?, MsgFlags::from_row(r, 2)?, r.get(7)?)))?
+            .query_map([folder_id], |r| Ok((r.get(0)?, r.get(1)?, flags_at(r, 2)?, r.get(8)?)))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(v)
     }

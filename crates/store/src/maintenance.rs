@@ -316,6 +316,7 @@ mod tests {
             display_name: "INBOX".into(),
             delimiter: None,
             special_use: None,
+            unusable: None,
         }];
         s.record_folder_list(a, &listed).unwrap();
         let folder = s.account_folders(a).unwrap()[0].id;

@@ -3,7 +3,7 @@
 //! Times are unix seconds (UTC) in INTEGER columns. Booleans are 0/1.
 //! Invariant: a migration, once released, is never edited; add a new one at the end.
 
-pub const MIGRATIONS: &[&str] = &[V1];
+pub const MIGRATIONS: &[&str] = &[V1, V2];
 
 const V1: &str = r#"
 -- users of the store: owners of accounts, and parties of internal messages
@@ -251,4 +251,33 @@ CREATE TABLE internal_recipients (
     PRIMARY KEY (message_id, user_id)
 );
 CREATE INDEX internal_recipients_user ON internal_recipients(user_id, read_time);
+"#;
+
+/// Keywords are message data (issue 17), a local change remembers the server's state it
+/// started from (so a push sends only what the user changed), folders LIST could not name
+/// usably are kept visible, and Gmail's message ids let one body serve several labels.
+const V2: &str = r#"
+ALTER TABLE messages ADD COLUMN keywords TEXT;          -- space-separated keywords ($Label1 NonJunk), NULL = none
+ALTER TABLE messages ADD COLUMN flags_base TEXT;        -- IMAP flag words the server had when a local change began
+ALTER TABLE messages ADD COLUMN keywords_refused TEXT;  -- keywords the user set that the server cannot keep
+ALTER TABLE messages ADD COLUMN gm_msgid INTEGER;       -- X-GM-MSGID (Gmail): the same message under several labels
+CREATE INDEX messages_gm_msgid ON messages(gm_msgid) WHERE gm_msgid IS NOT NULL;
+ALTER TABLE receive_queue ADD COLUMN gm_msgid INTEGER;
+ALTER TABLE folders ADD COLUMN unusable TEXT;           -- why a listed folder cannot be synced (a name we cannot use)
+
+-- The first local change of a message (flags_changed set where it was NULL) remembers the
+-- flags before it, whether our code or an application's UPDATE made the change.
+CREATE TRIGGER messages_flags_base AFTER UPDATE OF seen, answered, flagged, draft, deleted, keywords, flags_changed
+ON messages
+WHEN OLD.flags_changed IS NULL AND NEW.flags_changed IS NOT NULL AND NEW.flags_base IS NULL
+BEGIN
+    UPDATE messages SET flags_base = trim(
+        CASE WHEN OLD.seen THEN '\Seen ' ELSE '' END ||
+        CASE WHEN OLD.answered THEN '\Answered ' ELSE '' END ||
+        CASE WHEN OLD.flagged THEN '\Flagged ' ELSE '' END ||
+        CASE WHEN OLD.draft THEN '\Draft ' ELSE '' END ||
+        CASE WHEN OLD.deleted THEN '\Deleted ' ELSE '' END ||
+        COALESCE(OLD.keywords, ''))
+    WHERE id = NEW.id;
+END;
 "#;

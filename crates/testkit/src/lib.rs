@@ -5,8 +5,13 @@
 //! server that cannot start returns an `Err` saying why, so tests that `.expect()` it fail
 //! instead of skipping.
 
+pub mod admin;
+mod chroot;
+mod courier;
+mod cyrus;
 mod dovecot;
 pub mod hostile;
+pub mod hostimap;
 pub mod mailgen;
 mod proc;
 mod proxy;
@@ -14,8 +19,11 @@ mod pysmtp;
 mod rawimap;
 mod smtp;
 
+pub use admin::{Fetched, ImapAdmin, ListEntry};
+pub use courier::Courier;
+pub use cyrus::Cyrus;
 pub use dovecot::Dovecot;
-pub use proxy::{Fault, FaultProxy};
+pub use proxy::{Fault, FaultProxy, GMAIL_TOO_MANY, GmailHits, ImapRule, M365_THROTTLED, gm_msgid};
 pub use pysmtp::{PySmtp, Received, SmtpRules};
 pub use smtp::{SinkOptions, SmtpSink};
 

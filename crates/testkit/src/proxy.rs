@@ -1,13 +1,22 @@
 //! A small threaded TCP proxy 127.0.0.1:free → upstream that injects network faults (cuts,
-//! stalls, slow links, refused connections, injected bytes, STARTTLS stripping) and records
-//! both directions.
+//! stalls, slow links, refused connections, injected bytes, STARTTLS stripping), records both
+//! directions, counts open connections exactly, and optionally applies IMAP-aware rules
+//! ([`ImapRule`], in `proxy/imapfault.rs`) that make a real Dovecot answer like Gmail or
+//! Microsoft 365.
 
+mod imapfault;
+
+pub use imapfault::{GMAIL_TOO_MANY, GmailHits, ImapRule, M365_THROTTLED, gm_msgid};
+
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use imapfault::RuleSet;
 
 /// What the proxy does to each connection opened after `set_fault`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,14 +40,27 @@ pub enum Fault {
     StripStartTls,
 }
 
+/// Connections open now and the most open at once; one mutex so the pair is always consistent
+/// (a separate atomic maximum could miss a peak between two updates).
+struct Counts {
+    open: usize,
+    max: usize,
+}
+
 struct Shared {
     fault: Mutex<Fault>,
+    /// The IMAP rules for connections accepted from now on, with their hit counters.
+    rules: Mutex<Arc<RuleSet>>,
     client: Mutex<Vec<u8>>,
     server: Mutex<Vec<u8>>,
+    capture: AtomicBool,
     connections: AtomicUsize,
+    counts: Mutex<Counts>,
+    counts_changed: Condvar,
     stop: AtomicBool,
-    /// Clones of every open socket, shut down on drop so the pump threads end.
-    sockets: Mutex<Vec<TcpStream>>,
+    /// Clones of every open socket by connection id, shut down on drop so the pump threads end;
+    /// a connection's entry is removed when it ends, so its descriptors really close.
+    sockets: Mutex<HashMap<u64, Vec<TcpStream>>>,
 }
 
 /// A running fault proxy; stops (and closes every proxied connection) on drop.
@@ -52,6 +74,34 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// One accepted connection in [`Counts`]: counted from accept until this guard drops, which is
+/// after both pump threads ended and both sockets (and their registered clones) are closed.
+/// Dropping it also covers a panic or a failed thread spawn, so the count cannot leak.
+struct Open {
+    sh: Arc<Shared>,
+    id: u64,
+}
+
+impl Open {
+    fn new(sh: &Arc<Shared>, id: u64) -> Open {
+        let mut c = lock(&sh.counts);
+        c.open += 1;
+        c.max = c.max.max(c.open);
+        sh.counts_changed.notify_all();
+        Open { sh: Arc::clone(sh), id }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        // Close the registered clones first: only then are the sockets really closed.
+        drop(lock(&self.sh.sockets).remove(&self.id));
+        let mut c = lock(&self.sh.counts);
+        c.open -= 1;
+        self.sh.counts_changed.notify_all();
+    }
+}
+
 impl FaultProxy {
     /// Listens on 127.0.0.1:free and forwards to `upstream`, with `Fault::Pass`.
     pub fn start(upstream: SocketAddr) -> anyhow::Result<FaultProxy> {
@@ -59,13 +109,18 @@ impl FaultProxy {
         let port = listener.local_addr()?.port();
         let shared = Arc::new(Shared {
             fault: Mutex::new(Fault::Pass),
+            rules: Mutex::new(Arc::new(RuleSet::new(Vec::new()))),
             client: Mutex::new(Vec::new()),
             server: Mutex::new(Vec::new()),
+            capture: AtomicBool::new(true),
             connections: AtomicUsize::new(0),
+            counts: Mutex::new(Counts { open: 0, max: 0 }),
+            counts_changed: Condvar::new(),
             stop: AtomicBool::new(false),
-            sockets: Mutex::new(Vec::new()),
+            sockets: Mutex::new(HashMap::new()),
         });
         let sh = Arc::clone(&shared);
+        let next_id = AtomicU64::new(0);
         let acceptor = std::thread::Builder::new().name(format!("fault-proxy-{port}")).spawn(move || {
             for conn in listener.incoming() {
                 if sh.stop.load(Ordering::SeqCst) {
@@ -73,9 +128,16 @@ impl FaultProxy {
                 }
                 let Ok(client) = conn else { continue };
                 sh.connections.fetch_add(1, Ordering::SeqCst);
+                // Counted here, in the accepting thread, so a burst is counted in accept order
+                // before any handler thread runs: the count never lags behind the clients.
+                let open = Open::new(&sh, next_id.fetch_add(1, Ordering::SeqCst));
                 let fault = lock(&sh.fault).clone();
-                let sh = Arc::clone(&sh);
-                std::thread::spawn(move || handle(client, upstream, fault, &sh));
+                let rules = Arc::clone(&lock(&sh.rules));
+                // A failed spawn drops the closure, and with it the socket and the guard.
+                let _ = std::thread::Builder::new().name(format!("fault-proxy-{port}-conn")).spawn(move || {
+                    handle(client, upstream, fault, rules, &open);
+                    drop(open);
+                });
             }
         })?;
         Ok(FaultProxy { port, shared, acceptor: Some(acceptor) })
@@ -90,9 +152,71 @@ impl FaultProxy {
         *lock(&self.shared.fault) = f;
     }
 
+    /// IMAP rules for connections accepted after this call (open ones keep theirs), applied in
+    /// list order on top of the current [`Fault`]. Resets the hit counters. An empty list turns
+    /// IMAP parsing off: bytes then pass exactly as without rules (also for non-IMAP protocols).
+    pub fn set_imap_rules(&self, rules: Vec<ImapRule>) {
+        *lock(&self.shared.rules) = Arc::new(RuleSet::new(rules));
+    }
+
+    /// How often rule `i` of the last [`set_imap_rules`](Self::set_imap_rules) list acted, over
+    /// all connections: answers given (`TooManyConnections`, `Throttle`), FETCH responses given
+    /// Gmail items (`Gmail`; see [`gmail_hits`](Self::gmail_hits) for the rest), lines replaced
+    /// (`Rewrite`). Panics if `i` is out of range.
+    pub fn rule_hits(&self, i: usize) -> u64 {
+        lock(&self.shared.rules).hits(i)
+    }
+
+    /// What the `Gmail` rule of the last rule list did so far.
+    pub fn gmail_hits(&self) -> GmailHits {
+        lock(&self.shared.rules).gmail_hits()
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Client connections open now: each from its accept until both pump threads ended and both
+    /// its sockets are closed (so a closing connection still counts for a moment after the
+    /// client closed it, as it would for the server).
+    pub fn open_connections(&self) -> usize {
+        lock(&self.shared.counts).open
+    }
+
+    /// The most connections that were open at the same moment (as counted by
+    /// [`open_connections`](Self::open_connections)) since start or the last
+    /// [`reset_max`](Self::reset_max).
+    pub fn max_concurrent(&self) -> usize {
+        lock(&self.shared.counts).max
+    }
+
+    /// Restarts [`max_concurrent`](Self::max_concurrent) from the connections open now.
+    pub fn reset_max(&self) {
+        let mut c = lock(&self.shared.counts);
+        c.max = c.open;
+    }
+
+    /// Waits until exactly `n` connections are open; false if that did not happen in `timeout`.
+    /// For tests to wait on the count instead of sleeping.
+    pub fn wait_open(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut c = lock(&self.shared.counts);
+        while c.open != n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            c = self.shared.counts_changed.wait_timeout(c, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        true
+    }
+
+    /// Turns recording of [`captured_client`](Self::captured_client) and
+    /// [`captured_server`](Self::captured_server) on (the default) or off, e.g. for tests that
+    /// move many large messages and would otherwise keep every byte in memory.
+    pub fn set_capture(&self, on: bool) {
+        self.shared.capture.store(on, Ordering::SeqCst);
     }
 
     /// Everything clients sent, all connections concatenated in arrival order.
@@ -114,23 +238,33 @@ impl Drop for FaultProxy {
         if let Some(t) = self.acceptor.take() {
             let _ = t.join();
         }
-        for s in lock(&self.shared.sockets).drain(..) {
-            let _ = s.shutdown(Shutdown::Both);
+        for (_, conn) in lock(&self.shared.sockets).drain() {
+            for s in conn {
+                let _ = s.shutdown(Shutdown::Both);
+            }
         }
     }
 }
 
-fn register(sh: &Shared, s: &TcpStream) {
+fn register(sh: &Shared, id: u64, s: &TcpStream) {
     if let Ok(c) = s.try_clone() {
-        lock(&sh.sockets).push(c);
+        lock(&sh.sockets).entry(id).or_default().push(c);
     }
     if sh.stop.load(Ordering::SeqCst) {
         let _ = s.shutdown(Shutdown::Both);
     }
 }
 
-fn handle(client: TcpStream, upstream: SocketAddr, fault: Fault, sh: &Arc<Shared>) {
-    register(sh, &client);
+/// Records bytes read from the client (`downstream` false) or the server.
+fn capture(sh: &Shared, downstream: bool, bytes: &[u8]) {
+    if sh.capture.load(Ordering::Relaxed) {
+        lock(if downstream { &sh.server } else { &sh.client }).extend_from_slice(bytes);
+    }
+}
+
+fn handle(client: TcpStream, upstream: SocketAddr, fault: Fault, rules: Arc<RuleSet>, open: &Open) {
+    let sh = &open.sh;
+    register(sh, open.id, &client);
     match fault {
         Fault::Refuse => {
             let _ = client.shutdown(Shutdown::Both);
@@ -141,7 +275,7 @@ fn handle(client: TcpStream, upstream: SocketAddr, fault: Fault, sh: &Arc<Shared
             let mut c = &client;
             let mut buf = [0u8; 4096];
             while let Ok(n @ 1..) = c.read(&mut buf) {
-                lock(&sh.client).extend_from_slice(&buf[..n]);
+                capture(sh, false, &buf[..n]);
             }
             return;
         }
@@ -151,9 +285,13 @@ fn handle(client: TcpStream, upstream: SocketAddr, fault: Fault, sh: &Arc<Shared
         let _ = client.shutdown(Shutdown::Both);
         return;
     };
-    register(sh, &server);
+    register(sh, open.id, &server);
     let _ = server.set_nodelay(true);
     let _ = client.set_nodelay(true);
+    if !rules.is_empty() {
+        imapfault::run(client, server, &fault, rules, sh);
+        return;
+    }
     let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
         return;
     };
@@ -167,60 +305,110 @@ fn handle(client: TcpStream, upstream: SocketAddr, fault: Fault, sh: &Arc<Shared
 
 /// Copies `from` → `to` applying `fault` for this direction (`downstream`: server → client).
 fn pump(mut from: TcpStream, mut to: TcpStream, fault: &Fault, downstream: bool, sh: &Shared) {
+    let mut stage = Stage::new(fault, downstream);
     let mut buf = vec![0u8; 64 * 1024];
-    let mut forwarded: u64 = 0;
-    let mut injected = false;
-    let mut pending = Vec::new(); // StripStartTls: an incomplete line held back
-    let limit = match (fault, downstream) {
-        (Fault::CutAfter { server_bytes }, true) => Some(*server_bytes),
-        (Fault::CutClientAfter { client_bytes }, false) => Some(*client_bytes),
-        _ => None,
-    };
-    let mut cut = limit == Some(0);
-    while !cut {
+    while !stage.cut {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        lock(if downstream { &sh.server } else { &sh.client }).extend_from_slice(&buf[..n]);
-        let mut chunk = buf[..n].to_vec();
-        match fault {
-            Fault::Delay { per_chunk_ms } => std::thread::sleep(Duration::from_millis(*per_chunk_ms)),
-            Fault::Inject { server_bytes_at, bytes } if downstream && !injected => {
-                let at = server_bytes_at.saturating_sub(forwarded);
+        capture(sh, downstream, &buf[..n]);
+        stage.delay();
+        if !stage.send(&mut to, &buf[..n]) {
+            break;
+        }
+    }
+    stage.finish(&from, &to);
+}
+
+/// The [`Fault`] applied to one direction's outgoing bytes: the last step before the socket,
+/// shared by the plain pump and the IMAP pumps (so a fault sees what the client or server
+/// would receive, proxy answers and rewrites included).
+struct Stage {
+    fault: Fault,
+    downstream: bool,
+    forwarded: u64,
+    injected: bool,
+    /// StripStartTls: an incomplete line held back.
+    pending: Vec<u8>,
+    limit: Option<u64>,
+    /// The cut limit was reached: the stream ends.
+    cut: bool,
+}
+
+impl Stage {
+    fn new(fault: &Fault, downstream: bool) -> Stage {
+        let limit = match (fault, downstream) {
+            (Fault::CutAfter { server_bytes }, true) => Some(*server_bytes),
+            (Fault::CutClientAfter { client_bytes }, false) => Some(*client_bytes),
+            _ => None,
+        };
+        Stage {
+            fault: fault.clone(),
+            downstream,
+            forwarded: 0,
+            injected: false,
+            pending: Vec::new(),
+            limit,
+            cut: limit == Some(0),
+        }
+    }
+
+    /// `Fault::Delay`: called once per chunk read, before forwarding it.
+    fn delay(&self) {
+        if let Fault::Delay { per_chunk_ms } = self.fault {
+            std::thread::sleep(Duration::from_millis(per_chunk_ms));
+        }
+    }
+
+    /// Writes `data` to `to` through the fault; false when the stream must end (cut reached or
+    /// the write failed).
+    fn send(&mut self, to: &mut TcpStream, data: &[u8]) -> bool {
+        if self.cut {
+            return false;
+        }
+        let mut chunk = data.to_vec();
+        match &self.fault {
+            Fault::Inject { server_bytes_at, bytes } if self.downstream && !self.injected => {
+                let at = server_bytes_at.saturating_sub(self.forwarded);
                 if at <= chunk.len() as u64 {
                     let at = at as usize;
                     chunk.splice(at..at, bytes.iter().copied());
-                    injected = true;
+                    self.injected = true;
                 }
             }
-            Fault::StripStartTls if downstream => {
-                pending.extend_from_slice(&chunk);
-                let end = pending.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-                let complete: Vec<u8> = pending.drain(..end).collect();
+            Fault::StripStartTls if self.downstream => {
+                self.pending.extend_from_slice(&chunk);
+                let end = self.pending.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                let complete: Vec<u8> = self.pending.drain(..end).collect();
                 chunk = strip_starttls(&complete);
             }
             _ => {}
         }
-        if let Some(limit) = limit {
-            let left = limit - forwarded;
+        if let Some(limit) = self.limit {
+            let left = limit - self.forwarded;
             if chunk.len() as u64 >= left {
                 chunk.truncate(left as usize);
-                cut = true;
+                self.cut = true;
             }
         }
         if to.write_all(&chunk).is_err() {
-            break;
+            return false;
         }
-        forwarded += chunk.len() as u64;
+        self.forwarded += chunk.len() as u64;
+        !self.cut
     }
-    if cut || !pending.is_empty() {
-        let _ = to.write_all(&pending);
-        let _ = from.shutdown(Shutdown::Both);
-        let _ = to.shutdown(Shutdown::Both);
-    } else {
-        // Normal EOF: half-close so the other direction can finish.
-        let _ = to.shutdown(Shutdown::Write);
+
+    /// Ends this direction: after a cut (or with a held-back partial line) both sockets close;
+    /// after a normal EOF only `to`'s write side, so the other direction can finish.
+    fn finish(&mut self, from: &TcpStream, to: &TcpStream) {
+        if self.cut || !self.pending.is_empty() {
+            let _ = (&*to).write_all(&std::mem::take(&mut self.pending));
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+        } else {
+            let _ = to.shutdown(Shutdown::Write);
+        }
     }
 }
 

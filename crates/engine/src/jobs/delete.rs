@@ -39,8 +39,8 @@ pub fn sync_delete(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
     if !pending.local.is_empty() || !pending.moves.is_empty() {
         let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
         let present = (|| {
-            let st = session.open(&folder.name, false)?;
-            if folder.uidvalidity != Some(st.uidvalidity as i64) {
+            let st = session.ensure_selected(&folder.name, false)?;
+            if folder.uidvalidity != Some(i64::from(st.uidvalidity)) {
                 return Ok(None);
             }
             session.present_uids(last).map(Some)
@@ -48,7 +48,9 @@ pub fn sync_delete(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
         let present = match present {
             Ok(p) => p,
             Err(e) => {
-                ctx.sessions.discard(account);
+                if !e.session_usable() {
+                    ctx.sessions.discard(account);
+                }
                 return Err(failure_from_imap(e));
             }
         };
@@ -84,9 +86,20 @@ pub fn sync_delete(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
         }
         let session = match ctx.sessions.get(ctx.store, ctx.config, account, now) {
             Ok(s) => s,
-            Err(f) => return Err(backproc_imap::Error { kind: backproc_imap::ErrorKind::Connect, detail: f.detail }),
+            Err(f) => {
+                return Err(backproc_imap::Error { kind: backproc_imap::ErrorKind::Connect, detail: f.detail, retry_after: None });
+            }
         };
-        session.open(&folder.name, true)?;
+        // Read-write, and under the UIDVALIDITY the UIDs were read with: never a deletion in
+        // another generation of the folder.
+        let st = session.ensure_selected(&folder.name, true)?;
+        if folder.uidvalidity != Some(i64::from(st.uidvalidity)) {
+            return Err(backproc_imap::Error {
+                kind: backproc_imap::ErrorKind::Refused,
+                detail: "UIDVALIDITY changed: Sync Delete waits for the folder's resync".into(),
+                retry_after: None,
+            });
+        }
         if !local.is_empty() {
             match &trash {
                 Some(t) if *t != folder.name => session.move_uids(&local, t)?,
@@ -101,7 +114,9 @@ pub fn sync_delete(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
         Ok(())
     })();
     if let Err(e) = result {
-        ctx.sessions.discard(account);
+        if !e.session_usable() {
+            ctx.sessions.discard(account);
+        }
         return Err(failure_from_imap(e));
     }
     if kept_flagged {

@@ -5,17 +5,22 @@
 //! (with its own store connection) parses and commits batch N, so the server, the parser and
 //! the disk work at the same time. The channel between them holds one batch: memory stays
 //! bounded by about three batches whatever the folder's size.
+//!
+//! Nothing asked for is ever dropped unseen: a UID the server did not return is checked with
+//! a UID SEARCH once nothing is in flight, and only one the server no longer has leaves the
+//! queue; one that came without a body (`BODY[] NIL`) stays queued with an attempt counted
+//! and the reason. Bodies are stored only under the UIDVALIDITY the folder's EXAMINE reported.
 
 use std::collections::HashSet;
 use std::time::Instant;
 
-use backproc_store::{Lane, MsgFlags, NewMessage, QueueEntry, RetryPolicy, Store};
+use backproc_store::{Lane, NewMessage, QueueEntry, RetryPolicy, Store};
 use crossbeam_channel::bounded;
 
 use super::Ctx;
 use crate::parse;
 use crate::sessions::failure_from_imap;
-use crate::task::{Failure, FailureKind, Report, Task};
+use crate::task::{Failure, FailureKind, Job, Report, Task};
 
 pub fn policy(c: &backproc_config::Config) -> RetryPolicy {
     RetryPolicy {
@@ -29,9 +34,7 @@ pub fn policy(c: &backproc_config::Config) -> RetryPolicy {
 /// One fetched batch on its way to the writer.
 struct Fetched {
     entries: usize,
-    msgs: Vec<(u32, MsgFlags, Option<i64>, Vec<u8>)>,
-    /// Asked for but not returned: expunged on the server before we fetched them.
-    gone: Vec<i64>,
+    msgs: Vec<backproc_imap::Fetched>,
 }
 
 /// Parses and stores batches until the channel closes; returns messages stored.
@@ -48,8 +51,8 @@ fn writer(
     let mut done = 0i64;
     for b in rx {
         let msgs: Vec<NewMessage> =
-            b.msgs.into_iter().map(|(uid, flags, date, raw)| parse::message(uid as i64, raw, flags, date)).collect();
-        received += store.store_received(folder_id, &msgs, &b.gone)? as i64;
+            b.msgs.into_iter().map(|f| parse::message(i64::from(f.uid), f.raw, f.flags, f.internal_date)).collect();
+        received += store.store_received(folder_id, &msgs, &[])? as i64;
         done += b.entries as i64;
         super::record_progress(store, thread, task, done, total, clock.now());
     }
@@ -79,15 +82,33 @@ pub fn receive(ctx: &mut Ctx, task: &Task, lane: Lane) -> Result<Report, Failure
             log_mdc::extend(mdc);
             writer(&mut writer_store, folder_id, rx, task, total, thread, clock)
         });
-        let fetched = fetch_all(ctx, account, folder_id, &folder.name, lane, tx);
+        let fetched = fetch_all(ctx, account, folder_id, &folder, lane, tx);
         let written = w.join().unwrap_or_else(|_| Err(Failure::new(FailureKind::Panic, "the receive writer panicked")));
         (fetched, written)
     });
     let received = written?;
+    let outcome = fetched?;
+    // What was asked and not returned: gone from the server, or held back by it.
+    let linked = outcome.linked;
+    if !outcome.missing.is_empty() {
+        recheck_missing(ctx, account, folder_id, &outcome.missing, lane)?;
+    }
     ctx.store.drop_stale_if_done(folder_id)?;
     log::info!("received {received} new messages in {}s", started.elapsed().as_secs());
-    fetched?;
-    Ok(Report { count: received, follow_up: Vec::new() })
+    let follow_up = if outcome.uidvalidity_changed {
+        vec![Task::new(Job::SyncFull, Some(account), Some(folder_id))]
+    } else {
+        Vec::new()
+    };
+    Ok(Report { count: received + linked, follow_up })
+}
+
+/// What the fetch stage leaves for after the writer: UIDs asked and not returned.
+#[derive(Default)]
+struct FetchOutcome {
+    missing: Vec<QueueEntry>,
+    linked: i64,
+    uidvalidity_changed: bool,
 }
 
 /// Fetches every due batch and hands it to the writer; on a server error counts one failed
@@ -101,88 +122,78 @@ fn fetch_all(
     ctx: &mut Ctx,
     account: i64,
     folder_id: i64,
-    folder_name: &str,
+    folder: &backproc_store::FolderRow,
     lane: Lane,
     tx: crossbeam_channel::Sender<Fetched>,
-) -> Result<(), Failure> {
+) -> Result<FetchOutcome, Failure> {
     let policy = policy(ctx.config);
     let stale = ctx.store.has_stale(folder_id)?;
+    let mut outcome = FetchOutcome::default();
+    let now = ctx.clock.now();
+    let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
+    let selected = match session.ensure_selected(&folder.name, false) {
+        Ok(s) => s,
+        Err(e) => return Err(drop_or_keep(ctx, account, e)),
+    };
+    if folder.uidvalidity != Some(i64::from(selected.uidvalidity)) {
+        // The queued UIDs belong to another generation of the folder: nothing is fetched
+        // under them; the full sync resets the folder (and re-matches what we have).
+        log::warn!(
+            "UIDVALIDITY is {} on the server, {:?} in the store: nothing received; the folder is resynchronised",
+            selected.uidvalidity,
+            folder.uidvalidity
+        );
+        outcome.uidvalidity_changed = true;
+        return Ok(outcome);
+    }
     let mut after_uid = 0i64;
-    // A batch whose FETCH is on the wire behind the one being read: (entries, UIDs, tag).
-    let mut ahead: Option<(Vec<QueueEntry>, Vec<u32>, String)> = None;
+    // A batch whose FETCH is on the wire behind the one being read.
+    let mut ahead: Option<(Vec<QueueEntry>, backproc_imap::Ticket)> = None;
     loop {
-        let now = ctx.clock.now();
         let (batch, sent) = match ahead.take() {
-            Some((batch, uids, tag)) => (batch, Some((uids, tag))),
-            None => match next_batch(ctx.store, ctx.config, ctx.clock, folder_id, lane, &mut after_uid, &policy)? {
+            Some((batch, ticket)) => (batch, Some(ticket)),
+            None => match next_batch(ctx, folder_id, lane, &mut after_uid, &policy, &mut outcome.linked)? {
                 Some(batch) => (batch, None),
-                None => return Ok(()),
+                None => return Ok(outcome),
             },
         };
-        let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
         let mut msgs = Vec::with_capacity(batch.len());
         // A store error while looking ahead is reported once this batch is handed over.
         let mut ahead_failed = None;
-        let result = (|| -> Result<Vec<i64>, backproc_imap::Error> {
-            let (uids, tag) = match sent {
-                Some((uids, tag)) => (uids, Some(tag)),
-                None => {
-                    session.ensure_open(folder_name, false)?;
-                    let mut uids: Vec<u32> = batch.iter().map(|e| e.uid as u32).collect();
-                    // After a UIDVALIDITY change, messages we already have are re-keyed, not
-                    // downloaded again (matched by Message-ID and size).
-                    if stale {
-                        let mut rematched = Vec::new();
-                        for (uid, size, header) in session.fetch_headers(&uids)? {
-                            if let Some(mid) = parse::message_id(&header)
-                                && ctx.store.rematch_stale(folder_id, uid as i64, &mid, size as i64).unwrap_or(false)
-                            {
-                                rematched.push(uid);
-                            }
-                        }
-                        uids.retain(|u| !rematched.contains(u));
-                    }
-                    let tag = session.fetch_bodies_send(&uids)?;
-                    (uids, tag)
-                }
-            };
-            let Some(tag) = tag else { return Ok(Vec::new()) };
-            if !stale {
-                match next_batch(ctx.store, ctx.config, ctx.clock, folder_id, lane, &mut after_uid, &policy) {
-                    Ok(Some(next)) => {
-                        let next_uids: Vec<u32> = next.iter().map(|e| e.uid as u32).collect();
-                        if let Some(t) = session.fetch_bodies_send(&next_uids)? {
-                            ahead = Some((next, next_uids, t));
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(f) => ahead_failed = Some(f),
+        let mut asked: Vec<QueueEntry> = batch.clone();
+        let result = fetch_one(ctx, account, folder_id, stale, sent, &mut asked, &mut msgs, |ctx| {
+            if stale {
+                return Ok(None);
+            }
+            match next_batch(ctx, folder_id, lane, &mut after_uid, &policy, &mut outcome.linked) {
+                Ok(next) => Ok(next.filter(|n| !n.is_empty())),
+                Err(f) => {
+                    ahead_failed = Some(f);
+                    Ok(None)
                 }
             }
-            let max_size = ctx.config.email_bg_max_message_size as usize;
-            session.fetch_bodies_read(&tag, max_size, ahead.is_some(), |f| {
-                let flags = MsgFlags {
-                    seen: f.flags.seen,
-                    answered: f.flags.answered,
-                    flagged: f.flags.flagged,
-                    draft: f.flags.draft,
-                    deleted: f.flags.deleted,
-                };
-                msgs.push((f.uid, flags, f.internal_date, f.raw));
-            })?;
-            let got: HashSet<u32> = msgs.iter().map(|m| m.0).collect();
-            Ok(uids.iter().filter(|u| !got.contains(u)).map(|u| *u as i64).collect())
-        })();
+        });
         match result {
-            Ok(gone) => {
-                if tx.send(Fetched { entries: batch.len(), msgs, gone }).is_err() {
+            Ok((report, next)) => {
+                ahead = next;
+                let entries = asked.len();
+                if tx.send(Fetched { entries, msgs }).is_err() {
                     // The writer stopped (its error is reported by the caller). A FETCH still
                     // in flight would be read by the session's next command: drop the session.
                     if ahead.is_some() {
                         ctx.sessions.discard(account);
                     }
-                    return Ok(());
+                    return Ok(outcome);
                 }
+                let by_uid = |uids: &[u32]| -> Vec<QueueEntry> {
+                    asked.iter().filter(|e| uids.contains(&(e.uid as u32))).copied().collect()
+                };
+                if !report.no_body.is_empty() {
+                    let ids: Vec<i64> = by_uid(&report.no_body).iter().map(|e| e.id).collect();
+                    log::warn!("the server sent no body for {} message(s) (BODY[] NIL): they stay queued", ids.len());
+                    note_failed(ctx, &ids, "the server sent no body for the message (BODY[] NIL)", &policy)?;
+                }
+                outcome.missing.extend(by_uid(&report.missing));
                 if let Some(f) = ahead_failed {
                     return Err(f);
                 }
@@ -192,48 +203,152 @@ fn fetch_all(
                 ctx.sessions.discard(account);
                 let f = failure_from_imap(e);
                 let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
-                let moves = ctx.store.receive_failed(&ids, &f.to_string(), now, &policy)?;
-                if moves.to_secondary > 0 {
-                    log::warn!(
-                        "{} message(s) failed more than {} times: moved to the secondary queue",
-                        moves.to_secondary,
-                        policy.secondary_after
-                    );
-                }
-                if moves.failed > 0 {
-                    log::error!("{} message(s) failed more than {} times: given up", moves.failed, policy.final_after);
-                }
+                note_failed(ctx, &ids, &f.to_string(), &policy)?;
                 return Err(f);
             }
         }
     }
 }
 
+/// One batch: its FETCH (sent now unless `sent`), the next batch's FETCH sent behind it
+/// (`look_ahead` gives it), then this one's answer read into `msgs`.
+#[allow(clippy::too_many_arguments)]
+fn fetch_one(
+    ctx: &mut Ctx,
+    account: i64,
+    folder_id: i64,
+    stale: bool,
+    sent: Option<backproc_imap::Ticket>,
+    asked: &mut Vec<QueueEntry>,
+    msgs: &mut Vec<backproc_imap::Fetched>,
+    mut look_ahead: impl FnMut(&mut Ctx) -> Result<Option<Vec<QueueEntry>>, Failure>,
+) -> Result<(backproc_imap::FetchReport, Option<(Vec<QueueEntry>, backproc_imap::Ticket)>), backproc_imap::Error> {
+    let now = ctx.clock.now();
+    let ticket = match sent {
+        Some(t) => t,
+        None => {
+            let session = ctx.sessions.get(ctx.store, ctx.config, account, now).map_err(to_imap)?;
+            // After a UIDVALIDITY change, messages we already have are re-keyed, not
+            // downloaded again (matched by Message-ID and size).
+            if stale {
+                let uids: Vec<u32> = asked.iter().map(|e| e.uid as u32).collect();
+                let mut rematched = HashSet::new();
+                for (uid, size, header) in session.fetch_headers(&uids)? {
+                    if let Some(mid) = parse::message_id(&header)
+                        && ctx.store.rematch_stale(folder_id, i64::from(uid), &mid, i64::from(size)).unwrap_or(false)
+                    {
+                        rematched.insert(i64::from(uid));
+                    }
+                }
+                asked.retain(|e| !rematched.contains(&e.uid));
+            }
+            if asked.is_empty() {
+                return Ok((backproc_imap::FetchReport::default(), None));
+            }
+            send(session, asked)?
+        }
+    };
+    let next = match look_ahead(ctx).map_err(to_imap)? {
+        Some(next) => {
+            let session = ctx.sessions.get(ctx.store, ctx.config, account, now).map_err(to_imap)?;
+            let t = send(session, &next)?;
+            Some((next, t))
+        }
+        None => None,
+    };
+    let session = ctx.sessions.get(ctx.store, ctx.config, account, now).map_err(to_imap)?;
+    let report = session.read_fetch(ticket, |f| msgs.push(f))?;
+    Ok((report, next))
+}
+
+fn send(session: &mut backproc_imap::Session, batch: &[QueueEntry]) -> Result<backproc_imap::Ticket, backproc_imap::Error> {
+    let uids: Vec<u32> = batch.iter().map(|e| e.uid as u32).collect();
+    let bytes: i64 = batch.iter().map(|e| e.size.max(0)).sum();
+    session.queue_fetch(&uids, bytes as u64)
+}
+
+fn to_imap(f: Failure) -> backproc_imap::Error {
+    backproc_imap::Error { kind: backproc_imap::ErrorKind::Connect, detail: f.detail, retry_after: None }
+}
+
+fn drop_or_keep(ctx: &mut Ctx, account: i64, e: backproc_imap::Error) -> Failure {
+    if !e.session_usable() {
+        ctx.sessions.discard(account);
+    }
+    failure_from_imap(e)
+}
+
+/// Counts a failed attempt for each entry, moving those past the limits on.
+fn note_failed(ctx: &mut Ctx, ids: &[i64], why: &str, policy: &RetryPolicy) -> Result<(), Failure> {
+    let moves = ctx.store.receive_failed(ids, why, ctx.clock.now(), policy)?;
+    if moves.to_secondary > 0 {
+        log::warn!("{} message(s) failed more than {} times: moved to the secondary queue", moves.to_secondary, policy.secondary_after);
+    }
+    if moves.failed > 0 {
+        log::error!("{} message(s) failed more than {} times: given up", moves.failed, policy.final_after);
+    }
+    Ok(())
+}
+
+/// UIDs a FETCH did not return: those the server still has (a UID SEARCH says) stay queued
+/// with an attempt and the reason; only those it no longer has leave the queue.
+fn recheck_missing(ctx: &mut Ctx, account: i64, folder_id: i64, missing: &[QueueEntry], _lane: Lane) -> Result<(), Failure> {
+    let policy = policy(ctx.config);
+    let now = ctx.clock.now();
+    let uids: Vec<u32> = missing.iter().map(|e| e.uid as u32).collect();
+    let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
+    let still = match session.search_uids(&uids) {
+        Ok(s) => s,
+        Err(e) => return Err(drop_or_keep(ctx, account, e)),
+    };
+    let (kept, gone): (Vec<&QueueEntry>, Vec<&QueueEntry>) = missing.iter().partition(|e| still.contains(&(e.uid as u32)));
+    if !gone.is_empty() {
+        log::debug!("{} queued message(s) were expunged on the server before their download", gone.len());
+        ctx.store.unqueue(folder_id, &gone.iter().map(|e| e.uid).collect::<Vec<_>>())?;
+    }
+    if !kept.is_empty() {
+        log::warn!("the server did not return {} message(s) it still has: they stay queued", kept.len());
+        let ids: Vec<i64> = kept.iter().map(|e| e.id).collect();
+        note_failed(ctx, &ids, "the server did not return the message it lists", &policy)?;
+    }
+    Ok(())
+}
+
 /// The next due batch after `after_uid` (which it advances), bounded by count and bytes;
-/// messages above EMAIL_BG_MAX_MESSAGE_SIZE are never downloaded: they fail until final.
+/// messages above EMAIL_BG_MAX_MESSAGE_SIZE are never downloaded: they fail until final. On
+/// Gmail, a message the account already stores under another label is linked, not fetched.
 fn next_batch(
-    store: &mut Store,
-    config: &backproc_config::Config,
-    clock: crate::Clock,
+    ctx: &mut Ctx,
     folder_id: i64,
     lane: Lane,
     after_uid: &mut i64,
     policy: &RetryPolicy,
+    linked_count: &mut i64,
 ) -> Result<Option<Vec<QueueEntry>>, Failure> {
+    let config = ctx.config;
     let max_count = config.email_bg_receive_batch_messages as usize;
     let max_bytes = config.email_bg_receive_batch_bytes as i64;
     let max_size = config.email_bg_max_message_size as i64;
     loop {
-        let now = clock.now();
-        let batch: Vec<QueueEntry> = store.receive_batch(folder_id, lane, now, *after_uid, max_count, max_bytes)?;
+        let now = ctx.clock.now();
+        let batch: Vec<QueueEntry> = ctx.store.receive_batch(folder_id, lane, now, *after_uid, max_count, max_bytes)?;
         let Some(last) = batch.last() else { return Ok(None) };
         *after_uid = last.uid;
-        let (too_big, batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|e| e.size > max_size);
+        let (too_big, mut batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|e| e.size > max_size);
         if !too_big.is_empty() {
             let ids: Vec<i64> = too_big.iter().map(|e| e.id).collect();
             let msg = format!("message larger than EMAIL_BG_MAX_MESSAGE_SIZE ({max_size} bytes)");
             log::error!("Not enough memory to process the message: {} message(s) skipped: {msg}", ids.len());
-            store.receive_failed(&ids, &msg, now, policy)?;
+            ctx.store.receive_failed(&ids, &msg, now, policy)?;
+        }
+        let known: Vec<(i64, i64)> = batch.iter().filter_map(|e| e.gm_msgid.map(|g| (e.uid, g))).collect();
+        if !known.is_empty() {
+            let linked = ctx.store.link_known_bodies(folder_id, &known)?;
+            if !linked.is_empty() {
+                log::debug!("{} message(s) already stored under another label: linked, not downloaded", linked.len());
+                *linked_count += linked.len() as i64;
+                batch.retain(|e| !linked.contains(&e.uid));
+            }
         }
         if !batch.is_empty() {
             return Ok(Some(batch));

@@ -296,9 +296,10 @@ fn append_sent(ctx: &mut Ctx, a: &Account) {
     };
     let mut failed = None;
     let mut done = Vec::new();
+    let seen = backproc_imap::Flags::parse("\\Seen");
     for (id, raw) in &pending {
-        match session.append_seen(&folder, raw) {
-            Ok(()) => done.push(*id),
+        match session.append(&folder, &seen, raw) {
+            Ok(_) => done.push(*id),
             Err(e) => {
                 failed = Some(e);
                 break;
@@ -306,7 +307,9 @@ fn append_sent(ctx: &mut Ctx, a: &Account) {
         }
     }
     if let Some(e) = failed {
-        ctx.sessions.discard(a.id);
+        if !e.session_usable() {
+            ctx.sessions.discard(a.id);
+        }
         log::warn!("cannot append a sent message to {folder}, will retry: {e}");
     }
     for id in done {

@@ -1,40 +1,41 @@
-//! Folder discovery and the Sync job: asks the server what changed, plans, applies.
-//! It downloads nothing: new UIDs go to the receive queue.
+//! Folder discovery and the Sync job: ask the server what changed (`plan_fetch` decides what
+//! to ask, `Session::read_folder` asks it in one round trip), plan (`plan`), push the local
+//! flag changes that win, apply. It downloads nothing: new UIDs go to the receive queue.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use backproc_imap::{Change, Flags, LocalFolder, LocalMsg, ServerFlags, ServerView, plan};
-use backproc_store::{FolderListing, MsgFlags, SyncApply};
+use backproc_imap::{
+    Change, FetchPlan, FlagPush, FolderRead, LocalFolder, LocalMsg, LocalSummary, NewMsg, Presence, ReadCaps,
+    ServerFlags, ServerView, Session, plan, plan_fetch,
+};
+use backproc_store::{FolderListing, MsgSyncRow, NewHistory, Queued, Store, SyncApply};
 
 use super::Ctx;
 use crate::schedule::{Intervals, daily_start, folder_due};
 use crate::sessions::failure_from_imap;
 use crate::task::{Failure, FailureKind, Job, Report, Task};
 
-fn to_store(f: Flags) -> MsgFlags {
-    MsgFlags { seen: f.seen, answered: f.answered, flagged: f.flagged, draft: f.draft, deleted: f.deleted }
-}
-fn to_plan(f: MsgFlags) -> Flags {
-    Flags { seen: f.seen, answered: f.answered, flagged: f.flagged, draft: f.draft, deleted: f.deleted }
-}
-
-/// LIST the account's folders and record them.
+/// LIST the account's folders and record them. A LIST without INBOX (every server has one)
+/// is refused: recording it would mark every folder gone.
 pub fn list_folders(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
     let account = task.account.ok_or_else(|| Failure::new(FailureKind::Other, "no account"))?;
     let now = ctx.clock.now();
     // The folders due now are synced right after the listing: ask their STATUS first, INBOX
     // first of all (see `ask_status_ahead`).
-    ask_status_ahead(ctx, account, now, None)?;
+    ask_status_ahead(ctx, account, now)?;
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
-    let listed = match session.list_folders() {
+    let listing = match session.list() {
         Ok(l) => l,
-        Err(e) => {
-            ctx.sessions.discard(account);
-            return Err(failure_from_imap(e));
-        }
+        Err(e) => return Err(imap_failure(ctx, account, e)),
     };
-    let rows: Vec<FolderListing> = listed
+    if !listing.has_inbox() {
+        let msg = "the server's folder list has no INBOX: it is not recorded (no folder is marked gone)";
+        log::warn!("{msg}");
+        return Err(Failure::new(FailureKind::Protocol, msg));
+    }
+    let mut rows: Vec<FolderListing> = listing
+        .folders
         .into_iter()
         .filter(|f| f.selectable)
         .map(|f| FolderListing {
@@ -42,8 +43,20 @@ pub fn list_folders(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
             display_name: f.display_name,
             delimiter: f.delimiter,
             special_use: f.special_use.map(str::to_owned),
+            unusable: None,
         })
         .collect();
+    for u in listing.unusable {
+        if let Some(name) = u.name {
+            rows.push(FolderListing {
+                display_name: name.clone(),
+                name,
+                delimiter: None,
+                special_use: None,
+                unusable: Some(u.reason),
+            });
+        }
+    }
     let new = ctx.store.record_folder_list(account, &rows)?;
     if !new.is_empty() {
         log::info!("found {} new folder(s)", new.len());
@@ -51,6 +64,43 @@ pub fn list_folders(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
     // New folders get their initial sync at once, whatever their priority.
     let follow_up = new.iter().map(|&f| Task::new(Job::SyncFull, Some(account), Some(f))).collect();
     Ok(Report { count: new.len() as i64, follow_up })
+}
+
+/// An error of the server as a failure; the session is dropped unless only a command was
+/// refused (then it is fine: a folder's NO does not cost the account a new login).
+fn imap_failure(ctx: &mut Ctx, account: i64, e: backproc_imap::Error) -> Failure {
+    if !e.session_usable() {
+        ctx.sessions.discard(account);
+    }
+    failure_from_imap(e)
+}
+
+/// What stops a sync half-way: the server or the store.
+enum Fail {
+    Imap(backproc_imap::Error),
+    Store(backproc_store::Error),
+}
+impl From<backproc_imap::Error> for Fail {
+    fn from(e: backproc_imap::Error) -> Fail {
+        Fail::Imap(e)
+    }
+}
+impl From<backproc_store::Error> for Fail {
+    fn from(e: backproc_store::Error) -> Fail {
+        Fail::Store(e)
+    }
+}
+
+/// The outcome of talking to the server about one folder.
+struct Gathered {
+    view: ServerView,
+    changes: Vec<Change>,
+    /// Rows read, by UID: the `flags_changed` each had when read.
+    read_marks: BTreeMap<u32, Option<i64>>,
+    /// UIDs whose push the server refused as changed meanwhile (CONDSTORE MODIFIED).
+    modified: BTreeSet<u32>,
+    /// Sizes of the UIDs found missing from the store.
+    healed: Vec<NewMsg>,
 }
 
 /// Sync one folder: recent (new UIDs) or full (also flags and vanished messages).
@@ -71,129 +121,58 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
         highest_modseq: folder.highest_modseq.map(|v| v as u64),
         last_full_sync: folder.last_full_sync,
     };
-    if !ctx.sessions.get(ctx.store, ctx.config, account, now)?.has_status_ahead(&folder.name) {
-        ask_status_ahead(ctx, account, now, Some(&folder.name))?;
+    if !ctx.sessions.get(ctx.store, ctx.config, account, now)?.has_status(&folder.name) {
+        ask_status_ahead(ctx, account, now)?;
     }
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
     let status = match session.status(&folder.name) {
         Ok(s) => s,
-        Err(e) => {
-            ctx.sessions.discard(account);
-            return Err(failure_from_imap(e));
-        }
+        Err(e) => return Err(imap_failure(ctx, account, e)),
     };
-    let reset = local.uidvalidity.is_some_and(|v| v != status.uidvalidity);
-    let has_new = status.uidnext == 0 || status.uidnext > local.last_seen_uid + 1;
-    // With CONDSTORE an unchanged HIGHESTMODSEQ and message count mean no flag change and no
-    // expunge: the no-change full sync costs one STATUS (and no read of the folder's rows).
-    let flags_unchanged = session.caps.condstore
-        && local.highest_modseq.is_some()
-        && status.highest_modseq == local.highest_modseq
-        && holds_all(ctx.store, folder_id, &summary, i64::from(status.exists), 0)?;
-    // Pending local flag changes need the flag pass even when the server changed nothing.
-    let want_flags = !reset && full && (!flags_unchanged || summary.local_pending) && local.last_seen_uid > 0;
+    // Whether the server's count is what we hold: `stored` (an index-only count) includes rows
+    // known gone on the server, so only a count below it needs the exact one.
+    let held = summary.stored + summary.queued;
+    let present =
+        if i64::from(status.exists) >= held { summary.stored } else { ctx.store.folder_present_count(folder_id)? };
+    let lsum = LocalSummary { present, queued: summary.queued, local_pending: summary.local_pending };
+    let caps = ReadCaps { condstore: session.caps.condstore, qresync: session.caps.qresync };
+    let what = plan_fetch(&local, &lsum, &status, caps, full);
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
-    let store: &backproc_store::Store = ctx.store;
-    let result = (|| -> Result<(ServerView, Vec<Change>, Vec<u32>), Fail> {
-        let mut view = ServerView { status, new: Vec::new(), full: None };
-        if reset {
+    let store: &mut Store = ctx.store;
+    let gathered = match what {
+        FetchPlan::Nothing => {
+            // An empty folder's first full sync records its HIGHESTMODSEQ.
+            let full_view = (full && local.last_seen_uid == 0).then(ServerFlags::default);
+            let view = ServerView { status, new: Vec::new(), full: full_view, permanent_flags: None };
             let changes = plan(&local, &[], &[], &view);
-            return Ok((view, changes, Vec::new()));
+            Ok(Gathered { view, changes, read_marks: BTreeMap::new(), modified: BTreeSet::new(), healed: Vec::new() })
         }
-        if has_new || want_flags {
-            session.ensure_open(&folder.name, false)?;
-        }
-        if has_new {
-            view.new = session.new_messages(local.last_seen_uid)?;
-        }
-        let mut pushed = Vec::new();
-        // Only the flag pass compares the folder message by message.
-        let (mut rows, mut queued) = (Vec::new(), Vec::new());
-        if want_flags {
-            let last = local.last_seen_uid;
-            let since = if session.caps.condstore { local.highest_modseq } else { None };
-            // UIDs only grow (RFC 3501 §2.3.1.1) and every UID up to the last seen one was
-            // queued here: when the server's count is what we hold plus the new UIDs, nothing
-            // we hold was expunged. Then CHANGEDSINCE's answer and the rows it names (and
-            // those with a local change waiting) are the whole story: no UID SEARCH of every
-            // UID, no read of every row. An expunge (or anything else that upsets the count)
-            // takes the full comparison.
-            let new_uids: BTreeSet<u32> = view.new.iter().map(|m| m.uid).filter(|u| *u > last).collect();
-            let nothing_expunged = since.is_some()
-                && holds_all(store, folder_id, &summary, i64::from(view.status.exists), new_uids.len() as i64)?;
-            if nothing_expunged {
-                let flags = session.changed_flags(last, since)?;
-                rows = store.folder_sync_rows_of(folder_id, flags.keys().map(|u| i64::from(*u)))?;
-                let present = rows.iter().map(|r| r.uid as u32).collect();
-                view.full = Some(ServerFlags { flags, present });
-            } else {
-                let (flags, present) = session.flags_and_present(last, since)?;
-                (rows, queued) = store.folder_sync_rows(folder_id)?;
-                view.full = Some(ServerFlags { flags, present });
-            }
-        } else if full && local.last_seen_uid == 0 {
-            view.full = Some(ServerFlags::default());
-        }
-        let msgs: Vec<LocalMsg> = rows.iter().map(local_msg).collect();
-        let q: Vec<u32> = queued.iter().map(|u| *u as u32).collect();
-        let changes = plan(&local, &msgs, &q, &view);
-        // Push the local flag changes that win (needs a read-write SELECT).
-        let pushes: Vec<(u32, Flags)> = changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::PushFlags { uid, flags } => Some((*uid, *flags)),
-                _ => None,
-            })
-            .collect();
-        if !pushes.is_empty() {
-            session.ensure_open(&folder.name, true)?;
-            for (uid, flags) in pushes {
-                // UNCHANGEDSINCE our HIGHESTMODSEQ: a concurrent change on the server is not
-                // overwritten silently; it wins and is read at the next full sync.
-                if session.store_flags(uid, flags, local.highest_modseq)? {
-                    pushed.push(uid);
-                } else {
-                    log::warn!("flags of UID {uid} changed on the server meanwhile: the server's state is kept");
-                }
-            }
-        }
-        Ok((view, changes, pushed))
-    })();
-    let (view, changes, pushed) = match result {
-        Ok(v) => v,
-        Err(Fail::Imap(e)) => {
-            ctx.sessions.discard(account);
-            return Err(failure_from_imap(e));
-        }
+        FetchPlan::Read(req) => read_and_plan(session, store, folder_id, &folder.name, &local, &req, full),
+    };
+    let g = match gathered {
+        Ok(g) => g,
+        Err(Fail::Imap(e)) => return Err(imap_failure(ctx, account, e)),
         Err(Fail::Store(e)) => return Err(e.into()),
     };
-    let mut apply = SyncApply { full, uidvalidity: Some(view.status.uidvalidity as i64), ..SyncApply::default() };
-    let mut found = 0usize;
-    for c in changes {
-        log::debug!("{c}");
-        match c {
-            Change::Reset { uidvalidity } => {
-                log::warn!(
-                    "UIDVALIDITY changed ({} -> {uidvalidity}): the folder is resynchronised",
-                    local.uidvalidity.map(|v| v.to_string()).unwrap_or_else(|| "none".into())
-                );
-                apply.reset = Some(uidvalidity as i64);
-            }
-            Change::Queue(v) => {
-                found += v.len();
-                apply.queue.extend(v.iter().map(|m| (m.uid as i64, m.size as i64)));
-            }
-            Change::SetLocalFlags { uid, flags } => apply.set_flags.push((uid as i64, to_store(flags))),
-            Change::PushFlags { uid, .. } => {
-                if pushed.contains(&uid) {
-                    apply.pushed.push(uid as i64);
-                }
-            }
-            Change::VanishedOnServer { uid } => apply.vanished.push(uid as i64),
-            Change::Unqueue { uid } => apply.unqueue.push(uid as i64),
-            Change::Watermarks { last_seen_uid, highest_modseq } => {
-                apply.watermarks = Some((last_seen_uid as i64, highest_modseq.map(|m| m as i64)));
-            }
+    let (apply, found, healed) = to_apply(&local, g, full);
+    if healed > 0 {
+        log::info!("{healed} message(s) the server has were missing from the store: queued again");
+        if let Err(e) = ctx.store.add_counter("healed_messages", healed as i64) {
+            log::warn!("cannot count healed messages: {e}");
+        }
+        let detail = format!("{healed} message(s) missing from the store queued again");
+        let h = NewHistory {
+            process: task.job.name(),
+            status: "Healed",
+            detail: Some(&detail),
+            account_id: Some(account),
+            folder_id: Some(folder_id),
+            count: Some(healed as i64),
+            duration_ms: None,
+            thread: None,
+        };
+        if let Err(e) = ctx.store.add_history(&h, now) {
+            log::warn!("cannot write history: {e}");
         }
     }
     let reset = apply.reset.is_some();
@@ -201,7 +180,7 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
     ctx.store.apply_sync(folder_id, &apply, now)?;
     log::info!("found {found} new messages in {}s", started.elapsed().as_secs());
     let mut follow_up = Vec::new();
-    if found > 0 || summary.queued > 0 {
+    if found + healed > 0 || summary.queued > 0 {
         follow_up.push(Task::new(Job::Receive, Some(account), Some(folder_id)));
     }
     if vanished {
@@ -213,56 +192,195 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
         // Read the folder again from scratch right away.
         follow_up.push(Task::new(Job::SyncFull, Some(account), Some(folder_id)));
     }
-    Ok(Report { count: found as i64, follow_up })
+    Ok(Report { count: (found + healed) as i64, follow_up })
 }
 
-/// Whether the server's message count `exists` is exactly what we hold, plus `new` UIDs above
-/// the last seen one: as UIDs only grow and every one up to the last seen was queued here,
-/// nothing we hold was expunged then. `summary.stored` (an index-only count) includes rows
-/// already known gone on the server, so it can only make the sum too high, never hide an
-/// expunge: only when it is too high is the exact count (a read of every row) needed.
-fn holds_all(
-    store: &backproc_store::Store,
+/// Reads the folder as `req` says, gathers the rows the answer concerns, plans, and pushes the
+/// local flag changes that win.
+fn read_and_plan(
+    session: &mut Session,
+    store: &mut Store,
     folder_id: i64,
-    summary: &backproc_store::SyncSummary,
-    exists: i64,
-    new: i64,
-) -> Result<bool, backproc_store::Error> {
-    let held = summary.stored + summary.queued + new;
-    if exists >= held {
-        return Ok(exists == held);
+    name: &str,
+    local: &LocalFolder,
+    req: &FolderRead,
+    full: bool,
+) -> Result<Gathered, Fail> {
+    let answer = session.read_folder(name, req)?;
+    let status = answer.selected.status();
+    let mut view =
+        ServerView { status, new: answer.new, full: None, permanent_flags: answer.selected.permanent_flags.clone() };
+    let none = || Gathered {
+        view: ServerView::default(),
+        changes: Vec::new(),
+        read_marks: BTreeMap::new(),
+        modified: BTreeSet::new(),
+        healed: Vec::new(),
+    };
+    if local.uidvalidity.is_some_and(|v| v != status.uidvalidity) {
+        // Said by the SELECT itself: nothing read under the old UIDVALIDITY is used.
+        let changes = plan(local, &[], &[], &view);
+        return Ok(Gathered { view, changes, ..none() });
     }
-    Ok(exists == store.folder_present_count(folder_id)? + summary.queued + new)
+    let last = local.last_seen_uid;
+    let (mut rows, mut queued): (Vec<MsgSyncRow>, Vec<i64>) = (Vec::new(), Vec::new());
+    if let Some(fr) = req.flags {
+        let changed_only = fr.changed_since.is_some();
+        let presence = match answer.present {
+            Some(p) => Presence::All(p),
+            None if !changed_only => Presence::All(answer.flags.keys().copied().collect()),
+            None => {
+                // QRESYNC: what vanished since our HIGHESTMODSEQ. When the count then
+                // disagrees with what we hold, the store has a gap: ask the whole UID set.
+                let vanished_held = store.folder_rows_with_uids(folder_id, &to_i64(&answer.vanished))?;
+                let gone_rows = vanished_held.iter().filter(|r| !r.server_deleted).count() as i64;
+                let queued_all = store.queued_uids(folder_id)?;
+                let gone_queued = queued_all.iter().filter(|u| answer.vanished.contains(&(**u as u32))).count() as i64;
+                let summary = store.folder_sync_summary(folder_id)?;
+                let present_now = store.folder_present_count(folder_id)? - gone_rows;
+                let expect = present_now + summary.queued - gone_queued + view.new.len() as i64;
+                if expect == i64::from(status.exists) {
+                    Presence::Vanished(answer.vanished.clone())
+                } else {
+                    log::info!("the message count ({}) is not what the store holds ({expect}): reading the folder's UID set", status.exists);
+                    Presence::All(session.present_uids(last)?)
+                }
+            }
+        };
+        match &presence {
+            Presence::All(_) => (rows, queued) = store.folder_sync_rows(folder_id)?,
+            Presence::Vanished(v) => {
+                let mut uids: Vec<i64> = to_i64(v);
+                uids.extend(answer.flags.keys().map(|u| i64::from(*u)));
+                uids.sort_unstable();
+                uids.dedup();
+                rows = store.folder_sync_rows_of(folder_id, uids.iter().copied())?;
+                if !v.is_empty() {
+                    queued = store.queued_uids(folder_id)?;
+                }
+            }
+        }
+        view.full = Some(ServerFlags { flags: answer.flags, changed_only, presence });
+    } else if full && last == 0 {
+        // A folder's first full sync queues every message: their flags come with their
+        // bodies, so the HIGHESTMODSEQ of this read covers them.
+        view.full = Some(ServerFlags::default());
+    }
+    let msgs: Vec<LocalMsg> = rows.iter().map(local_msg).collect();
+    let q: Vec<u32> = queued.iter().map(|u| *u as u32).collect();
+    let changes = plan(local, &msgs, &q, &view);
+    let read_marks = rows.iter().map(|r| (r.uid as u32, r.flags_changed)).collect();
+    let mut modified = BTreeSet::new();
+    let pushes = group_pushes(&changes);
+    if !pushes.is_empty() {
+        // Read-write; a SELECT of its own when the read was an EXAMINE, whose UIDVALIDITY is
+        // checked again: nothing is pushed under another one.
+        let selected = session.ensure_selected(name, true)?;
+        if selected.uidvalidity != status.uidvalidity {
+            log::warn!("UIDVALIDITY changed between two SELECTs: no flag is pushed; the next sync resets the folder");
+            return Ok(Gathered { view, changes: Vec::new(), ..none() });
+        }
+        // UNCHANGEDSINCE the HIGHESTMODSEQ this read saw: a change made on the server since is
+        // not overwritten; the server wins and is read at the next full sync.
+        let report = session.store_flags(&pushes, status.highest_modseq)?;
+        for uid in &report.modified {
+            log::warn!("flags of UID {uid} changed on the server meanwhile: the server's state is kept");
+        }
+        modified = report.modified;
+    }
+    let heal: Vec<u32> =
+        changes.iter().filter_map(|c| if let Change::Heal(v) = c { Some(v.clone()) } else { None }).flatten().collect();
+    let healed = if heal.is_empty() { Vec::new() } else { session.sizes(&heal)? };
+    Ok(Gathered { view, changes, read_marks, modified, healed })
 }
 
-/// Asks the STATUS of all the account's folders due now in one write, `current` (the folder
-/// being synced, if any) included: one round trip instead of one per folder. INBOX goes
+/// The pushes of a plan, one `UID STORE` per distinct change (marking 500 messages read is
+/// one command, not 500).
+fn group_pushes(changes: &[Change]) -> Vec<FlagPush> {
+    let mut groups: Vec<FlagPush> = Vec::new();
+    for c in changes {
+        if let Change::PushFlags { uid, add, remove, .. } = c {
+            match groups.iter_mut().find(|g| g.add == *add && g.remove == *remove) {
+                Some(g) => g.uids.push(*uid),
+                None => groups.push(FlagPush { uids: vec![*uid], add: add.clone(), remove: remove.clone() }),
+            }
+        }
+    }
+    groups
+}
+
+/// The plan as one store transaction; returns it, the new messages found and the healed ones.
+fn to_apply(local: &LocalFolder, g: Gathered, full: bool) -> (SyncApply, usize, usize) {
+    let mut apply = SyncApply { full, uidvalidity: Some(i64::from(g.view.status.uidvalidity)), ..SyncApply::default() };
+    let mut found = 0usize;
+    let mark = |uid: u32| g.read_marks.get(&uid).copied().flatten();
+    for c in g.changes {
+        log::debug!("{c}");
+        match c {
+            Change::Reset { uidvalidity } => {
+                log::warn!(
+                    "UIDVALIDITY changed ({} -> {uidvalidity}): the folder is resynchronised",
+                    local.uidvalidity.map(|v| v.to_string()).unwrap_or_else(|| "none".into())
+                );
+                apply.reset = Some(i64::from(uidvalidity));
+            }
+            Change::Queue(v) => {
+                found += v.len();
+                apply.queue.extend(v.iter().map(queued));
+            }
+            // Queued from the sizes asked for them (those still on the server).
+            Change::Heal(_) => {}
+            Change::SetLocalFlags { uid, flags } => apply.set_flags.push((i64::from(uid), flags, mark(uid))),
+            Change::PushFlags { uid, result, refused, .. } => {
+                if !g.modified.contains(&uid) {
+                    apply.set_flags.push((i64::from(uid), result, mark(uid)));
+                    if !refused.is_empty() {
+                        log::warn!("UID {uid}: the server cannot keep the keyword(s) {}: not pushed", refused.join(" "));
+                    }
+                    apply.refused.push((i64::from(uid), refused));
+                }
+            }
+            Change::VanishedOnServer { uid } => apply.vanished.push(i64::from(uid)),
+            Change::Unqueue { uid } => apply.unqueue.push(i64::from(uid)),
+            Change::Watermarks { last_seen_uid, highest_modseq } => {
+                apply.watermarks = Some((i64::from(last_seen_uid), highest_modseq.map(|m| m as i64)));
+            }
+        }
+    }
+    let healed = g.healed.len();
+    apply.queue.extend(g.healed.iter().map(queued));
+    (apply, found, healed)
+}
+
+fn queued(m: &NewMsg) -> Queued {
+    Queued { uid: i64::from(m.uid), size: i64::from(m.size), gm_msgid: m.gm_msgid.map(|g| g as i64) }
+}
+
+fn to_i64(s: &BTreeSet<u32>) -> Vec<i64> {
+    s.iter().map(|u| i64::from(*u)).collect()
+}
+
+/// Asks the STATUS of all the account's folders due now in one write (the session asks each
+/// folder once a pass, however often this is called, and matches answers by name). INBOX goes
 /// first: Dovecot answers it in ~0.3 ms as the first mailbox command of a session and in 4-6
-/// ms after any other (LIST or another folder's STATUS; 14,000 messages, measured), and the
-/// other folders stay fast behind it. The biggest of the rest (by UIDs, a stand-in for the
-/// server's work) is asked on its own right after, and read when its sync comes
-/// (`Session::status_ahead`). Nothing when one folder alone is due for its own sync.
-fn ask_status_ahead(ctx: &mut Ctx, account: i64, now: i64, current: Option<&str>) -> Result<(), Failure> {
+/// ms after any other (LIST or another folder's STATUS; 14,000 messages, measured).
+fn ask_status_ahead(ctx: &mut Ctx, account: i64, now: i64) -> Result<(), Failure> {
     let due = due_folders(ctx, account, now)?;
-    if due.is_empty() || current.is_some() && due.len() == 1 {
+    if due.is_empty() {
         return Ok(());
     }
     let is_inbox = |n: &str| backproc_imap::is_inbox(n.as_bytes());
-    let biggest = due.iter().filter(|(n, _)| Some(n.as_str()) != current && !is_inbox(n)).max_by_key(|(_, last)| *last);
-    let later: Vec<&str> = biggest.map(|(n, _)| n.as_str()).into_iter().collect();
-    let mut names: Vec<&str> = due.iter().map(|(n, _)| n.as_str()).filter(|n| !later.contains(n)).collect();
+    let mut names: Vec<&str> = due.iter().map(String::as_str).collect();
     names.sort_by_key(|n| !is_inbox(n)); // stable: INBOX first, the rest as listed
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
-    if let Err(e) = session.status_ahead(&names, &later) {
-        ctx.sessions.discard(account);
-        return Err(failure_from_imap(e));
+    if let Err(e) = session.status_ahead(&names) {
+        return Err(imap_failure(ctx, account, e));
     }
     Ok(())
 }
 
-/// (name, last seen UID) of the account's folders due for a sync now (as the scheduler
-/// decides it), this one included.
-fn due_folders(ctx: &mut Ctx, account: i64, now: i64) -> Result<Vec<(String, i64)>, Failure> {
+/// Names of the account's folders due for a sync now (as the scheduler decides it).
+fn due_folders(ctx: &mut Ctx, account: i64, now: i64) -> Result<Vec<String>, Failure> {
     let iv = Intervals::from_config(ctx.config);
     let low_start = daily_start(&chrono::Local, now, ctx.config.email_bg_lo_folders_sync_start);
     Ok(ctx
@@ -270,31 +388,15 @@ fn due_folders(ctx: &mut Ctx, account: i64, now: i64) -> Result<Vec<(String, i64
         .account_sched_folders(account, now)?
         .into_iter()
         .filter(|(_, _, f)| folder_due(f, now, &iv, low_start).is_some())
-        .map(|(name, last, _)| (name, last))
+        .map(|(name, _, _)| name)
         .collect())
 }
 
-/// What stops a sync half-way: the server (the session is then in an unknown state and is
-/// dropped) or the store.
-enum Fail {
-    Imap(backproc_imap::Error),
-    Store(backproc_store::Error),
-}
-impl From<backproc_imap::Error> for Fail {
-    fn from(e: backproc_imap::Error) -> Fail {
-        Fail::Imap(e)
-    }
-}
-impl From<backproc_store::Error> for Fail {
-    fn from(e: backproc_store::Error) -> Fail {
-        Fail::Store(e)
-    }
-}
-
-fn local_msg(r: &backproc_store::MsgSyncRow) -> LocalMsg {
+fn local_msg(r: &MsgSyncRow) -> LocalMsg {
     LocalMsg {
         uid: r.uid as u32,
-        flags: to_plan(r.flags),
+        flags: r.flags.clone(),
+        base: r.base.clone(),
         flags_changed: r.flags_changed,
         server_deleted: r.server_deleted,
     }

@@ -1,0 +1,8 @@
+//! The vocabulary every crate shares: what a message's flags are, system and keyword alike.
+//!
+//! Invariant: no I/O and no dependency; the IMAP layer, the store and the engine speak these
+//! types, so a flag never has to be translated between crates.
+
+mod flags;
+
+pub use flags::{Flags, KeywordError, valid_keyword};

@@ -359,6 +359,9 @@ pub fn folder(home: PathBuf, cmd: FolderCmd) -> anyhow::Result<ExitCode> {
                         fmt_time(f.last_recent_sync),
                         fmt_time(f.last_full_sync)
                     );
+                    if let Some(why) = &f.unusable {
+                        println!("      unusable: {why}");
+                    }
                 }
             }
         }

@@ -124,6 +124,23 @@ pub fn render(store: &Store, up: bool) -> backproc_store::Result<String> {
     );
     let _ = writeln!(out, "backproc_messages_failed {}", lane("failed") + state("ERROR"));
 
+    let counters: BTreeMap<String, i64> = store.counters()?.into_iter().collect();
+    let counter = |n: &str| counters.get(n).copied().unwrap_or(0);
+    family(
+        &mut out,
+        "backproc_healed_messages_total",
+        "counter",
+        "Messages the server has that a full sync found missing from the store, queued again.",
+    );
+    let _ = writeln!(out, "backproc_healed_messages_total {}", counter("healed_messages"));
+    family(
+        &mut out,
+        "backproc_ignored_fetch_responses_total",
+        "counter",
+        "FETCH answers for UIDs that were not asked, UID 0, or a UID twice: ignored.",
+    );
+    let _ = writeln!(out, "backproc_ignored_fetch_responses_total {}", counter("ignored_fetch_responses"));
+
     family(&mut out, "backproc_receive_queue", "gauge", "Receive queue entries by lane.");
     for l in ["primary", "secondary", "failed"] {
         let _ = writeln!(out, "backproc_receive_queue{{lane=\"{l}\"}} {}", lane(l));
@@ -198,6 +215,11 @@ mod tests {
         assert!(text.contains("backproc_messages_received_total 7\n"), "{text}");
         assert!(text.contains("backproc_job_duration_seconds{job=\"receive\"} 0.25\n"), "{text}");
         assert!(text.contains("backproc_outbox{state=\"ERROR\"} 0\n"), "{text}");
+        assert!(text.contains("backproc_healed_messages_total 0\n"), "{text}");
+        s.add_counter("ignored_fetch_responses", 2).unwrap();
+        write_file(&s, dir.path(), true).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("backproc.prom")).unwrap();
+        assert!(text.contains("backproc_ignored_fetch_responses_total 2\n"), "{text}");
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             let name = l.split(['{', ' ']).next().unwrap();
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");

@@ -144,6 +144,17 @@ pub struct Scheduler {
     /// a failure could not record a back-off, so the task would stay due and be retried at
     /// once, forever (and `run --once` would never end).
     held: HashMap<Task, i64>,
+    /// Failures in a row of each task that failed on its own (a folder the server refuses, an
+    /// answer we cannot use): its hold doubles with each one (`task_hold`).
+    failures: HashMap<Task, u32>,
+}
+
+/// How long a task that failed `failures` times in a row waits before it is due again: the
+/// back-off base, doubling, capped at the back-off maximum. A folder the server keeps
+/// refusing is then tried every hour, not every minute with a fresh login.
+pub fn task_hold(failures: u32, base: u64, max: u64) -> i64 {
+    let shift = failures.saturating_sub(1).min(30);
+    (base as i64).saturating_mul(1i64 << shift).min(max as i64)
 }
 
 impl Scheduler {
@@ -155,6 +166,7 @@ impl Scheduler {
             last_interval: HashMap::new(),
             hosts: HashMap::new(),
             held: HashMap::new(),
+            failures: HashMap::new(),
         }
     }
 
@@ -297,6 +309,7 @@ impl Scheduler {
         let _scope = crate::logctx::scope(o.task.account, o.task.folder);
         match &o.result {
             Ok(r) => {
+                self.failures.remove(&o.task);
                 if o.task.account.is_none() && o.task.job != Job::Sleep {
                     // interval jobs: remembered across restarts
                     let now = self.clock.now();
@@ -329,7 +342,13 @@ impl Scheduler {
                 // (disk full) would otherwise come back every tick, and `run --once` would
                 // never see "nothing due".
                 if f.kind != FailureKind::Cancelled {
-                    self.held.insert(o.task, self.clock.now() + config.bg_backoff_base as i64);
+                    let n = self.failures.entry(o.task).or_default();
+                    *n += 1;
+                    let hold = task_hold(*n, config.bg_backoff_base, config.bg_backoff_max);
+                    if *n > 1 {
+                        log::debug!("{} failed {n} times in a row: next try in {hold}s", o.task);
+                    }
+                    self.held.insert(o.task, self.clock.now() + hold);
                 }
                 Vec::new()
             }

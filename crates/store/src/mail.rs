@@ -20,6 +20,8 @@ pub struct FolderInfo {
     pub last_recent_sync: Option<i64>,
     pub last_full_sync: Option<i64>,
     pub gone: bool,
+    /// Why the folder cannot be synced (a name LIST gave that cannot be used), if so.
+    pub unusable: Option<String>,
 }
 
 impl Store {
@@ -27,7 +29,8 @@ impl Store {
         let mut st = self.conn().prepare(
             "SELECT f.id, f.account_id, f.name, f.display_name, f.special_use, f.priority,
                     (SELECT COUNT(*) FROM messages m WHERE m.folder_id = f.id AND m.deletion_synced IS NULL),
-                    f.last_seen_uid, f.uidvalidity, f.highest_modseq, f.last_recent_sync, f.last_full_sync, f.gone
+                    f.last_seen_uid, f.uidvalidity, f.highest_modseq, f.last_recent_sync, f.last_full_sync, f.gone,
+                    f.unusable
              FROM folders f WHERE (?1 IS NULL OR f.account_id = ?1) ORDER BY f.account_id, f.id",
         )?;
         let v = st
@@ -46,6 +49,7 @@ impl Store {
                     last_recent_sync: r.get(10)?,
                     last_full_sync: r.get(11)?,
                     gone: r.get(12)?,
+                    unusable: r.get(13)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;

@@ -154,3 +154,19 @@ fn per_host_budget_limits_concurrent_accounts_on_one_server() {
     // account 1 already holds a connection; two more of the big host fit; the other host is free
     assert_eq!(accounts, vec![1, 2, 3, 9, 10]);
 }
+
+#[test]
+fn a_task_failing_again_and_again_waits_longer_each_time() {
+    use super::task_hold;
+    let cases: &[(&str, u32, i64)] = &[
+        ("first failure: the base", 1, 60),
+        ("second: doubled", 2, 120),
+        ("third", 3, 240),
+        ("capped at the maximum", 7, 3600),
+        ("far beyond: still the maximum, no overflow", 1000, 3600),
+        ("no failure counted yet: the base", 0, 60),
+    ];
+    for (name, n, want) in cases {
+        assert_eq!(task_hold(*n, 60, 3600), *want, "{name}");
+    }
+}

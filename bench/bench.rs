@@ -25,7 +25,7 @@ const SEED: u64 = 9;
 /// The 8 folders besides INBOX that share 30% of the mail.
 const FOLDERS: [&str; 8] = ["Archive", "Projects", "Receipts", "Newsletters", "Входящие", "Entwürfe", "日本語", "Café"];
 
-const STEPS: [&str; 5] = ["initial", "resync", "incremental", "send", "sched"];
+const STEPS: [&str; 6] = ["initial", "resync", "incremental", "send", "folders", "sched"];
 
 struct Opts {
     messages: usize,
@@ -33,6 +33,8 @@ struct Opts {
     send: usize,
     send_parallel: Vec<usize>,
     sched: (usize, usize, usize),
+    /// Folders of the many-folders step (issue 24: one STATUS per folder per pass).
+    folders: usize,
     disk: PathBuf,
     shm: PathBuf,
     profile: bool,
@@ -54,6 +56,7 @@ impl Opts {
             send: env("BENCH_SEND").unwrap_or(10_000),
             send_parallel: vec![1, 4],
             sched: (10_000, 10, 100),
+            folders: env("BENCH_FOLDERS").unwrap_or(10_000),
             disk: std::env::var_os("BENCH_DISK_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/tmp".into()),
             shm: std::env::var_os("BENCH_SHM_DIR").map(PathBuf::from).unwrap_or_else(|| "/dev/shm".into()),
             profile: false,
@@ -73,6 +76,7 @@ impl Opts {
                     o.send = 200;
                     o.send_parallel = vec![1];
                     o.sched = (100, 10, 10);
+                    o.folders = 200;
                 }
                 "--profile" => o.profile = true,
                 "--only" => {
@@ -341,7 +345,56 @@ fn bench(o: &Opts) -> anyhow::Result<()> {
         drop(sink);
     }
 
-    // ---- 5. scheduler scale
+    // ---- 5. many folders: the first pass (discovery and the sync of every folder) and a
+    // no-change pass over all of them, beside mbsync on the same server
+    if o.wants("folders") {
+        let f = o.folders;
+        say(&format!("many folders: {f} folders, one message in every tenth"));
+        let many = Dovecot::start()?;
+        many.add_user(LOGIN, PASSWORD)?;
+        let names: Vec<String> = (0..f).map(|i| format!("F{i:05}")).collect();
+        for chunk in names.chunks(500) {
+            let mut args = vec!["mailbox", "create", "-u", LOGIN];
+            args.extend(chunk.iter().map(String::as_str));
+            let out = many.doveadm(&args)?;
+            anyhow::ensure!(out.status.success(), "doveadm mailbox create: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let mut msgs = 0u64;
+        for (i, name) in names.iter().enumerate().step_by(10) {
+            many.populate(LOGIN, PASSWORD, name, &[mailgen::text_message(SEED, i)])?;
+            msgs += 1;
+        }
+        for run in 0..o.runs {
+            let home = o.disk.join("backproc-folders");
+            tools::new_home(&home, &tools::sync_config(), many.imap_port(), None, 1);
+            sync_disks();
+            r.add("folders/first/backproc", run_bp("backproc, many folders, first pass", &home));
+            expect("backproc many folders", tools::store_counts(&home), (msgs, 0));
+            let maildir = o.disk.join("maildir-folders");
+            clean(&maildir);
+            std::fs::create_dir_all(&maildir)?;
+            let conf = o.disk.join("mbsyncrc-folders");
+            tools::mbsync_config(&conf, &maildir, many.imap_port());
+            sync_disks();
+            r.add("folders/first/mbsync", run_mbsync("mbsync, many folders", &conf));
+            expect("mbsync many folders", tools::maildir_counts(&maildir), (msgs, 0));
+            tools::all_folders_high(&home);
+            std::thread::sleep(Duration::from_millis(1100));
+            r.add("folders/resync/backproc", run_bp("backproc, many folders, no-change pass", &home));
+            r.add("folders/resync/mbsync", run_mbsync("mbsync, many folders, again", &conf));
+            say(&format!(
+                "  run {}: first pass backproc {:.2}s mbsync {:.2}s; no-change pass backproc {:.2}s mbsync {:.2}s",
+                run + 1,
+                r.last("folders/first/backproc"),
+                r.last("folders/first/mbsync"),
+                r.last("folders/resync/backproc"),
+                r.last("folders/resync/mbsync")
+            ));
+        }
+        r.folders = f;
+    }
+
+    // ---- 6. scheduler scale
     if o.wants("sched") {
         let (accounts, per, iters) = o.sched;
         say(&format!("scheduler: {accounts} accounts × {per} folders, {iters} ticks"));

@@ -14,11 +14,13 @@ pub struct Results {
     samples: BTreeMap<String, Vec<Sample>>,
     sizes: BTreeMap<String, Vec<f64>>,
     pub sched: serde_json::Value,
+    /// Folders of the many-folders step.
+    pub folders: usize,
 }
 
 impl Results {
     pub fn new(messages: usize, send: usize) -> Results {
-        Results { messages, send, samples: BTreeMap::new(), sizes: BTreeMap::new(), sched: serde_json::Value::Null }
+        Results { messages, send, samples: BTreeMap::new(), sizes: BTreeMap::new(), sched: serde_json::Value::Null, folders: 0 }
     }
 
     pub fn add(&mut self, key: &str, s: Sample) {
@@ -81,6 +83,16 @@ impl Results {
             "mbsync",
             "incremental/mbsync",
             Some("incremental/backproc"),
+        );
+        let f = self.folders;
+        self.row(&format!("{f} folders, first pass, disk"), "backproc", "folders/first/backproc", None);
+        self.row(&format!("{f} folders, first pass, disk"), "mbsync", "folders/first/mbsync", Some("folders/first/backproc"));
+        self.row(&format!("{f} folders, no-change pass, disk"), "backproc", "folders/resync/backproc", None);
+        self.row(
+            &format!("{f} folders, no-change pass, disk"),
+            "mbsync",
+            "folders/resync/mbsync",
+            Some("folders/resync/backproc"),
         );
 
         // Steps left out with --only print no section.
@@ -203,6 +215,12 @@ impl Results {
             self.rss("initial/disk/backproc").max(self.rss("initial/tmpfs/backproc")),
             "≤",
             64.0,
+        );
+        check(
+            &format!("{} folders in one pass, backproc's first pass (s, issue 24)", self.folders),
+            self.med("folders/first/backproc"),
+            "≤",
+            30.0,
         );
         check("scheduler tick (median ms, issue 4)", f(&s["tick_ms"]["median"]), "≤", 50.0);
         check("scheduler process peak RSS (MB, issue 4)", f(&s["vm_hwm_mb"]), "≤", 200.0);

@@ -1,4 +1,6 @@
-//! The streaming `UID FETCH` reader over a fake server that answers with fuzzed bytes.
+//! The response reader (the tokenizer, `backproc_imap::read::Reader`, under
+//! `backproc_imap::response::read_response`) reading a `UID FETCH` answer from a fake server
+//! that answers with fuzzed bytes.
 //!
 //! Input: byte 0 = mode (bit 0) and read size (bits 1-7), byte 1 = literal limit, the rest
 //! either the server's bytes (raw mode) or a recipe for a well-formed answer (built mode).
@@ -8,10 +10,11 @@
 #![no_main]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Write as _};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use backproc_imap::fetch::{FetchedBody, uid_fetch_bodies};
+use backproc_imap::read::{Limits, Reader};
+use backproc_imap::response::{FetchData, ParseLimits, Response, Untagged, read_response};
 use libfuzzer_sys::fuzz_target;
 
 /// Counts live heap bytes and aborts (a crash libFuzzer records) when they pass `LIMIT`,
@@ -68,25 +71,47 @@ impl Read for Server<'_> {
         Ok(n)
     }
 }
-impl Write for Server<'_> {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+
+/// One message as the reader gave it.
+struct FetchedBody {
+    uid: u32,
+    raw: Vec<u8>,
+    flags: backproc_imap::Flags,
+    internal_date: Option<i64>,
+}
+
+/// Reads responses up to the tagged answer of `r1`, keeping every FETCH that carries a UID
+/// and a body; the first error ends it (a FETCH that cannot be read is an error, never a
+/// skipped message).
+fn read_fetch(conn: Server<'_>, max_literal: usize) -> (Result<(), String>, Vec<FetchedBody>) {
+    let mut r = Reader::new(conn, Limits::default());
+    let lim = ParseLimits { body: max_literal, ..ParseLimits::default() };
+    let mut got = Vec::new();
+    loop {
+        match read_response(&mut r, &lim) {
+            Ok(Response::Tagged(t)) if t.tag == b"r1" => return (Ok(()), got),
+            Ok(Response::Untagged(Untagged::Fetch(f))) => {
+                let FetchData { uid, body, flags, internal_date, .. } = *f;
+                if let (Some(uid), Some(Some(raw))) = (uid, body) {
+                    got.push(FetchedBody { uid, raw, flags: flags.unwrap_or_default(), internal_date });
+                }
+            }
+            Ok(Response::Untagged(Untagged::Malformed(m))) if m.kind == "FETCH" => return (Err(m.error), got),
+            Ok(_) => {}
+            Err(e) => return (Err(e.to_string()), got),
+        }
     }
 }
 
 fn run(reply: &[u8], chunk: usize, max_literal: usize) -> (Result<(), String>, Vec<FetchedBody>) {
-    let mut got = Vec::new();
-    let mut conn = Server { reply, chunk };
+    let conn = Server { reply, chunk };
     // Legitimate use: the 64 KiB read buffer, a pre-allocation of up to 1 MiB for a literal,
     // and a few growing copies of what was received. A huge `{N}` not followed by N bytes
     // must not reserve N.
     LIMIT.store(LIVE.load(Relaxed) + (3 << 20) + 16 * reply.len(), Relaxed);
-    let r = uid_fetch_bodies(&mut conn, "r1", "1:*", max_literal, |b| got.push(b)).map_err(|e| e.to_string());
+    let out = read_fetch(conn, max_literal);
     LIMIT.store(usize::MAX, Relaxed);
-    (r, got)
+    out
 }
 
 /// The size announced by the `{N}` or `{N+}` that ends `line` (CRLF or LF), if any.

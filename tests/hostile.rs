@@ -9,7 +9,6 @@ mod mailworld;
 mod util;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use backproc_testkit::hostile::{self, RawSession, hex, sha256};
@@ -19,44 +18,6 @@ use util::*;
 /// Messages a server may refuse at APPEND (RFC 3501 forbids NUL in a literal; Dovecot refuses a
 /// zero-byte message). Everything else must be accepted, or the test proves nothing.
 const MAY_BE_REFUSED: &[&str] = &["empty message", "NUL bytes in headers"];
-
-/// The result of one child run: exit status, stderr, peak RSS in bytes, wall time.
-struct Measured {
-    code: i32,
-    stderr: String,
-    peak_rss: u64,
-    took: Duration,
-}
-
-/// Runs `cmd` to completion and reads its peak RSS from wait4(2)'s rusage: exact for this one
-/// child (getrusage(RUSAGE_CHILDREN) would mix in Dovecot's tools and earlier commands, and
-/// /proc polling can miss the peak).
-#[allow(unsafe_code)]
-fn run_measured(mut cmd: Command) -> Measured {
-    let dir = tempfile::tempdir().unwrap();
-    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    cmd.stdin(Stdio::null()).stdout(std::fs::File::create(&out).unwrap()).stderr(std::fs::File::create(&err).unwrap());
-    let started = Instant::now();
-    let child = cmd.spawn().expect("spawn backproc");
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our own child, not yet reaped (std only reaps in wait/try_wait, never
-    // called on `child`); both pointers refer to live locals.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let took = started.elapsed();
-    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
-    drop(child);
-    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
-    Measured {
-        code,
-        stderr: String::from_utf8_lossy(&std::fs::read(err).unwrap()).into_owned(),
-        // Linux reports ru_maxrss in KiB.
-        peak_rss: usage.ru_maxrss as u64 * 1024,
-        took,
-    }
-}
 
 fn panic_lines(w: &MailWorld, stderr: &str) -> Vec<String> {
     let mut v: Vec<String> = w

@@ -145,3 +145,88 @@ pub fn folder_id(store: &backproc_store::Store, account: i64, display: &str) -> 
         .unwrap_or_else(|| panic!("folder {display} not in the store"))
         .id
 }
+
+/// `user add` (once) + `account add` for `user` on 127.0.0.1:`port`, whatever server (or
+/// proxy) listens there; returns the account id.
+pub fn add_account_at(home: &Home, user: &str, password: &str, security: &str, port: u16, extra: &[&str]) -> i64 {
+    let owner = format!("owner-{user}");
+    let _ = home.run(&["user", "add", &owner]);
+    let port = port.to_string();
+    let email = format!("{user}@backproc.test");
+    let mut args = vec![
+        "account",
+        "add",
+        "--owner",
+        &owner,
+        "--email",
+        &email,
+        "--imap-host",
+        backproc_testkit::HOST,
+        "--imap-port",
+        &port,
+        "--imap-security",
+        security,
+        "--login",
+        user,
+        "--password-stdin",
+    ];
+    args.extend_from_slice(extra);
+    let o = home.run_stdin(&args, password);
+    assert!(o.status.success(), "account add: {}", stderr(&o));
+    stdout(&o).trim().parse().expect("account id")
+}
+
+/// Sets every folder of the store (all accounts) to high priority, so that with
+/// `EVERY_SECOND` each one's full sync is due a second later.
+pub fn set_all_folders_high(home: &Home) {
+    let store = backproc_store::Store::open(&home.file("data/backproc.sqlite")).expect("open store");
+    for f in store.folders(None).unwrap() {
+        let o = home.run(&["folder", "set-priority", &f.id.to_string(), "high"]);
+        assert!(o.status.success(), "folder set-priority {}: {}", f.id, stderr(&o));
+    }
+}
+
+/// Adds one account per `(login, password)` on `host:port` (plain IMAP) straight through the
+/// store, as `bench/sched.rs` does: much faster than one `account add` process each (300
+/// accounts: well under a second instead of about 10 s). Returns the ids.
+pub fn add_accounts_direct(home: &Home, host: &str, port: u16, users: &[(String, String)]) -> Vec<i64> {
+    let at: Vec<(u16, String, String)> = users.iter().map(|(u, p)| (port, u.clone(), p.clone())).collect();
+    add_accounts_at(home, host, &at)
+}
+
+/// `add_accounts_direct` with a port per account: `(port, login, password)`. All accounts
+/// belong to one owner, `owner`, added (with the home's store) by a `user add` through the
+/// binary if it is not there yet.
+pub fn add_accounts_at(home: &Home, host: &str, accounts: &[(u16, String, String)]) -> Vec<i64> {
+    let _ = home.run(&["user", "add", "owner"]);
+    let mut store = backproc_store::Store::open(&home.file("data/backproc.sqlite")).expect("open store");
+    let now = backproc_store::now();
+    accounts
+        .iter()
+        .map(|(port, login, password)| {
+            store
+                .add_account(
+                    &backproc_store::NewAccount {
+                        owner_login: "owner".into(),
+                        email: format!("{login}@backproc.test"),
+                        imap_host: host.into(),
+                        imap_port: *port,
+                        imap_security: Some(backproc_store::Security::None),
+                        login: login.clone(),
+                        password: Some(password.clone()),
+                        ..Default::default()
+                    },
+                    now,
+                )
+                .expect("add account")
+        })
+        .collect()
+}
+
+/// The rows of history that are not Started/Finished (failures, cancellations), as
+/// `history --json --errors` prints them.
+pub fn history_errors(home: &Home) -> Vec<serde_json::Value> {
+    let o = home.run(&["history", "--json", "--errors"]);
+    assert!(o.status.success(), "history: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).expect("history --json")
+}

@@ -149,3 +149,61 @@ pub fn add_smtp_account(h: &Home, smtp_port: u16, imap_port: u16) -> i64 {
     assert!(o.status.success(), "account add: {}", stderr(&o));
     stdout(&o).trim().parse().expect("account id")
 }
+
+/// The result of one child run: exit status, stderr, peak RSS in bytes, wall time.
+pub struct Measured {
+    pub code: i32,
+    pub stderr: String,
+    pub peak_rss: u64,
+    pub took: Duration,
+}
+
+/// Runs `cmd` to completion and reads its peak RSS from wait4(2)'s rusage, exact for this one
+/// child (getrusage(RUSAGE_CHILDREN) would mix in Dovecot's tools and earlier commands, and
+/// /proc polling can miss the peak).
+///
+/// The child is started by a small helper process, not by the test: at exec, Linux starts a
+/// process's `ru_maxrss` from the high-water mark of the memory it had before (fs/exec.c,
+/// `setmax_mm_hiwater_rss`), and a child spawned by vfork/posix_spawn had the *test's*
+/// memory, so the figure was never below the test process's own peak (95 MB measured for an
+/// engine that used 16). The helper is Python (the testkit already needs it), whose peak of
+/// about 10 MB is what a measurement can never go below.
+pub fn run_measured(cmd: Command) -> Measured {
+    const HELPER: &str = "import os, sys\n\
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)\n\
+_, status, usage = os.wait4(pid, 0)\n\
+open(sys.argv[1], 'w').write(f'{usage.ru_maxrss} {status}')\n";
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err, rss) = (dir.path().join("stdout"), dir.path().join("stderr"), dir.path().join("rss"));
+    let mut helper = Command::new("python3");
+    helper.arg("-c").arg(HELPER).arg(&rss).arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => helper.env(k, v),
+            None => helper.env_remove(k),
+        };
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        helper.current_dir(d);
+    }
+    helper
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap());
+    let started = Instant::now();
+    let done = helper.status().expect("run the measuring helper (python3)");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&std::fs::read(&err).unwrap()).into_owned();
+    assert!(done.success(), "the measuring helper failed: {stderr}");
+    let figures = std::fs::read_to_string(&rss).expect("the helper's figures");
+    let (maxrss, status) = figures.split_once(' ').expect("maxrss and status");
+    let status: libc::c_int = status.parse().unwrap();
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+    Measured {
+        code,
+        stderr,
+        // Linux reports ru_maxrss in KiB.
+        peak_rss: maxrss.parse::<u64>().unwrap() * 1024,
+        took,
+    }
+}

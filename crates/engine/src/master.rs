@@ -108,6 +108,8 @@ pub fn run(
                     }
                 }
                 let follow = scheduler.finished(&mut store, &config, &o);
+                scheduler.set_lowered(sessions.lowered());
+                let follow = scheduler.within_budget(follow, &in_flight, &config);
                 dispatch(&mut pool, &mut in_flight, follow);
                 if opts.once && in_flight.is_empty() {
                     next_tick = Instant::now();
@@ -125,6 +127,7 @@ pub fn run(
                 for lost in pool.reap() {
                     in_flight.remove(&lost);
                 }
+                scheduler.set_lowered(sessions.lowered());
                 let due = match scheduler.due(&mut store, &config, &in_flight) {
                     Ok(d) => d,
                     Err(e) => {

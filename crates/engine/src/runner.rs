@@ -9,7 +9,7 @@ use backproc_store::{Lane, NewHistory, Store, WorkerRow};
 use crate::jobs::{self, Ctx};
 use crate::pool::Runner;
 use crate::sessions::{SessionPool, Sessions};
-use crate::task::{Failure, Job, Report, Task};
+use crate::task::{Failure, FailureKind, Job, Report, Task};
 use crate::{Clock, SharedConfig};
 
 pub struct JobRunner {
@@ -85,6 +85,20 @@ impl Runner for JobRunner {
         let idx = self.idx;
         let started = Instant::now();
         let store = self.store()?;
+        // Tasks queued before another task of the account failed (a refused login, a dropped
+        // connection, a server that said "Request is throttled. Suggested Backoff Time: 1500
+        // milliseconds") wait for the account's next try like the rest of its work: run now,
+        // they would log in again at once, and the throttling server would see our next
+        // command in the same millisecond. Not started, nothing recorded: the store still
+        // holds their work for a later tick.
+        if let Some(account) = task.account
+            && task.job.waits_for_account()
+            && let Ok(a) = store.account(account)
+            && let Some(until) = a.retry_after.filter(|t| *t > clock.now())
+        {
+            log::debug!("{task} not started: the account backs off for {} s more", until - clock.now());
+            return Err(Failure::new(FailureKind::Cancelled, "not started: the account backs off"));
+        }
         let history = |status, detail, count, ms| NewHistory {
             process: task.job.name(),
             status,

@@ -101,6 +101,20 @@ pub fn budget(
     hosts: &HashMap<i64, String>,
     per_host: usize,
 ) -> Vec<Task> {
+    budget_lowered(due, in_flight, hosts, per_host, &HashMap::new())
+}
+
+/// [`budget`], with the hosts whose budget the session pool lowered ("too many connections",
+/// `SessionPool::lowered`) held to that: more accounts in flight than the host's connections
+/// would have each task log out another account's idle session and log in again (10 accounts
+/// of 6 tasks each on a host lowered to 3: about 55 logins, about 20 held to it).
+pub fn budget_lowered(
+    due: Vec<Task>,
+    in_flight: &HashMap<Task, usize>,
+    hosts: &HashMap<i64, String>,
+    per_host: usize,
+    lowered: &HashMap<String, usize>,
+) -> Vec<Task> {
     let mut busy: HashMap<&str, usize> = HashMap::new();
     let mut accounts_busy: BTreeSet<i64> = BTreeSet::new();
     for t in in_flight.keys() {
@@ -120,8 +134,9 @@ pub fn budget(
             if accounts_busy.contains(&a) {
                 return true;
             }
+            let limit = lowered.get(h).map_or(per_host, |&l| l.min(per_host));
             let n = busy.entry(h).or_default();
-            if *n >= per_host {
+            if *n >= limit {
                 return false;
             }
             *n += 1;
@@ -147,6 +162,8 @@ pub struct Scheduler {
     /// Failures in a row of each task that failed on its own (a folder the server refuses, an
     /// answer we cannot use): its hold doubles with each one (`task_hold`).
     failures: HashMap<Task, u32>,
+    /// Hosts whose connection budget the session pool lowered, and to what (`set_lowered`).
+    lowered: HashMap<String, usize>,
 }
 
 /// How long a task that failed `failures` times in a row waits before it is due again: the
@@ -167,7 +184,13 @@ impl Scheduler {
             hosts: HashMap::new(),
             held: HashMap::new(),
             failures: HashMap::new(),
+            lowered: HashMap::new(),
         }
+    }
+
+    /// The hosts whose budget is lowered now (`SessionPool::lowered`), for the next `due`.
+    pub fn set_lowered(&mut self, lowered: HashMap<String, usize>) {
+        self.lowered = lowered;
     }
 
     /// One-off tasks (test hooks, manual runs) due at the next tick.
@@ -298,9 +321,23 @@ impl Scheduler {
         // Urgent first; a stable order otherwise.
         due.sort_by_key(|t| (!t.job.urgent(), *t));
         due.dedup();
-        let mut due = budget(due, in_flight, &self.hosts, config.bg_max_connections_per_host as usize);
+        let mut due =
+            budget_lowered(due, in_flight, &self.hosts, config.bg_max_connections_per_host as usize, &self.lowered);
         due.truncate(config.bg_max_starts_per_tick as usize);
         Ok(due)
+    }
+
+    /// Follow-up tasks held to the per-host budget like the tick's. A no-op while no budget is
+    /// lowered (the account of a follow-up was within the budget a moment ago); once one is,
+    /// accounts already in flight on that host would otherwise go on through all their
+    /// follow-ups, more of them than the host's connections, each task logging out another
+    /// account's session and logging in again. What is held back stays due in the store and is
+    /// offered again by a later tick.
+    pub fn within_budget(&self, follow: Vec<Task>, in_flight: &HashMap<Task, usize>, config: &Config) -> Vec<Task> {
+        if self.lowered.is_empty() {
+            return follow;
+        }
+        budget_lowered(follow, in_flight, &self.hosts, config.bg_max_connections_per_host as usize, &self.lowered)
     }
 
     /// Records a finished task; returns follow-up tasks to dispatch at once.

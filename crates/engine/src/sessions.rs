@@ -27,6 +27,10 @@ use crate::task::{Failure, FailureKind};
 /// How long a host keeps the lower budget its "too many connections" answer gave it.
 const LOWERED_FOR: Duration = Duration::from_secs(600);
 
+/// How long an idle session whose slot goes to another connection may take to close: the
+/// slot passes once the server has closed it (`Session::logout_and_wait`), or after this.
+const HANDOFF_CLOSE: Duration = Duration::from_secs(2);
+
 /// Connections of one host.
 #[derive(Default)]
 struct Host {
@@ -84,6 +88,17 @@ impl SessionPool {
         self.lock().peak
     }
 
+    /// The hosts whose budget a "too many connections" answer lowered, with that budget (for
+    /// the scheduler, which then keeps no more of their accounts in flight).
+    pub fn lowered(&self) -> HashMap<String, usize> {
+        let now = Instant::now();
+        self.lock()
+            .hosts
+            .iter()
+            .filter_map(|(name, h)| h.lowered.filter(|(_, until)| now < *until).map(|(n, _)| (name.clone(), n)))
+            .collect()
+    }
+
     /// A slot for a new connection to `host`: taken when the budget has room, else made by
     /// logging out the host's least recently used idle session, else waited for until
     /// `until`.
@@ -104,7 +119,9 @@ impl SessionPool {
                 let old = st.idle.remove(&account).expect("found above");
                 drop(st);
                 log::debug!("closing the idle session of account {account}: {host} is at its connection budget");
-                old.session.logout();
+                // Closed at the server before the next connection logs in: a server counts a
+                // connection until it has closed it, and would otherwise see one too many.
+                old.session.logout_and_wait(HANDOFF_CLOSE.min(until.saturating_duration_since(Instant::now())));
                 return Ok(());
             }
             let now = Instant::now();
@@ -392,4 +409,54 @@ pub fn record_failure(store: &mut Store, config: &Config, a: &Account, f: &Failu
     }
     store.record_account_failure(a.id, &f.to_string(), now, now + delay)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GMAIL: &str = "imap.gmail.test";
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[test]
+    fn refusals_lower_a_hosts_budget_to_what_the_server_accepted() {
+        let pool = SessionPool::new();
+        // Eight connections set up at once; the server accepts three and refuses five, each
+        // refusal lowering the budget while its own connection still counts, then releasing it.
+        for _ in 0..8 {
+            pool.acquire(GMAIL, 8, soon()).unwrap();
+        }
+        for want in [7, 6, 5, 4, 3] {
+            assert!(pool.lower(GMAIL), "other connections are open");
+            pool.release(GMAIL);
+            assert_eq!(pool.lowered(), HashMap::from([(GMAIL.to_string(), want)]));
+        }
+        // Full at three, with no idle session to log out: no fourth slot within the deadline.
+        let e = pool.acquire(GMAIL, 8, Instant::now()).unwrap_err();
+        assert!(e.detail.contains("3 in use"), "{}", e.detail);
+        pool.release(GMAIL);
+        pool.acquire(GMAIL, 8, Instant::now()).unwrap();
+        // The configured budget still caps a lowered one, and other hosts keep theirs.
+        assert!(pool.acquire(GMAIL, 2, Instant::now()).is_err());
+        for _ in 0..8 {
+            pool.acquire("other.test", 8, Instant::now()).unwrap();
+        }
+        assert!(pool.acquire("other.test", 8, Instant::now()).is_err());
+        assert_eq!(pool.peak(), 8);
+    }
+
+    #[test]
+    fn a_refusal_with_nothing_else_open_is_not_about_our_count() {
+        let pool = SessionPool::new();
+        pool.acquire(GMAIL, 8, soon()).unwrap();
+        assert!(!pool.lower(GMAIL));
+        assert!(pool.lowered().is_empty());
+        pool.release(GMAIL);
+        for _ in 0..8 {
+            pool.acquire(GMAIL, 8, Instant::now()).unwrap();
+        }
+    }
 }

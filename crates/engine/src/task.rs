@@ -73,6 +73,21 @@ impl Job {
         }
     }
 
+    /// IMAP work of one account, which the scheduler starts only while the account is not
+    /// backing off (and a worker does not start while it is: `JobRunner::run`).
+    pub fn waits_for_account(self) -> bool {
+        matches!(
+            self,
+            Job::ListFolders
+                | Job::SyncRecent
+                | Job::SyncFull
+                | Job::Receive
+                | Job::ReceiveSecondary
+                | Job::SyncDelete
+                | Job::CleanMailboxes
+        )
+    }
+
     /// Urgent work goes to a worker's urgent lane so it never waits behind bulk syncs.
     pub fn urgent(self) -> bool {
         matches!(self, Job::SyncRecent | Job::Receive | Job::Send | Job::ListFolders)
@@ -133,7 +148,8 @@ pub enum FailureKind {
     Store,
     /// A task panicked.
     Panic,
-    /// A queued task that never started because the master stopped.
+    /// A queued task that never started because the master stopped, or because its account
+    /// began to back off after it was queued.
     Cancelled,
     /// VACUUM or the checkpoint failed.
     Defragmentation,

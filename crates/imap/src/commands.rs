@@ -9,7 +9,7 @@ use backproc_types::Flags;
 use crate::mutf7;
 use crate::plan::{NewMsg, ServerStatus};
 use crate::response::{Code, FetchData, Malformed, Status, Untagged};
-use crate::session::{Budget, Error, ErrorKind, MAX_STATUS_AHEAD, Result, Selected, Session, refused, status_key};
+use crate::session::{Budget, Error, ErrorKind, MAX_STATUS_AHEAD, Result, Selected, Session, refused, refused_text, status_key};
 
 /// A command's bytes, split where a synchronizing literal must wait for the server's `+`.
 pub(crate) struct CommandBuf {
@@ -289,7 +289,8 @@ impl Session {
                 Untagged::List(l) => items.push(l),
                 Untagged::Malformed(Malformed { kind, mailbox, error }) if kind == "LIST" => {
                     let name = mailbox.map(|m| String::from_utf8_lossy(&m).into_owned());
-                    log::warn!("{}: a LIST line that cannot be read ({error}); that folder is skipped: {:?}", s.host, name);
+                    let named = name.as_ref().map_or_else(|| "its name cannot be read".to_owned(), |n| format!("{n:?}"));
+                    log::warn!("{}: a LIST line that cannot be read ({error}); that folder is skipped: {named}", s.host);
                     unusable.push(Unusable { name, reason: error });
                 }
                 Untagged::Malformed(m) => {
@@ -407,7 +408,7 @@ impl Session {
         match self.status_answers.remove(&key) {
             Some(Ok(s)) => Ok(s),
             Some(Err(e)) if e.starts_with("NO") || e.starts_with("BAD") => {
-                Err(Error::new(ErrorKind::Refused, format!("STATUS of {name:?} refused: {e}")))
+                Err(refused_text(&format!("STATUS of {name:?}"), &e))
             }
             Some(Err(e)) if e.is_empty() => {
                 Err(Error::new(ErrorKind::Protocol, format!("STATUS of {name:?}: the server sent no STATUS data for the folder")))
@@ -770,12 +771,14 @@ impl Session {
         Ok(out)
     }
 
-    /// (uid, size, header block) of `uids`: enough to recognise a message by Message-ID.
-    pub fn fetch_headers(&mut self, uids: &[u32]) -> Result<Vec<(u32, u32, Vec<u8>)>> {
+    /// (uid, size, header block, flags) of `uids`: enough to recognise a message by Message-ID,
+    /// and the flags it has in this generation of the folder (a message re-keyed after a
+    /// UIDVALIDITY change takes them: CONDSTORE would never report them as changed later).
+    pub fn fetch_headers(&mut self, uids: &[u32]) -> Result<Vec<(u32, u32, Vec<u8>, Option<Flags>)>> {
         if uids.is_empty() {
             return Ok(Vec::new());
         }
-        let line = format!("UID FETCH {} (UID RFC822.SIZE BODY.PEEK[HEADER])", uid_set(uids));
+        let line = format!("UID FETCH {} (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER])", uid_set(uids));
         let b = self.fetch_budget(Some(uids.len()));
         let tag = self.send_raw(line.as_bytes(), "UID FETCH", b, None)?;
         let asked: BTreeSet<u32> = uids.iter().copied().collect();
@@ -783,7 +786,9 @@ impl Session {
         self.complete_ok(tag, "UID FETCH", &mut |s, u| {
             match u {
                 Untagged::Fetch(f) => match (f.uid, f.size, f.header) {
-                    (Some(uid), Some(size), Some(h)) if asked.contains(&uid) => out.push((uid, size, h.unwrap_or_default())),
+                    (Some(uid), Some(size), Some(h)) if asked.contains(&uid) => {
+                        out.push((uid, size, h.unwrap_or_default(), f.flags))
+                    }
                     (Some(_), _, Some(_)) => s.stats.ignored_fetch += 1,
                     _ => {}
                 },
@@ -950,11 +955,19 @@ struct SelectAnswer {
     s: Selected,
     validity: Option<u32>,
     exists: Option<u32>,
+    /// The first untagged answer that could not be read: when EXISTS or UIDVALIDITY is missing,
+    /// it is most likely the reason (`* 4294967296 EXISTS`), and the error says so.
+    unreadable: Option<String>,
 }
 
 impl SelectAnswer {
     fn new(name: &str, write: bool) -> SelectAnswer {
-        SelectAnswer { s: Selected { name: name.to_owned(), write, ..Selected::default() }, validity: None, exists: None }
+        SelectAnswer {
+            s: Selected { name: name.to_owned(), write, ..Selected::default() },
+            validity: None,
+            exists: None,
+            unreadable: None,
+        }
     }
 
     fn take(&mut self, u: &Untagged) {
@@ -971,6 +984,7 @@ impl SelectAnswer {
                 Some(Code::PermanentFlags(p)) => self.s.permanent_flags = Some(p.clone()),
                 _ => {}
             },
+            Untagged::Malformed(m) if self.unreadable.is_none() => self.unreadable = Some(m.error.clone()),
             _ => {}
         }
     }
@@ -987,11 +1001,10 @@ impl SelectAnswer {
             self.s.write = false;
         }
         // RFC 3501 §6.3.1: both are required; without them no UID of the folder means anything.
-        self.s.uidvalidity = self
-            .validity
-            .ok_or_else(|| Error::new(ErrorKind::Protocol, format!("{what} {name:?}: the server sent no UIDVALIDITY")))?;
-        self.s.exists =
-            self.exists.ok_or_else(|| Error::new(ErrorKind::Protocol, format!("{what} {name:?}: the server sent no EXISTS")))?;
+        let why = self.unreadable.as_ref().map(|e| format!(" (an answer that could not be read: {e})")).unwrap_or_default();
+        let missing = |item: &str| Error::new(ErrorKind::Protocol, format!("{what} {name:?}: the server sent no {item}{why}"));
+        self.s.uidvalidity = self.validity.ok_or_else(|| missing("UIDVALIDITY"))?;
+        self.s.exists = self.exists.ok_or_else(|| missing("EXISTS"))?;
         Ok(self.s)
     }
 }
@@ -1049,6 +1062,20 @@ mod tests {
             c.into_parts().len()
         };
         assert_eq!((lit(true, 4096), lit(true, 4097), lit(false, 10)), (1, 2, 2), "LITERAL- stops at 4096 bytes");
+    }
+
+    #[test]
+    fn a_missing_exists_names_the_answer_that_could_not_be_read() {
+        let ok = crate::response::Tagged { tag: b"b1".to_vec(), status: Status::Ok, code: None, text: String::new() };
+        let mut a = SelectAnswer::new("INBOX", false);
+        a.take(&Untagged::Status(crate::response::Tagged { code: Some(Code::UidValidity(7)), ..ok.clone() }));
+        let bad = "a message number 4294967296 is not a 32-bit number";
+        a.take(&Untagged::Malformed(Malformed { kind: "?".into(), mailbox: None, error: bad.into() }));
+        let e = a.finish(&ok).unwrap_err();
+        assert_eq!(e.detail, format!("EXAMINE \"INBOX\": the server sent no EXISTS (an answer that could not be read: {bad})"));
+        let mut a = SelectAnswer::new("INBOX", true);
+        a.take(&Untagged::Exists(3));
+        assert_eq!(a.finish(&ok).unwrap_err().detail, "SELECT \"INBOX\": the server sent no UIDVALIDITY");
     }
 
     #[test]

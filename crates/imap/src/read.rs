@@ -222,6 +222,13 @@ impl<R: Read> Reader<R> {
     /// over a literal the line announces at its end: the next response starts after it.
     /// Bounded like any token: at most `limit` bytes.
     pub fn skip_line(&mut self, limit: u64) -> Result<(), ReadError> {
+        self.skip_line_keeping(limit, 0).map(|_| ())
+    }
+
+    /// `skip_line`, returning the first `keep` bytes skipped (what could not be parsed, to name
+    /// it in a warning).
+    pub fn skip_line_keeping(&mut self, limit: u64, keep: usize) -> Result<Vec<u8>, ReadError> {
+        let mut kept = Vec::new();
         let mut skipped = 0u64;
         // The last bytes of the line so far, to see a `{N}` that ends it.
         let mut tail: Vec<u8> = Vec::new();
@@ -233,6 +240,9 @@ impl<R: Read> Reader<R> {
             let avail = &self.buf[self.pos..self.end];
             let found = avail.iter().position(|&b| b == b'\n');
             let take = found.map_or(avail.len(), |i| i + 1);
+            if kept.len() < keep {
+                kept.extend_from_slice(&avail[..take.min(keep - kept.len())]);
+            }
             tail.extend_from_slice(&avail[..take]);
             if tail.len() > 32 {
                 tail.drain(..tail.len() - 32);
@@ -250,7 +260,7 @@ impl<R: Read> Reader<R> {
                         skipped += n;
                         tail.clear();
                     }
-                    None => return Ok(()),
+                    None => return Ok(kept),
                 }
             }
         }
@@ -354,6 +364,11 @@ mod tests {
         for chunk in [1, 3, 4096] {
             let mut r = reader(b"\"bad\rname\" x {4}\r\nab\r\n tail\r\n* 2 EXISTS\r\n", chunk);
             r.skip_line(1000).unwrap();
+            assert_eq!(r.token(Mode::Item).unwrap(), Token::Atom(b"*"), "chunk {chunk}");
+        }
+        for chunk in [1, 3, 4096] {
+            let mut r = reader(b"\"bad\0name\" x\r\n* 2 EXISTS\r\n", chunk);
+            assert_eq!(r.skip_line_keeping(1000, 9).unwrap(), b"\"bad\0name", "chunk {chunk}");
             assert_eq!(r.token(Mode::Item).unwrap(), Token::Atom(b"*"), "chunk {chunk}");
         }
         let mut r = reader(&[vec![b'x'; 5000], b"\r\n".to_vec()].concat(), 100);

@@ -262,14 +262,23 @@ struct Fault {
     kind: &'static str,
     mailbox: Option<Vec<u8>>,
     error: ReadError,
+    /// The mailbox name itself could not be read (a NUL or CR inside its quoted string): its
+    /// raw bytes are taken from the line skipped, to name the folder in a warning.
+    name_unread: bool,
 }
+
+/// Most bytes of an unreadable mailbox name kept to name it.
+const UNREAD_NAME_MAX: usize = 1024;
 
 fn untagged<R: Read>(r: &mut Reader<R>, lim: &ParseLimits) -> Result<Untagged, ReadError> {
     match untagged_inner(r, lim) {
         Ok(u) => Ok(u),
-        Err(Fault { kind, mailbox, error: ReadError::Syntax(error) }) => {
+        Err(Fault { kind, mut mailbox, error: ReadError::Syntax(error), name_unread }) => {
             if !r.last_was_crlf() {
-                r.skip_line(lim.header as u64)?;
+                let kept = r.skip_line_keeping(lim.header as u64, if name_unread { UNREAD_NAME_MAX } else { 0 })?;
+                if name_unread {
+                    mailbox = raw_quoted(&kept);
+                }
             }
             Ok(Untagged::Malformed(Malformed { kind: kind.to_owned(), mailbox, error }))
         }
@@ -277,8 +286,32 @@ fn untagged<R: Read>(r: &mut Reader<R>, lim: &ParseLimits) -> Result<Untagged, R
     }
 }
 
+/// The bytes a quoted string holds, from the raw bytes of a line that starts with it (after
+/// spaces; its escapes undone); `None` if the line does not start with one or it does not end
+/// within them.
+fn raw_quoted(line: &[u8]) -> Option<Vec<u8>> {
+    let start = line.iter().position(|&b| b != b' ')?;
+    let mut it = line[start..].strip_prefix(b"\"")?.iter();
+    let mut out = Vec::new();
+    while let Some(&b) = it.next() {
+        match b {
+            b'\\' => {
+                // `\"` and `\\` are escapes; anything else (invalid) is kept as it came
+                let n = *it.next()?;
+                if n != b'"' && n != b'\\' {
+                    out.push(b'\\');
+                }
+                out.push(n);
+            }
+            b'"' => return Some(out),
+            _ => out.push(b),
+        }
+    }
+    None
+}
+
 fn fault(kind: &'static str) -> impl Fn(ReadError) -> Fault {
-    move |error| Fault { kind, mailbox: None, error }
+    move |error| Fault { kind, mailbox: None, error, name_unread: false }
 }
 
 fn untagged_inner<R: Read>(r: &mut Reader<R>, lim: &ParseLimits) -> Result<Untagged, Fault> {
@@ -551,7 +584,8 @@ fn list<R: Read>(r: &mut Reader<R>, lim: &ParseLimits) -> Result<ListItem, Fault
         Token::Atom(a) if a.eq_ignore_ascii_case(b"NIL") => None,
         t => return Err(fault("LIST")(syntax(format!("{} where the hierarchy delimiter should be", describe(&t))))),
     };
-    let name = astring(r, lim, "a mailbox name").map_err(fault("LIST"))?;
+    let name = astring(r, lim, "a mailbox name")
+        .map_err(|error| Fault { kind: "LIST", mailbox: None, error, name_unread: true })?;
     // LIST-EXTENDED data (CHILDINFO, OLDNAME…) may follow: not ours.
     let rest = (|| loop {
         if r.peek()? == b'\r' || r.peek()? == b'\n' {
@@ -559,7 +593,7 @@ fn list<R: Read>(r: &mut Reader<R>, lim: &ParseLimits) -> Result<ListItem, Fault
         }
         skip_value(r, lim)?;
     })();
-    rest.map_err(|error| Fault { kind: "LIST", mailbox: Some(name.clone()), error })?;
+    rest.map_err(|error| Fault { kind: "LIST", mailbox: Some(name.clone()), error, name_unread: false })?;
     Ok(ListItem { attrs, delimiter, name })
 }
 
@@ -588,7 +622,7 @@ fn status<R: Read>(r: &mut Reader<R>, lim: &ParseLimits) -> Result<MailboxStatus
         }
         crlf(r, "a STATUS response")
     })();
-    items.map_err(|error| Fault { kind: "STATUS", mailbox: Some(name), error })?;
+    items.map_err(|error| Fault { kind: "STATUS", mailbox: Some(name), error, name_unread: false })?;
     Ok(s)
 }
 

@@ -350,16 +350,30 @@ pub(crate) fn is_busy(t: &Tagged) -> bool {
         || t.text.to_ascii_lowercase().contains("too many connections")
 }
 
-/// A refused command as an error: throttling and busy servers told apart from a plain NO.
+/// A refused command as an error: throttling told apart from a plain NO.
+///
+/// A busy code here (`NO [UNAVAILABLE]`, `[INUSE]`, `[LIMIT]` to a SELECT, say) refuses that
+/// one command, a mailbox that cannot be opened now: the connection is fine (a tagged NO never
+/// ends it), so it is `Refused` and the session is kept. "Too many connections from you" is an
+/// answer to a connection, the greeting or LOGIN, which classify it themselves. (As `Busy`,
+/// every retry of a refused folder cost a new connection and LOGIN, and backed off the whole
+/// account as if unreachable.)
 pub(crate) fn refused(what: &str, t: &Tagged) -> Error {
     let text = format!("{what} refused: {}", refusal_text(t));
     if let Some(wait) = throttle_hint(&t.text) {
         return Error { kind: ErrorKind::Throttled, detail: text, retry_after: Some(wait) };
     }
-    if is_busy(t) {
-        return Error::new(ErrorKind::Busy, text);
-    }
     Error::new(ErrorKind::Refused, text)
+}
+
+/// `refused` for a refusal kept as its `refusal_text` (a STATUS asked ahead, answered while
+/// another command was read): a throttled answer stays one, with its wait, not a plain NO.
+pub(crate) fn refused_text(what: &str, refusal: &str) -> Error {
+    let text = format!("{what} refused: {refusal}");
+    match throttle_hint(refusal) {
+        Some(wait) => Error { kind: ErrorKind::Throttled, detail: text, retry_after: Some(wait) },
+        None => Error::new(ErrorKind::Refused, text),
+    }
 }
 
 impl Session {
@@ -657,7 +671,11 @@ impl Session {
             if let Some((_, _, w)) = front {
                 self.r.get_mut().waiting_for = w;
             }
-            let resp = read_response(&mut self.r, &self.lim).map_err(|e| self.fail(what, e))?;
+            // An error names the command whose answer was being read (the oldest in flight),
+            // not the first one waited for: a connection that closed on the UID FETCH behind
+            // an answered EXAMINE was "lost while reading EXAMINE".
+            let reading = front.map_or(what, |(_, _, w)| w);
+            let resp = read_response(&mut self.r, &self.lim).map_err(|e| self.fail(reading, e))?;
             match resp {
                 Response::Tagged(t) => {
                     let n = tag_number(&t.tag);
@@ -809,6 +827,25 @@ impl Session {
         let _ = write!(self.out, "b{tag} LOGOUT\r\n");
         let _ = self.flush("LOGOUT");
     }
+
+    /// Says LOGOUT and waits, at most `within`, until the server has closed the connection
+    /// (RFC 3501 §6.1.3: BYE, the OK, then the close); what it sends meanwhile is dropped.
+    /// For a connection whose place goes to the next one to the same server: a server counts
+    /// a connection until it has closed it (Dovecot's process per connection, Gmail's
+    /// connections per account), so without the wait the next login can be refused as one
+    /// too many, or meet a process limit, though we hold no more than before.
+    pub fn logout_and_wait(mut self, within: Duration) {
+        let tag = self.tag();
+        let _ = write!(self.out, "b{tag} LOGOUT\r\n");
+        if self.flush("LOGOUT").is_err() {
+            return;
+        }
+        // A deadline of its own, never renewed (no rate reaches u64::MAX bytes a second).
+        let t = self.r.get_mut();
+        t.set_deadline(Some(Deadline::new(within, u64::MAX)));
+        let mut buf = [0u8; 4096];
+        while let Ok(1..) = io::Read::read(t, &mut buf) {}
+    }
 }
 
 /// Our tags are `b` and a number.
@@ -818,4 +855,36 @@ fn tag_number(tag: &[u8]) -> Option<u32> {
 
 fn brief(r: &Response) -> String {
     shorten(&format!("{r:?}"), 200)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no(code: Option<Code>, text: &str) -> Tagged {
+        Tagged { tag: b"b7".to_vec(), status: Status::No, code, text: text.into() }
+    }
+
+    #[test]
+    fn a_busy_code_on_a_command_refuses_only_that_command() {
+        let t = no(Some(Code::Other("UNAVAILABLE".into(), String::new())), "Mailbox cannot be opened right now.");
+        let e = refused("SELECT \"INBOX\"", &t);
+        assert_eq!(e.kind, ErrorKind::Refused);
+        assert!(e.session_usable());
+        assert_eq!(e.detail, "SELECT \"INBOX\" refused: NO [UNAVAILABLE] Mailbox cannot be opened right now.");
+        let t = no(None, "Request is throttled. Suggested Backoff Time: 1500 milliseconds");
+        let e = refused("UID FETCH", &t);
+        assert_eq!((e.kind, e.retry_after), (ErrorKind::Throttled, Some(Duration::from_millis(1500))));
+    }
+
+    #[test]
+    fn a_refusal_kept_as_text_is_still_a_throttle() {
+        let t = no(None, "Request is throttled. Suggested Backoff Time: 1500 milliseconds");
+        let e = refused_text("STATUS of \"INBOX\"", &refusal_text(&t));
+        assert_eq!((e.kind, e.retry_after), (ErrorKind::Throttled, Some(Duration::from_millis(1500))));
+        assert_eq!(e.detail, refused("STATUS of \"INBOX\"", &t).detail);
+        let t = no(Some(Code::Other("UNAVAILABLE".into(), String::new())), "Mailbox cannot be opened right now.");
+        let e = refused_text("STATUS of \"INBOX\"", &refusal_text(&t));
+        assert_eq!((e.kind, e.retry_after), (ErrorKind::Refused, None));
+    }
 }

@@ -40,9 +40,13 @@ impl Deadline {
     }
 }
 
-/// How often the transfer rate is judged: the deadline moves to a window past the last window
-/// in which bytes came at the rate.
+/// How often the transfer rate is judged (at most: a shorter budget is judged twice within it):
+/// after a window in which bytes came at the rate, the deadline moves to two windows from then,
+/// so that the next judgement, one window on, comes before it while they keep coming.
 const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// The shortest window judged: below it a rate says little.
+const MIN_WINDOW: Duration = Duration::from_millis(100);
 
 /// The running state of a deadline on a transport.
 struct Clock {
@@ -59,14 +63,23 @@ impl Clock {
         Clock { deadline: d, until: d.start + d.budget, window_start: Instant::now(), window_bytes: 0, bytes: 0 }
     }
 
+    /// The window over which the rate is judged: [`RATE_WINDOW`], or half the budget when that
+    /// is shorter. (Always ten seconds, a budget under ten seconds was never renewed: its
+    /// first judgement came after it had expired; and a renewal to one window ahead expired
+    /// just when the next judgement was due, unless a read happened to end in between.)
+    fn window(&self) -> Duration {
+        RATE_WINDOW.min(self.deadline.budget / 2).max(MIN_WINDOW)
+    }
+
     fn received(&mut self, n: usize) {
         self.bytes += n as u64;
         self.window_bytes += n as u64;
         let now = Instant::now();
         let elapsed = now.duration_since(self.window_start);
-        if elapsed >= RATE_WINDOW {
+        let window = self.window();
+        if elapsed >= window {
             if self.window_bytes as f64 >= self.deadline.min_rate as f64 * elapsed.as_secs_f64() {
-                self.until = self.until.max(now + RATE_WINDOW);
+                self.until = self.until.max(now + 2 * window);
             }
             self.window_start = now;
             self.window_bytes = 0;
@@ -256,10 +269,29 @@ mod tests {
         let first = c.until;
         c.window_start -= RATE_WINDOW; // a window has passed
         c.received(10_000); // 10,000 bytes in ~10 s: 1,000 B/s ≥ 100 B/s
-        assert!(c.until > first + RATE_WINDOW / 2);
+        assert!(c.until > first + c.window());
         let renewed = c.until;
         c.window_start -= RATE_WINDOW;
         c.received(5); // 5 bytes in 10 s: a drip
         assert_eq!(c.until, renewed, "a drip does not renew it");
+    }
+
+    #[test]
+    fn a_budget_shorter_than_the_window_is_renewed_too() {
+        // BG_TASK_DEADLINE 2 s: judged every second, renewed two seconds ahead.
+        let d = Deadline { start: Instant::now(), budget: Duration::from_secs(2), min_rate: 100 };
+        let mut c = Clock::new(d);
+        assert_eq!(c.window(), Duration::from_secs(1));
+        c.until = Instant::now() + Duration::from_millis(10); // about to expire
+        c.window_start -= c.window();
+        c.received(500); // 500 bytes in 1 s
+        let renewed = c.until;
+        assert!(renewed >= Instant::now() + Duration::from_millis(1900), "{:?}", renewed - Instant::now());
+        // The next judgement is due a window on, well before the deadline.
+        assert!(c.window_start + c.window() + Duration::from_millis(900) <= renewed);
+        c.window_start -= c.window();
+        c.received(50); // 50 bytes in 1 s: too slow
+        assert_eq!(c.until, renewed);
+        assert_eq!(Clock::new(Deadline { budget: Duration::from_secs(600), ..d }).window(), RATE_WINDOW);
     }
 }

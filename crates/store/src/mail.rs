@@ -170,6 +170,17 @@ pub struct QueueEntry {
     pub gm_msgid: Option<i64>,
 }
 
+/// A receive queue entry as `receive_queue_entries` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRow {
+    pub uid: i64,
+    pub attempts: i64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// primary, secondary or failed.
+    pub queue: String,
+}
+
 /// A downloaded message, parsed, ready to store.
 #[derive(Debug, Clone, Default)]
 pub struct NewMessage {
@@ -427,10 +438,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Stored messages whose UID is one of `uids` (the rows a QRESYNC VANISHED names).
+    /// Stored messages whose UID is one of `uids` (sorted: the rows a QRESYNC VANISHED names),
+    /// and only those: `folder_sync_rows_of` adds every row with a pending local change, which
+    /// a count of vanished rows must not include (each one made the sync's count check fail
+    /// and read the folder's whole UID set).
     pub fn folder_rows_with_uids(&self, folder_id: i64, uids: &[i64]) -> Result<Vec<MsgSyncRow>> {
         self.folder_sync_rows_of(folder_id, uids.iter().copied()).map(|mut v| {
-            v.retain(|r| uids.binary_search(&r.uid).is_ok() || r.flags_changed.is_some());
+            v.retain(|r| uids.binary_search(&r.uid).is_ok());
             v
         })
     }
@@ -558,7 +572,19 @@ impl Store {
     /// Stale rows (from before a UIDVALIDITY change) matching a message by Message-ID and
     /// size: re-keyed to the new UID instead of being downloaded again. Returns whether one
     /// matched (and the queue entry went with it).
-    pub fn rematch_stale(&mut self, folder_id: i64, uid: i64, message_id: &str, size: i64) -> Result<bool> {
+    ///
+    /// `flags`: the message's flags in the new generation of the folder, which the row takes
+    /// (any pending local change of the old generation is settled: a reset's full sync would
+    /// let the server win anyway). Without them the row would keep the old generation's flags
+    /// for good: under CONDSTORE no later sync reports an unchanged message.
+    pub fn rematch_stale(
+        &mut self,
+        folder_id: i64,
+        uid: i64,
+        message_id: &str,
+        size: i64,
+        flags: Option<&Flags>,
+    ) -> Result<bool> {
         self.write(|tx| {
             let id: Option<i64> = tx
                 .query_row(
@@ -569,6 +595,13 @@ impl Store {
                 .optional()?;
             let Some(id) = id else { return Ok(false) };
             tx.execute("UPDATE messages SET uid = ? WHERE id = ?", params![uid, id])?;
+            if let Some(f) = flags {
+                tx.execute(
+                    "UPDATE messages SET seen = ?, answered = ?, flagged = ?, draft = ?, deleted = ?, keywords = ?,
+                        flags_changed = NULL, flags_base = NULL WHERE id = ?",
+                    params![f.seen, f.answered, f.flagged, f.draft, f.deleted, f.keywords_text(), id],
+                )?;
+            }
             tx.execute("DELETE FROM receive_queue WHERE folder_id = ? AND uid = ?", params![folder_id, uid])?;
             Ok(true)
         })
@@ -666,6 +699,19 @@ impl Store {
     pub fn queued_uids(&self, folder_id: i64) -> Result<Vec<i64>> {
         let mut st = self.conn().prepare_cached("SELECT uid FROM receive_queue WHERE folder_id = ? ORDER BY uid")?;
         let v = st.query_map([folder_id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
+    /// A folder's receive queue entries, by UID: what failed downloads left.
+    pub fn receive_queue_entries(&self, folder_id: i64) -> Result<Vec<QueueRow>> {
+        let mut st = self.conn().prepare_cached(
+            "SELECT uid, attempts, last_error, queue FROM receive_queue WHERE folder_id = ? ORDER BY uid",
+        )?;
+        let v = st
+            .query_map([folder_id], |r| {
+                Ok(QueueRow { uid: r.get(0)?, attempts: r.get(1)?, last_error: r.get(2)?, queue: r.get(3)? })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(v)
     }
 
@@ -914,5 +960,76 @@ impl Store {
                 params![now, account, folder],
             )?)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After a UIDVALIDITY change a re-keyed row takes the message's flags of the new
+    /// generation (and its old pending change is settled), not the ones it had before.
+    #[test]
+    fn a_rematched_row_takes_the_new_generations_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, a) = crate::test_store(dir.path());
+        let listed = [FolderListing {
+            name: "L".into(),
+            display_name: "L".into(),
+            delimiter: None,
+            special_use: None,
+            unusable: None,
+        }];
+        s.record_folder_list(a, &listed).unwrap();
+        let folder = s.account_folders(a).unwrap()[0].id;
+        let raw = b"Message-ID: <m1@x.test>\r\nSubject: s\r\n\r\nbody\r\n".to_vec();
+        let m = NewMessage {
+            uid: 7,
+            message_id: Some("m1@x.test".into()),
+            flags: Flags::parse("\\Flagged $Label1"),
+            raw: raw.clone(),
+            ..NewMessage::default()
+        };
+        assert_eq!(s.store_received(folder, &[m], &[]).unwrap(), 1);
+        s.apply_sync(folder, &SyncApply { reset: Some(2), ..SyncApply::default() }, 10).unwrap();
+        let now = Flags::parse("\\Seen $Label3");
+        assert!(s.rematch_stale(folder, 3, "m1@x.test", raw.len() as i64, Some(&now)).unwrap());
+        let rows = s.folder_sync_rows(folder).unwrap().0;
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].uid, &rows[0].flags, rows[0].flags_changed), (3, &now, None));
+        assert!(s.message_raw(folder, 3).unwrap() == Some(raw));
+    }
+
+    /// The rows a VANISHED names, and not the rows with a pending local change beside them.
+    #[test]
+    fn rows_with_uids_are_only_those_uids() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, a) = crate::test_store(dir.path());
+        let listed = [FolderListing {
+            name: "L".into(),
+            display_name: "L".into(),
+            delimiter: None,
+            special_use: None,
+            unusable: None,
+        }];
+        s.record_folder_list(a, &listed).unwrap();
+        let folder = s.account_folders(a).unwrap()[0].id;
+        let msgs: Vec<NewMessage> = (1..=5)
+            .map(|uid| NewMessage {
+                uid,
+                raw: format!("Subject: {uid}\r\n\r\nx\r\n").into_bytes(),
+                ..NewMessage::default()
+            })
+            .collect();
+        assert_eq!(s.store_received(folder, &msgs, &[]).unwrap(), 5);
+        let changed: i64 = s
+            .conn()
+            .query_row("SELECT id FROM messages WHERE folder_id = ? AND uid = 2", [folder], |r| r.get(0))
+            .unwrap();
+        s.mail_set_flags(changed, &crate::FlagEdit { seen: Some(true), ..Default::default() }, 5).unwrap();
+        let uids = |v: Vec<MsgSyncRow>| v.into_iter().map(|r| r.uid).collect::<Vec<_>>();
+        assert_eq!(uids(s.folder_rows_with_uids(folder, &[3, 4]).unwrap()), [3, 4]);
+        assert_eq!(uids(s.folder_rows_with_uids(folder, &[]).unwrap()), Vec::<i64>::new());
+        assert_eq!(uids(s.folder_rows_with_uids(folder, &[2, 9]).unwrap()), [2]);
     }
 }

@@ -33,9 +33,29 @@ pub struct Dovecot {
     passwd_lock: Mutex<()>,
 }
 
+/// Settings of a Dovecot started with [`Dovecot::start_with`]; the default is what
+/// [`Dovecot::start`] runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DovecotOptions {
+    /// `service imap { process_limit }`: at most this many imap processes, and each logged-in
+    /// connection has its own, so at most this many connections past login at once. Past it
+    /// Dovecot logs "process_limit (N) reached, client connections are being dropped" and new
+    /// clients lose their connection at login. Unset: `default_process_limit` (200).
+    pub process_limit: Option<u32>,
+    /// `mail_max_userip_connections`: connections of one user from one IP at once (100 unless
+    /// set); past it the new connection gets `* BYE Maximum number of connections from
+    /// user+IP exceeded` after its login.
+    pub mail_max_userip_connections: Option<u32>,
+}
+
 impl Dovecot {
     /// Starts a new, independent instance on two free ports (retrying on a port clash).
     pub fn start() -> anyhow::Result<Dovecot> {
+        Dovecot::start_with(DovecotOptions::default())
+    }
+
+    /// [`start`](Self::start) with non-default limits.
+    pub fn start_with(opts: DovecotOptions) -> anyhow::Result<Dovecot> {
         let bin = find_program("dovecot", SBIN).ok_or_else(|| anyhow!("dovecot not found: install dovecot-imapd"))?;
         find_program("doveadm", &["/usr/bin"]).ok_or_else(|| anyhow!("doveadm not found: install dovecot-core"))?;
         let (cert_pem, key_pem) = test_cert()?;
@@ -59,7 +79,7 @@ impl Dovecot {
             if imap_port == imaps_port {
                 continue;
             }
-            let conf = config(dir.path(), &ids, imap_port, imaps_port);
+            let conf = config(dir.path(), &ids, imap_port, imaps_port, &opts);
             std::fs::write(dir.path().join("dovecot.conf"), conf)?;
             let log = dir.path().join("dovecot.log");
             let _ = std::fs::remove_file(&log);
@@ -287,8 +307,13 @@ impl Ids {
     }
 }
 
-fn config(dir: &Path, ids: &Ids, imap_port: u16, imaps_port: u16) -> String {
+fn config(dir: &Path, ids: &Ids, imap_port: u16, imaps_port: u16, opts: &DovecotOptions) -> String {
     let d = dir.display();
+    let userip = opts.mail_max_userip_connections.unwrap_or(100);
+    let imap_service = match opts.process_limit {
+        Some(n) => format!("service imap {{\n  process_limit = {n}\n}}\n"),
+        None => String::new(),
+    };
     // Unprivileged, Dovecot cannot chroot its login, anvil and ipc processes.
     let chroot = if ids.root { "" } else { "  chroot =\n" };
     format!(
@@ -320,7 +345,7 @@ ssl = yes
 ssl_cert = <{d}/cert.pem
 ssl_key = <{d}/key.pem
 mail_location = maildir:~/Maildir
-mail_max_userip_connections = 100
+mail_max_userip_connections = {userip}
 default_process_limit = 200
 passdb {{
   driver = passwd-file
@@ -363,7 +388,7 @@ service imap-login {{
     ssl = yes
   }}
 }}
-"#,
+{imap_service}"#,
         iu = ids.internal_user,
         ig = ids.internal_group,
         lu = ids.login_user,

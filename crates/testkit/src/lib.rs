@@ -1,4 +1,5 @@
-//! Test support for backproc: real servers (Dovecot, smtp-sink, aiosmtpd) and a TCP fault proxy
+//! Test support for backproc: real servers (Dovecot, Cyrus and Courier in cached chroots,
+//! smtp-sink, aiosmtpd), a scriptable hostile IMAP server and a TCP fault proxy
 //! on free loopback ports in temp dirs, plus a deterministic message generator. No mocks.
 //!
 //! Every server cleans up on `Drop` (its process group is killed, its temp dir removed). A
@@ -22,7 +23,7 @@ mod smtp;
 pub use admin::{Fetched, ImapAdmin, ListEntry};
 pub use courier::Courier;
 pub use cyrus::Cyrus;
-pub use dovecot::Dovecot;
+pub use dovecot::{Dovecot, DovecotOptions};
 pub use proxy::{Fault, FaultProxy, GMAIL_TOO_MANY, GmailHits, ImapRule, M365_THROTTLED, gm_msgid};
 pub use pysmtp::{PySmtp, Received, SmtpRules};
 pub use smtp::{SinkOptions, SmtpSink};

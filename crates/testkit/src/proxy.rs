@@ -45,7 +45,16 @@ pub enum Fault {
 struct Counts {
     open: usize,
     max: usize,
+    /// The most connections whose client had not closed its end, at one accept (see
+    /// [`FaultProxy::max_client_concurrent`]).
+    max_client: usize,
+    /// Samples of `max_client` waiting for their [`SETTLE`] check.
+    audits: usize,
 }
+
+/// How long after an accept the connections then open are checked for a hang-up that was
+/// already on its way (see [`FaultProxy::max_client_concurrent`]).
+const SETTLE: Duration = Duration::from_millis(20);
 
 struct Shared {
     fault: Mutex<Fault>,
@@ -114,7 +123,7 @@ impl FaultProxy {
             server: Mutex::new(Vec::new()),
             capture: AtomicBool::new(true),
             connections: AtomicUsize::new(0),
-            counts: Mutex::new(Counts { open: 0, max: 0 }),
+            counts: Mutex::new(Counts { open: 0, max: 0, max_client: 0, audits: 0 }),
             counts_changed: Condvar::new(),
             stop: AtomicBool::new(false),
             sockets: Mutex::new(HashMap::new()),
@@ -131,6 +140,10 @@ impl FaultProxy {
                 // Counted here, in the accepting thread, so a burst is counted in accept order
                 // before any handler thread runs: the count never lags behind the clients.
                 let open = Open::new(&sh, next_id.fetch_add(1, Ordering::SeqCst));
+                // Registered here, not in the handler thread, so the next accept's
+                // `note_live_clients` sees every connection accepted before it.
+                register(&sh, open.id, &client);
+                note_live_clients(&sh);
                 let fault = lock(&sh.fault).clone();
                 let rules = Arc::clone(&lock(&sh.rules));
                 // A failed spawn drops the closure, and with it the socket and the guard.
@@ -191,10 +204,35 @@ impl FaultProxy {
         lock(&self.shared.counts).max
     }
 
-    /// Restarts [`max_concurrent`](Self::max_concurrent) from the connections open now.
+    /// The most connections whose client had not closed its end at the same moment. Sampled at
+    /// each accept: the new connection and every earlier one whose client socket has not hung
+    /// up (`EPOLLRDHUP`: the client's FIN, or `EPOLLHUP`/`EPOLLERR`: its RST). A client's FIN
+    /// is not always processed by the time its next connection is accepted (loopback may defer
+    /// it to a softirq), so a sample that would be a new peak is checked again [`SETTLE`]
+    /// (20 ms) later and only its connections still open then count: a connection closed
+    /// within 20 ms after an accept counts as closed before it.
+    ///
+    /// Unlike [`max_concurrent`](Self::max_concurrent), this does not count a connection the
+    /// client closed while the proxy and the server still wind it down, so a client that closes
+    /// one connection and at once opens the next is seen holding one, as it does. The count
+    /// only grows at an accept, so sampling there finds its peaks; a client that holds one
+    /// connection too many for longer than 20 ms is caught. Waits for checks in progress.
+    pub fn max_client_concurrent(&self) -> usize {
+        let mut c = lock(&self.shared.counts);
+        while c.audits > 0 {
+            c = self.shared.counts_changed.wait(c).unwrap_or_else(|e| e.into_inner());
+        }
+        c.max_client
+    }
+
+    /// Restarts [`max_concurrent`](Self::max_concurrent) (and
+    /// [`max_client_concurrent`](Self::max_client_concurrent)) from the connections open now.
     pub fn reset_max(&self) {
+        let _ = self.max_client_concurrent();
+        let live = live_clients(&self.shared, None).len();
         let mut c = lock(&self.shared.counts);
         c.max = c.open;
+        c.max_client = live;
     }
 
     /// Waits until exactly `n` connections are open; false if that did not happen in `timeout`.
@@ -255,6 +293,59 @@ fn register(sh: &Shared, id: u64, s: &TcpStream) {
     }
 }
 
+/// The ids of the connections (of `among`, or all) whose client socket (the first registered)
+/// has not hung up: an epoll without waiting reports `EPOLLRDHUP` (FIN), `EPOLLHUP` or
+/// `EPOLLERR` (RST) for the others. A connection that ended is not among them.
+fn live_clients(sh: &Shared, among: Option<&[u64]>) -> Vec<u64> {
+    use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+    let sockets = lock(&sh.sockets);
+    let clients: Vec<(u64, &TcpStream)> = sockets
+        .iter()
+        .filter(|(id, _)| among.is_none_or(|a| a.contains(id)))
+        .filter_map(|(id, v)| v.first().map(|s| (*id, s)))
+        .collect();
+    let all = || clients.iter().map(|(id, _)| *id).collect();
+    let Ok(ep) = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) else { return all() };
+    for (id, s) in &clients {
+        if ep.add(s, EpollEvent::new(EpollFlags::EPOLLRDHUP, *id)).is_err() {
+            return all();
+        }
+    }
+    let mut events = vec![EpollEvent::empty(); clients.len().max(1)];
+    let gone = EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+    let Ok(n) = ep.wait(&mut events, EpollTimeout::ZERO) else { return all() };
+    let hung_up: Vec<u64> = events[..n].iter().filter(|e| e.events().intersects(gone)).map(|e| e.data()).collect();
+    clients.iter().map(|(id, _)| *id).filter(|id| !hung_up.contains(id)).collect()
+}
+
+/// Samples [`Counts::max_client`] after an accept; a sample over the peak so far is checked
+/// again after [`SETTLE`], in a thread of its own so the acceptor goes on.
+fn note_live_clients(sh: &Arc<Shared>) {
+    let live = live_clients(sh, None);
+    {
+        let mut c = lock(&sh.counts);
+        if live.len() <= c.max_client {
+            return;
+        }
+        c.audits += 1;
+    }
+    let settled = |sh: &Shared, n: usize| {
+        let mut c = lock(&sh.counts);
+        c.max_client = c.max_client.max(n);
+        c.audits -= 1;
+        sh.counts_changed.notify_all();
+    };
+    let n = live.len();
+    let sh2 = Arc::clone(sh);
+    let spawned = std::thread::Builder::new().name("fault-proxy-settle".into()).spawn(move || {
+        std::thread::sleep(SETTLE);
+        settled(&sh2, live_clients(&sh2, Some(&live)).len());
+    });
+    if spawned.is_err() {
+        settled(sh, n);
+    }
+}
+
 /// Records bytes read from the client (`downstream` false) or the server.
 fn capture(sh: &Shared, downstream: bool, bytes: &[u8]) {
     if sh.capture.load(Ordering::Relaxed) {
@@ -264,7 +355,6 @@ fn capture(sh: &Shared, downstream: bool, bytes: &[u8]) {
 
 fn handle(client: TcpStream, upstream: SocketAddr, fault: Fault, rules: Arc<RuleSet>, open: &Open) {
     let sh = &open.sh;
-    register(sh, open.id, &client);
     match fault {
         Fault::Refuse => {
             let _ = client.shutdown(Shutdown::Both);

@@ -196,6 +196,7 @@ fn connection_accounting_is_exact_in_bursts() {
         connected.wait();
         assert!(p.wait_open(N, Duration::from_secs(20)), "open {} of {N}", p.open_connections());
         assert_eq!(p.max_concurrent(), N);
+        assert_eq!(p.max_client_concurrent(), N);
         release.wait();
     });
     assert!(p.wait_open(0, Duration::from_secs(20)), "still open: {}", p.open_connections());
@@ -258,6 +259,31 @@ fn connection_accounting_is_exact_in_bursts() {
     // No upper bound: a closing connection counts until its teardown ends, which may overlap
     // the next round's; leaks are caught by the wait for 0 above.
     assert!(p.max_concurrent() >= ROUND, "max {}", p.max_concurrent());
+}
+
+/// `max_client_concurrent` counts what the client holds: a client that says LOGOUT without
+/// waiting for the answer, closes, and at once opens the next connection (as the engine's
+/// session pool does when it gives an idle session's slot to another account) holds `HOLD` at
+/// most, and that is what it reports; one more held connection shows as one more.
+#[test]
+fn client_side_count_follows_closes_at_once() {
+    let d = Dovecot::start().expect("start dovecot");
+    let p = FaultProxy::start(upstream(&d)).unwrap();
+    const HOLD: usize = 5;
+    let mut held: std::collections::VecDeque<Client> = (0..HOLD).map(|_| Client::greeted(&p).0).collect();
+    for _ in 0..300 {
+        let mut oldest = held.pop_front().unwrap();
+        oldest.send("zz LOGOUT\r\n");
+        drop(oldest);
+        held.push_back(Client::greeted(&p).0);
+    }
+    assert_eq!(p.max_client_concurrent(), HOLD, "proxy's own count peaked at {}", p.max_concurrent());
+    held.push_back(Client::greeted(&p).0);
+    assert_eq!(p.max_client_concurrent(), HOLD + 1);
+    drop(held);
+    assert!(p.wait_open(0, Duration::from_secs(20)), "still open: {}", p.open_connections());
+    p.reset_max();
+    assert_eq!((p.max_concurrent(), p.max_client_concurrent()), (0, 0));
 }
 
 #[test]

@@ -11,7 +11,7 @@
 //! queue; one that came without a body (`BODY[] NIL`) stays queued with an attempt counted
 //! and the reason. Bodies are stored only under the UIDVALIDITY the folder's EXAMINE reported.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use backproc_store::{Lane, NewMessage, QueueEntry, RetryPolicy, Store};
@@ -35,6 +35,8 @@ pub fn policy(c: &backproc_config::Config) -> RetryPolicy {
 struct Fetched {
     entries: usize,
     msgs: Vec<backproc_imap::Fetched>,
+    /// X-GM-MSGID of the batch's UIDs that have one (Gmail), from their queue entries.
+    gm_msgids: HashMap<u32, i64>,
 }
 
 /// Parses and stores batches until the channel closes; returns messages stored.
@@ -50,8 +52,16 @@ fn writer(
     let mut received = 0i64;
     let mut done = 0i64;
     for b in rx {
-        let msgs: Vec<NewMessage> =
-            b.msgs.into_iter().map(|f| parse::message(i64::from(f.uid), f.raw, f.flags, f.internal_date)).collect();
+        let msgs: Vec<NewMessage> = b
+            .msgs
+            .into_iter()
+            .map(|f| {
+                let gm_msgid = b.gm_msgids.get(&f.uid).copied();
+                // Stored with the row: the same message under another label is then linked to
+                // this body (`link_known_bodies`), not downloaded again.
+                NewMessage { gm_msgid, ..parse::message(i64::from(f.uid), f.raw, f.flags, f.internal_date) }
+            })
+            .collect();
         received += store.store_received(folder_id, &msgs, &[])? as i64;
         done += b.entries as i64;
         super::record_progress(store, thread, task, done, total, clock.now());
@@ -177,7 +187,8 @@ fn fetch_all(
             Ok((report, next)) => {
                 ahead = next;
                 let entries = asked.len();
-                if tx.send(Fetched { entries, msgs }).is_err() {
+                let gm_msgids = asked.iter().filter_map(|e| Some((e.uid as u32, e.gm_msgid?))).collect();
+                if tx.send(Fetched { entries, msgs, gm_msgids }).is_err() {
                     // The writer stopped (its error is reported by the caller). A FETCH still
                     // in flight would be read by the session's next command: drop the session.
                     if ahead.is_some() {
@@ -233,9 +244,13 @@ fn fetch_one(
             if stale {
                 let uids: Vec<u32> = asked.iter().map(|e| e.uid as u32).collect();
                 let mut rematched = HashSet::new();
-                for (uid, size, header) in session.fetch_headers(&uids)? {
+                for (uid, size, header, flags) in session.fetch_headers(&uids)? {
+                    // The row takes the flags the message has now (the old generation's may differ).
                     if let Some(mid) = parse::message_id(&header)
-                        && ctx.store.rematch_stale(folder_id, i64::from(uid), &mid, i64::from(size)).unwrap_or(false)
+                        && ctx
+                            .store
+                            .rematch_stale(folder_id, i64::from(uid), &mid, i64::from(size), flags.as_ref())
+                            .unwrap_or(false)
                     {
                         rematched.insert(i64::from(uid));
                     }

@@ -49,7 +49,8 @@ pub fn list_folders(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
     for u in listing.unusable {
         if let Some(name) = u.name {
             rows.push(FolderListing {
-                display_name: name.clone(),
+                // A NUL or CR of the name shown as `\0`, `\r`, not sent to a terminal.
+                display_name: name.escape_debug().to_string(),
                 name,
                 delimiter: None,
                 special_use: None,

@@ -156,6 +156,23 @@ fn per_host_budget_limits_concurrent_accounts_on_one_server() {
 }
 
 #[test]
+fn a_lowered_host_budget_holds_its_accounts_in_flight_to_it() {
+    use crate::task::{Job, Task};
+    let hosts: HashMap<i64, String> =
+        (1..=10).map(|a| (a, if a <= 8 { "imap.gmail.test".to_string() } else { "other.test".to_string() })).collect();
+    let due: Vec<Task> = (1..=10).map(|a| Task::new(Job::SyncFull, Some(a), Some(a))).collect();
+    let in_flight: HashMap<Task, usize> = [(Task::new(Job::Receive, Some(1), Some(1)), 0)].into();
+    let lowered: HashMap<String, usize> = [("imap.gmail.test".to_string(), 2)].into();
+    let kept = budget_lowered(due.clone(), &in_flight, &hosts, 8, &lowered);
+    let accounts: Vec<i64> = kept.iter().filter_map(|t| t.account).collect();
+    // account 1 holds one of the 2; one more fits; the other host keeps the configured budget
+    assert_eq!(accounts, vec![1, 2, 9, 10]);
+    // a lowered budget never raises the configured one
+    let raised: HashMap<String, usize> = [("imap.gmail.test".to_string(), 50)].into();
+    assert_eq!(budget_lowered(due, &in_flight, &hosts, 3, &raised).len(), 5);
+}
+
+#[test]
 fn a_task_failing_again_and_again_waits_longer_each_time() {
     use super::task_hold;
     let cases: &[(&str, u32, i64)] = &[

@@ -248,9 +248,12 @@ fn continuation_requests() {
 fn malformed_untagged_responses_are_skipped_and_named() {
     #[rustfmt::skip]
     let cases: Vec<(&str, &[u8], &str, Option<&[u8]>, &str)> = vec![
-        ("NUL in a listed name", b"* LIST () \"/\" \"a\0b\"\r\n", "LIST", None, "a NUL inside a quoted string"),
-        ("CR in a listed name", b"* LIST () \"/\" \"a\rb\"\r\n", "LIST", None, "a CR inside a quoted string"),
-        ("bad escape in a listed name", b"* LIST () \"/\" \"a\\zb\"\r\n", "LIST", None, "an invalid escape \\z in a quoted string"),
+        // the name's raw bytes, to name the folder in a warning
+        ("NUL in a listed name", b"* LIST () \"/\" \"a\0b\"\r\n", "LIST", Some(b"a\0b"), "a NUL inside a quoted string"),
+        ("CR in a listed name", b"* LIST () \"/\" \"a\rb\"\r\n", "LIST", Some(b"a\rb"), "a CR inside a quoted string"),
+        ("CR and escapes", b"* LIST () \"/\" \"a\\\"\rb\"\r\n", "LIST", Some(b"a\"\rb"), "a CR inside a quoted string"),
+        ("CR and no closing quote", b"* LIST () \"/\" \"a\rb\r\n", "LIST", None, "a CR inside a quoted string"),
+        ("bad escape in a listed name", b"* LIST () \"/\" \"a\\zb\"\r\n", "LIST", Some(b"a\\zb"), "an invalid escape \\z in a quoted string"),
         ("junk after a listed name", b"* LIST () \"/\" \"Good\" ) x\r\n", "LIST", Some(b"Good"), "a ) where a value should be"),
         ("uidnext out of range", b"* STATUS INBOX (MESSAGES 1 UIDNEXT 99999999999)\r\n", "STATUS", Some(b"INBOX"), "UIDNEXT 99999999999 is not a 32-bit number"),
         ("not a number", b"* STATUS \"Sent\" (MESSAGES many)\r\n", "STATUS", Some(b"Sent"), "MESSAGES \"many\" is not a number"),

@@ -34,7 +34,8 @@ pub const M365_THROTTLED: &str = "NO Request is throttled. Suggested Backoff Tim
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImapRule {
     /// When a client sends LOGIN or AUTHENTICATE while more than `max` connections of this proxy
-    /// are open (this one included), the command is not forwarded and the proxy answers
+    /// are open (this one included; one whose client has closed it no longer counts, even while
+    /// the proxy still winds it down), the command is not forwarded and the proxy answers
     /// `<tag> <text>` itself, keeping the connection open. `text` is the whole answer after
     /// the tag, status word included: [`GMAIL_TOO_MANY`], or e.g. `NO [LIMIT] ...` or
     /// `NO [UNAVAILABLE] ...` (RFC 5530).
@@ -665,7 +666,9 @@ impl ClientPump<'_> {
         let id = self.next_id;
         self.next_id += 1;
         let literal = trailing_literal(line);
-        let open = lock(&self.sh.counts).open;
+        // Counted as a server counts them: a connection the client has closed is gone, though
+        // the proxy may still be winding it down (`FaultProxy::max_client_concurrent`).
+        let open = super::live_clients(self.sh, None).len();
         if let Some(answer) = self.rules.refusal(&name, open) {
             let refused = Refused { id, line: [tag.as_slice(), b" ", answer.as_bytes(), b"\r\n"].concat() };
             return self.refuse_at(literal, tag, refused);

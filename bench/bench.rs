@@ -353,12 +353,7 @@ fn bench(o: &Opts) -> anyhow::Result<()> {
         let many = Dovecot::start()?;
         many.add_user(LOGIN, PASSWORD)?;
         let names: Vec<String> = (0..f).map(|i| format!("F{i:05}")).collect();
-        for chunk in names.chunks(500) {
-            let mut args = vec!["mailbox", "create", "-u", LOGIN];
-            args.extend(chunk.iter().map(String::as_str));
-            let out = many.doveadm(&args)?;
-            anyhow::ensure!(out.status.success(), "doveadm mailbox create: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        many.create_folders_on_disk(LOGIN, &names)?;
         let mut msgs = 0u64;
         for (i, name) in names.iter().enumerate().step_by(10) {
             many.populate(LOGIN, PASSWORD, name, &[mailgen::text_message(SEED, i)])?;

@@ -938,3 +938,45 @@ fn a_message_expunged_during_the_fetch_loses_nothing_else() {
     assert!(got.len() <= world.len() + 2, "{:?}", uids(&got));
     assert!(got.iter().all(|m| m.0 <= 4), "{:?}", uids(&got));
 }
+
+/// A server with neither MOVE nor UIDPLUS (issue 17's capability paths): a deletion goes to
+/// Trash as COPY + `\Deleted`, and the plain EXPUNGE that would also remove other clients'
+/// `\Deleted` messages is sent only when no other message is flagged; otherwise ours stay
+/// flagged. Never a UID MOVE or a UID EXPUNGE the server did not offer.
+#[test]
+fn without_move_and_uidplus_a_deletion_never_expunges_another_clients_message() {
+    let mut caps: Vec<String> = backproc_testkit::hostimap::DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect();
+    caps.retain(|c| c != "MOVE" && c != "UIDPLUS");
+    let mut world = World::simple(6);
+    let mut trash = backproc_testkit::hostimap::Folder::new("Trash", 1002);
+    trash.attrs.push("\\Trash".into());
+    world.folders.push(trash);
+    let s = server(world, Script { capabilities: caps, ..Script::default() });
+    let (h, a) = home_on(&s, &config("define('EMAIL_BG_SYNC_DELETE_INTERVAL', 1);\n"));
+    run_once(&h);
+    let id = |uid: u32| store(&h).mail_list(a, Some("INBOX"), false, 100).unwrap().into_iter().find(|m| m.uid == i64::from(uid)).unwrap().id;
+    let deleted = |uid: u32| s.world(|w| w.folder(b"INBOX").unwrap().msg(uid).map(|m| m.has_flag("\\Deleted")));
+
+    // another client has marked message 5 \Deleted (and not expunged it)
+    s.world(|w| w.folder_mut(b"INBOX").unwrap().messages.iter_mut().find(|m| m.uid == 5).unwrap().flags.push("\\Deleted".into()));
+    assert!(h.run(&["mail", "delete", &id(2).to_string()]).status.success());
+    std::thread::sleep(Duration::from_millis(1100));
+    run_once(&h);
+    assert_eq!(deleted(5), Some(true), "the other client's message is still there");
+    assert_eq!(deleted(2), Some(true), "ours is flagged, not expunged: an EXPUNGE would take message 5 too");
+    let in_trash = s.world(|w| w.folder(b"Trash").unwrap().messages.len());
+    assert_eq!(in_trash, 1, "copied to Trash");
+
+    // without another \Deleted message the plain EXPUNGE is safe and removes ours only
+    s.world(|w| w.folder_mut(b"INBOX").unwrap().messages.retain(|m| m.uid != 5 && m.uid != 2));
+    assert!(h.run(&["mail", "delete", &id(3).to_string()]).status.success());
+    std::thread::sleep(Duration::from_millis(1100));
+    run_once(&h);
+    assert_eq!(deleted(3), None, "expunged");
+    let left: Vec<u32> = s.world(|w| w.folder(b"INBOX").unwrap().messages.iter().map(|m| m.uid).collect());
+    assert_eq!(left, vec![1, 4, 6]);
+    let cmds: Vec<String> = s.commands().into_iter().map(|(_, c)| c.to_ascii_uppercase()).collect();
+    assert!(cmds.iter().any(|c| c.contains(" UID COPY ")), "{cmds:#?}");
+    assert!(cmds.iter().all(|c| !c.contains(" UID MOVE ") && !c.contains(" UID EXPUNGE ")), "{cmds:#?}");
+    assert_eq!(cmds.iter().filter(|c| c.ends_with(" EXPUNGE")).count(), 1, "one plain EXPUNGE: {cmds:#?}");
+}

@@ -25,9 +25,17 @@ const PASSWORD: &str = "s3cr3t-Pa55";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Dovecot,
+    /// Dovecot offering CONDSTORE without QRESYNC: the path of a server with one and not the
+    /// other (the UID set is read with UID SEARCH instead of VANISHED).
+    DovecotCondstore,
     Cyrus,
     Courier,
 }
+
+/// What `Kind::DovecotCondstore` offers after login: Dovecot 2.3's own list without QRESYNC.
+const CONDSTORE_ONLY: &str = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT THREAD=REFERENCES MULTIAPPEND \
+UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 CONDSTORE ESEARCH ESORT SEARCHRES WITHIN CONTEXT=SEARCH \
+LIST-STATUS BINARY MOVE LITERAL+ SPECIAL-USE";
 
 /// The running server; only kept alive (dropping it stops the server).
 #[allow(dead_code)]
@@ -50,8 +58,12 @@ struct Server {
 impl Server {
     fn start(kind: Kind) -> Server {
         let (running, port, prefix, sep) = match kind {
-            Kind::Dovecot => {
-                let d = Dovecot::start().expect("start dovecot");
+            Kind::Dovecot | Kind::DovecotCondstore => {
+                let opts = backproc_testkit::DovecotOptions {
+                    imap_capability: (kind == Kind::DovecotCondstore).then(|| CONDSTORE_ONLY.to_owned()),
+                    ..Default::default()
+                };
+                let d = Dovecot::start_with(opts).expect("start dovecot");
                 d.add_user(USER, PASSWORD).unwrap();
                 let p = d.imap_port();
                 (Running::Dovecot(d), p, "", '/')
@@ -69,7 +81,12 @@ impl Server {
                 (Running::Courier(c), p, "INBOX.", '.')
             }
         };
-        Server { kind, _running: running, port, prefix, sep }
+        let server = Server { kind, _running: running, port, prefix, sep };
+        if kind == Kind::DovecotCondstore {
+            let admin = server.admin();
+            assert!(admin.has_capability("CONDSTORE") && !admin.has_capability("QRESYNC"), "{:?}", admin.capabilities());
+        }
+        server
     }
 
     fn admin(&self) -> ImapAdmin {
@@ -417,6 +434,9 @@ macro_rules! servers {
         mod dovecot {
             $(#[test] fn $scenario() { super::$scenario(super::Kind::Dovecot) })*
         }
+        mod dovecot_condstore {
+            $(#[test] fn $scenario() { super::$scenario(super::Kind::DovecotCondstore) })*
+        }
         mod cyrus {
             $(#[test] fn $scenario() { super::$scenario(super::Kind::Cyrus) })*
         }
@@ -674,7 +694,7 @@ fn changes_both_ways(kind: Kind) {
         assert_eq!(&server[uid].0, f, "{kind:?}: the server's flags of UID {uid}");
     }
     assert_eq!(w.server_folder(&w.folders[1]), model_other, "{kind:?}: the server's {}", w.folders[1]);
-    if kind == Kind::Dovecot {
+    if matches!(kind, Kind::Dovecot | Kind::DovecotCondstore) {
         // Deleted to Trash where there is one (Cyrus and Courier here have none: expunged).
         let trash = w.server_folder("Trash");
         assert!(trash.values().any(|(_, sha)| *sha == sha256(&msgs[12])), "{kind:?}: not in Trash: {trash:?}");

@@ -9,68 +9,14 @@
 //! in stream order; a well-formed answer yields exactly the messages that were sent.
 #![no_main]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::io::{self, Read, Write as _};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-
 use backproc_imap::read::{Limits, Reader};
 use backproc_imap::response::{FetchData, ParseLimits, Response, Untagged, read_response};
 use libfuzzer_sys::fuzz_target;
 
-/// Counts live heap bytes and aborts (a crash libFuzzer records) when they pass `LIMIT`,
-/// which the target arms around the call under test.
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
-
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let live = LIVE.fetch_add(l.size(), Relaxed) + l.size();
-        if live > LIMIT.load(Relaxed) {
-            over(l.size());
-        }
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size(), Relaxed);
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        if new > l.size() {
-            let live = LIVE.fetch_add(new - l.size(), Relaxed) + new - l.size();
-            if live > LIMIT.load(Relaxed) {
-                over(new);
-            }
-        } else {
-            LIVE.fetch_sub(l.size() - new, Relaxed);
-        }
-        unsafe { System.realloc(p, l, new) }
-    }
-}
-
-/// Unwinding out of an allocator is undefined behaviour: say why and abort instead.
-fn over(size: usize) -> ! {
-    let _ = writeln!(io::stderr(), "allocation of {size} bytes exceeds the bound for the bytes received");
-    std::process::abort()
-}
+mod common;
 
 #[global_allocator]
-static A: Counting = Counting;
-
-/// A connection whose reads return at most `chunk` bytes of the reply; writes are dropped.
-struct Server<'a> {
-    reply: &'a [u8],
-    chunk: usize,
-}
-impl Read for Server<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(self.chunk).min(self.reply.len());
-        buf[..n].copy_from_slice(&self.reply[..n]);
-        self.reply = &self.reply[n..];
-        Ok(n)
-    }
-}
+static A: common::Counting = common::Counting;
 
 /// One message as the reader gave it.
 struct FetchedBody {
@@ -83,7 +29,7 @@ struct FetchedBody {
 /// Reads responses up to the tagged answer of `r1`, keeping every FETCH that carries a UID
 /// and a body; the first error ends it (a FETCH that cannot be read is an error, never a
 /// skipped message).
-fn read_fetch(conn: Server<'_>, max_literal: usize) -> (Result<(), String>, Vec<FetchedBody>) {
+fn read_fetch(conn: common::Server<'_>, max_literal: usize) -> (Result<(), String>, Vec<FetchedBody>) {
     let mut r = Reader::new(conn, Limits::default());
     let lim = ParseLimits { body: max_literal, ..ParseLimits::default() };
     let mut got = Vec::new();
@@ -104,13 +50,13 @@ fn read_fetch(conn: Server<'_>, max_literal: usize) -> (Result<(), String>, Vec<
 }
 
 fn run(reply: &[u8], chunk: usize, max_literal: usize) -> (Result<(), String>, Vec<FetchedBody>) {
-    let conn = Server { reply, chunk };
+    let conn = common::Server { reply, chunk };
     // Legitimate use: the 64 KiB read buffer, a pre-allocation of up to 1 MiB for a literal,
     // and a few growing copies of what was received. A huge `{N}` not followed by N bytes
     // must not reserve N.
-    LIMIT.store(LIVE.load(Relaxed) + (3 << 20) + 16 * reply.len(), Relaxed);
+    common::arm((3 << 20) + 16 * reply.len());
     let out = read_fetch(conn, max_literal);
-    LIMIT.store(usize::MAX, Relaxed);
+    common::disarm();
     out
 }
 

@@ -57,7 +57,7 @@ impl MailWorld {
     }
 }
 
-/// `user add` (once) + `account add`; returns the account id.
+/// `user add` (once) + `account add` on `dovecot`; returns the account id.
 pub fn add_account(
     home: &Home,
     dovecot: &backproc_testkit::Dovecot,
@@ -67,31 +67,8 @@ pub fn add_account(
     port: u16,
     extra: &[&str],
 ) -> i64 {
-    let owner = format!("owner-{user}");
-    let _ = home.run(&["user", "add", &owner]);
-    let port = port.to_string();
-    let email = format!("{user}@backproc.test");
-    let mut args = vec![
-        "account",
-        "add",
-        "--owner",
-        &owner,
-        "--email",
-        &email,
-        "--imap-host",
-        dovecot.host(),
-        "--imap-port",
-        &port,
-        "--imap-security",
-        security,
-        "--login",
-        user,
-        "--password-stdin",
-    ];
-    args.extend_from_slice(extra);
-    let o = home.run_stdin(&args, password);
-    assert!(o.status.success(), "account add: {}", stderr(&o));
-    stdout(&o).trim().parse().expect("account id")
+    debug_assert_eq!(dovecot.host(), backproc_testkit::HOST);
+    add_account_at(home, user, password, security, port, extra)
 }
 
 /// (uid, flags as IMAP text sorted, raw bytes) of every message in a server folder.

@@ -370,7 +370,7 @@ mod tests {
 
     /// Records which thread ran which account and when; panics on folder 666; sleeps `arg` ms.
     struct Probe {
-        seen: Arc<Mutex<Vec<(i64, String, Instant, Instant)>>>,
+        seen: Seen,
         panic_in_idle: bool,
     }
 

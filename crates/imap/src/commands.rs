@@ -169,6 +169,9 @@ pub struct Ticket {
     uids: BTreeSet<u32>,
 }
 
+/// (uid, size, header block, flags) of a message, as `fetch_headers` gives it.
+pub type HeaderOf = (u32, u32, Vec<u8>, Option<Flags>);
+
 /// A downloaded message.
 #[derive(Debug, Clone)]
 pub struct Fetched {
@@ -563,32 +566,28 @@ impl Session {
             }
             _ => self.selected.clone().expect("reused above"),
         };
+        // Each command's completion, in the order sent: its data is used only if it is OK.
         let mut errors = Vec::new();
-        if new_tag.is_some() {
-            let t = done.next().expect("one a tag");
-            if t.status == Status::Ok {
-                new.sort_by_key(|m| m.uid);
-                new.dedup_by_key(|m| m.uid);
-                answer.new = new;
-            } else {
-                errors.push(refused("UID FETCH of the new messages", &t));
+        let mut ok = |tag: Option<u32>, what: &str| {
+            tag.is_some() && {
+                let t = done.next().expect("one a tag");
+                let ok = t.status == Status::Ok;
+                if !ok {
+                    errors.push(refused(what, &t));
+                }
+                ok
             }
+        };
+        if ok(new_tag, "UID FETCH of the new messages") {
+            new.sort_by_key(|m| m.uid);
+            new.dedup_by_key(|m| m.uid);
+            answer.new = new;
         }
-        if flags_tag.is_some() {
-            let t = done.next().expect("one a tag");
-            if t.status == Status::Ok {
-                answer.flags = flags;
-            } else {
-                errors.push(refused("UID FETCH of the flags", &t));
-            }
+        if ok(flags_tag, "UID FETCH of the flags") {
+            answer.flags = flags;
         }
-        if present_tag.is_some() {
-            let t = done.next().expect("one a tag");
-            if t.status == Status::Ok {
-                answer.present = Some(present);
-            } else {
-                errors.push(refused("UID SEARCH", &t));
-            }
+        if ok(present_tag, "UID SEARCH") {
+            answer.present = Some(present);
         }
         if let Some(e) = errors.into_iter().next() {
             return Err(e);
@@ -774,7 +773,7 @@ impl Session {
     /// (uid, size, header block, flags) of `uids`: enough to recognise a message by Message-ID,
     /// and the flags it has in this generation of the folder (a message re-keyed after a
     /// UIDVALIDITY change takes them: CONDSTORE would never report them as changed later).
-    pub fn fetch_headers(&mut self, uids: &[u32]) -> Result<Vec<(u32, u32, Vec<u8>, Option<Flags>)>> {
+    pub fn fetch_headers(&mut self, uids: &[u32]) -> Result<Vec<HeaderOf>> {
         if uids.is_empty() {
             return Ok(Vec::new());
         }

@@ -238,8 +238,9 @@ mod tests {
     fn one_token_per_case() {
         use Token::*;
         let q = |s: &'static [u8]| Quoted(Cow::Borrowed(s));
+        type Case<'a> = (&'a str, &'a [u8], Mode, Result<Lexed<'a>, LexError>);
         #[rustfmt::skip]
-        let cases: &[(&str, &[u8], Mode, Result<Lexed<'_>, LexError>)] = &[
+        let cases: &[Case] = &[
             ("atom", b"FETCH (", Mode::Item, tok(Atom(b"FETCH"), 5)),
             ("leading spaces are taken", b"  42 ", Mode::Item, tok(Atom(b"42"), 4)),
             ("atom at the end may go on", b"FETC", Mode::Item, Ok(Lexed::Incomplete)),

@@ -683,7 +683,10 @@ fn esearch<R: Read>(r: &mut Reader<R>, lim: &ParseLimits) -> Result<ESearch, Rea
     }
 }
 
-fn namespace<R: Read>(r: &mut Reader<R>, lim: &ParseLimits) -> Result<Vec<(Vec<u8>, Option<String>)>, ReadError> {
+/// A namespace: its prefix and its hierarchy delimiter.
+type Namespace = (Vec<u8>, Option<String>);
+
+fn namespace<R: Read>(r: &mut Reader<R>, lim: &ParseLimits) -> Result<Vec<Namespace>, ReadError> {
     let mut personal = Vec::new();
     match r.token(Mode::Item)? {
         Token::Atom(a) if a.eq_ignore_ascii_case(b"NIL") => {}

@@ -129,6 +129,9 @@ pub struct MsgSyncRow {
     pub server_deleted: bool,
 }
 
+/// (uid, Message-ID, flags, raw size) of a stored message, as `folder_messages` gives it.
+pub type StoredMessage = (i64, Option<String>, Flags, i64);
+
 /// A UID to queue for Receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Queued {
@@ -501,15 +504,15 @@ impl Store {
                     u.execute(params![folder_id, uid])?;
                 }
             }
-            if let Some((last, modseq)) = a.watermarks {
-                if a.reset.is_none() {
-                    // never backwards, whatever the caller computed
-                    tx.execute(
-                        "UPDATE folders SET uidvalidity = COALESCE(uidvalidity, ?3), last_seen_uid = MAX(last_seen_uid, ?1),
-                            highest_modseq = ?2 WHERE id = ?4",
-                        params![last, modseq, a.uidvalidity, folder_id],
-                    )?;
-                }
+            if let Some((last, modseq)) = a.watermarks
+                && a.reset.is_none()
+            {
+                // never backwards, whatever the caller computed
+                tx.execute(
+                    "UPDATE folders SET uidvalidity = COALESCE(uidvalidity, ?3), last_seen_uid = MAX(last_seen_uid, ?1),
+                        highest_modseq = ?2 WHERE id = ?4",
+                    params![last, modseq, a.uidvalidity, folder_id],
+                )?;
             }
             if a.full {
                 tx.execute(
@@ -596,10 +599,33 @@ impl Store {
             let Some(id) = id else { return Ok(false) };
             tx.execute("UPDATE messages SET uid = ? WHERE id = ?", params![uid, id])?;
             if let Some(f) = flags {
+                // A local change still waiting is the user's: it is carried over onto the new
+                // generation's flags (and pushed by the next full sync) rather than lost.
+                let (pending, local, base): (Option<i64>, Flags, Option<String>) = tx.query_row(
+                    &format!("SELECT flags_changed, {FLAG_COLS}, flags_base FROM messages WHERE id = ?"),
+                    [id],
+                    |r| Ok((r.get(0)?, flags_at(r, 1)?, r.get(7)?)),
+                )?;
+                let (now, base) = match (pending, base) {
+                    (None, _) => (f.clone(), None),
+                    (Some(_), Some(b)) => (Flags::merge(f, &Flags::parse(&b), &local), Some(f.to_string())),
+                    // a change from before the store kept its base: the user's system flags,
+                    // the server's keywords and the user's
+                    (Some(_), None) => {
+                        let mut n = f.system_only();
+                        (n.seen, n.answered, n.flagged, n.draft, n.deleted) =
+                            (local.seen, local.answered, local.flagged, local.draft, local.deleted);
+                        for k in f.keywords().iter().chain(local.keywords()) {
+                            n.add_keyword(k);
+                        }
+                        (n, Some(f.to_string()))
+                    }
+                };
                 tx.execute(
                     "UPDATE messages SET seen = ?, answered = ?, flagged = ?, draft = ?, deleted = ?, keywords = ?,
-                        flags_changed = NULL, flags_base = NULL WHERE id = ?",
-                    params![f.seen, f.answered, f.flagged, f.draft, f.deleted, f.keywords_text(), id],
+                        flags_base = ?, flags_changed = CASE WHEN ? IS NULL THEN NULL ELSE flags_changed END
+                     WHERE id = ?",
+                    params![now.seen, now.answered, now.flagged, now.draft, now.deleted, now.keywords_text(), base, base, id],
                 )?;
             }
             tx.execute("DELETE FROM receive_queue WHERE folder_id = ? AND uid = ?", params![folder_id, uid])?;
@@ -814,7 +840,7 @@ impl Store {
 
     /// The messages of a folder as the store has them (uid, Message-ID, flags, raw size):
     /// for tests and `mail list`.
-    pub fn folder_messages(&self, folder_id: i64) -> Result<Vec<(i64, Option<String>, Flags, i64)>> {
+    pub fn folder_messages(&self, folder_id: i64) -> Result<Vec<StoredMessage>> {
         let mut st = self.conn().prepare(&format!(
             "SELECT uid, message_id, {FLAG_COLS}, size FROM messages
              WHERE folder_id = ? AND deletion_synced IS NULL ORDER BY uid"
@@ -967,12 +993,9 @@ impl Store {
 mod tests {
     use super::*;
 
-    /// After a UIDVALIDITY change a re-keyed row takes the message's flags of the new
-    /// generation (and its old pending change is settled), not the ones it had before.
-    #[test]
-    fn a_rematched_row_takes_the_new_generations_flags() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut s, a) = crate::test_store(dir.path());
+    /// A test store with one account and one folder "L".
+    fn one_folder(dir: &std::path::Path) -> (Store, i64) {
+        let (mut s, a) = crate::test_store(dir);
         let listed = [FolderListing {
             name: "L".into(),
             display_name: "L".into(),
@@ -982,6 +1005,92 @@ mod tests {
         }];
         s.record_folder_list(a, &listed).unwrap();
         let folder = s.account_folders(a).unwrap()[0].id;
+        (s, folder)
+    }
+
+    fn msg(uid: i64, flags: &str) -> NewMessage {
+        NewMessage {
+            uid,
+            message_id: Some(format!("m{uid}@x.test")),
+            flags: Flags::parse(flags),
+            raw: format!("Message-ID: <m{uid}@x.test>\r\n\r\nbody {uid}\r\n").into_bytes(),
+            ..NewMessage::default()
+        }
+    }
+
+    /// Keywords are stored; the first local change keeps the flags before it (the trigger,
+    /// for our own UPDATE and an application's alike); a sync's write settles it, but never
+    /// one made after the sync read the row.
+    #[test]
+    fn keywords_and_the_base_of_a_local_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, folder) = one_folder(dir.path());
+        s.store_received(folder, &[msg(1, "\\Seen $Label1 NonJunk"), msg(2, "")], &[]).unwrap();
+        let row = |s: &Store, uid: i64| s.folder_sync_rows(folder).unwrap().0.into_iter().find(|r| r.uid == uid).unwrap();
+        assert_eq!(row(&s, 1).flags, Flags::parse("\\Seen $Label1 NonJunk"));
+        assert_eq!(row(&s, 1).base, None);
+        let id = s.message_id_by_uid(folder, 1).unwrap();
+        let edit = crate::FlagEdit { seen: Some(false), remove: vec!["$label1".into()], ..Default::default() };
+        s.mail_set_flags(id, &edit, 100).unwrap();
+        s.mail_set_flags(id, &crate::FlagEdit { add: vec!["$Work".into()], ..Default::default() }, 101).unwrap();
+        let r = row(&s, 1);
+        assert_eq!(r.flags, Flags::parse("NonJunk $Work"));
+        assert_eq!(r.base, Some(Flags::parse("\\Seen $Label1 NonJunk")), "the state before the first change");
+        // an application's own UPDATE is remembered the same way
+        s.conn().execute("UPDATE messages SET flagged = 1, flags_changed = 200 WHERE folder_id = ? AND uid = 2", [folder]).unwrap();
+        assert_eq!(row(&s, 2).base, Some(Flags::default()));
+        // a sync that read flags_changed 101 settles message 1; one that read nothing for 2 does not
+        let apply = SyncApply {
+            set_flags: vec![(1, Flags::parse("NonJunk $Work"), Some(101)), (2, Flags::default(), None)],
+            ..SyncApply::default()
+        };
+        s.apply_sync(folder, &apply, 300).unwrap();
+        assert_eq!((row(&s, 1).flags_changed, row(&s, 1).base), (None, None));
+        assert_eq!(row(&s, 2).flags_changed, Some(200), "a change made after the sync read the row is kept");
+        assert!(row(&s, 2).flags.flagged);
+        assert!(s.mail_set_flags(id, &crate::FlagEdit { add: vec!["two words".into()], ..Default::default() }, 400).is_err());
+    }
+
+    /// Gmail: a message under a second label is linked to the body already stored, and the
+    /// queue entry goes; one not known is left for download.
+    #[test]
+    fn a_known_gmail_message_is_linked_not_downloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, folder) = one_folder(dir.path());
+        let first = NewMessage { gm_msgid: Some(77), ..msg(1, "\\Seen") };
+        s.store_received(folder, std::slice::from_ref(&first), &[]).unwrap();
+        let queue = |uid, gm| Queued { uid, size: 10, gm_msgid: gm };
+        s.apply_sync(folder, &SyncApply { queue: vec![queue(5, Some(77)), queue(6, Some(78))], ..SyncApply::default() }, 1)
+            .unwrap();
+        assert_eq!(s.link_known_bodies(folder, &[(5, 77), (6, 78)]).unwrap(), vec![5]);
+        assert!(s.message_raw(folder, 5).unwrap() == Some(first.raw.clone()));
+        assert_eq!(s.queued_uids(folder).unwrap(), vec![6]);
+    }
+
+    /// A folder LIST could not name usably is kept visible, off, and never scheduled new.
+    #[test]
+    fn an_unusable_folder_is_listed_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, a) = crate::test_store(dir.path());
+        let l = |name: &str, unusable: Option<&str>| FolderListing {
+            name: name.into(),
+            display_name: name.into(),
+            delimiter: None,
+            special_use: None,
+            unusable: unusable.map(str::to_owned),
+        };
+        let new = s.record_folder_list(a, &[l("INBOX", None), l("bad\\0name", Some("the name holds a NUL"))]).unwrap();
+        assert_eq!(new.len(), 1, "only the usable folder is new work");
+        let bad = s.folders(Some(a)).unwrap().into_iter().find(|f| f.name == "bad\\0name").unwrap();
+        assert_eq!((bad.priority.as_str(), bad.unusable.as_deref()), ("off", Some("the name holds a NUL")));
+    }
+
+    /// After a UIDVALIDITY change a re-keyed row takes the message's flags of the new
+    /// generation (and its old pending change is settled), not the ones it had before.
+    #[test]
+    fn a_rematched_row_takes_the_new_generations_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, folder) = one_folder(dir.path());
         let raw = b"Message-ID: <m1@x.test>\r\nSubject: s\r\n\r\nbody\r\n".to_vec();
         let m = NewMessage {
             uid: 7,
@@ -997,23 +1106,26 @@ mod tests {
         let rows = s.folder_sync_rows(folder).unwrap().0;
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].uid, &rows[0].flags, rows[0].flags_changed), (3, &now, None));
-        assert!(s.message_raw(folder, 3).unwrap() == Some(raw));
+        assert!(s.message_raw(folder, 3).unwrap() == Some(raw.clone()));
+
+        // A local change waiting when the generation changed is carried over, not lost.
+        let id = s.message_id_by_uid(folder, 3).unwrap();
+        let edit = crate::FlagEdit { flagged: Some(true), add: vec!["$Mine".into()], ..Default::default() };
+        s.mail_set_flags(id, &edit, 20).unwrap();
+        s.apply_sync(folder, &SyncApply { reset: Some(4), ..SyncApply::default() }, 30).unwrap();
+        let server = Flags::parse("$Label3 $Other");
+        assert!(s.rematch_stale(folder, 9, "m1@x.test", raw.len() as i64, Some(&server)).unwrap());
+        let row = s.folder_sync_rows(folder).unwrap().0.remove(0);
+        assert_eq!(row.flags, Flags::parse("\\Flagged $Label3 $Other $Mine"), "the user's change on the new flags");
+        assert_eq!(row.base, Some(server), "the base is the new generation's state");
+        assert_eq!(row.flags_changed, Some(20), "still to be pushed");
     }
 
     /// The rows a VANISHED names, and not the rows with a pending local change beside them.
     #[test]
     fn rows_with_uids_are_only_those_uids() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut s, a) = crate::test_store(dir.path());
-        let listed = [FolderListing {
-            name: "L".into(),
-            display_name: "L".into(),
-            delimiter: None,
-            special_use: None,
-            unusable: None,
-        }];
-        s.record_folder_list(a, &listed).unwrap();
-        let folder = s.account_folders(a).unwrap()[0].id;
+        let (mut s, folder) = one_folder(dir.path());
         let msgs: Vec<NewMessage> = (1..=5)
             .map(|uid| NewMessage {
                 uid,

@@ -221,6 +221,9 @@ fn fetch_all(
     }
 }
 
+/// A batch whose FETCH is on the wire.
+type Ahead = (Vec<QueueEntry>, backproc_imap::Ticket);
+
 /// One batch: its FETCH (sent now unless `sent`), the next batch's FETCH sent behind it
 /// (`look_ahead` gives it), then this one's answer read into `msgs`.
 #[allow(clippy::too_many_arguments)]
@@ -233,7 +236,7 @@ fn fetch_one(
     asked: &mut Vec<QueueEntry>,
     msgs: &mut Vec<backproc_imap::Fetched>,
     mut look_ahead: impl FnMut(&mut Ctx) -> Result<Option<Vec<QueueEntry>>, Failure>,
-) -> Result<(backproc_imap::FetchReport, Option<(Vec<QueueEntry>, backproc_imap::Ticket)>), backproc_imap::Error> {
+) -> Result<(backproc_imap::FetchReport, Option<Ahead>), backproc_imap::Error> {
     let now = ctx.clock.now();
     let ticket = match sent {
         Some(t) => t,

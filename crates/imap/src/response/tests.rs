@@ -10,7 +10,7 @@ fn parse_all(bytes: &[u8], chunk: usize) -> Result<Vec<Response>, ReadError> {
     let mut r = Reader::new(Fake::new(bytes, chunk), Limits::default());
     let mut out = Vec::new();
     let lim = ParseLimits { body: 1 << 20, header: 1 << 16, small: 1 << 10 };
-    while !(r.get_ref().reply.position() as usize == bytes.len() && !r.has_buffered()) {
+    while r.get_ref().reply.position() as usize != bytes.len() || r.has_buffered() {
         out.push(read_response(&mut r, &lim)?);
     }
     Ok(out)
@@ -247,7 +247,8 @@ fn continuation_requests() {
 #[test]
 fn malformed_untagged_responses_are_skipped_and_named() {
     #[rustfmt::skip]
-    let cases: Vec<(&str, &[u8], &str, Option<&[u8]>, &str)> = vec![
+    type Case<'a> = (&'a str, &'a [u8], &'a str, Option<&'a [u8]>, &'a str);
+    let cases: Vec<Case> = vec![
         // the name's raw bytes, to name the folder in a warning
         ("NUL in a listed name", b"* LIST () \"/\" \"a\0b\"\r\n", "LIST", Some(b"a\0b"), "a NUL inside a quoted string"),
         ("CR in a listed name", b"* LIST () \"/\" \"a\rb\"\r\n", "LIST", Some(b"a\rb"), "a CR inside a quoted string"),
@@ -304,7 +305,7 @@ impl Rng {
 
 /// A string item as a quoted string or a literal, at random.
 fn string(rng: &mut Rng, bytes: &[u8]) -> Vec<u8> {
-    let quotable = bytes.iter().all(|&b| b >= 0x20 && b < 0x7f);
+    let quotable = bytes.iter().all(|b| (0x20..0x7f).contains(b));
     if quotable && rng.below(2) == 0 {
         let mut q = vec![b'"'];
         for &b in bytes {

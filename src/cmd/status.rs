@@ -87,7 +87,9 @@ pub fn status(home: PathBuf, args: StatusArgs) -> anyhow::Result<ExitCode> {
             },
             "accounts": accounts.iter().map(|a| json!({
                 "id": a.id, "email": a.email, "last_success": a.last_success,
-                "last_error": a.last_error, "last_error_at": a.last_error_at, "retry_after": a.retry_after,
+                "last_error": a.last_error, "last_error_at": a.last_error_at,
+                "retry_after": a.retry_after.filter(|t| *t != backproc_store::NEVER),
+                "needs_authorization": a.needs_authorization,
             })).collect::<Vec<_>>(),
         }))?;
         return Ok(ExitCode::SUCCESS);
@@ -123,7 +125,12 @@ pub fn status(home: PathBuf, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let ob: Vec<String> = outbox.iter().map(|(s, n)| format!("{n} {s}")).collect();
     println!("outbox: {}", if ob.is_empty() { "empty".into() } else { ob.join(", ") });
     for a in accounts {
-        if let Some(e) = &a.last_error {
+        if let Some(why) = &a.needs_authorization {
+            println!(
+                "account {} ({}): needs authorization (not tried until `backproc account authorize {}`): {why}",
+                a.id, a.email, a.id
+            );
+        } else if let Some(e) = &a.last_error {
             println!("account {} ({}): last error at {}: {e}", a.id, a.email, fmt_time(a.last_error_at));
         }
     }

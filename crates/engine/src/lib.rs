@@ -14,6 +14,7 @@ pub mod pool;
 mod runner;
 pub mod schedule;
 mod sessions;
+pub mod signin;
 pub mod task;
 
 use std::sync::{Arc, RwLock};

@@ -157,6 +157,13 @@ pub fn render(store: &Store, up: bool) -> backproc_store::Result<String> {
     }
     family(
         &mut out,
+        "backproc_accounts_needing_authorization",
+        "gauge",
+        "OAuth2 accounts whose grant was revoked or expired: not tried until `account authorize`.",
+    );
+    let _ = writeln!(out, "backproc_accounts_needing_authorization {}", store.accounts_needing_authorization()?);
+    family(
+        &mut out,
         "backproc_account_last_success_timestamp_seconds",
         "gauge",
         "Last successful server connection of each account, unix seconds.",

@@ -1,7 +1,8 @@
 //! The engine's IMAP connections: one cached session per account, shared by every worker, and
 //! a budget of connections per host (BG_MAX_CONNECTIONS_PER_HOST) that counts the idle cached
-//! sessions too. Also where credentials are resolved (stored password or password command) and
-//! where an account's health (back-off after failures) is recorded.
+//! sessions too. Also where a connection signs in with the credential `signin` resolves (one
+//! forced token refresh when a server refuses an OAuth2 token) and where an account's health
+//! (back-off after failures, or waiting for a person's authorization) is recorded.
 //!
 //! Invariants:
 //! - at no moment are more connections open to a host than its budget: a task that needs one
@@ -14,14 +15,14 @@
 //!   once; a worker checks the account's session out for its task).
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use backproc_config::Config;
-use backproc_imap::{ConnectParams, Deadline, ErrorKind, Security, Session};
+use backproc_imap::{ConnectParams, Credential, Deadline, ErrorKind, Security, Session};
 use backproc_store::{Account, Store};
 
+use crate::signin::{self, Server};
 use crate::task::{Failure, FailureKind};
 
 /// How long a host keeps the lower budget its "too many connections" answer gave it.
@@ -197,34 +198,7 @@ impl SessionPool {
     }
 }
 
-/// Runs a password command (like mbsync's PassCmd); its output is the password. Neither the
-/// command's output nor its error text is ever put in a message.
-pub fn run_password_command(cmd: &str) -> Result<String, Failure> {
-    let out = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| Failure::new(FailureKind::Auth, format!("cannot run the password command: {e}")))?;
-    if !out.status.success() {
-        return Err(Failure::new(FailureKind::Auth, format!("the password command failed ({})", out.status)));
-    }
-    let s = String::from_utf8_lossy(&out.stdout);
-    let pw = s.lines().next().unwrap_or("").to_owned();
-    if pw.is_empty() {
-        return Err(Failure::new(FailureKind::Auth, "the password command printed nothing"));
-    }
-    Ok(pw)
-}
-
-pub fn imap_params(a: &Account, config: &Config, deadline: Option<Deadline>) -> Result<ConnectParams, Failure> {
-    let password = match (&a.password_command, &a.password) {
-        (Some(cmd), _) => run_password_command(cmd)?,
-        (None, Some(p)) => p.clone(),
-        (None, None) => {
-            return Err(Failure::new(FailureKind::Auth, "the account has no password"));
-        }
-    };
+pub fn imap_params(a: &Account, config: &Config, credential: Credential, deadline: Option<Deadline>) -> Result<ConnectParams, Failure> {
     let ca_pem = match &a.tls_ca_file {
         Some(f) => Some(
             std::fs::read(f).map_err(|e| Failure::new(FailureKind::Tls, format!("cannot read CA file {f}: {e}")))?,
@@ -240,7 +214,7 @@ pub fn imap_params(a: &Account, config: &Config, deadline: Option<Deadline>) -> 
             backproc_store::Security::None => Security::None,
         },
         login: a.login.clone(),
-        password,
+        credential,
         ca_pem,
         insecure: a.tls_insecure,
         timeout: Duration::from_secs(config.bg_io_timeout),
@@ -301,14 +275,14 @@ impl Sessions {
     /// The account's session, from the pool or newly connected within the host's budget.
     /// The account's health (back-off) is recorded by the runner from the task's outcome,
     /// not here: a connection that logs in and then drops must back off too.
-    pub fn get(&mut self, store: &mut Store, config: &Config, account: i64, _now: i64) -> Result<&mut Session, Failure> {
+    pub fn get(&mut self, store: &mut Store, config: &Config, account: i64, now: i64) -> Result<&mut Session, Failure> {
         if self.current.as_ref().is_some_and(|(a, ..)| *a != account) {
             self.end_task_session();
         }
         if self.current.is_none() {
             let (session, host) = match self.pool.take_idle(account) {
                 Some(found) => found,
-                None => self.connect(store, config, account)?,
+                None => self.connect(store, config, account, now)?,
             };
             let seen = session.stats().ignored_fetch;
             self.current = Some((account, session, host, seen));
@@ -329,17 +303,20 @@ impl Sessions {
         }
     }
 
-    fn connect(&mut self, store: &mut Store, config: &Config, account: i64) -> Result<(Session, String), Failure> {
-        let a = store.account(account)?;
+    fn connect(&mut self, store: &mut Store, config: &Config, account: i64, now: i64) -> Result<(Session, String), Failure> {
+        let mut a = store.account(account)?;
         let host = host_key(&a);
         let budget = config.bg_max_connections_per_host as usize;
         let until = self.deadline.map_or_else(
             || Instant::now() + Duration::from_secs(config.bg_task_deadline),
             |d| d.start + d.budget,
         );
+        let mut forced = false;
         loop {
             self.pool.acquire(&host, budget, until)?;
-            let params = match imap_params(&a, config, self.deadline) {
+            let params = signin::credential(store, config, &a, Server::Imap, forced, now)
+                .and_then(|c| imap_params(&a, config, c, self.deadline));
+            let params = match params {
                 Ok(p) => p,
                 Err(f) => {
                     self.pool.release(&host);
@@ -349,6 +326,16 @@ impl Sessions {
             match Session::connect(&params) {
                 Ok(s) => return Ok((s, host)),
                 Err(e) => {
+                    // A token the server refuses although it has not expired by our clock
+                    // (revoked, or the server's clock is ahead): one forced refresh, one more try.
+                    if e.kind == ErrorKind::Auth && !forced && signin::refreshable(&a, Server::Imap) {
+                        self.pool.release(&host);
+                        log::info!("account {}: the server refused the access token; refreshing it once", a.id);
+                        forced = true;
+                        // the first try may have refreshed and rotated the refresh token
+                        a = store.account(account)?;
+                        continue;
+                    }
                     let busy = e.kind == ErrorKind::Busy;
                     let f = failure_from_imap(e);
                     let others = busy && self.pool.lower(&host);
@@ -392,6 +379,14 @@ impl Sessions {
 /// mailbox); a server that says how long to wait (throttling) is waited for that long;
 /// otherwise back off exponentially. Logged at info once per change of state.
 pub fn record_failure(store: &mut Store, config: &Config, a: &Account, f: &Failure, now: i64) -> Result<(), Failure> {
+    if f.kind == FailureKind::NeedsAuthorization {
+        // A person must act: no time would make the next try succeed.
+        if a.needs_authorization.is_none() {
+            log::error!("{f}; the account is not tried again until `backproc account authorize {}`", a.id);
+        }
+        store.mark_needs_authorization(a.id, &f.to_string(), now)?;
+        return Ok(());
+    }
     let delay = if f.kind == FailureKind::Auth {
         config.email_auth_error_check_retry_time as i64
     } else if let Some(wait) = f.retry_after {

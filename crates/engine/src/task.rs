@@ -138,6 +138,9 @@ impl fmt::Display for Task {
 pub enum FailureKind {
     /// Login refused: wait EMAIL_AUTH_ERROR_CHECK_RETRY_TIME.
     Auth,
+    /// The OAuth2 grant is revoked or expired (or the client refused): the account waits for
+    /// `account authorize` or `account set`, not for a time.
+    NeedsAuthorization,
     /// Server unreachable, connection refused or dropped: exponential back-off.
     Connect,
     /// TLS handshake or certificate failure.
@@ -163,6 +166,7 @@ impl FailureKind {
     pub fn status(self) -> &'static str {
         match self {
             FailureKind::Auth => "Authentication failed",
+            FailureKind::NeedsAuthorization => "Needs authorization",
             FailureKind::Connect => "Connection refused",
             FailureKind::Tls => "Secure connection failed",
             FailureKind::Protocol => "Invalid response from the synchronization server",
@@ -176,7 +180,7 @@ impl FailureKind {
     }
     /// Whether the account as a whole is unhealthy (back off all its tasks).
     pub fn account_level(self) -> bool {
-        matches!(self, FailureKind::Auth | FailureKind::Connect | FailureKind::Tls)
+        matches!(self, FailureKind::Auth | FailureKind::NeedsAuthorization | FailureKind::Connect | FailureKind::Tls)
     }
 }
 

@@ -25,6 +25,7 @@ pub use plan::{
     Change, FetchPlan, Flags, LocalFolder, LocalMsg, LocalSummary, NewMsg, Presence, ReadCaps, ServerFlags, ServerStatus,
     ServerView, plan, plan_fetch,
 };
+pub use backproc_sasl::Credential;
 pub use session::{Caps, ConnectParams, Error, ErrorKind, Security, Selected, Session, Stats};
 pub use transport::Deadline;
 

@@ -3,9 +3,10 @@
 //! us hold; the jobs call typed methods (`commands.rs`) and never see a tag or a raw line.
 //!
 //! Connecting is TLS, STARTTLS (required when chosen) or plain on loopback; logging in never
-//! sends a password in clear to a server that says LOGINDISABLED (RFC 3501 §6.2.3).
+//! sends a password in clear to a server that says LOGINDISABLED (RFC 3501 §6.2.3). An OAuth2
+//! access token signs in with AUTHENTICATE (the SASL strings come from `backproc_sasl`).
 //!
-//! Invariant: passwords never reach an error message, a log line or the command log.
+//! Invariant: passwords, tokens and SASL strings never reach an error message or a log line.
 //!
 //! Why not the `imap` crate any more: it owns its socket through its `Client`/`Session`, so
 //! our streaming FETCH reader had to share the socket with it behind a mutex (two clients on
@@ -22,6 +23,8 @@ use std::io::{self, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use backproc_sasl::{Credential, Mechanism};
+
 use crate::plan::ServerStatus;
 use crate::read::{Limits, ReadError, Reader};
 use crate::response::{Code, Malformed, ParseLimits, Response, Status, Tagged, Untagged, read_response};
@@ -34,14 +37,15 @@ pub enum Security {
     None,
 }
 
-/// How to reach and log in to a server. `Debug` hides the password.
+/// How to reach and log in to a server. `Debug` hides the credential.
 #[derive(Clone)]
 pub struct ConnectParams {
     pub host: String,
     pub port: u16,
     pub security: Security,
     pub login: String,
-    pub password: String,
+    /// A password (LOGIN) or an OAuth 2.0 access token (AUTHENTICATE OAUTHBEARER or XOAUTH2).
+    pub credential: Credential,
     /// Extra trusted CA certificate, PEM.
     pub ca_pem: Option<Vec<u8>>,
     /// Skip certificate verification (explicit per-account opt-out).
@@ -123,6 +127,12 @@ pub struct Caps {
     pub compress_deflate: bool,
     pub starttls: bool,
     pub logindisabled: bool,
+    /// AUTH=OAUTHBEARER (RFC 7628).
+    pub auth_oauthbearer: bool,
+    /// AUTH=XOAUTH2 (Google, Microsoft).
+    pub auth_xoauth2: bool,
+    /// SASL-IR (RFC 4959): the initial response rides on the AUTHENTICATE line.
+    pub sasl_ir: bool,
     /// X-GM-EXT-1: Gmail's labels as folders, one message in several (X-GM-MSGID).
     pub gmail: bool,
 }
@@ -147,6 +157,9 @@ impl Caps {
             compress_deflate: has("COMPRESS=DEFLATE"),
             starttls: has("STARTTLS"),
             logindisabled: has("LOGINDISABLED"),
+            auth_oauthbearer: has("AUTH=OAUTHBEARER"),
+            auth_xoauth2: has("AUTH=XOAUTH2"),
+            sasl_ir: has("SASL-IR"),
             gmail: has("X-GM-EXT-1"),
         }
     }
@@ -507,6 +520,10 @@ impl Session {
     }
 
     fn login(&mut self, p: &ConnectParams) -> Result<()> {
+        let password = match &p.credential {
+            Credential::Password(pw) => pw,
+            Credential::Bearer(token) => return self.authenticate_bearer(p, token),
+        };
         if self.caps.logindisabled {
             return Err(Error::new(
                 ErrorKind::Tls,
@@ -518,9 +535,84 @@ impl Session {
         cmd.raw("LOGIN ");
         cmd.astring(p.login.as_bytes());
         cmd.raw(" ");
-        cmd.astring(p.password.as_bytes());
+        cmd.astring(password.as_bytes());
         let tag = self.send_command(cmd, "LOGIN", Budget::SMALL)?;
         let t = self.complete(tag, &mut |_, _| Ok(()))?;
+        self.logged_in(p, t, "login")
+    }
+
+    /// AUTHENTICATE with an OAuth 2.0 access token: OAUTHBEARER when offered, else XOAUTH2;
+    /// the initial response on the command line with SASL-IR, else after the server's `+`.
+    /// An error challenge (a `+` carrying base64 JSON) gets the reply RFC 7628 asks for, and
+    /// the refusal that follows is a sign-in error naming the challenge's status.
+    fn authenticate_bearer(&mut self, p: &ConnectParams, token: &str) -> Result<()> {
+        let caps = &self.caps;
+        let Some(mech) = Mechanism::choose(|m| match m {
+            "OAUTHBEARER" => caps.auth_oauthbearer,
+            "XOAUTH2" => caps.auth_xoauth2,
+            _ => false,
+        }) else {
+            return Err(Error::new(
+                ErrorKind::Auth,
+                format!("{} offers neither AUTH=OAUTHBEARER nor AUTH=XOAUTH2: it cannot take an OAuth2 sign-in", p.host),
+            ));
+        };
+        let what = match mech {
+            Mechanism::OAuthBearer => "AUTHENTICATE OAUTHBEARER",
+            Mechanism::XOAuth2 => "AUTHENTICATE XOAUTH2",
+        };
+        self.r.get_mut().waiting_for = "the answer to AUTHENTICATE";
+        // The SASL string is the token itself: it is written to the wire, never to a message.
+        let ir = mech.initial_response(&p.login, &p.host, p.port, token);
+        let tag = self.tag();
+        self.stats.commands += 1;
+        if self.caps.sasl_ir {
+            write!(self.out, "b{tag} {what} {ir}\r\n").expect("writing to a Vec");
+        } else {
+            write!(self.out, "b{tag} {what}\r\n").expect("writing to a Vec");
+        }
+        self.flush(what)?;
+        let mut sent_ir = self.caps.sasl_ir;
+        let mut challenge = None;
+        let t = loop {
+            let resp = read_response(&mut self.r, &self.lim).map_err(|e| self.fail(what, e))?;
+            match resp {
+                Response::Tagged(t) if tag_number(&t.tag) == Some(tag) => break t,
+                Response::Tagged(t) => self.finish_other(t)?,
+                Response::Untagged(u) => self.route(u, &[], &mut |_, _| Ok(()))?,
+                Response::Continue(_) if !sent_ir => {
+                    write!(self.out, "{ir}\r\n").expect("writing to a Vec");
+                    self.flush(what)?;
+                    sent_ir = true;
+                }
+                Response::Continue(c) if challenge.is_none() => {
+                    challenge = Some(backproc_sasl::challenge_status(&c));
+                    write!(self.out, "{}\r\n", mech.error_reply()).expect("writing to a Vec");
+                    self.flush(what)?;
+                }
+                Response::Continue(_) => {
+                    return Err(Error::new(ErrorKind::Protocol, format!("{} sent a second SASL challenge to {what}", p.host)));
+                }
+            }
+        };
+        if let (Some(status), Status::Ok) = (&challenge, t.status) {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!("{} accepted {what} after refusing the token (status {status})", p.host),
+            ));
+        }
+        let r = self.logged_in(p, t, mech.name());
+        match (r, challenge) {
+            (Err(mut e), Some(status)) if e.kind == ErrorKind::Auth => {
+                e.detail = format!("{} (the server's status: {status})", e.detail);
+                Err(e)
+            }
+            (r, _) => r,
+        }
+    }
+
+    /// The answer to LOGIN or AUTHENTICATE: the capabilities after an OK, else why not.
+    fn logged_in(&mut self, p: &ConnectParams, t: Tagged, how: &str) -> Result<()> {
         if t.status == Status::Ok {
             match &t.code {
                 Some(Code::Capability(c)) => self.caps = Caps::from_words(c),
@@ -532,11 +624,11 @@ impl Session {
         Err(if code == "PRIVACYREQUIRED" {
             Error::new(ErrorKind::Tls, format!("{} refuses logins without TLS: {}", p.host, refusal_text(&t)))
         } else if let Some(wait) = throttle_hint(&t.text) {
-            Error { kind: ErrorKind::Throttled, detail: format!("login of {} throttled by {}: {}", p.login, p.host, refusal_text(&t)), retry_after: Some(wait) }
+            Error { kind: ErrorKind::Throttled, detail: format!("{how} of {} throttled by {}: {}", p.login, p.host, refusal_text(&t)), retry_after: Some(wait) }
         } else if is_busy(&t) {
-            Error::new(ErrorKind::Busy, format!("login of {} refused by {} for now: {}", p.login, p.host, refusal_text(&t)))
+            Error::new(ErrorKind::Busy, format!("{how} of {} refused by {} for now: {}", p.login, p.host, refusal_text(&t)))
         } else {
-            Error::new(ErrorKind::Auth, format!("login of {} refused by {}: {}", p.login, p.host, refusal_text(&t)))
+            Error::new(ErrorKind::Auth, format!("{how} of {} refused by {}: {}", p.login, p.host, refusal_text(&t)))
         })
     }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use backproc_imap::{ConnectParams, Flags, FlagsRead, FlagPush, FolderRead, Security, Session};
+use backproc_imap::{ConnectParams, Credential, Flags, FlagsRead, FlagPush, FolderRead, Security, Session};
 use backproc_testkit::{Dovecot, mailgen};
 
 fn params(d: &Dovecot, user: &str, pw: &str) -> ConnectParams {
@@ -13,7 +13,7 @@ fn params(d: &Dovecot, user: &str, pw: &str) -> ConnectParams {
         port: d.imap_port(),
         security: Security::None,
         login: user.into(),
-        password: pw.into(),
+        credential: Credential::Password(pw.into()),
         ca_pem: None,
         insecure: false,
         timeout: Duration::from_secs(10),
@@ -78,4 +78,66 @@ fn a_folder_read_in_one_round_trip_sees_changes_and_pushes_only_what_changed() {
     assert_eq!(r.flags[&1], Flags::parse("\\Seen \\Flagged $Label1"));
     assert_eq!(r.flags[&2], Flags::parse("\\Seen NonJunk"));
     assert_eq!(r.flags[&3], Flags::parse("\\Seen $Label1"));
+}
+
+/// A token server, and a Dovecot with user `u` that checks tokens there.
+fn oauth_dovecot() -> (backproc_testkit::TokenServer, Dovecot) {
+    let ts = backproc_testkit::TokenServer::start().unwrap();
+    let d = Dovecot::start_with(backproc_testkit::DovecotOptions {
+        oauth2_introspection_url: Some(ts.introspection_url()),
+        ..Default::default()
+    })
+    .unwrap();
+    d.add_user("u", "p").unwrap();
+    (ts, d)
+}
+
+/// OAuth2 sign-in against Dovecot's `oauth2` passdb (issue 19): AUTHENTICATE OAUTHBEARER with
+/// a good token; a refused token's error challenge is answered and reported as a sign-in
+/// error naming the server's status, never a protocol error; the token never reaches it.
+#[test]
+fn bearer_tokens_sign_in_and_a_refused_one_names_the_status() {
+    let (ts, d) = oauth_dovecot();
+    let good = ts.issue_access_token("u");
+    let mut p = params(&d, "u", "p");
+    p.credential = Credential::Bearer(good);
+    let mut s = Session::connect(&p).unwrap();
+    assert!(s.list().unwrap().has_inbox(), "signed in");
+    assert!(ts.counts().introspect >= 1, "the server checked the token");
+    let bad = "at-never-issued-0123456789";
+    p.credential = Credential::Bearer(bad.into());
+    let e = Session::connect(&p).err().expect("refused");
+    assert_eq!(e.kind, backproc_imap::ErrorKind::Auth, "{}", e.detail);
+    assert!(e.detail.contains("OAUTHBEARER") && e.detail.contains("status: invalid_token"), "{}", e.detail);
+    assert!(!e.detail.contains(bad), "{}", e.detail);
+}
+
+/// A server without SASL-IR and OAUTHBEARER (Dovecot's greeting rewritten by the fault proxy):
+/// XOAUTH2, its initial response after the server's `+`; a refused token names XOAUTH2's
+/// status.
+#[test]
+fn xoauth2_without_sasl_ir_waits_for_the_go_ahead() {
+    use std::io::{BufRead, BufReader};
+    let (ts, d) = oauth_dovecot();
+    let mut greeting = String::new();
+    BufReader::new(std::net::TcpStream::connect(("127.0.0.1", d.imap_port())).unwrap())
+        .read_line(&mut greeting)
+        .unwrap();
+    let greeting = greeting.trim_end().to_string();
+    assert!(greeting.contains(" SASL-IR") && greeting.contains(" AUTH=OAUTHBEARER"), "{greeting}");
+    let stripped = greeting.replace(" SASL-IR", "").replace(" AUTH=OAUTHBEARER", "");
+    let proxy = backproc_testkit::FaultProxy::start(format!("127.0.0.1:{}", d.imap_port()).parse().unwrap()).unwrap();
+    proxy.set_imap_rules(vec![backproc_testkit::ImapRule::Rewrite { from: greeting.into(), to: stripped.into() }]);
+    proxy.set_capture(true);
+    let mut p = params(&d, "u", "p");
+    p.port = proxy.port();
+    p.credential = Credential::Bearer(ts.issue_access_token("u"));
+    let mut s = Session::connect(&p).unwrap();
+    assert!(s.list().unwrap().has_inbox(), "signed in");
+    let sent = String::from_utf8_lossy(&proxy.captured_client()).into_owned();
+    assert!(sent.contains("AUTHENTICATE XOAUTH2\r\n"), "no initial response on the command line: {sent}");
+    p.credential = Credential::Bearer("at-never-issued".into());
+    let e = Session::connect(&p).err().expect("refused");
+    assert_eq!(e.kind, backproc_imap::ErrorKind::Auth, "{}", e.detail);
+    assert!(e.detail.contains("XOAUTH2") && e.detail.contains("status: 401"), "{}", e.detail);
 }

@@ -4,7 +4,7 @@
 //!
 //! Invariants: STARTTLS, when chosen, is required (a server that does not offer it is an
 //! error, never a plain-text fall-back); certificates are verified unless the account opts out;
-//! passwords never reach an error message.
+//! passwords, tokens and SASL strings never reach an error message.
 
 mod build;
 
@@ -15,6 +15,10 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, SmtpConnection, Tls, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::response::{Response, Severity};
+
+use backproc_sasl::Mechanism as SaslMechanism;
+pub use backproc_sasl::Credential;
 
 pub use build::{Draft, build_message, read_eml};
 
@@ -93,14 +97,16 @@ pub enum Security {
     None,
 }
 
-/// Where and how to connect. `Debug` hides the password.
+/// Where and how to connect. `Debug` hides the credential.
 #[derive(Clone)]
 pub struct Params {
     pub host: String,
     pub port: u16,
     pub security: Security,
     pub login: Option<String>,
-    pub password: Option<String>,
+    /// A password (AUTH PLAIN or LOGIN) or an OAuth 2.0 access token (AUTH OAUTHBEARER or
+    /// XOAUTH2).
+    pub credential: Option<Credential>,
     pub ca_pem: Option<Vec<u8>>,
     pub insecure: bool,
     pub timeout: Duration,
@@ -251,7 +257,7 @@ fn envelope_text<'a>(from: &str, recipients: &'a [String]) -> Result<(String, Ve
 /// A message's final answer (after its "."), into its delivery.
 fn final_answer(
     mut d: Delivery,
-    answer: Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error>,
+    answer: Result<Response, lettre::transport::smtp::Error>,
 ) -> Result<Delivery, Error> {
     match answer {
         Ok(resp) => {
@@ -269,6 +275,8 @@ pub struct Smtp {
     /// The server offers PIPELINING (RFC 2920): MAIL, RCPT and DATA go out in one write and
     /// a message costs two round trips instead of 3 + one per recipient.
     pipelining: bool,
+    /// The server closed the connection (see `is_broken`).
+    closed: bool,
 }
 
 fn tls_params(p: &Params) -> Result<TlsParameters, Error> {
@@ -282,6 +290,37 @@ fn tls_params(p: &Params) -> Result<TlsParameters, Error> {
         b = b.dangerous_accept_invalid_certs(true).dangerous_accept_invalid_hostnames(true);
     }
     b.build_native().map_err(|e| err(ErrorKind::Tls, format!("cannot set up TLS: {e}")))
+}
+
+/// AUTH with an OAuth 2.0 access token (RFC 4954 with RFC 7628): OAUTHBEARER when offered,
+/// else XOAUTH2, the initial response on the AUTH line. An error challenge (`334` with base64
+/// JSON) is answered as RFC 7628 asks, and the refusal that follows names its status.
+fn auth_bearer(conn: &mut SmtpConnection, p: &Params, login: &str, token: &str, offered: &[String]) -> Result<(), Error> {
+    let Some(mech) = SaslMechanism::choose(|m| offered.iter().any(|o| o == m)) else {
+        return Err(err(
+            ErrorKind::Auth,
+            format!("{} offers neither AUTH OAUTHBEARER nor AUTH XOAUTH2: it cannot take an OAuth2 sign-in", p.host),
+        ));
+    };
+    let refused = |status: Option<&str>, e: &dyn std::fmt::Display| {
+        let status = status.map(|s| format!(" (the server's status: {s})")).unwrap_or_default();
+        err(ErrorKind::Auth, format!("AUTH {} of {login} refused by {}: {e}{status}", mech.name(), p.host))
+    };
+    // The SASL string is the token itself: it is written to the wire, never to a message.
+    let ir = mech.initial_response(login, &p.host, p.port, token);
+    let r = conn.command(format!("AUTH {} {ir}\r\n", mech.name())).map_err(|e| refused(None, &e))?;
+    if r.code().severity != Severity::PositiveIntermediate {
+        return Ok(());
+    }
+    let challenge: String = r.message().collect();
+    let status = backproc_sasl::challenge_status(challenge.as_bytes());
+    match conn.command(format!("{}\r\n", mech.error_reply())) {
+        Err(e) => Err(refused(Some(&status), &e)),
+        Ok(_) => Err(err(
+            ErrorKind::Auth,
+            format!("{} accepted AUTH {} after refusing the token (status {status})", p.host, mech.name()),
+        )),
+    }
 }
 
 impl Smtp {
@@ -322,27 +361,45 @@ impl Smtp {
             conn.starttls(&t, &hello)
                 .map_err(|e| err(ErrorKind::Tls, format!("STARTTLS with {} failed: {e}", p.host)))?;
         }
+        // lettre keeps only the EHLO keywords it knows, and neither PIPELINING nor OAUTHBEARER
+        // is one of them: ask again (one round trip per connection) and read the keywords
+        // ourselves.
+        let ehlo: Vec<String> = match conn.command(Ehlo::new(hello)) {
+            Ok(r) => r.message().map(str::to_owned).collect(),
+            Err(_) => Vec::new(),
+        };
+        let keyword = |k: &str| ehlo.iter().any(|l| l.split_whitespace().next().is_some_and(|w| w.eq_ignore_ascii_case(k)));
+        let pipelining = keyword("PIPELINING");
+        let auth: Vec<String> = ehlo
+            .iter()
+            .filter_map(|l| l.strip_prefix("AUTH ").or_else(|| l.strip_prefix("AUTH=")))
+            .flat_map(|m| m.split_whitespace().map(str::to_ascii_uppercase))
+            .collect();
         // Authenticate when the server offers it; a server that requires it but offers no
         // mechanism we know refuses MAIL FROM, which is reported then.
-        let offered =
-            [Mechanism::Plain, Mechanism::Login].into_iter().any(|m| conn.server_info().supports_auth_mechanism(m));
-        if let (Some(login), Some(password), true) = (&p.login, &p.password, offered) {
-            let creds = Credentials::new(login.clone(), password.clone());
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds).map_err(|e| {
-                conn.abort();
-                // lettre's error text is the server's reply; it never contains the password.
-                err(ErrorKind::Auth, format!("login of {login} refused by {}: {e}", p.host))
-            })?;
+        match (&p.login, &p.credential) {
+            (Some(login), Some(Credential::Password(password))) => {
+                let offered = [Mechanism::Plain, Mechanism::Login]
+                    .into_iter()
+                    .any(|m| conn.server_info().supports_auth_mechanism(m));
+                if offered {
+                    let creds = Credentials::new(login.clone(), password.clone());
+                    conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds).map_err(|e| {
+                        conn.abort();
+                        // lettre's error text is the server's reply; it never contains the password.
+                        err(ErrorKind::Auth, format!("login of {login} refused by {}: {e}", p.host))
+                    })?;
+                }
+            }
+            (Some(login), Some(Credential::Bearer(token))) => {
+                if let Err(e) = auth_bearer(&mut conn, p, login, token, &auth) {
+                    conn.abort();
+                    return Err(e);
+                }
+            }
+            _ => {}
         }
-        // lettre keeps only the EHLO keywords it knows, and PIPELINING is not one of them: ask
-        // again (one round trip per connection) and read the keyword ourselves.
-        let pipelining = conn
-            .command(Ehlo::new(hello))
-            .map(|r| {
-                r.message().any(|l| l.split_whitespace().next().is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING")))
-            })
-            .unwrap_or(false);
-        Ok(Smtp { conn, pipelining })
+        Ok(Smtp { conn, pipelining, closed: false })
     }
 
     /// Whether the server pipelines (RFC 2920): `data` can then carry the next envelope.
@@ -357,7 +414,7 @@ impl Smtp {
         if self.pipelining {
             return match envelope_text(from, recipients) {
                 Ok((text, sent, d)) => {
-                    let mail = self.conn.command(&text);
+                    let mail = self.command(&text);
                     self.read_envelope(mail, &sent, d)
                 }
                 Err(done) => done,
@@ -367,7 +424,7 @@ impl Smtp {
             Ok(f) => f,
             Err(e) => return Envelope::Done(Err(e)),
         };
-        if let Err(e) = self.conn.command(Mail::new(Some(from), vec![])) {
+        if let Err(e) = self.command(Mail::new(Some(from), vec![])) {
             return Envelope::Done(Err(classify("MAIL FROM", e)));
         }
         let mut d = Delivery::default();
@@ -376,7 +433,7 @@ impl Smtp {
                 d.rejected.push(r.clone());
                 continue;
             };
-            match self.conn.command(Rcpt::new(addr, vec![])) {
+            match self.command(Rcpt::new(addr, vec![])) {
                 Ok(resp) => {
                     d.accepted.push(r.clone());
                     d.response = resp.message().collect::<Vec<_>>().join(" ");
@@ -393,10 +450,10 @@ impl Smtp {
             }
         }
         if d.accepted.is_empty() {
-            let _ = self.conn.command(lettre::transport::smtp::commands::Rset);
+            let _ = self.command(lettre::transport::smtp::commands::Rset);
             return Envelope::Done(Ok(d));
         }
-        match self.conn.command(Data) {
+        match self.command(Data) {
             Ok(_) => Envelope::Open(Open { d }),
             Err(e) => Envelope::Done(Err(classify("DATA", e))),
         }
@@ -407,7 +464,7 @@ impl Smtp {
     /// in step with the server.
     fn read_envelope(
         &mut self,
-        mail: Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error>,
+        mail: Result<Response, lettre::transport::smtp::Error>,
         sent: &[&String],
         mut d: Delivery,
     ) -> Envelope {
@@ -417,7 +474,7 @@ impl Smtp {
             m => m,
         };
         for &r in sent {
-            match self.conn.read_response() {
+            match self.read_response() {
                 Ok(resp) => {
                     d.accepted.push(r.clone());
                     d.response = resp.message().collect::<Vec<_>>().join(" ");
@@ -435,17 +492,17 @@ impl Smtp {
                 }
             }
         }
-        let data = self.conn.read_response();
+        let data = self.read_response();
         if let Err(e) = mail {
             if data.is_ok() {
-                let _ = self.conn.command(".\r\n");
+                let _ = self.command(".\r\n");
             }
             return Envelope::Done(Err(classify("MAIL FROM", e)));
         }
         match data {
             Ok(_) if d.accepted.is_empty() => {
                 // RFC 2920: a server may accept DATA with no recipient; end the empty message.
-                let _ = self.conn.command(".\r\n");
+                let _ = self.command(".\r\n");
                 Envelope::Done(Ok(d))
             }
             Ok(_) => Envelope::Open(Open { d }),
@@ -475,6 +532,7 @@ impl Smtp {
             // 8-bit bytes that are not UTF-8: lettre's own writer, which dot-stuffs again,
             // so it gets the line-end-normalized message without our stuffing.
             let answer = self.conn.message(&crlf(raw, false));
+            self.note(&answer);
             return (final_answer(d, answer), None);
         };
         let (text, chained) = match next {
@@ -485,16 +543,16 @@ impl Smtp {
                     (t, Some((sent, nd)))
                 }
                 // refused before anything is written: the answer is already known
-                Err(done) => return (final_answer(d, self.conn.command(Verbatim(&text))), Some(done)),
+                Err(done) => return (final_answer(d, self.command(Verbatim(&text))), Some(done)),
             },
             _ => (text, None),
         };
-        let answer = self.conn.command(Verbatim(&text));
+        let answer = self.command(Verbatim(&text));
         let broke = answer.as_ref().is_err_and(|e| !e.is_permanent() && !e.is_transient());
         let result = final_answer(d, answer);
         let next = match chained {
             Some((sent, nd)) if !broke => {
-                let mail = self.conn.read_response();
+                let mail = self.read_response();
                 match self.read_envelope(mail, &sent, nd) {
                     Envelope::Done(Err(e)) if e.kind == ErrorKind::Connect => None,
                     e => Some(e),
@@ -509,7 +567,31 @@ impl Smtp {
         let _ = self.conn.quit();
     }
 
+    /// Whether the connection is gone: dropped, or closed by the server with a 421 (RFC 5321
+    /// §3.8: "closing transmission channel"; servers that limit messages per session say it
+    /// at the next MAIL FROM). A new connection must be opened for the next message.
     pub fn is_broken(&self) -> bool {
-        self.conn.has_broken()
+        self.closed || self.conn.has_broken()
+    }
+
+    fn command<C: std::fmt::Display>(&mut self, c: C) -> Result<Response, lettre::transport::smtp::Error> {
+        let r = self.conn.command(c);
+        self.note(&r);
+        r
+    }
+
+    fn read_response(&mut self) -> Result<Response, lettre::transport::smtp::Error> {
+        let r = self.conn.read_response();
+        self.note(&r);
+        r
+    }
+
+    /// Remembers an answer that ends the connection: a 421, or no SMTP answer at all.
+    fn note(&mut self, r: &Result<Response, lettre::transport::smtp::Error>) {
+        if let Err(e) = r
+            && (e.status().is_some_and(|c| c.to_string() == "421") || !e.is_permanent() && !e.is_transient())
+        {
+            self.closed = true;
+        }
     }
 }

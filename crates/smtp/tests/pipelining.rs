@@ -73,7 +73,7 @@ fn the_next_envelope_goes_out_with_the_message_and_each_answer_lands_on_its_own_
         port,
         security: Security::None,
         login: None,
-        password: None,
+        credential: None,
         ca_pem: None,
         insecure: false,
         timeout: Duration::from_secs(5),

@@ -33,7 +33,7 @@ use std::time::Duration;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 
-pub use accounts::{Account, NewAccount, Security, SmtpSettings};
+pub use accounts::{Account, Auth, NEVER, NewAccount, OAuth, Security, SmtpSettings};
 pub use engine_state::{MasterRow, WorkerRow};
 pub use history::{HistoryFilter, HistoryRow, NewHistory};
 pub use local::{DeletionWork, FlagEdit, MailRow};

@@ -3,7 +3,7 @@
 //! Times are unix seconds (UTC) in INTEGER columns. Booleans are 0/1.
 //! Invariant: a migration, once released, is never edited; add a new one at the end.
 
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 const V1: &str = r#"
 -- users of the store: owners of accounts, and parties of internal messages
@@ -280,4 +280,21 @@ BEGIN
         COALESCE(OLD.keywords, ''))
     WHERE id = NEW.id;
 END;
+"#;
+
+/// OAuth 2.0 sign-in (issue 19): the client settings, the tokens, and an account that needs a
+/// person to authorize it again.
+const V3: &str = r#"
+ALTER TABLE accounts ADD COLUMN auth TEXT NOT NULL DEFAULT 'password' CHECK (auth IN ('password','oauth2'));
+ALTER TABLE accounts ADD COLUMN oauth_token_endpoint TEXT;
+ALTER TABLE accounts ADD COLUMN oauth_device_endpoint TEXT;
+ALTER TABLE accounts ADD COLUMN oauth_client_id TEXT;
+ALTER TABLE accounts ADD COLUMN oauth_client_secret TEXT;
+ALTER TABLE accounts ADD COLUMN oauth_scopes TEXT;          -- space-separated
+ALTER TABLE accounts ADD COLUMN oauth_token_command TEXT;   -- prints an access token; nothing stored
+ALTER TABLE accounts ADD COLUMN oauth_refresh_token TEXT;
+ALTER TABLE accounts ADD COLUMN oauth_access_token TEXT;
+ALTER TABLE accounts ADD COLUMN oauth_expires_at INTEGER;   -- of the access token
+-- why a person must act (account authorize / account set); the account is not tried meanwhile
+ALTER TABLE accounts ADD COLUMN needs_authorization TEXT;
 "#;

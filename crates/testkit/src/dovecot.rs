@@ -49,6 +49,12 @@ pub struct DovecotOptions {
     /// `imap_capability`: the capabilities offered after login instead of Dovecot's own (to
     /// hide one, e.g. QRESYNC, and test the path of a server without it).
     pub imap_capability: Option<String>,
+    /// Enables the XOAUTH2 and OAUTHBEARER mechanisms (RFC 7628) beside PLAIN and LOGIN: their
+    /// bearer tokens are checked by POSTing `token=...` to this RFC 7662 introspection URL
+    /// (e.g. [`TokenServer::introspection_url`](crate::TokenServer::introspection_url)) on
+    /// every login, and the answer's `email` must be the login name. Passwords keep working
+    /// for PLAIN and LOGIN.
+    pub oauth2_introspection_url: Option<String>,
 }
 
 impl Dovecot {
@@ -75,6 +81,9 @@ impl Dovecot {
         std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o644))?;
         std::fs::create_dir(dir.path().join("home"))?;
         let ids = Ids::detect()?;
+        if let Some(url) = &opts.oauth2_introspection_url {
+            std::fs::write(dir.path().join("oauth2.conf.ext"), oauth2_args(url))?;
+        }
 
         let mut last = anyhow!("dovecot did not start");
         for _attempt in 0..5 {
@@ -348,6 +357,19 @@ fn config(dir: &Path, ids: &Ids, imap_port: u16, imaps_port: u16, opts: &Dovecot
         None => String::new(),
     };
     let capability = opts.imap_capability.as_ref().map(|c| format!("imap_capability = {c}\n")).unwrap_or_default();
+    let (mechanisms, password_mechanisms, oauth2_passdb) = match opts.oauth2_introspection_url {
+        // Each passdb for its own mechanisms only: Dovecot 2.3 checks a bearer token through
+        // the passdb chain like a password, so without them a token would also pass as a
+        // LOGIN password (tried here: it does).
+        Some(_) => (
+            "plain login xoauth2 oauthbearer",
+            "  mechanisms = plain login\n",
+            format!(
+                "passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {d}/oauth2.conf.ext\n}}\n"
+            ),
+        ),
+        None => ("plain login", "", String::new()),
+    };
     // Unprivileged, Dovecot cannot chroot its login, anvil and ipc processes.
     let chroot = if ids.root { "" } else { "  chroot =\n" };
     format!(
@@ -364,7 +386,7 @@ default_login_user = {lu}
 first_valid_uid = 1
 first_valid_gid = 1
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 auth_verbose = yes
 # Fast tests: no 2 s delay after a failed login, and no growing penalty for 127.0.0.1 after
 # failures, which would delay every later login of the test (Dovecot's documented switch: an
@@ -384,8 +406,8 @@ mail_max_userip_connections = {userip}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {d}/passwd
-}}
-userdb {{
+{password_mechanisms}}}
+{oauth2_passdb}userdb {{
   driver = passwd-file
   args = username_format=%u {d}/passwd
 }}
@@ -426,6 +448,19 @@ service imap-login {{
         iu = ids.internal_user,
         ig = ids.internal_group,
         lu = ids.login_user,
+    )
+}
+
+/// The oauth2 passdb's settings file: every bearer token is checked at the introspection URL
+/// with `POST token=...` (RFC 7662), which must answer `"active":true` and the login name as
+/// `email`. Without `tokeninfo_url` Dovecot goes straight to introspection.
+fn oauth2_args(introspection_url: &str) -> String {
+    format!(
+        "introspection_mode = post\n\
+         introspection_url = {introspection_url}\n\
+         username_attribute = email\n\
+         active_attribute = active\n\
+         active_value = true\n"
     )
 }
 

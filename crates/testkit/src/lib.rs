@@ -14,6 +14,7 @@ mod dovecot;
 pub mod hostile;
 pub mod hostimap;
 pub mod mailgen;
+pub mod oauth;
 mod proc;
 mod proxy;
 mod pysmtp;
@@ -24,8 +25,9 @@ pub use admin::{Fetched, ImapAdmin, ListEntry};
 pub use courier::Courier;
 pub use cyrus::Cyrus;
 pub use dovecot::{Dovecot, DovecotOptions};
+pub use oauth::TokenServer;
 pub use proxy::{Fault, FaultProxy, GMAIL_TOO_MANY, GmailHits, ImapRule, M365_THROTTLED, gm_msgid};
-pub use pysmtp::{PySmtp, Received, SmtpRules};
+pub use pysmtp::{AuthAttempt, PySmtp, Received, SmtpRules};
 pub use smtp::{SinkOptions, SmtpSink};
 
 use std::io::Read;

@@ -4,12 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use backproc_smtp::{Envelope, ErrorKind, Params, Security, Smtp};
+use backproc_smtp::{Credential, Envelope, ErrorKind, Params, Security, Smtp};
 use backproc_store::outbox::{Claim, Claimed, DeliveryInfo, SendOutcome, SendPolicy};
 use backproc_store::{Account, Security as StoreSecurity};
 
 use super::Ctx;
-use crate::sessions::run_password_command;
+use crate::signin::{self, Server};
 use crate::task::{Failure, FailureKind, Report, Task};
 
 pub fn policy(c: &backproc_config::Config) -> SendPolicy {
@@ -21,7 +21,7 @@ pub fn policy(c: &backproc_config::Config) -> SendPolicy {
     }
 }
 
-fn smtp_params(a: &Account) -> Result<Params, String> {
+fn smtp_params(a: &Account, credential: Credential) -> Result<Params, String> {
     let host =
         a.smtp.host.clone().ok_or_else(|| format!("account {} has no SMTP server (account set --smtp-host)", a.id))?;
     let security = match a.smtp.security {
@@ -36,12 +36,6 @@ fn smtp_params(a: &Account) -> Result<Params, String> {
         Security::StartTls => 587,
         Security::None => 25,
     });
-    let password = match (&a.smtp.password_command, &a.smtp.password, &a.password_command, &a.password) {
-        (Some(cmd), _, _, _) => Some(run_password_command(cmd).map_err(|f| f.detail)?),
-        (None, Some(p), _, _) => Some(p.clone()),
-        (None, None, Some(cmd), _) => Some(run_password_command(cmd).map_err(|f| f.detail)?),
-        (None, None, None, p) => p.clone(),
-    };
     let ca_pem = match &a.tls_ca_file {
         Some(f) => Some(std::fs::read(f).map_err(|e| format!("cannot read CA file {f}: {e}"))?),
         None => None,
@@ -51,11 +45,43 @@ fn smtp_params(a: &Account) -> Result<Params, String> {
         port,
         security,
         login: Some(a.smtp.login.clone().unwrap_or_else(|| a.login.clone())),
-        password,
+        credential: Some(credential),
         ca_pem,
         insecure: a.tls_insecure,
         timeout: Duration::from_secs(60),
     })
+}
+
+/// A new SMTP connection, signed in with the account's credential resolved now: a token that
+/// expired since the last connection of the batch is refreshed first, and a token the server
+/// refuses gets one forced refresh and one more try. `a` is read again after a refresh, so
+/// the rest of the batch uses the new token.
+fn connect(ctx: &mut Ctx, a: &mut Account) -> Result<Smtp, Failure> {
+    let mut forced = false;
+    loop {
+        let credential = signin::credential(ctx.store, ctx.config, a, Server::Smtp, forced, ctx.clock.now())?;
+        let bearer = matches!(credential, Credential::Bearer(_));
+        let params = smtp_params(a, credential).map_err(|d| Failure::new(FailureKind::Connect, d))?;
+        if bearer {
+            // the token may have been refreshed and stored: later connections see it
+            *a = ctx.store.account(a.id)?;
+        }
+        match Smtp::connect(&params) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.kind == ErrorKind::Auth && !forced && signin::refreshable(a, Server::Smtp) => {
+                log::info!("account {}: the SMTP server refused the access token; refreshing it once", a.id);
+                forced = true;
+            }
+            Err(e) => {
+                let kind = match e.kind {
+                    ErrorKind::Auth => FailureKind::Auth,
+                    ErrorKind::Tls => FailureKind::Tls,
+                    _ => FailureKind::Connect,
+                };
+                return Err(Failure::new(kind, e.detail));
+            }
+        }
+    }
 }
 
 fn outcome(c: &Claimed, r: Result<backproc_smtp::Delivery, backproc_smtp::Error>) -> SendOutcome {
@@ -95,11 +121,13 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     let account = task.account.ok_or_else(|| Failure::new(FailureKind::Other, "send needs an account"))?;
     let policy = policy(ctx.config);
     let (lease, batch) = (ctx.config.email_bg_send_lease as i64, ctx.config.email_bg_send_batch as usize);
-    let a = ctx.store.account(account)?;
+    let mut a = ctx.store.account(account)?;
     let mut sent = 0i64;
     let mut smtp: Option<Smtp> = None;
     let mut last_failure: Option<Failure> = None;
     let mut ends = Ends::default();
+    // The entry last put on a new connection after the server closed the session before it.
+    let mut retried: Option<i64> = None;
     // Entries are claimed one at a time and ahead of sending (`sending` unset); the commit
     // right before an entry's message goes out marks it sending, so only an entry whose
     // message may really be on its way can expire as "outcome unknown": a kill, a freeze or a
@@ -132,26 +160,29 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
             continue;
         }
         if smtp.as_ref().is_none_or(Smtp::is_broken) {
-            let connected = smtp_params(&a)
-                .map_err(|d| backproc_smtp::Error { kind: ErrorKind::Connect, detail: d })
-                .and_then(|p| Smtp::connect(&p));
-            match connected {
+            match connect(ctx, &mut a) {
                 Ok(s) => smtp = Some(s),
-                Err(e) => {
-                    log::error!("cannot send outbox entries: {e}");
-                    ends.push(ctx, c, SendOutcome::Temporary { error: e.detail.clone() }, &policy)?;
-                    let kind = match e.kind {
-                        ErrorKind::Auth => FailureKind::Auth,
-                        ErrorKind::Tls => FailureKind::Tls,
-                        _ => FailureKind::Connect,
-                    };
-                    last_failure = Some(Failure::new(kind, e.detail));
+                Err(f) => {
+                    log::error!("cannot send outbox entries: {f}");
+                    ends.push(ctx, c, SendOutcome::Temporary { error: f.detail.clone() }, &policy)?;
+                    last_failure = Some(f);
                     continue;
                 }
             }
         }
         let s = smtp.as_mut().expect("connected above");
         let result = match envelope.unwrap_or_else(|| s.envelope(&c.mail_from, &c.recipients)) {
+            // The server closed the session before this message went out (a 421 at MAIL
+            // FROM: a limit of messages per session): nothing was sent, so the same entry
+            // goes on a new connection, once; that connection signs in anew (refreshing an
+            // OAuth2 token that expired meanwhile).
+            Envelope::Done(Err(e)) if s.is_broken() && retried != Some(c.id) => {
+                log::info!("message {}: the server closed the session before it ({e}); reconnecting", c.id);
+                retried = Some(c.id);
+                smtp = None;
+                current = Some((c, None));
+                continue;
+            }
             Envelope::Done(r) => r,
             Envelope::Open(open) => {
                 let (marked, next) = ends.step(ctx, &policy, Some(&c), ids.next().map(claim))?;

@@ -5,9 +5,12 @@
 //! config.inc enabling sync and outbox, adds a user, an account and an outgoing message,
 //! starts the master, waits until the mail is in and the message is sent, prints what an
 //! administrator would look at, and stops everything it started.
+//!
+//! Every wait has a bound; when one passes, the demo says what it waited for, shows the
+//! master's state, its stderr and the logs' tails, stops what it started and exits with 1.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use backproc_testkit::{Dovecot, SinkOptions, SmtpSink, mailgen};
@@ -19,8 +22,9 @@ fn backproc() -> PathBuf {
     dir.join("backproc")
 }
 
+/// A short command (not `run`): its stdout, within a minute.
 fn run(home: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write;
+    use std::io::{Read, Write};
     let mut c = Command::new(backproc())
         .arg("--home")
         .arg(home)
@@ -33,11 +37,86 @@ fn run(home: &Path, args: &[&str], stdin: Option<&str>) -> String {
     if let Some(s) = stdin {
         c.stdin.take().expect("stdin").write_all(s.as_bytes()).expect("write stdin");
     }
-    let out = c.wait_with_output().expect("wait");
-    if !out.status.success() {
-        panic!("backproc {args:?} failed");
+    let mut stdout = c.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        out
+    });
+    match wait_for(&mut c, Duration::from_secs(60)) {
+        Some(st) if st.success() => reader.join().unwrap_or_default(),
+        Some(st) => fail(home, None, &format!("backproc {args:?} failed ({st})")),
+        None => fail(home, None, &format!("backproc {args:?} did not end within 60 s")),
     }
-    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits for `child` at most `limit`; None (and the child killed) if it is still running.
+fn wait_for(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pid of the process holding the master's pid lock, if one holds it (the lock, not the
+/// `status` text, says a master runs).
+fn lock_holder(home: &Path) -> Option<i32> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = home.join("pid/engine.pid");
+    let file = std::fs::File::open(&path).ok()?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_) => None,
+        Err(_) => std::fs::read_to_string(&path).ok()?.trim().parse().ok(),
+    }
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A wait that ran out: what was waited for, the master's state, its stderr and the logs'
+/// tails; then the demo ends with 1 (the servers and the home are removed by their owners'
+/// destructors, which `exit` would skip: hence the panic, caught in `main`).
+fn fail(home: &Path, master: Option<&mut Child>, what: &str) -> ! {
+    eprintln!("\ndemo failed: {what}");
+    if let Some(m) = master {
+        match m.try_wait() {
+            Ok(Some(st)) => eprintln!("the master (pid {}) has exited: {st}", m.id()),
+            _ => eprintln!("the master (pid {}) is still running; stopping it", m.id()),
+        }
+        let _ = m.kill();
+        let _ = m.wait();
+    }
+    eprintln!("pid lock held by: {:?}", lock_holder(home));
+    for f in ["logs/master.stderr", "logs/l-info.log", "logs/l-debug.log", "logs/l-threading-error.txt"] {
+        eprintln!("---- {f} (last 20 lines) ----\n{}", tail(&home.join(f), 20));
+    }
+    std::panic::resume_unwind(Box::new(Failed));
+}
+
+/// The demo failed and said why (see `fail`).
+struct Failed;
+
+/// The master, killed if the demo ends before it stopped it.
+struct Master(Child);
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 fn section(title: &str) {
@@ -45,6 +124,18 @@ fn section(title: &str) {
 }
 
 fn main() {
+    // `fail` unwinds so that the servers and the home are dropped; it has printed the why.
+    std::panic::set_hook(Box::new(|info| {
+        if !info.payload().is::<Failed>() {
+            eprintln!("{info}");
+        }
+    }));
+    if std::panic::catch_unwind(demo).is_err() {
+        std::process::exit(1);
+    }
+}
+
+fn demo() {
     let messages: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(300);
     let started = Instant::now();
     section("starting a private Dovecot and smtp-sink on loopback");
@@ -128,14 +219,36 @@ fn main() {
     println!("outbox entry {} queued", entry.trim());
 
     section("backproc run (as cron starts it)");
-    let mut master =
-        Command::new(backproc()).arg("--home").arg(h).arg("run").stdin(Stdio::null()).spawn().expect("start master");
-    // a second start, as cron five minutes later, once the first is the master: exits at once
+    let stderr = std::fs::File::create(h.join("logs/master.stderr")).expect("master stderr file");
+    let mut guard = Master(
+        Command::new(backproc())
+            .arg("--home")
+            .arg(h)
+            .arg("run")
+            .stdin(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start master"),
+    );
+    let master = &mut guard.0;
+    let master_pid = master.id() as i32;
     let up = Instant::now();
-    while !run(h, &["status"], None).starts_with("master: running") && up.elapsed() < Duration::from_secs(20) {
+    while lock_holder(h) != Some(master_pid) {
+        if up.elapsed() > Duration::from_secs(20) || matches!(master.try_wait(), Ok(Some(_))) {
+            fail(h, Some(master), "the first `backproc run` to take the pid lock (20 s)");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
-    run(h, &["run"], None);
+    println!("master: pid {master_pid} holds pid/engine.pid");
+    // a second start, as cron five minutes later: sees the master and exits at once
+    let mut second = Command::new(backproc()).arg("--home").arg(h).arg("run").stdin(Stdio::null()).spawn().expect("second start");
+    match wait_for(&mut second, Duration::from_secs(10)) {
+        Some(st) if st.success() && lock_holder(h) == Some(master_pid) => {
+            println!("a second `backproc run` exited at once; pid {master_pid} is still the master")
+        }
+        Some(st) => fail(h, Some(master), &format!("the second start ended ({st}) but the master changed")),
+        None => fail(h, Some(master), "the second `backproc run` to exit (10 s): it became a master"),
+    }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let status = run(h, &["status", "--json"], None);
@@ -152,9 +265,12 @@ fn main() {
             );
             break;
         }
-        if Instant::now() > deadline {
-            eprintln!("timed out waiting for the engine");
-            break;
+        if Instant::now() > deadline || matches!(master.try_wait(), Ok(Some(_))) {
+            fail(
+                h,
+                Some(master),
+                &format!("the mail (120 s): {stored} of {} stored, {queue} queued, {sent} sent", msgs.len()),
+            );
         }
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -180,7 +296,9 @@ fn main() {
 
     section("backproc stop");
     print!("{}", run(h, &["stop"], None));
-    let _ = master.wait();
+    if wait_for(master, Duration::from_secs(60)).is_none() {
+        fail(h, Some(master), "the master to stop (60 s)");
+    }
     println!(
         "\ndemo finished in {:.1}s; the servers and the demo home are removed now",
         started.elapsed().as_secs_f64()

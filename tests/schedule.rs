@@ -67,3 +67,31 @@ fn check_mail_now_runs_in_the_foreground_without_a_master() {
     let store = w.store();
     assert_eq!(store_messages(&store, folder_id(&store, w.account, "INBOX")).len(), 4);
 }
+
+/// `sync` counts what Sync found and Receive received, not what Sync Delete deleted (issue
+/// 18: its history sum matched every process starting with "Sync").
+#[test]
+fn check_mail_now_does_not_count_deletions_as_new_mail() {
+    let w = MailWorld::start(
+        "<?php define('EMAIL_BACKGROUND_SYNC_ENABLED', TRUE); define('EMAIL_BG_SYNC_DELETE_INTERVAL', 1);",
+    );
+    w.dovecot.populate(&w.user, &w.password, "INBOX", &mailgen::mailbox(5, 2)).unwrap();
+    w.run_once();
+    let store = w.store();
+    let inbox = folder_id(&store, w.account, "INBOX");
+    let first = store.message_id_by_uid(inbox, 1).unwrap();
+    assert!(w.home.run(&["mail", "delete", &first.to_string()]).status.success());
+    w.dovecot.populate(&w.user, &w.password, "INBOX", &mailgen::mailbox(6, 3)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let o = w.home.run(&["sync", "--account", &w.account.to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let deleted = store
+        .history(&HistoryFilter { process: Some("Sync Delete".into()), ..Default::default() })
+        .unwrap()
+        .iter()
+        .filter(|h| h.status == "Finished")
+        .filter_map(|h| h.count)
+        .sum::<i64>();
+    assert!(deleted >= 1, "the scenario needs a Sync Delete that deleted something");
+    assert!(stdout(&o).contains("3 new message(s) found, 3 received"), "{}", stdout(&o));
+}

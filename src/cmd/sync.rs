@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use backproc_engine::Job;
 use backproc_store::{HistoryFilter, now};
 use clap::Args;
 
@@ -55,14 +56,19 @@ pub fn run(home: PathBuf, args: SyncArgs) -> anyhow::Result<ExitCode> {
             };
             backproc_engine::run(opts, config, &mut || None, rx)?;
             let rows = store.history(&HistoryFilter { since: start, ..HistoryFilter::default() })?;
-            let sum = |p: &str| {
+            // By job, not by a prefix of its name ("Sync" is also the start of "Sync Delete").
+            let sum = |jobs: &[Job]| {
                 rows.iter()
-                    .filter(|r| r.process.starts_with(p) && r.status == "Finished")
+                    .filter(|r| jobs.iter().any(|j| r.process == j.name()) && r.status == "Finished")
                     .filter_map(|r| r.count)
                     .sum::<i64>()
             };
             let errors: Vec<_> = rows.iter().filter(|r| r.status != "Started" && r.status != "Finished").collect();
-            println!("synced {n} folder(s): {} new message(s) found, {} received", sum("Sync"), sum("Receive"));
+            println!(
+                "synced {n} folder(s): {} new message(s) found, {} received",
+                sum(&[Job::SyncRecent, Job::SyncFull]),
+                sum(&[Job::Receive, Job::ReceiveSecondary])
+            );
             for e in &errors {
                 println!(
                     "error: {} [{}]: {} ({})",

@@ -60,11 +60,8 @@ pub fn run(
     let factory: RunnerFactory = {
         let shared = shared.clone();
         let store_path = opts.store_path.clone();
-        let data_dir = opts.data_dir.clone();
         let sessions = sessions.clone();
-        Arc::new(move |idx| {
-            Box::new(JobRunner::new(idx, store_path.clone(), data_dir.clone(), shared.clone(), clock, sessions.clone()))
-        })
+        Arc::new(move |idx| Box::new(JobRunner::new(idx, store_path.clone(), shared.clone(), clock, sessions.clone())))
     };
     let mut pool =
         Pool::new(config.bg_max_threads as usize, config.bg_max_tasks_per_thread as usize, outcome_tx, factory);

@@ -15,8 +15,6 @@ use crate::{Clock, SharedConfig};
 pub struct JobRunner {
     idx: usize,
     store_path: PathBuf,
-    #[allow(dead_code)]
-    data_dir: PathBuf,
     config: SharedConfig,
     clock: Clock,
     store: Option<Store>,
@@ -27,12 +25,11 @@ impl JobRunner {
     pub fn new(
         idx: usize,
         store_path: PathBuf,
-        data_dir: PathBuf,
         config: SharedConfig,
         clock: Clock,
         pool: std::sync::Arc<SessionPool>,
     ) -> JobRunner {
-        JobRunner { idx, store_path, data_dir, config, clock, store: None, sessions: Sessions::new(pool) }
+        JobRunner { idx, store_path, config, clock, store: None, sessions: Sessions::new(pool) }
     }
 
     fn store(&mut self) -> Result<&mut Store, Failure> {

@@ -157,7 +157,7 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
-                let c = char::from_u32(x % 0x1_0000 + if x % 7 == 0 { 0x1_0000 } else { 0 }).unwrap_or('a');
+                let c = char::from_u32(x % 0x1_0000 + if x.is_multiple_of(7) { 0x1_0000 } else { 0 }).unwrap_or('a');
                 if !c.is_control() {
                     s.push(c);
                 }

@@ -146,6 +146,7 @@ const DEPTHS: [&str; 4] = [
 
 impl Store {
     /// Queues a message; returns the entry id.
+    #[allow(clippy::too_many_arguments)] // the columns of one row, each named at the call
     pub fn outbox_add(
         &mut self,
         account_id: i64,
@@ -298,10 +299,11 @@ impl Store {
         )?;
         let v = st
             .query_map(params![id, state], |r| {
+                let id: i64 = r.get(0)?;
                 let info: Option<String> = r.get(8)?;
                 let rcpts: String = r.get(10)?;
                 Ok(OutboxRecord {
-                    id: r.get(0)?,
+                    id,
                     account_id: r.get(1)?,
                     state: r.get(2)?,
                     start_time: r.get(3)?,
@@ -309,9 +311,14 @@ impl Store {
                     error: r.get(5)?,
                     attempts: r.get(6)?,
                     lease_expire_time: r.get(7)?,
-                    info: info.and_then(|i| serde_json::from_str(&i).ok()),
+                    info: match info {
+                        None => None,
+                        Some(i) => Some(serde_json::from_str(&i).map_err(|e| {
+                            bad_row(8, format!("outbox entry {id}: its delivery record is not valid JSON: {e}"))
+                        })?),
+                    },
                     message_id: r.get(9)?,
-                    recipients: serde_json::from_str(&rcpts).unwrap_or_default(),
+                    recipients: recipients_of(id, &rcpts).map_err(|why| bad_row(10, why))?,
                     created: r.get(11)?,
                     secondary: r.get(12)?,
                     parent_id: r.get(13)?,
@@ -385,10 +392,26 @@ impl Store {
     }
 }
 
+/// An entry's recipients as stored: a JSON array of one or more addresses.
+fn recipients_of(id: i64, text: &str) -> std::result::Result<Vec<String>, String> {
+    match serde_json::from_str::<Vec<String>>(text) {
+        Ok(v) if !v.is_empty() => Ok(v),
+        Ok(_) => Err(format!("outbox entry {id} has no recipients")),
+        Err(e) => Err(format!("outbox entry {id}: its recipients are not a JSON array of addresses: {e}")),
+    }
+}
+
+/// A malformed column, as the error that names its row.
+fn bad_row(col: usize, why: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, why.into())
+}
+
 /// Claims one due entry by id, marked `sending` or not (see `Claim`).
 fn claim_one(tx: &rusqlite::Transaction, claim: Claim, sending: bool, now: i64) -> Result<Option<Claimed>> {
     let Claim { id, secondary, lease } = claim;
-    let row: Option<(i64, String, String, String, Vec<u8>, i64, i64)> = tx
+    // account, message id, sender, recipients, message, attempts, created
+    type Row = (i64, String, String, String, Vec<u8>, i64, i64);
+    let row: Option<Row> = tx
         .prepare_cached(
             "SELECT o.account_id, o.message_id, o.mail_from, o.recipients, r.raw, o.attempts, o.created
      FROM outbox o JOIN outbox_raw r ON r.outbox_id = o.id
@@ -401,6 +424,16 @@ fn claim_one(tx: &rusqlite::Transaction, claim: Claim, sending: bool, now: i64) 
     let Some((account_id, message_id, mail_from, rcpts, raw, attempts, created)) = row else {
         return Ok(None);
     };
+    let recipients = match recipients_of(id, &rcpts) {
+        Ok(r) => r,
+        Err(why) => {
+            // An application's own INSERT can put anything there: the entry ends with the
+            // reason, it is never sent to nobody.
+            tx.prepare_cached("UPDATE outbox SET state = 'ERROR', end_time = ?, error = ? WHERE id = ?")?
+                .execute(params![now, why, id])?;
+            return Ok(None);
+        }
+    };
     let token = token();
     tx.prepare_cached(
         "UPDATE outbox SET state = 'PROCESSING', start_time = ?, end_time = NULL, lease_expire_time = ?,
@@ -412,7 +445,7 @@ fn claim_one(tx: &rusqlite::Transaction, claim: Claim, sending: bool, now: i64) 
         account_id,
         message_id,
         mail_from,
-        recipients: serde_json::from_str(&rcpts).unwrap_or_default(),
+        recipients,
         raw,
         token,
         attempts: attempts + 1,
@@ -496,6 +529,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (s, a) = crate::test_store(dir.path());
         (dir, s, a)
+    }
+
+    #[test]
+    fn a_malformed_row_ends_in_error_naming_it_and_is_never_sent_to_nobody() {
+        let (dir, mut s, a) = store();
+        let app = rusqlite::Connection::open(dir.path().join("s.sqlite")).unwrap();
+        let cases = [
+            ("not JSON", "b@x.test", "its recipients are not a JSON array of addresses"),
+            ("numbers", "[1, 2]", "its recipients are not a JSON array of addresses"),
+            ("empty", "[]", "has no recipients"),
+        ];
+        for (name, rcpts, want) in cases {
+            app.execute(
+                "INSERT INTO outbox (account_id, created, message_id, mail_from, recipients, raw)
+                 VALUES (?, 100, '<m@x.test>', 'u@x.test', ?, CAST('Subject: x' AS BLOB))",
+                params![a, rcpts],
+            )
+            .unwrap();
+            let id = app.last_insert_rowid();
+            assert!(claim(&mut s, a, false, 200, 60, 10).is_empty(), "{name}: not claimed");
+            let (state, error): (String, String) =
+                app.query_row("SELECT state, error FROM outbox WHERE id = ?", [id], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+            assert_eq!(state, "ERROR", "{name}");
+            assert!(error.contains(&format!("outbox entry {id}")) && error.contains(want), "{name}: {error}");
+            let shown = s.outbox_record(id).unwrap_err().to_string();
+            assert!(shown.contains(&format!("outbox entry {id}")), "{name}: {shown}");
+            app.execute("DELETE FROM outbox WHERE id = ?", [id]).unwrap();
+        }
+        // a delivery record that is not JSON is an error naming the entry, not "no record"
+        let id = s.outbox_add(a, "<ok@x.test>", "u@x.test", &["b@x.test".into()], b"Subject: y\r\n\r\n", false, 1).unwrap();
+        app.execute("UPDATE outbox SET info = '{broken' WHERE id = ?", [id]).unwrap();
+        let shown = s.outbox_record(id).unwrap_err().to_string();
+        assert!(shown.contains(&format!("outbox entry {id}: its delivery record is not valid JSON")), "{shown}");
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub enum Fault {
     Pass,
     /// Close both sides after forwarding this many server→client bytes.
     CutAfter { server_bytes: u64 },
-    /// Close both sides after forwarding this many client→server bytes.
+    /// Close both sides after forwarding this many client→server bytes. The client's side
+    /// closes before the last of them go out, so no answer to them ever reaches the client.
     CutClientAfter { client_bytes: u64 },
     /// Accept, never connect upstream, forward nothing (until the client gives up).
     Stall,
@@ -396,6 +397,9 @@ fn handle(client: TcpStream, upstream: SocketAddr, fault: Fault, rules: Arc<Rule
 /// Copies `from` → `to` applying `fault` for this direction (`downstream`: server → client).
 fn pump(mut from: TcpStream, mut to: TcpStream, fault: &Fault, downstream: bool, sh: &Shared) {
     let mut stage = Stage::new(fault, downstream);
+    if !downstream && matches!(fault, Fault::CutClientAfter { .. }) {
+        stage.client = from.try_clone().ok();
+    }
     let mut buf = vec![0u8; 64 * 1024];
     while !stage.cut {
         let n = match from.read(&mut buf) {
@@ -424,6 +428,10 @@ struct Stage {
     limit: Option<u64>,
     /// The cut limit was reached: the stream ends.
     cut: bool,
+    /// CutClientAfter: the client's socket, closed before the last bytes go to the server,
+    /// so that the server's answer to them can never reach the client (the cut is "right
+    /// after", whatever the threads' timing).
+    client: Option<TcpStream>,
 }
 
 impl Stage {
@@ -441,6 +449,7 @@ impl Stage {
             pending: Vec::new(),
             limit,
             cut: limit == Some(0),
+            client: None,
         }
     }
 
@@ -480,6 +489,9 @@ impl Stage {
             if chunk.len() as u64 >= left {
                 chunk.truncate(left as usize);
                 self.cut = true;
+                if let Some(c) = &self.client {
+                    let _ = c.shutdown(Shutdown::Both);
+                }
             }
         }
         if to.write_all(&chunk).is_err() {

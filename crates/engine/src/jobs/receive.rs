@@ -249,11 +249,13 @@ fn fetch_one(
                 let mut rematched = HashSet::new();
                 for (uid, size, header, flags) in session.fetch_headers(&uids)? {
                     // The row takes the flags the message has now (the old generation's may differ).
+                    // A store error is the task's error: taken for "no match", it would
+                    // download the message again beside the row that holds it.
                     if let Some(mid) = parse::message_id(&header)
                         && ctx
                             .store
                             .rematch_stale(folder_id, i64::from(uid), &mid, i64::from(size), flags.as_ref())
-                            .unwrap_or(false)
+                            .map_err(|e| to_imap(Failure::from(e)))?
                     {
                         rematched.insert(i64::from(uid));
                     }

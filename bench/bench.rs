@@ -6,6 +6,7 @@
 //! child processes so they are timed like the other tools: `bench raw-fetch …`, `bench
 //! sched-scale …`.
 
+mod link;
 mod measure;
 mod raw;
 mod sched;
@@ -25,7 +26,7 @@ const SEED: u64 = 9;
 /// The 8 folders besides INBOX that share 30% of the mail.
 const FOLDERS: [&str; 8] = ["Archive", "Projects", "Receipts", "Newsletters", "Входящие", "Entwürfe", "日本語", "Café"];
 
-const STEPS: [&str; 6] = ["initial", "resync", "incremental", "send", "folders", "sched"];
+const STEPS: [&str; 7] = ["initial", "resync", "incremental", "send", "folders", "sched", "link"];
 
 struct Opts {
     messages: usize,
@@ -38,6 +39,7 @@ struct Opts {
     disk: PathBuf,
     shm: PathBuf,
     profile: bool,
+    smoke: bool,
     /// Steps to run (`--only initial,send`); empty = all. For working on one row: resync and
     /// incremental still need the stores of one initial sync, which then runs untimed.
     only: Vec<String>,
@@ -60,6 +62,7 @@ impl Opts {
             disk: std::env::var_os("BENCH_DISK_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/tmp".into()),
             shm: std::env::var_os("BENCH_SHM_DIR").map(PathBuf::from).unwrap_or_else(|| "/dev/shm".into()),
             profile: false,
+            smoke: false,
             only: Vec::new(),
         };
         let mut it = args.iter();
@@ -77,6 +80,7 @@ impl Opts {
                     o.send_parallel = vec![1];
                     o.sched = (100, 10, 10);
                     o.folders = 200;
+                    o.smoke = true;
                 }
                 "--profile" => o.profile = true,
                 "--only" => {
@@ -404,6 +408,11 @@ fn bench(o: &Opts) -> anyhow::Result<()> {
     }
 
     r.print(o.runs);
+
+    // ---- 7. over a simulated wide-area link (after the table: its own rows)
+    if o.wants("link") {
+        link::run(&o.disk, o.runs.min(3), o.smoke, SEED)?;
+    }
     Ok(())
 }
 

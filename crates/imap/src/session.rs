@@ -56,6 +56,8 @@ pub struct ConnectParams {
     pub deadline: Option<Deadline>,
     /// EMAIL_BG_MAX_MESSAGE_SIZE: the largest body literal read.
     pub max_message: usize,
+    /// COMPRESS=DEFLATE (RFC 4978) when the server offers it.
+    pub compress: bool,
 }
 
 impl std::fmt::Debug for ConnectParams {
@@ -462,6 +464,12 @@ impl Session {
                 p.unawaited = true;
             }
         }
+        // Its own round trip: a server lists COMPRESS=DEFLATE only after login, and sending it
+        // in LOGIN's write on a guess loses it on Courier, whose login process hands the
+        // connection to another without the bytes that followed LOGIN.
+        if p.compress && s.caps.compress_deflate {
+            s.compress()?;
+        }
         Ok(s)
     }
 
@@ -630,6 +638,36 @@ impl Session {
         } else {
             Error::new(ErrorKind::Auth, format!("{how} of {} refused by {}: {}", p.login, p.host, refusal_text(&t)))
         })
+    }
+
+    /// COMPRESS DEFLATE (RFC 4978), in the write that carries ENABLE: nothing may follow it
+    /// before its answer, after which both directions are deflated. A refusal (e.g.
+    /// `[COMPRESSIONACTIVE]`) leaves the session as it was.
+    fn compress(&mut self) -> Result<()> {
+        let tag = self.send_raw(b"COMPRESS DEFLATE", "COMPRESS", Budget::SMALL, None)?;
+        let t = self.complete(tag, &mut |_, _| Ok(()))?;
+        self.compressed_by(&t)
+    }
+
+    /// After COMPRESS's answer: deflate from now on if it was OK.
+    fn compressed_by(&mut self, t: &Tagged) -> Result<()> {
+        if t.status != Status::Ok {
+            log::debug!("{} refused COMPRESS DEFLATE: {}", self.host, refusal_text(t));
+            return Ok(());
+        }
+        // The server deflates from the byte after its OK: a byte already read past it would
+        // be read as plain text.
+        if self.r.has_buffered() {
+            return Err(Error::new(ErrorKind::Protocol, "the server sent data after COMPRESS's answer"));
+        }
+        self.r.get_mut().start_deflate();
+        log::debug!("{}: COMPRESS=DEFLATE on", self.host);
+        Ok(())
+    }
+
+    /// Whether the connection is deflated (COMPRESS=DEFLATE).
+    pub fn compressed(&self) -> bool {
+        self.r.get_ref().compressed()
     }
 
     /// Applies a new task's deadline to this (cached) session.

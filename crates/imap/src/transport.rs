@@ -4,6 +4,11 @@
 //!
 //! The deadline moves forward while bytes arrive at a useful rate: the initial sync of a big
 //! folder from an honest but slow server is not cut off, a drip is.
+//!
+//! Once COMPRESS=DEFLATE (RFC 4978) is negotiated, both directions are raw deflate streams:
+//! reads inflate what the socket gives, writes deflate into a buffer that `flush` ends with a
+//! sync flush and sends (the session flushes after every command it writes). Timeouts, the
+//! deadline's rate and the traffic counters are about the bytes on the wire.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -95,8 +100,25 @@ impl Clock {
     }
 }
 
+/// The two deflate streams of a compressed connection.
+struct Deflate {
+    inflate: flate2::Decompress,
+    deflate: flate2::Compress,
+    /// Wire bytes read and not yet inflated: `wire[at..end]` (`wire` is allocated and
+    /// zeroed once, at WIRE_CHUNK bytes).
+    wire: Vec<u8>,
+    at: usize,
+    end: usize,
+    /// Deflated bytes not yet sent.
+    out: Vec<u8>,
+}
+
+/// Compressed bytes read from the socket at a time.
+const WIRE_CHUNK: usize = 64 * 1024;
+
 pub struct Transport {
     stream: Stream,
+    deflate: Option<Box<Deflate>>,
     /// The per-read (and per-write) timeout.
     io_timeout: Duration,
     clock: Option<Clock>,
@@ -110,7 +132,16 @@ pub struct Transport {
 
 impl Transport {
     pub fn new(stream: Stream, io_timeout: Duration) -> Transport {
-        Transport { stream, io_timeout, clock: None, set_timeout: None, waiting_for: "an answer", bytes_in: 0, bytes_out: 0 }
+        Transport {
+            stream,
+            deflate: None,
+            io_timeout,
+            clock: None,
+            set_timeout: None,
+            waiting_for: "an answer",
+            bytes_in: 0,
+            bytes_out: 0,
+        }
     }
 
     pub fn stream(&self) -> &Stream {
@@ -119,6 +150,23 @@ impl Transport {
 
     pub fn into_stream(self) -> Stream {
         self.stream
+    }
+
+    /// Everything from now on, both ways, is raw deflate (after the OK to COMPRESS DEFLATE,
+    /// with nothing read past it).
+    pub fn start_deflate(&mut self) {
+        self.deflate = Some(Box::new(Deflate {
+            inflate: flate2::Decompress::new(false),
+            deflate: flate2::Compress::new(flate2::Compression::fast(), false),
+            wire: vec![0; WIRE_CHUNK],
+            at: 0,
+            end: 0,
+            out: Vec::new(),
+        }));
+    }
+
+    pub fn compressed(&self) -> bool {
+        self.deflate.is_some()
     }
 
     /// Applies a task's deadline to every read and write from now on (a cached session gets
@@ -169,8 +217,9 @@ fn human(d: Duration) -> String {
     if d >= Duration::from_secs(1) { format!("{} s", d.as_secs()) } else { format!("{} ms", d.as_millis()) }
 }
 
-impl Read for Transport {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl Transport {
+    /// Reads wire bytes, under the timeout and the deadline.
+    fn read_wire(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.arm()?;
         let r = match &mut self.stream {
             Stream::Plain(s) => s.read(buf),
@@ -187,10 +236,9 @@ impl Read for Transport {
             Err(e) => Err(self.timed_out(e)),
         }
     }
-}
 
-impl Write for Transport {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+    /// Writes wire bytes, under the timeout and the deadline.
+    fn write_wire(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.arm()?;
         let r = match &mut self.stream {
             Stream::Plain(s) => s.write(buf),
@@ -205,7 +253,103 @@ impl Write for Transport {
         }
     }
 
+    /// Inflates into `buf` what the server sent, reading the socket when no whole output is
+    /// buffered; 0 only at the end of the stream.
+    fn read_inflated(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            // The inflater may hold output from input it has already taken (a full `buf`
+            // last time): ask it first, with whatever input is left.
+            let d = self.deflate.as_mut().expect("compressed");
+            let (before_in, before_out) = (d.inflate.total_in(), d.inflate.total_out());
+            let status = d
+                .inflate
+                .decompress(&d.wire[d.at..d.end], buf, flate2::FlushDecompress::Sync)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("invalid DEFLATE data: {e}")))?;
+            d.at += (d.inflate.total_in() - before_in) as usize;
+            let produced = (d.inflate.total_out() - before_out) as usize;
+            if status == flate2::Status::StreamEnd {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "the server ended its DEFLATE stream"));
+            }
+            if produced > 0 {
+                return Ok(produced);
+            }
+            // Nothing to give without more input: keep what is left and read the socket.
+            if d.at == d.end {
+                (d.at, d.end) = (0, 0);
+            } else if d.end == d.wire.len() {
+                d.wire.copy_within(d.at..d.end, 0);
+                (d.at, d.end) = (0, d.end - d.at);
+            }
+            let mut wire = std::mem::take(&mut d.wire);
+            let end = d.end;
+            let n = self.read_wire(&mut wire[end..]);
+            let d = self.deflate.as_mut().expect("compressed");
+            d.wire = wire;
+            let n = n?;
+            if n == 0 {
+                return Ok(0);
+            }
+            d.end += n;
+        }
+    }
+
+    /// Deflates `input` into the send buffer; `flush`: end with a sync flush, so the server
+    /// can inflate all of it now.
+    fn deflate(&mut self, input: &[u8], flush: bool) -> io::Result<()> {
+        let d = self.deflate.as_mut().expect("compressed");
+        let mode = if flush { flate2::FlushCompress::Sync } else { flate2::FlushCompress::None };
+        let mut input = input;
+        loop {
+            d.out.reserve(input.len() / 2 + 64);
+            let before = d.deflate.total_in();
+            d.deflate
+                .compress_vec(input, &mut d.out, mode)
+                .map_err(|e| io::Error::other(format!("DEFLATE failed: {e}")))?;
+            input = &input[(d.deflate.total_in() - before) as usize..];
+            // done when all input is taken and, for a flush, the output did not fill the
+            // room given (a full buffer may hold more of the flush)
+            if input.is_empty() && d.out.len() < d.out.capacity() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.deflate.is_some() { self.read_inflated(buf) } else { self.read_wire(buf) }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.deflate.is_some() {
+            self.deflate(buf, false)?;
+            return Ok(buf.len());
+        }
+        self.write_wire(buf)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
+        if self.deflate.is_some() {
+            self.deflate(&[], true)?;
+            let out = std::mem::take(&mut self.deflate.as_mut().expect("compressed").out);
+            let mut sent = 0;
+            while sent < out.len() {
+                match self.write_wire(&out[sent..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let d = self.deflate.as_mut().expect("compressed");
+            d.out = out;
+            d.out.clear();
+        }
         match &mut self.stream {
             Stream::Plain(s) => s.flush(),
             Stream::Tls(s) => s.flush(),

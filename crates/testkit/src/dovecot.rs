@@ -55,6 +55,9 @@ pub struct DovecotOptions {
     /// every login, and the answer's `email` must be the login name. Passwords keep working
     /// for PLAIN and LOGIN.
     pub oauth2_introspection_url: Option<String>,
+    /// Offers COMPRESS=DEFLATE (RFC 4978) with the `imap_zlib` plugin, as Cyrus and Gmail
+    /// offer it.
+    pub compress: bool,
 }
 
 impl Dovecot {
@@ -444,7 +447,8 @@ service imap-login {{
     ssl = yes
   }}
 }}
-{imap_service}"#,
+{imap_service}{compress}"#,
+        compress = if opts.compress { "protocol imap {\n  mail_plugins = $mail_plugins imap_zlib\n}\n" } else { "" },
         iu = ids.internal_user,
         ig = ids.internal_group,
         lu = ids.login_user,

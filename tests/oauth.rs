@@ -52,12 +52,11 @@ fn servers(lifetime: Duration) -> (TokenServer, Dovecot) {
     (ts, d)
 }
 
-/// `account add --auth oauth2` for `user` on 127.0.0.1:`port` (plain IMAP), with a refresh
-/// token on standard input when `refresh` is given; `extra` arguments after.
-fn add_oauth_account(h: &Home, ts: &TokenServer, user: &str, port: u16, refresh: Option<&str>, extra: &[&str]) -> i64 {
+/// `account add` for `user` on 127.0.0.1:`port` (plain IMAP) with `signin` arguments and
+/// `stdin`; returns the account id.
+fn account_add(h: &Home, user: &str, port: u16, signin: &[&str], stdin: &str) -> i64 {
     let _ = h.run(&["user", "add", "owner"]);
     let (port, email) = (port.to_string(), format!("{user}@backproc.test"));
-    let (token, device) = (ts.token_endpoint(), ts.device_endpoint());
     let mut args = vec![
         "account",
         "add",
@@ -73,6 +72,18 @@ fn add_oauth_account(h: &Home, ts: &TokenServer, user: &str, port: u16, refresh:
         "none",
         "--login",
         user,
+    ];
+    args.extend_from_slice(signin);
+    let o = h.run_stdin(&args, stdin);
+    assert!(o.status.success(), "account add: {}", stderr(&o));
+    stdout(&o).trim().parse().expect("account id")
+}
+
+/// `account add --auth oauth2` at the token server, with a refresh token on standard input
+/// when `refresh` is given; `extra` arguments after.
+fn add_oauth_account(h: &Home, ts: &TokenServer, user: &str, port: u16, refresh: Option<&str>, extra: &[&str]) -> i64 {
+    let (token, device) = (ts.token_endpoint(), ts.device_endpoint());
+    let mut args = vec![
         "--auth",
         "oauth2",
         "--oauth-token-endpoint",
@@ -90,9 +101,7 @@ fn add_oauth_account(h: &Home, ts: &TokenServer, user: &str, port: u16, refresh:
         args.push("--oauth-refresh-token-stdin");
     }
     args.extend_from_slice(extra);
-    let o = h.run_stdin(&args, refresh.unwrap_or(""));
-    assert!(o.status.success(), "account add: {}", stderr(&o));
-    stdout(&o).trim().parse().expect("account id")
+    account_add(h, user, port, &args, refresh.unwrap_or(""))
 }
 
 /// "Check mail now" for every account, then one pass.
@@ -251,28 +260,7 @@ fn a_token_command_signs_in_and_nothing_is_stored() {
     let file = h.file("token.txt");
     std::fs::write(&file, format!("{}\n", ts.issue_access_token("ida"))).unwrap();
     let command = format!("cat {}", file.display());
-    let _ = h.run(&["user", "add", "owner"]);
-    let port = d.imap_port().to_string();
-    let o = h.run(&[
-        "account",
-        "add",
-        "--owner",
-        "owner",
-        "--email",
-        "ida@backproc.test",
-        "--imap-host",
-        "127.0.0.1",
-        "--imap-port",
-        &port,
-        "--imap-security",
-        "none",
-        "--login",
-        "ida",
-        "--oauth-token-command",
-        &command,
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let a: i64 = stdout(&o).trim().parse().unwrap();
+    let a = account_add(&h, "ida", d.imap_port(), &["--oauth-token-command", &command], "");
     run_once(&h);
     assert_eq!(inbox_count(&h, a), 4);
     let row = store(&h).account(a).unwrap();

@@ -165,12 +165,11 @@ impl OAuthArgs {
             access_token: None,
             expires_at: None,
         };
-        let any = oauth != OAuth::default();
         let auth = match self.auth {
             Some(AuthArg::Password) => Some(Auth::Password),
             Some(AuthArg::Oauth2) => Some(Auth::OAuth2),
-            // OAuth settings alone say what is meant
-            None if any && self.oauth_provider.is_some() || self.oauth_token_command.is_some() => Some(Auth::OAuth2),
+            // a provider or a token command alone says what is meant
+            None if self.oauth_provider.is_some() || self.oauth_token_command.is_some() => Some(Auth::OAuth2),
             None => None,
         };
         Ok((auth, oauth))

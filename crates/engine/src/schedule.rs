@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use backproc_config::{Config, TimeOfDay};
 use backproc_store::{DueCuts, Lane, SchedFolder, Store};
+use backproc_types::Backoff;
 use chrono::{Days, NaiveTime, TimeZone};
 
 use crate::Clock;
@@ -170,8 +171,12 @@ pub struct Scheduler {
 /// back-off base, doubling, capped at the back-off maximum. A folder the server keeps
 /// refusing is then tried every hour, not every minute with a fresh login.
 pub fn task_hold(failures: u32, base: u64, max: u64) -> i64 {
-    let shift = failures.saturating_sub(1).min(30);
-    (base as i64).saturating_mul(1i64 << shift).min(max as i64)
+    Backoff { base: base as i64, max: max as i64 }.after(i64::from(failures))
+}
+
+/// BG_BACKOFF_BASE and BG_BACKOFF_MAX as the back-off rule.
+pub fn backoff(config: &Config) -> Backoff {
+    Backoff { base: config.bg_backoff_base as i64, max: config.bg_backoff_max as i64 }
 }
 
 impl Scheduler {

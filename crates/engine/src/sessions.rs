@@ -405,8 +405,8 @@ pub fn record_failure(store: &mut Store, config: &Config, a: &Account, f: &Failu
         // whole seconds, rounded up: a wait of 1.5 s is 2 s
         wait.as_millis().div_ceil(1000).max(1) as i64
     } else {
-        let shift = a.failures.clamp(0, 20) as u32;
-        (config.bg_backoff_base as i64).saturating_mul(1 << shift).min(config.bg_backoff_max as i64)
+        // `failures` counts those before this one
+        crate::schedule::backoff(config).after(a.failures + 1)
     };
     let status = f.kind.status();
     if a.last_error.as_deref().is_none_or(|e| !e.starts_with(status)) || a.failures == 0 {

@@ -238,8 +238,7 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// Exponential back-off: base, 2·base, 4·base… capped.
     pub fn delay(&self, attempts: i64) -> i64 {
-        let shift = (attempts.clamp(1, 30) - 1) as u32;
-        self.backoff_base.saturating_mul(1i64 << shift).min(self.backoff_max)
+        backproc_types::Backoff { base: self.backoff_base, max: self.backoff_max }.after(attempts)
     }
 }
 

@@ -503,8 +503,7 @@ fn finish_one(
                 c.token
             ])?,
         SendOutcome::Temporary { error } => {
-            let shift = (c.attempts.clamp(1, 30) - 1) as u32;
-            let delay = p.backoff_base.saturating_mul(1 << shift).min(p.backoff_max);
+            let delay = backproc_types::Backoff { base: p.backoff_base, max: p.backoff_max }.after(c.attempts);
             tx.prepare_cached(&format!(
                 "UPDATE outbox SET state = 'PENDING', error = ?, next_attempt = ?, lease_token = NULL,
                     lease_expire_time = NULL, secondary = (attempts > ?) {FENCED}"

@@ -1,8 +1,11 @@
-//! The vocabulary every crate shares: what a message's flags are, system and keyword alike.
+//! The vocabulary every crate shares: what a message's flags are, system and keyword alike,
+//! and the one back-off rule of every retry.
 //!
 //! Invariant: no I/O and no dependency; the IMAP layer, the store and the engine speak these
 //! types, so a flag never has to be translated between crates.
 
+mod backoff;
 mod flags;
 
+pub use backoff::Backoff;
 pub use flags::{Flags, KeywordError, valid_keyword};

@@ -1,4 +1,4 @@
-//! The home directory: config.inc, data/, logs/, pid/ (DESIGN.md §1).
+//! The home directory: config.inc, data/, logs/, pid/.
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,5 @@
-//! `backproc internal …`: the internal message service between users of one store
-//! (DESIGN.md §5): send, drafts, folders, read marks, "check mail" and the poll interval.
+//! `backproc internal …`: the internal message service between users of one store: send,
+//! drafts, folders, read marks, "check mail" and the poll interval.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,4 +1,4 @@
-//! Internal message service between users of one store (DESIGN.md §5): Inbox, Sent, Drafts,
+//! Internal message service between users of one store: Inbox, Sent, Drafts,
 //! importance, per-recipient read times, "not delivered" lists, last-check and lifetime.
 //!
 //! Application code may use these functions or the tables directly:

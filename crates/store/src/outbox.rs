@@ -1,4 +1,4 @@
-//! Outbox entries and their delivery record (DESIGN.md §4).
+//! Outbox entries and their delivery record.
 //!
 //! Application code may insert rows directly: `INSERT INTO outbox (account_id, created,
 //! message_id, mail_from, recipients, raw) VALUES (?, strftime('%s','now'), '<id@host>',

@@ -793,9 +793,13 @@ impl Session {
         let mut done: Vec<Option<Tagged>> = tags.iter().map(|t| self.completed.remove(t)).collect();
         while done.iter().any(Option::is_none) {
             let consumed = self.r.consumed();
+            // The server may interleave the answers of everything in flight (a big body of a
+            // later FETCH while the oldest is still open): the bytes read from the oldest's
+            // start are held to what all of them may send together.
+            let in_flight = self.pending.iter().fold(0u64, |n, p| n.saturating_add(p.max_bytes));
             let front = self.pending.front_mut().map(|p| {
                 let start = *p.started.get_or_insert(consumed);
-                (start.saturating_add(p.max_bytes), p.max_bytes, p.what)
+                (start.saturating_add(in_flight), in_flight, p.what)
             });
             self.r.set_budget(front);
             if let Some((_, _, w)) = front {
@@ -818,14 +822,16 @@ impl Session {
                     }
                 }
                 Response::Untagged(u) => {
+                    // as with the bytes: counted against everything in flight
+                    let most = self.pending.iter().fold(0usize, |n, p| n.saturating_add(p.max_untagged));
                     if let Some(p) = self.pending.front_mut() {
                         p.untagged += 1;
-                        if p.untagged > p.max_untagged {
+                        if p.untagged > most {
                             return Err(Error::new(
                                 ErrorKind::Protocol,
                                 format!(
-                                    "{}: the server sent more than {} untagged responses in answer to it; connection dropped",
-                                    p.what, p.max_untagged
+                                    "{}: the server sent more than {most} untagged responses in answer to it; connection dropped",
+                                    p.what
                                 ),
                             ));
                         }

@@ -188,3 +188,72 @@ fn compressed_sessions_move_the_same_bytes_in_fewer() {
     check.read_fetch(t, |f| appended.push(f.raw)).unwrap();
     assert_eq!(appended, vec![big.clone(), big], "both APPENDs arrived intact");
 }
+
+/// Two body FETCHes in flight whose answers the server interleaves (Dovecot runs pipelined
+/// commands concurrently): the big body of the second arrives while the first, small, batch
+/// is the oldest in flight. The bytes are within what both may send together, so nothing is
+/// refused (the hostile-corpus test met this at random: "more than N bytes in the answer to
+/// UID FETCH").
+#[test]
+fn interleaved_answers_count_against_every_fetch_in_flight() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let big = vec![b'x'; 20 << 20];
+    let server = {
+        let big = big.clone();
+        std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            w.write_all(b"* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n").unwrap();
+            let mut fetch_tags = Vec::new();
+            let mut line = String::new();
+            while fetch_tags.len() < 2 {
+                line.clear();
+                if r.read_line(&mut line).unwrap() == 0 {
+                    return;
+                }
+                let tag = line.split(' ').next().unwrap().to_string();
+                if line.contains("LOGIN") {
+                    w.write_all(format!("{tag} OK [CAPABILITY IMAP4rev1 LITERAL+] in\r\n").as_bytes()).unwrap();
+                } else if line.contains("UID FETCH") {
+                    fetch_tags.push(tag);
+                }
+            }
+            let date = "INTERNALDATE \"02-Dec-2026 12:00:00 +0000\"";
+            // the second batch's body first, then the first's
+            w.write_all(format!("* 2 FETCH (UID 2 FLAGS () {date} BODY[] {{{}}}\r\n", big.len()).as_bytes()).unwrap();
+            w.write_all(&big).unwrap();
+            w.write_all(format!(")\r\n* 1 FETCH (UID 1 FLAGS () {date} BODY[] {{5}}\r\nsmall)\r\n").as_bytes()).unwrap();
+            w.write_all(format!("{} OK done\r\n{} OK done\r\n", fetch_tags[0], fetch_tags[1]).as_bytes()).unwrap();
+            let _ = r.read_line(&mut line);
+        })
+    };
+    let p = ConnectParams {
+        host: "127.0.0.1".into(),
+        port,
+        security: Security::None,
+        login: "u".into(),
+        credential: Credential::Password("p".into()),
+        ca_pem: None,
+        insecure: false,
+        timeout: Duration::from_secs(10),
+        deadline: None,
+        max_message: 64 << 20,
+        compress: false,
+    };
+    let mut s = Session::connect(&p).unwrap();
+    let small = s.queue_fetch(&[1], 5).unwrap();
+    let large = s.queue_fetch(&[2], big.len() as u64).unwrap();
+    let mut got = std::collections::BTreeMap::new();
+    for t in [small, large] {
+        s.read_fetch(t, |f| {
+            got.insert(f.uid, f.raw.len());
+        })
+        .unwrap();
+    }
+    assert_eq!(got, [(1, 5), (2, big.len())].into());
+    drop(s);
+    server.join().unwrap();
+}

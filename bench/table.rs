@@ -20,7 +20,14 @@ pub struct Results {
 
 impl Results {
     pub fn new(messages: usize, send: usize) -> Results {
-        Results { messages, send, samples: BTreeMap::new(), sizes: BTreeMap::new(), sched: serde_json::Value::Null, folders: 0 }
+        Results {
+            messages,
+            send,
+            samples: BTreeMap::new(),
+            sizes: BTreeMap::new(),
+            sched: serde_json::Value::Null,
+            folders: 0,
+        }
     }
 
     pub fn add(&mut self, key: &str, s: Sample) {
@@ -86,7 +93,12 @@ impl Results {
         );
         let f = self.folders;
         self.row(&format!("{f} folders, first pass, disk"), "backproc", "folders/first/backproc", None);
-        self.row(&format!("{f} folders, first pass, disk"), "mbsync", "folders/first/mbsync", Some("folders/first/backproc"));
+        self.row(
+            &format!("{f} folders, first pass, disk"),
+            "mbsync",
+            "folders/first/mbsync",
+            Some("folders/first/backproc"),
+        );
         self.row(&format!("{f} folders, no-change pass, disk"), "backproc", "folders/resync/backproc", None);
         self.row(
             &format!("{f} folders, no-change pass, disk"),

@@ -241,7 +241,8 @@ fn demo() {
     }
     println!("master: pid {master_pid} holds pid/engine.pid");
     // a second start, as cron five minutes later: sees the master and exits at once
-    let mut second = Command::new(backproc()).arg("--home").arg(h).arg("run").stdin(Stdio::null()).spawn().expect("second start");
+    let mut second =
+        Command::new(backproc()).arg("--home").arg(h).arg("run").stdin(Stdio::null()).spawn().expect("second start");
     match wait_for(&mut second, Duration::from_secs(10)) {
         Some(st) if st.success() && lock_holder(h) == Some(master_pid) => {
             println!("a second `backproc run` exited at once; pid {master_pid} is still the master")

@@ -88,8 +88,10 @@ fn worker_log_line_has_the_exact_format_and_files_are_private() {
     let o = h.run(&["run", "--once", "--test-sleep-task", "1"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let info = h.log("l-info.log");
-    let re = regex::Regex::new(r"(?m)^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\]\[#(\d+)\.t[1-9]\d*\] sleep task started \(1ms\)$")
-        .unwrap();
+    let re = regex::Regex::new(
+        r"(?m)^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\]\[#(\d+)\.t[1-9]\d*\] sleep task started \(1ms\)$",
+    )
+    .unwrap();
     let caps = re.captures(&info).unwrap_or_else(|| panic!("no worker line in:\n{info}"));
     assert!(caps[2].parse::<u32>().unwrap() > 1);
     // the master's lines are t0

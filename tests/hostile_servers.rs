@@ -945,7 +945,8 @@ fn a_message_expunged_during_the_fetch_loses_nothing_else() {
 /// flagged. Never a UID MOVE or a UID EXPUNGE the server did not offer.
 #[test]
 fn without_move_and_uidplus_a_deletion_never_expunges_another_clients_message() {
-    let mut caps: Vec<String> = backproc_testkit::hostimap::DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect();
+    let mut caps: Vec<String> =
+        backproc_testkit::hostimap::DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect();
     caps.retain(|c| c != "MOVE" && c != "UIDPLUS");
     let mut world = World::simple(6);
     let mut trash = backproc_testkit::hostimap::Folder::new("Trash", 1002);
@@ -954,11 +955,21 @@ fn without_move_and_uidplus_a_deletion_never_expunges_another_clients_message() 
     let s = server(world, Script { capabilities: caps, ..Script::default() });
     let (h, a) = home_on(&s, &config("define('EMAIL_BG_SYNC_DELETE_INTERVAL', 1);\n"));
     run_once(&h);
-    let id = |uid: u32| store(&h).mail_list(a, Some("INBOX"), false, 100).unwrap().into_iter().find(|m| m.uid == i64::from(uid)).unwrap().id;
+    let id = |uid: u32| {
+        store(&h)
+            .mail_list(a, Some("INBOX"), false, 100)
+            .unwrap()
+            .into_iter()
+            .find(|m| m.uid == i64::from(uid))
+            .unwrap()
+            .id
+    };
     let deleted = |uid: u32| s.world(|w| w.folder(b"INBOX").unwrap().msg(uid).map(|m| m.has_flag("\\Deleted")));
 
     // another client has marked message 5 \Deleted (and not expunged it)
-    s.world(|w| w.folder_mut(b"INBOX").unwrap().messages.iter_mut().find(|m| m.uid == 5).unwrap().flags.push("\\Deleted".into()));
+    s.world(|w| {
+        w.folder_mut(b"INBOX").unwrap().messages.iter_mut().find(|m| m.uid == 5).unwrap().flags.push("\\Deleted".into())
+    });
     assert!(h.run(&["mail", "delete", &id(2).to_string()]).status.success());
     std::thread::sleep(Duration::from_millis(1100));
     run_once(&h);

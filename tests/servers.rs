@@ -84,7 +84,11 @@ impl Server {
         let server = Server { kind, _running: running, port, prefix, sep };
         if kind == Kind::DovecotCondstore {
             let admin = server.admin();
-            assert!(admin.has_capability("CONDSTORE") && !admin.has_capability("QRESYNC"), "{:?}", admin.capabilities());
+            assert!(
+                admin.has_capability("CONDSTORE") && !admin.has_capability("QRESYNC"),
+                "{:?}",
+                admin.capabilities()
+            );
         }
         server
     }

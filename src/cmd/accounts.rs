@@ -132,14 +132,18 @@ impl OAuthArgs {
             }
             .preset(&self.oauth_tenant)
         });
-        let token_endpoint = self.oauth_token_endpoint.clone().or_else(|| preset.as_ref().map(|p| p.token_endpoint.clone()));
+        let token_endpoint =
+            self.oauth_token_endpoint.clone().or_else(|| preset.as_ref().map(|p| p.token_endpoint.clone()));
         let device_endpoint =
             self.oauth_device_endpoint.clone().or_else(|| preset.as_ref().map(|p| p.device_endpoint.clone()));
         for url in token_endpoint.iter().chain(device_endpoint.iter()) {
             backproc_oauth::check_endpoint(url)?;
         }
-        let scopes =
-            if self.oauth_scopes.is_empty() { preset.map(|p| p.scopes).unwrap_or_default() } else { self.oauth_scopes.clone() };
+        let scopes = if self.oauth_scopes.is_empty() {
+            preset.map(|p| p.scopes).unwrap_or_default()
+        } else {
+            self.oauth_scopes.clone()
+        };
         let (client_secret, refresh_token) = match (self.oauth_client_secret_stdin, self.oauth_refresh_token_stdin) {
             (false, false) => (None, None),
             (true, false) => (Some(read_secret_stdin("client secret")?), None),
@@ -472,7 +476,10 @@ fn authorize(store: &mut backproc_store::Store, id: i64) -> anyhow::Result<ExitC
     let settings = backproc_engine::signin::settings(&a).map_err(anyhow::Error::msg)?;
     let http = backproc_engine::signin::http(&a)?;
     let code = http.device_start(&settings, now())?;
-    println!("To authorize account {id} ({}), open {} and enter the code {}", a.email, code.verification_uri, code.user_code);
+    println!(
+        "To authorize account {id} ({}), open {} and enter the code {}",
+        a.email, code.verification_uri, code.user_code
+    );
     if let Some(direct) = &code.verification_uri_complete {
         println!("(or open {direct})");
     }

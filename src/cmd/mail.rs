@@ -112,7 +112,8 @@ pub fn run(home: PathBuf, cmd: MailCmd) -> anyhow::Result<ExitCode> {
             if let Some(k) = add.iter().find(|k| remove.contains(k)) {
                 bail!("the keyword {k:?} is both added and removed");
             }
-            let edit = backproc_store::FlagEdit { seen: tri(seen, unseen), flagged: tri(flagged, unflagged), add, remove };
+            let edit =
+                backproc_store::FlagEdit { seen: tri(seen, unseen), flagged: tri(flagged, unflagged), add, remove };
             store.mail_set_flags(id, &edit, now())?;
             println!("message {id} updated; the server follows at the next full sync");
         }

@@ -94,7 +94,10 @@ pub struct Pool {
 impl Pool {
     pub fn new(max: usize, capacity: usize, outcomes: Sender<Outcome>, factory: RunnerFactory) -> Pool {
         Pool {
-            shared: Arc::new(Shared { state: Mutex::new(State { lanes: Vec::new(), stopping: false }), changed: Condvar::new() }),
+            shared: Arc::new(Shared {
+                state: Mutex::new(State { lanes: Vec::new(), stopping: false }),
+                changed: Condvar::new(),
+            }),
             threads: Vec::new(),
             max: max.max(1),
             capacity: capacity.max(1),
@@ -219,14 +222,21 @@ impl Pool {
         let mut ended = std::collections::HashSet::new();
         loop {
             ended.extend(self.exited.1.try_iter());
-            let all = self.threads.iter().enumerate().all(|(i, t)| t.as_ref().is_none_or(|t| t.is_finished() || ended.contains(&i)));
+            let all = self
+                .threads
+                .iter()
+                .enumerate()
+                .all(|(i, t)| t.as_ref().is_none_or(|t| t.is_finished() || ended.contains(&i)));
             if all {
                 for t in self.threads.iter_mut().filter_map(Option::take) {
                     let _ = t.join();
                 }
                 let queued: Vec<Task> = {
                     let mut st = self.shared.lock();
-                    st.lanes.iter_mut().flat_map(|l| l.urgent.drain(..).chain(l.bulk.drain(..)).collect::<Vec<_>>()).collect()
+                    st.lanes
+                        .iter_mut()
+                        .flat_map(|l| l.urgent.drain(..).chain(l.bulk.drain(..)).collect::<Vec<_>>())
+                        .collect()
                 };
                 for task in queued {
                     let cancelled = Failure::new(FailureKind::Cancelled, "not started: the master is stopping");

@@ -123,7 +123,8 @@ impl Runner for JobRunner {
         let store = self.store.as_mut().expect("opened above");
         // Every task has an overall deadline on top of the per-read timeouts (BG_TASK_DEADLINE,
         // renewed while bytes come at BG_MIN_TRANSFER_RATE).
-        let deadline = backproc_imap::Deadline::new(Duration::from_secs(config.bg_task_deadline), config.bg_min_transfer_rate);
+        let deadline =
+            backproc_imap::Deadline::new(Duration::from_secs(config.bg_task_deadline), config.bg_min_transfer_rate);
         self.sessions.begin_task(Some(deadline));
         let mut ctx = Ctx { store: &mut *store, config: &config, clock, sessions: &mut self.sessions, thread: idx };
         let result = execute(&mut ctx, task);

@@ -129,7 +129,9 @@ impl SessionPool {
             if now >= until {
                 return Err(Failure::new(
                     FailureKind::Connect,
-                    format!("no free connection to {host} within the task's deadline ({limit} in use, BG_MAX_CONNECTIONS_PER_HOST)"),
+                    format!(
+                        "no free connection to {host} within the task's deadline ({limit} in use, BG_MAX_CONNECTIONS_PER_HOST)"
+                    ),
                 ));
             }
             st = self.freed.wait_timeout(st, until - now).unwrap_or_else(|e| e.into_inner()).0;
@@ -155,7 +157,10 @@ impl SessionPool {
         // `open` counts the connection that was refused too.
         let accepted = h.open.saturating_sub(1);
         if accepted > 0 {
-            log::warn!("{host} has too many connections from us: its budget is {accepted} for the next {} s", LOWERED_FOR.as_secs());
+            log::warn!(
+                "{host} has too many connections from us: its budget is {accepted} for the next {} s",
+                LOWERED_FOR.as_secs()
+            );
             h.lowered = Some((accepted, Instant::now() + LOWERED_FOR));
         }
         accepted > 0
@@ -198,7 +203,12 @@ impl SessionPool {
     }
 }
 
-pub fn imap_params(a: &Account, config: &Config, credential: Credential, deadline: Option<Deadline>) -> Result<ConnectParams, Failure> {
+pub fn imap_params(
+    a: &Account,
+    config: &Config,
+    credential: Credential,
+    deadline: Option<Deadline>,
+) -> Result<ConnectParams, Failure> {
     let ca_pem = match &a.tls_ca_file {
         Some(f) => Some(
             std::fs::read(f).map_err(|e| Failure::new(FailureKind::Tls, format!("cannot read CA file {f}: {e}")))?,
@@ -230,7 +240,10 @@ pub fn imap_params(a: &Account, config: &Config, credential: Credential, deadlin
 fn compress(setting: u64, host: &str) -> bool {
     match setting {
         0 => false,
-        1 => !(host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())),
+        1 => {
+            !(host.eq_ignore_ascii_case("localhost")
+                || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
+        }
         _ => true,
     }
 }
@@ -315,14 +328,19 @@ impl Sessions {
         }
     }
 
-    fn connect(&mut self, store: &mut Store, config: &Config, account: i64, now: i64) -> Result<(Session, String), Failure> {
+    fn connect(
+        &mut self,
+        store: &mut Store,
+        config: &Config,
+        account: i64,
+        now: i64,
+    ) -> Result<(Session, String), Failure> {
         let mut a = store.account(account)?;
         let host = host_key(&a);
         let budget = config.bg_max_connections_per_host as usize;
-        let until = self.deadline.map_or_else(
-            || Instant::now() + Duration::from_secs(config.bg_task_deadline),
-            |d| d.start + d.budget,
-        );
+        let until = self
+            .deadline
+            .map_or_else(|| Instant::now() + Duration::from_secs(config.bg_task_deadline), |d| d.start + d.budget);
         let mut forced = false;
         loop {
             self.pool.acquire(&host, budget, until)?;

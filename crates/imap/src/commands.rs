@@ -9,7 +9,9 @@ use backproc_types::Flags;
 use crate::mutf7;
 use crate::plan::{NewMsg, ServerStatus};
 use crate::response::{Code, FetchData, Malformed, Status, Untagged};
-use crate::session::{Budget, Error, ErrorKind, MAX_STATUS_AHEAD, Result, Selected, Session, refused, refused_text, status_key};
+use crate::session::{
+    Budget, Error, ErrorKind, MAX_STATUS_AHEAD, Result, Selected, Session, refused, refused_text, status_key,
+};
 
 /// A command's bytes, split where a synchronizing literal must wait for the server's `+`.
 pub(crate) struct CommandBuf {
@@ -214,19 +216,66 @@ pub fn special_by_name(leaf: &str) -> Option<&'static str> {
         (
             "sent",
             &[
-                "sent", "sent items", "sent messages", "sent mail", "gesendet", "gesendete objekte", "envoyés",
-                "éléments envoyés", "wysłane", "отправленные", "enviados", "itens enviados", "inviata", "posta inviata",
+                "sent",
+                "sent items",
+                "sent messages",
+                "sent mail",
+                "gesendet",
+                "gesendete objekte",
+                "envoyés",
+                "éléments envoyés",
+                "wysłane",
+                "отправленные",
+                "enviados",
+                "itens enviados",
+                "inviata",
+                "posta inviata",
             ],
         ),
-        ("drafts", &["drafts", "draft", "entwürfe", "brouillons", "kopie robocze", "черновики", "rascunhos", "borradores", "bozze"]),
+        (
+            "drafts",
+            &[
+                "drafts",
+                "draft",
+                "entwürfe",
+                "brouillons",
+                "kopie robocze",
+                "черновики",
+                "rascunhos",
+                "borradores",
+                "bozze",
+            ],
+        ),
         (
             "trash",
             &[
-                "trash", "deleted items", "deleted messages", "papierkorb", "corbeille", "kosz", "удаленные", "корзина",
-                "lixeira", "lixo", "papelera", "cestino",
+                "trash",
+                "deleted items",
+                "deleted messages",
+                "papierkorb",
+                "corbeille",
+                "kosz",
+                "удаленные",
+                "корзина",
+                "lixeira",
+                "lixo",
+                "papelera",
+                "cestino",
             ],
         ),
-        ("junk", &["junk", "spam", "junk e-mail", "bulk mail", "спам", "lixo eletrônico", "correo no deseado", "wiadomości-śmieci"]),
+        (
+            "junk",
+            &[
+                "junk",
+                "spam",
+                "junk e-mail",
+                "bulk mail",
+                "спам",
+                "lixo eletrônico",
+                "correo no deseado",
+                "wiadomości-śmieci",
+            ],
+        ),
         ("archive", &["archive", "archives", "archiv", "archiwum", "архив", "arquivo"]),
     ];
     table.iter().find(|(_, names)| names.contains(&l.as_str())).map(|(k, _)| *k)
@@ -283,7 +332,8 @@ impl Session {
                 }
                 Ok(())
             })?;
-            self.namespace = Some(if done.status == Status::Ok { personal.unwrap_or_default() } else { Default::default() });
+            self.namespace =
+                Some(if done.status == Status::Ok { personal.unwrap_or_default() } else { Default::default() });
         }
         let mut items = Vec::new();
         let mut unusable = Vec::new();
@@ -292,12 +342,19 @@ impl Session {
                 Untagged::List(l) => items.push(l),
                 Untagged::Malformed(Malformed { kind, mailbox, error }) if kind == "LIST" => {
                     let name = mailbox.map(|m| String::from_utf8_lossy(&m).into_owned());
-                    let named = name.as_ref().map_or_else(|| "its name cannot be read".to_owned(), |n| format!("{n:?}"));
-                    log::warn!("{}: a LIST line that cannot be read ({error}); that folder is skipped: {named}", s.host);
+                    let named =
+                        name.as_ref().map_or_else(|| "its name cannot be read".to_owned(), |n| format!("{n:?}"));
+                    log::warn!(
+                        "{}: a LIST line that cannot be read ({error}); that folder is skipped: {named}",
+                        s.host
+                    );
                     unusable.push(Unusable { name, reason: error });
                 }
                 Untagged::Malformed(m) => {
-                    return Err(Error::new(ErrorKind::Protocol, format!("invalid {} response in answer to LIST: {}", m.kind, m.error)));
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        format!("invalid {} response in answer to LIST: {}", m.kind, m.error),
+                    ));
                 }
                 _ => {}
             }
@@ -363,7 +420,11 @@ impl Session {
     }
 
     fn status_items(&self) -> &'static str {
-        if self.caps.condstore { " (MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)" } else { " (MESSAGES UIDNEXT UIDVALIDITY)" }
+        if self.caps.condstore {
+            " (MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)"
+        } else {
+            " (MESSAGES UIDNEXT UIDVALIDITY)"
+        }
     }
 
     fn send_status(&mut self, name: &str, items: &'static str) -> Result<u32> {
@@ -413,9 +474,10 @@ impl Session {
             Some(Err(e)) if e.starts_with("NO") || e.starts_with("BAD") => {
                 Err(refused_text(&format!("STATUS of {name:?}"), &e))
             }
-            Some(Err(e)) if e.is_empty() => {
-                Err(Error::new(ErrorKind::Protocol, format!("STATUS of {name:?}: the server sent no STATUS data for the folder")))
-            }
+            Some(Err(e)) if e.is_empty() => Err(Error::new(
+                ErrorKind::Protocol,
+                format!("STATUS of {name:?}: the server sent no STATUS data for the folder"),
+            )),
             Some(Err(e)) => Err(Error::new(ErrorKind::Protocol, format!("STATUS of {name:?}: {e}"))),
             None => Err(Error::new(ErrorKind::Protocol, format!("STATUS of {name:?}: no answer"))),
         }
@@ -543,7 +605,10 @@ impl Session {
                     if let Some(all) = e.all {
                         let most = present_last.unwrap_or(0);
                         if all.len() > u64::from(most) {
-                            return Err(Error::new(ErrorKind::Protocol, format!("UID SEARCH: more UIDs than 1:{most} can hold")));
+                            return Err(Error::new(
+                                ErrorKind::Protocol,
+                                format!("UID SEARCH: more UIDs than 1:{most} can hold"),
+                            ));
                         }
                         present.extend(all.iter().filter(|u| *u > 0 && *u <= most));
                     }
@@ -604,7 +669,11 @@ impl Session {
     }
 
     fn send_search(&mut self, criteria: &str, most: usize) -> Result<u32> {
-        let line = if self.caps.esearch { format!("UID SEARCH RETURN (ALL) {criteria}") } else { format!("UID SEARCH {criteria}") };
+        let line = if self.caps.esearch {
+            format!("UID SEARCH RETURN (ALL) {criteria}")
+        } else {
+            format!("UID SEARCH {criteria}")
+        };
         // one number a UID, at most 11 bytes each
         let b = Budget { untagged: 1_000, bytes: (1 << 20) + most as u64 * 11 };
         self.send_raw(line.as_bytes(), "UID SEARCH", b, None)
@@ -629,7 +698,10 @@ impl Session {
                 Untagged::ESearch(e) => {
                     if let Some(all) = e.all {
                         if all.len() > u64::from(last) {
-                            return Err(Error::new(ErrorKind::Protocol, format!("UID SEARCH: more UIDs than 1:{last} can hold")));
+                            return Err(Error::new(
+                                ErrorKind::Protocol,
+                                format!("UID SEARCH: more UIDs than 1:{last} can hold"),
+                            ));
                         }
                         for u in all.iter() {
                             if u > 0 && u <= last {
@@ -681,7 +753,8 @@ impl Session {
         let set = uid_set(uids);
         let line = format!("UID FETCH {set} (UID FLAGS INTERNALDATE BODY.PEEK[])");
         let n = uids.len() as u64;
-        let b = Budget { untagged: 2 * uids.len() + 1_000, bytes: bytes.saturating_mul(2) + n * 64 * 1024 + (16 << 20) };
+        let b =
+            Budget { untagged: 2 * uids.len() + 1_000, bytes: bytes.saturating_mul(2) + n * 64 * 1024 + (16 << 20) };
         let tag = self.send_raw(line.as_bytes(), "UID FETCH", b, None)?;
         let asked: BTreeSet<u32> = uids.iter().copied().collect();
         if let Some(p) = self.pending.back_mut() {
@@ -756,7 +829,9 @@ impl Session {
         self.complete_ok(tag, "UID FETCH", &mut |s, u| {
             match u {
                 Untagged::Fetch(f) => match (f.uid, f.size) {
-                    (Some(uid), Some(size)) if asked.contains(&uid) => out.push(NewMsg { uid, size, gm_msgid: f.gm_msgid }),
+                    (Some(uid), Some(size)) if asked.contains(&uid) => {
+                        out.push(NewMsg { uid, size, gm_msgid: f.gm_msgid })
+                    }
                     (Some(_), Some(_)) => s.stats.ignored_fetch += 1,
                     _ => {}
                 },
@@ -905,7 +980,8 @@ impl Session {
         self.forget_status(&name);
         let set = uid_set(uids);
         let b = self.fetch_budget(Some(uids.len()));
-        let store = self.send_raw(format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)").as_bytes(), "UID STORE", b, None)?;
+        let store =
+            self.send_raw(format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)").as_bytes(), "UID STORE", b, None)?;
         if self.caps.uidplus {
             let exp = self.send_raw(format!("UID EXPUNGE {set}").as_bytes(), "UID EXPUNGE", b, None)?;
             self.complete_ok(store, "UID STORE", &mut |_, _| Ok(()))?;
@@ -1000,8 +1076,10 @@ impl SelectAnswer {
             self.s.write = false;
         }
         // RFC 3501 §6.3.1: both are required; without them no UID of the folder means anything.
-        let why = self.unreadable.as_ref().map(|e| format!(" (an answer that could not be read: {e})")).unwrap_or_default();
-        let missing = |item: &str| Error::new(ErrorKind::Protocol, format!("{what} {name:?}: the server sent no {item}{why}"));
+        let why =
+            self.unreadable.as_ref().map(|e| format!(" (an answer that could not be read: {e})")).unwrap_or_default();
+        let missing =
+            |item: &str| Error::new(ErrorKind::Protocol, format!("{what} {name:?}: the server sent no {item}{why}"));
         self.s.uidvalidity = self.validity.ok_or_else(|| missing("UIDVALIDITY"))?;
         self.s.exists = self.exists.ok_or_else(|| missing("EXISTS"))?;
         Ok(self.s)
@@ -1052,7 +1130,10 @@ mod tests {
             c.into_parts()
         };
         assert_eq!(parts(false, false, b"a \"q\" \\b"), vec![b"X \"a \\\"q\\\" \\\\b\"".to_vec()]);
-        assert_eq!(parts(true, false, "Entwürfe".as_bytes()), vec![[b"X {9+}\r\n".as_slice(), "Entwürfe".as_bytes()].concat()]);
+        assert_eq!(
+            parts(true, false, "Entwürfe".as_bytes()),
+            vec![[b"X {9+}\r\n".as_slice(), "Entwürfe".as_bytes()].concat()]
+        );
         assert_eq!(parts(false, true, b"a\r\nb"), vec![b"X {4+}\r\na\r\nb".to_vec()]);
         assert_eq!(parts(false, false, b"a\r\nb"), vec![b"X {4}\r\n".to_vec(), b"a\r\nb".to_vec()]);
         let lit = |minus, n| {
@@ -1071,7 +1152,10 @@ mod tests {
         let bad = "a message number 4294967296 is not a 32-bit number";
         a.take(&Untagged::Malformed(Malformed { kind: "?".into(), mailbox: None, error: bad.into() }));
         let e = a.finish(&ok).unwrap_err();
-        assert_eq!(e.detail, format!("EXAMINE \"INBOX\": the server sent no EXISTS (an answer that could not be read: {bad})"));
+        assert_eq!(
+            e.detail,
+            format!("EXAMINE \"INBOX\": the server sent no EXISTS (an answer that could not be read: {bad})")
+        );
         let mut a = SelectAnswer::new("INBOX", true);
         a.take(&Untagged::Exists(3));
         assert_eq!(a.finish(&ok).unwrap_err().detail, "SELECT \"INBOX\": the server sent no UIDVALIDITY");

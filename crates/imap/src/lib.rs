@@ -17,15 +17,15 @@ pub mod session;
 mod testio;
 pub mod transport;
 
+pub use backproc_sasl::Credential;
 pub use commands::{
     FetchReport, Fetched, FlagPush, FlagsRead, FolderAnswer, FolderRead, ListedFolder, Listing, StoreReport, Ticket,
     Unusable, special_by_name, uid_set,
 };
 pub use plan::{
-    Change, FetchPlan, Flags, LocalFolder, LocalMsg, LocalSummary, NewMsg, Presence, ReadCaps, ServerFlags, ServerStatus,
-    ServerView, plan, plan_fetch,
+    Change, FetchPlan, Flags, LocalFolder, LocalMsg, LocalSummary, NewMsg, Presence, ReadCaps, ServerFlags,
+    ServerStatus, ServerView, plan, plan_fetch,
 };
-pub use backproc_sasl::Credential;
 pub use session::{Caps, ConnectParams, Error, ErrorKind, Security, Selected, Session, Stats};
 pub use transport::Deadline;
 

@@ -193,7 +193,13 @@ pub enum FetchPlan {
 /// - the server's UID set is asked when the flags read does not give it (CHANGEDSINCE without
 ///   QRESYNC), so that deletions are seen and gaps in the store healed;
 /// - the folder is opened read-write only when a local change is to be pushed.
-pub fn plan_fetch(local: &LocalFolder, summary: &LocalSummary, status: &ServerStatus, caps: ReadCaps, full: bool) -> FetchPlan {
+pub fn plan_fetch(
+    local: &LocalFolder,
+    summary: &LocalSummary,
+    status: &ServerStatus,
+    caps: ReadCaps,
+    full: bool,
+) -> FetchPlan {
     use crate::commands::{FlagsRead, FolderRead};
     let last = local.last_seen_uid;
     if local.uidvalidity.is_some_and(|v| v != status.uidvalidity) {
@@ -201,8 +207,10 @@ pub fn plan_fetch(local: &LocalFolder, summary: &LocalSummary, status: &ServerSt
     }
     let has_new = status.uidnext == 0 || status.uidnext > last.saturating_add(1);
     let counts_hold = i64::from(status.exists) == summary.present + summary.queued;
-    let flags_unchanged =
-        caps.condstore && local.highest_modseq.is_some() && status.highest_modseq == local.highest_modseq && counts_hold;
+    let flags_unchanged = caps.condstore
+        && local.highest_modseq.is_some()
+        && status.highest_modseq == local.highest_modseq
+        && counts_hold;
     let want_flags = full && last > 0 && (!flags_unchanged || summary.local_pending);
     if !has_new && !want_flags {
         return FetchPlan::Nothing;

@@ -285,7 +285,10 @@ fn read_some<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize, ReadError> {
     loop {
         match r.read(buf) {
             Ok(0) => {
-                return Err(ReadError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection")));
+                return Err(ReadError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                )));
             }
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -133,7 +133,10 @@ pub enum Untagged {
     /// LIST or LSUB.
     List(ListItem),
     MailboxStatus(MailboxStatus),
-    Search { uids: Vec<u32>, modseq: Option<u64> },
+    Search {
+        uids: Vec<u32>,
+        modseq: Option<u64>,
+    },
     ESearch(ESearch),
     /// The personal namespaces: (prefix, delimiter).
     Namespace(Vec<(Vec<u8>, Option<String>)>),
@@ -141,7 +144,10 @@ pub enum Untagged {
     Recent(u32),
     Expunge(u32),
     Fetch(Box<FetchData>),
-    Vanished { earlier: bool, uids: UidSet },
+    Vanished {
+        earlier: bool,
+        uids: UidSet,
+    },
     /// A response we do not use (ID, METADATA…), skipped whole: its name.
     Other(String),
     /// A response that could not be parsed, skipped to the end of its line.
@@ -584,8 +590,12 @@ fn list<R: Read>(r: &mut Reader<R>, lim: &ParseLimits) -> Result<ListItem, Fault
         Token::Atom(a) if a.eq_ignore_ascii_case(b"NIL") => None,
         t => return Err(fault("LIST")(syntax(format!("{} where the hierarchy delimiter should be", describe(&t))))),
     };
-    let name = astring(r, lim, "a mailbox name")
-        .map_err(|error| Fault { kind: "LIST", mailbox: None, error, name_unread: true })?;
+    let name = astring(r, lim, "a mailbox name").map_err(|error| Fault {
+        kind: "LIST",
+        mailbox: None,
+        error,
+        name_unread: true,
+    })?;
     // LIST-EXTENDED data (CHILDINFO, OLDNAME…) may follow: not ours.
     let rest = (|| loop {
         if r.peek()? == b'\r' || r.peek()? == b'\n' {
@@ -697,7 +707,8 @@ fn namespace<R: Read>(r: &mut Reader<R>, lim: &ParseLimits) -> Result<Vec<Namesp
                 t => return Err(syntax(format!("{} in a namespace", describe(&t)))),
             }
             let prefix = astring(r, lim, "a namespace prefix")?;
-            let delim = nstring(r, lim.small, "a namespace delimiter")?.map(|d| String::from_utf8_lossy(&d).into_owned());
+            let delim =
+                nstring(r, lim.small, "a namespace delimiter")?.map(|d| String::from_utf8_lossy(&d).into_owned());
             // namespace extensions, then the closing paren
             loop {
                 if r.peek()? == b')' {
@@ -750,10 +761,11 @@ fn fetch<R: Read>(r: &mut Reader<R>, seq: u32, lim: &ParseLimits) -> Result<Fetc
             b"FLAGS" => f.flags = Some(Flags::from_words(flag_list(r)?.iter().map(String::as_str))),
             b"RFC822.SIZE" => f.size = Some(num32(r, "RFC822.SIZE")?),
             b"INTERNALDATE" => {
-                let d = nstring(r, lim.small, "INTERNALDATE")?
-                    .ok_or_else(|| syntax("INTERNALDATE NIL"))?;
-                f.internal_date =
-                    Some(internal_date(&d).ok_or_else(|| syntax(format!("INTERNALDATE {:?}", String::from_utf8_lossy(&d))))?);
+                let d = nstring(r, lim.small, "INTERNALDATE")?.ok_or_else(|| syntax("INTERNALDATE NIL"))?;
+                f.internal_date = Some(
+                    internal_date(&d)
+                        .ok_or_else(|| syntax(format!("INTERNALDATE {:?}", String::from_utf8_lossy(&d))))?,
+                );
             }
             b"MODSEQ" => {
                 if !matches!(r.token(Mode::Item)?, Token::LParen) {

@@ -292,7 +292,8 @@ fn tcp(p: &ConnectParams) -> Result<TcpStream> {
         .map_err(|e| Error::new(ErrorKind::Connect, format!("cannot resolve {}: {e}", p.host)))?;
     let mut timeout = p.timeout;
     if let Some(d) = p.deadline {
-        timeout = timeout.min((d.start + d.budget).saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
+        timeout =
+            timeout.min((d.start + d.budget).saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
     }
     let mut last = None;
     for a in addrs {
@@ -438,7 +439,10 @@ impl Session {
             if !s.caps.starttls {
                 return Err(Error::new(
                     ErrorKind::Tls,
-                    format!("{} refuses logins without TLS (it advertises LOGINDISABLED) and offers no STARTTLS", p.host),
+                    format!(
+                        "{} refuses logins without TLS (it advertises LOGINDISABLED) and offers no STARTTLS",
+                        p.host
+                    ),
                 ));
             }
             s = s.starttls(p)?;
@@ -488,8 +492,14 @@ impl Session {
                 match t.status {
                     Status::Ok => Ok(false),
                     Status::PreAuth => Ok(true),
-                    _ if is_busy(&t) => Err(Error::new(ErrorKind::Busy, format!("{} refused the connection: {}", self.host, refusal_text(&t)))),
-                    _ => Err(Error::new(ErrorKind::Connect, format!("{} refused the connection: {}", self.host, refusal_text(&t)))),
+                    _ if is_busy(&t) => Err(Error::new(
+                        ErrorKind::Busy,
+                        format!("{} refused the connection: {}", self.host, refusal_text(&t)),
+                    )),
+                    _ => Err(Error::new(
+                        ErrorKind::Connect,
+                        format!("{} refused the connection: {}", self.host, refusal_text(&t)),
+                    )),
                 }
             }
             other => Err(Error::new(ErrorKind::Protocol, format!("an unexpected greeting: {}", brief(&other)))),
@@ -562,7 +572,10 @@ impl Session {
         }) else {
             return Err(Error::new(
                 ErrorKind::Auth,
-                format!("{} offers neither AUTH=OAUTHBEARER nor AUTH=XOAUTH2: it cannot take an OAuth2 sign-in", p.host),
+                format!(
+                    "{} offers neither AUTH=OAUTHBEARER nor AUTH=XOAUTH2: it cannot take an OAuth2 sign-in",
+                    p.host
+                ),
             ));
         };
         let what = match mech {
@@ -599,7 +612,10 @@ impl Session {
                     self.flush(what)?;
                 }
                 Response::Continue(_) => {
-                    return Err(Error::new(ErrorKind::Protocol, format!("{} sent a second SASL challenge to {what}", p.host)));
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        format!("{} sent a second SASL challenge to {what}", p.host),
+                    ));
                 }
             }
         };
@@ -632,9 +648,16 @@ impl Session {
         Err(if code == "PRIVACYREQUIRED" {
             Error::new(ErrorKind::Tls, format!("{} refuses logins without TLS: {}", p.host, refusal_text(&t)))
         } else if let Some(wait) = throttle_hint(&t.text) {
-            Error { kind: ErrorKind::Throttled, detail: format!("{how} of {} throttled by {}: {}", p.login, p.host, refusal_text(&t)), retry_after: Some(wait) }
+            Error {
+                kind: ErrorKind::Throttled,
+                detail: format!("{how} of {} throttled by {}: {}", p.login, p.host, refusal_text(&t)),
+                retry_after: Some(wait),
+            }
         } else if is_busy(&t) {
-            Error::new(ErrorKind::Busy, format!("{how} of {} refused by {} for now: {}", p.login, p.host, refusal_text(&t)))
+            Error::new(
+                ErrorKind::Busy,
+                format!("{how} of {} refused by {} for now: {}", p.login, p.host, refusal_text(&t)),
+            )
         } else {
             Error::new(ErrorKind::Auth, format!("{how} of {} refused by {}: {}", p.login, p.host, refusal_text(&t)))
         })
@@ -692,9 +715,15 @@ impl Session {
     /// An error of reading as a session error: what went wrong, while waiting for what.
     pub(crate) fn fail(&self, what: &str, e: ReadError) -> Error {
         match e {
-            ReadError::Io(io) if io.kind() == io::ErrorKind::TimedOut => Error::new(ErrorKind::Timeout, format!("{what}: {io}")),
-            ReadError::Io(io) => Error::new(ErrorKind::Connect, format!("connection to {} lost while reading {what}: {io}", self.host)),
-            ReadError::Limit(m) => Error::new(ErrorKind::Protocol, format!("{what}: the server sent {m}; connection dropped")),
+            ReadError::Io(io) if io.kind() == io::ErrorKind::TimedOut => {
+                Error::new(ErrorKind::Timeout, format!("{what}: {io}"))
+            }
+            ReadError::Io(io) => {
+                Error::new(ErrorKind::Connect, format!("connection to {} lost while reading {what}: {io}", self.host))
+            }
+            ReadError::Limit(m) => {
+                Error::new(ErrorKind::Protocol, format!("{what}: the server sent {m}; connection dropped"))
+            }
             ReadError::Syntax(m) => Error::new(ErrorKind::Protocol, format!("invalid answer to {what}: {m}")),
         }
     }
@@ -706,19 +735,40 @@ impl Session {
 
     /// Queues a command without literals (`line` is written after its tag); it goes out at
     /// the next flush, which every wait does first.
-    pub(crate) fn send_raw(&mut self, line: &[u8], what: &'static str, b: Budget, status_of: Option<Vec<u8>>) -> Result<u32> {
+    pub(crate) fn send_raw(
+        &mut self,
+        line: &[u8],
+        what: &'static str,
+        b: Budget,
+        status_of: Option<Vec<u8>>,
+    ) -> Result<u32> {
         let tag = self.tag();
         write!(self.out, "b{tag} ").expect("writing to a Vec");
         self.out.extend_from_slice(line);
         self.out.extend_from_slice(b"\r\n");
-        self.pending.push_back(Pending { tag, what, status_of, fetch_of: None, unawaited: false, max_untagged: b.untagged, max_bytes: b.bytes, untagged: 0, started: None });
+        self.pending.push_back(Pending {
+            tag,
+            what,
+            status_of,
+            fetch_of: None,
+            unawaited: false,
+            max_untagged: b.untagged,
+            max_bytes: b.bytes,
+            untagged: 0,
+            started: None,
+        });
         self.stats.commands += 1;
         Ok(tag)
     }
 
     /// Queues a built command; a synchronizing literal (no LITERAL+) makes it wait for the
     /// server's go-ahead first, after the answers of every command before it.
-    pub(crate) fn send_command(&mut self, cmd: crate::commands::CommandBuf, what: &'static str, b: Budget) -> Result<u32> {
+    pub(crate) fn send_command(
+        &mut self,
+        cmd: crate::commands::CommandBuf,
+        what: &'static str,
+        b: Budget,
+    ) -> Result<u32> {
         let tag = self.tag();
         write!(self.out, "b{tag} ").expect("writing to a Vec");
         self.stats.commands += 1;
@@ -736,7 +786,17 @@ impl Session {
                 self.out.extend_from_slice(b"\r\n");
             }
         }
-        self.pending.push_back(Pending { tag, what, status_of: None, fetch_of: None, unawaited: false, max_untagged: b.untagged, max_bytes: b.bytes, untagged: 0, started: None });
+        self.pending.push_back(Pending {
+            tag,
+            what,
+            status_of: None,
+            fetch_of: None,
+            unawaited: false,
+            max_untagged: b.untagged,
+            max_bytes: b.bytes,
+            untagged: 0,
+            started: None,
+        });
         Ok(tag)
     }
 
@@ -773,7 +833,11 @@ impl Session {
     }
 
     /// Reads responses until the tagged completion of `tag` and returns it (see `complete_all`).
-    pub(crate) fn complete(&mut self, tag: u32, on: &mut dyn FnMut(&mut Session, Untagged) -> Result<()>) -> Result<Tagged> {
+    pub(crate) fn complete(
+        &mut self,
+        tag: u32,
+        on: &mut dyn FnMut(&mut Session, Untagged) -> Result<()>,
+    ) -> Result<Tagged> {
         Ok(self.complete_all(&[tag], on)?.remove(0))
     }
 
@@ -839,7 +903,10 @@ impl Session {
                     self.route(u, tags, on)?;
                 }
                 Response::Continue(_) => {
-                    return Err(Error::new(ErrorKind::Protocol, format!("a continuation request nobody asked for, while reading {what}")));
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        format!("a continuation request nobody asked for, while reading {what}"),
+                    ));
                 }
             }
         }
@@ -848,7 +915,12 @@ impl Session {
     }
 
     /// `complete`, and a refusal as an error.
-    pub(crate) fn complete_ok(&mut self, tag: u32, what: &str, on: &mut dyn FnMut(&mut Session, Untagged) -> Result<()>) -> Result<Tagged> {
+    pub(crate) fn complete_ok(
+        &mut self,
+        tag: u32,
+        what: &str,
+        on: &mut dyn FnMut(&mut Session, Untagged) -> Result<()>,
+    ) -> Result<Tagged> {
         let t = self.complete(tag, on)?;
         if t.status == Status::Ok { Ok(t) } else { Err(refused(what, &t)) }
     }
@@ -883,7 +955,12 @@ impl Session {
     }
 
     /// Takes what concerns the session itself; hands the rest to `on`.
-    fn route(&mut self, u: Untagged, waited: &[u32], on: &mut dyn FnMut(&mut Session, Untagged) -> Result<()>) -> Result<()> {
+    fn route(
+        &mut self,
+        u: Untagged,
+        waited: &[u32],
+        on: &mut dyn FnMut(&mut Session, Untagged) -> Result<()>,
+    ) -> Result<()> {
         match u {
             Untagged::Fetch(f) if f.body.is_some() && f.uid.is_some() => {
                 // A body belongs to the FETCH that asked for its UID: kept for it when that is
@@ -906,11 +983,22 @@ impl Session {
                 let asked = self.pending.iter().any(|p| p.status_of.as_ref() == Some(&key));
                 if let Some(entry) = self.status_answers.get_mut(&key).filter(|_| asked) {
                     *entry = match (st.uidvalidity, st.uidnext, st.messages) {
-                        (Some(v), n, Some(m)) => Ok(ServerStatus { uidvalidity: v, uidnext: n.unwrap_or(0), highest_modseq: st.highest_modseq, exists: m }),
-                        _ => Err(format!("the server's STATUS answer for {:?} lacks MESSAGES or UIDVALIDITY", String::from_utf8_lossy(&st.name))),
+                        (Some(v), n, Some(m)) => Ok(ServerStatus {
+                            uidvalidity: v,
+                            uidnext: n.unwrap_or(0),
+                            highest_modseq: st.highest_modseq,
+                            exists: m,
+                        }),
+                        _ => Err(format!(
+                            "the server's STATUS answer for {:?} lacks MESSAGES or UIDVALIDITY",
+                            String::from_utf8_lossy(&st.name)
+                        )),
                     };
                 } else {
-                    log::debug!("a STATUS answer for {:?}, which was not asked: ignored", String::from_utf8_lossy(&st.name));
+                    log::debug!(
+                        "a STATUS answer for {:?}, which was not asked: ignored",
+                        String::from_utf8_lossy(&st.name)
+                    );
                 }
             }
             Untagged::Malformed(Malformed { kind, mailbox: Some(m), error }) if kind == "STATUS" => {
@@ -920,7 +1008,10 @@ impl Session {
                 }
             }
             Untagged::Status(t) if t.status == Status::Bye => {
-                return Err(Error::new(ErrorKind::Connect, format!("{} closed the connection: {}", self.host, refusal_text(&t))));
+                return Err(Error::new(
+                    ErrorKind::Connect,
+                    format!("{} closed the connection: {}", self.host, refusal_text(&t)),
+                ));
             }
             Untagged::Status(ref t) if matches!(&t.code, Some(Code::Other(n, _)) if n == "ALERT") => {
                 log::warn!("alert from {}: {}", self.host, shorten(&t.text, 300));

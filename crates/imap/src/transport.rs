@@ -95,7 +95,11 @@ impl Clock {
         let secs = self.deadline.start.elapsed().as_secs();
         io::Error::new(
             io::ErrorKind::TimedOut,
-            format!("server too slow: {} bytes in {secs} s (BG_TASK_DEADLINE {} s)", self.bytes, self.deadline.budget.as_secs()),
+            format!(
+                "server too slow: {} bytes in {secs} s (BG_TASK_DEADLINE {} s)",
+                self.bytes,
+                self.deadline.budget.as_secs()
+            ),
         )
     }
 }
@@ -206,7 +210,11 @@ impl Transport {
             Some(c) if Instant::now() >= c.until => c.expired_error(),
             _ => io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("no answer from the server within {} (waiting for {})", human(self.io_timeout), self.waiting_for),
+                format!(
+                    "no answer from the server within {} (waiting for {})",
+                    human(self.io_timeout),
+                    self.waiting_for
+                ),
             ),
         }
     }

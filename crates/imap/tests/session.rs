@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use backproc_imap::{ConnectParams, Credential, Flags, FlagsRead, FlagPush, FolderRead, Security, Session};
+use backproc_imap::{ConnectParams, Credential, FlagPush, Flags, FlagsRead, FolderRead, Security, Session};
 use backproc_testkit::{Dovecot, mailgen};
 
 fn params(d: &Dovecot, user: &str, pw: &str) -> ConnectParams {
@@ -33,7 +33,15 @@ fn a_folder_read_in_one_round_trip_sees_changes_and_pushes_only_what_changed() {
     let st = s.status("INBOX").unwrap();
     assert_eq!((st.exists, st.uidnext), (20, 21));
     let first = s
-        .read_folder("INBOX", &FolderRead { write: false, new_after: Some(0), flags: Some(FlagsRead { last: 20, changed_since: None, vanished: false }), present: Some(20) })
+        .read_folder(
+            "INBOX",
+            &FolderRead {
+                write: false,
+                new_after: Some(0),
+                flags: Some(FlagsRead { last: 20, changed_since: None, vanished: false }),
+                present: Some(20),
+            },
+        )
         .unwrap();
     assert_eq!(first.new.len(), 20);
     assert_eq!(first.flags.len(), 20);
@@ -54,7 +62,12 @@ fn a_folder_read_in_one_round_trip_sees_changes_and_pushes_only_what_changed() {
         let r = s
             .read_folder(
                 "INBOX",
-                &FolderRead { write: false, new_after: None, flags: Some(FlagsRead { last: 20, changed_since: Some(modseq), vanished }), present: Some(20) },
+                &FolderRead {
+                    write: false,
+                    new_after: None,
+                    flags: Some(FlagsRead { last: 20, changed_since: Some(modseq), vanished }),
+                    present: Some(20),
+                },
             )
             .unwrap();
         assert_eq!(r.flags.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3], "vanished {vanished}: {:?}", r.flags);
@@ -74,7 +87,13 @@ fn a_folder_read_in_one_round_trip_sees_changes_and_pushes_only_what_changed() {
     let report = s.store_flags(&pushes, s.selected().unwrap().highest_modseq).unwrap();
     assert!(report.modified.is_empty(), "{report:?}");
     let r = s
-        .read_folder("INBOX", &FolderRead { flags: Some(FlagsRead { last: 20, changed_since: None, vanished: false }), ..FolderRead::default() })
+        .read_folder(
+            "INBOX",
+            &FolderRead {
+                flags: Some(FlagsRead { last: 20, changed_since: None, vanished: false }),
+                ..FolderRead::default()
+            },
+        )
         .unwrap();
     assert_eq!(r.flags[&1], Flags::parse("\\Seen \\Flagged $Label1"));
     assert_eq!(r.flags[&2], Flags::parse("\\Seen NonJunk"));
@@ -168,7 +187,14 @@ fn compressed_sessions_move_the_same_bytes_in_fewer() {
             .unwrap();
         }
         // and one up: a 300 KB message, more than one deflate block
-        let big = mailgen::message_with("big", "a@x.test", "b@x.test", "Mon, 23 Nov 2026 12:00:00 +0000", "big@x.test", &"line of text\r\n".repeat(25_000));
+        let big = mailgen::message_with(
+            "big",
+            "a@x.test",
+            "b@x.test",
+            "Mon, 23 Nov 2026 12:00:00 +0000",
+            "big@x.test",
+            &"line of text\r\n".repeat(25_000),
+        );
         s.append("INBOX", &Flags::parse("\\Seen"), &big).unwrap();
         (got, s.traffic().0, big)
     };
@@ -225,7 +251,8 @@ fn interleaved_answers_count_against_every_fetch_in_flight() {
             // the second batch's body first, then the first's
             w.write_all(format!("* 2 FETCH (UID 2 FLAGS () {date} BODY[] {{{}}}\r\n", big.len()).as_bytes()).unwrap();
             w.write_all(&big).unwrap();
-            w.write_all(format!(")\r\n* 1 FETCH (UID 1 FLAGS () {date} BODY[] {{5}}\r\nsmall)\r\n").as_bytes()).unwrap();
+            w.write_all(format!(")\r\n* 1 FETCH (UID 1 FLAGS () {date} BODY[] {{5}}\r\nsmall)\r\n").as_bytes())
+                .unwrap();
             w.write_all(format!("{} OK done\r\n{} OK done\r\n", fetch_tags[0], fetch_tags[1]).as_bytes()).unwrap();
             let _ = r.read_line(&mut line);
         })

@@ -17,8 +17,8 @@ use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::{Response, Severity};
 
-use backproc_sasl::Mechanism as SaslMechanism;
 pub use backproc_sasl::Credential;
+use backproc_sasl::Mechanism as SaslMechanism;
 
 pub use build::{Draft, build_message, read_eml};
 
@@ -255,10 +255,7 @@ fn envelope_text<'a>(from: &str, recipients: &'a [String]) -> Result<(String, Ve
 }
 
 /// A message's final answer (after its "."), into its delivery.
-fn final_answer(
-    mut d: Delivery,
-    answer: Result<Response, lettre::transport::smtp::Error>,
-) -> Result<Delivery, Error> {
+fn final_answer(mut d: Delivery, answer: Result<Response, lettre::transport::smtp::Error>) -> Result<Delivery, Error> {
     match answer {
         Ok(resp) => {
             d.response = format!("{} {}", resp.code(), resp.message().collect::<Vec<_>>().join(" "));
@@ -295,7 +292,13 @@ fn tls_params(p: &Params) -> Result<TlsParameters, Error> {
 /// AUTH with an OAuth 2.0 access token (RFC 4954 with RFC 7628): OAUTHBEARER when offered,
 /// else XOAUTH2, the initial response on the AUTH line. An error challenge (`334` with base64
 /// JSON) is answered as RFC 7628 asks, and the refusal that follows names its status.
-fn auth_bearer(conn: &mut SmtpConnection, p: &Params, login: &str, token: &str, offered: &[String]) -> Result<(), Error> {
+fn auth_bearer(
+    conn: &mut SmtpConnection,
+    p: &Params,
+    login: &str,
+    token: &str,
+    offered: &[String],
+) -> Result<(), Error> {
     let Some(mech) = SaslMechanism::choose(|m| offered.iter().any(|o| o == m)) else {
         return Err(err(
             ErrorKind::Auth,
@@ -368,7 +371,8 @@ impl Smtp {
             Ok(r) => r.message().map(str::to_owned).collect(),
             Err(_) => Vec::new(),
         };
-        let keyword = |k: &str| ehlo.iter().any(|l| l.split_whitespace().next().is_some_and(|w| w.eq_ignore_ascii_case(k)));
+        let keyword =
+            |k: &str| ehlo.iter().any(|l| l.split_whitespace().next().is_some_and(|w| w.eq_ignore_ascii_case(k)));
         let pipelining = keyword("PIPELINING");
         let auth: Vec<String> = ehlo
             .iter()

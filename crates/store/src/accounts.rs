@@ -474,7 +474,9 @@ impl Store {
 
     /// How many accounts wait for a person to authorize them again.
     pub fn accounts_needing_authorization(&self) -> Result<i64> {
-        Ok(self.conn().query_row("SELECT COUNT(*) FROM accounts WHERE needs_authorization IS NOT NULL", [], |r| r.get(0))?)
+        Ok(self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM accounts WHERE needs_authorization IS NOT NULL", [], |r| r.get(0))?)
     }
 
     pub fn set_account_keep_days(&mut self, id: i64, keep_days: Option<i64>) -> Result<()> {
@@ -546,10 +548,17 @@ mod tests {
         let (mut s, _) = crate::test_store(dir.path());
         let id = oauth_account(&mut s);
         let a = s.account(id).unwrap();
-        assert_eq!((a.auth, a.oauth.scopes.clone(), a.oauth.access_token.clone()), (Auth::OAuth2, vec!["a".into(), "b".into()], None));
+        assert_eq!(
+            (a.auth, a.oauth.scopes.clone(), a.oauth.access_token.clone()),
+            (Auth::OAuth2, vec!["a".into(), "b".into()], None)
+        );
         s.store_oauth_tokens(id, "at-1", 100, None, false).unwrap();
         let o = s.account(id).unwrap().oauth;
-        assert_eq!((o.access_token.as_deref(), o.expires_at, o.refresh_token.as_deref()), (Some("at-1"), Some(100), Some("rt-1")), "no rotation keeps the grant");
+        assert_eq!(
+            (o.access_token.as_deref(), o.expires_at, o.refresh_token.as_deref()),
+            (Some("at-1"), Some(100), Some("rt-1")),
+            "no rotation keeps the grant"
+        );
         s.store_oauth_tokens(id, "at-2", 200, Some("rt-2"), false).unwrap();
         let o = s.account(id).unwrap().oauth;
         assert_eq!((o.access_token.as_deref(), o.refresh_token.as_deref()), (Some("at-2"), Some("rt-2")));
@@ -564,7 +573,10 @@ mod tests {
         s.store_oauth_tokens(id, "at-1", 100, None, false).unwrap();
         s.mark_needs_authorization(id, "invalid_grant", 50).unwrap();
         let a = s.account(id).unwrap();
-        assert_eq!((a.needs_authorization.as_deref(), a.retry_after, a.oauth.access_token), (Some("invalid_grant"), Some(NEVER), None));
+        assert_eq!(
+            (a.needs_authorization.as_deref(), a.retry_after, a.oauth.access_token),
+            (Some("invalid_grant"), Some(NEVER), None)
+        );
         assert_eq!(s.accounts_needing_authorization().unwrap(), 1);
         assert!(s.schedule_accounts(i64::MAX - 1).unwrap().iter().any(|x| x.id == id && !x.ready), "never ready");
         // A refresh by the engine does not clear it; a person's authorization does.
@@ -578,7 +590,10 @@ mod tests {
         s.store_oauth_tokens(id, "at-4", 400, None, false).unwrap();
         s.set_account_auth(id, None, &OAuth { refresh_token: Some("rt-9".into()), ..OAuth::default() }).unwrap();
         let a = s.account(id).unwrap();
-        assert_eq!((a.needs_authorization, a.retry_after, a.oauth.refresh_token.as_deref(), a.oauth.access_token), (None, None, Some("rt-9"), None));
+        assert_eq!(
+            (a.needs_authorization, a.retry_after, a.oauth.refresh_token.as_deref(), a.oauth.access_token),
+            (None, None, Some("rt-9"), None)
+        );
         assert_eq!(a.oauth.token_endpoint.as_deref(), Some("http://127.0.0.1:1/token"), "unset fields kept");
     }
 
@@ -597,7 +612,8 @@ mod tests {
             ..NewAccount::default()
         };
         assert!(matches!(s.add_account(&no_client, 0), Err(Error::Invalid(m)) if m.contains("client id")));
-        let command = NewAccount { oauth: OAuth { token_command: Some("echo t".into()), ..OAuth::default() }, ..no_client };
+        let command =
+            NewAccount { oauth: OAuth { token_command: Some("echo t".into()), ..OAuth::default() }, ..no_client };
         s.add_account(&command, 0).unwrap();
         // A password account turned to OAuth2 needs the OAuth settings.
         assert!(s.set_account_auth(pw, Some(Auth::OAuth2), &OAuth::default()).is_err());

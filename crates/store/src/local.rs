@@ -85,7 +85,10 @@ fn mail_row(r: &rusqlite::Row) -> rusqlite::Result<MailRow> {
         flags: flags_at(r, 13)?,
         attachments: r.get(19)?,
         pending: r.get(20)?,
-        keywords_refused: r.get::<_, Option<String>>(21)?.map(|t| t.split(' ').map(str::to_owned).collect()).unwrap_or_default(),
+        keywords_refused: r
+            .get::<_, Option<String>>(21)?
+            .map(|t| t.split(' ').map(str::to_owned).collect())
+            .unwrap_or_default(),
     })
 }
 

@@ -82,7 +82,8 @@ pub use backproc_types::Flags;
 /// draft, deleted, keywords, starting at column `at`.
 pub(crate) fn flags_at(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Flags> {
     let mut f = Flags::default();
-    (f.seen, f.answered, f.flagged, f.draft, f.deleted) = (r.get(at)?, r.get(at + 1)?, r.get(at + 2)?, r.get(at + 3)?, r.get(at + 4)?);
+    (f.seen, f.answered, f.flagged, f.draft, f.deleted) =
+        (r.get(at)?, r.get(at + 1)?, r.get(at + 2)?, r.get(at + 3)?, r.get(at + 4)?);
     f.set_keywords_text(r.get::<_, Option<String>>(at + 5)?.as_deref());
     Ok(f)
 }
@@ -461,10 +462,7 @@ impl Store {
                 // them by Message-ID + size instead of downloading them again; whatever is
                 // left unmatched is dropped once the folder's queue is empty.
                 tx.execute("DELETE FROM receive_queue WHERE folder_id = ?", [folder_id])?;
-                tx.execute(
-                    "UPDATE messages SET uid = -id WHERE folder_id = ? AND uid > 0",
-                    [folder_id],
-                )?;
+                tx.execute("UPDATE messages SET uid = -id WHERE folder_id = ? AND uid > 0", [folder_id])?;
                 tx.execute(
                     "UPDATE folders SET uidvalidity = ?, last_seen_uid = 0, highest_modseq = NULL WHERE id = ?",
                     params![uv, folder_id],
@@ -486,9 +484,20 @@ impl Store {
                      WHERE folder_id = ? AND uid = ? AND flags_changed IS ?",
                 )?;
                 for (uid, fl, read) in &a.set_flags {
-                    f.execute(params![fl.seen, fl.answered, fl.flagged, fl.draft, fl.deleted, fl.keywords_text(), folder_id, uid, read])?;
+                    f.execute(params![
+                        fl.seen,
+                        fl.answered,
+                        fl.flagged,
+                        fl.draft,
+                        fl.deleted,
+                        fl.keywords_text(),
+                        folder_id,
+                        uid,
+                        read
+                    ])?;
                 }
-                let mut r = tx.prepare_cached("UPDATE messages SET keywords_refused = ? WHERE folder_id = ? AND uid = ?")?;
+                let mut r =
+                    tx.prepare_cached("UPDATE messages SET keywords_refused = ? WHERE folder_id = ? AND uid = ?")?;
                 for (uid, words) in &a.refused {
                     r.execute(params![(!words.is_empty()).then(|| words.join(" ")), folder_id, uid])?;
                 }
@@ -624,7 +633,17 @@ impl Store {
                     "UPDATE messages SET seen = ?, answered = ?, flagged = ?, draft = ?, deleted = ?, keywords = ?,
                         flags_base = ?, flags_changed = CASE WHEN ? IS NULL THEN NULL ELSE flags_changed END
                      WHERE id = ?",
-                    params![now.seen, now.answered, now.flagged, now.draft, now.deleted, now.keywords_text(), base, base, id],
+                    params![
+                        now.seen,
+                        now.answered,
+                        now.flagged,
+                        now.draft,
+                        now.deleted,
+                        now.keywords_text(),
+                        base,
+                        base,
+                        id
+                    ],
                 )?;
             }
             tx.execute("DELETE FROM receive_queue WHERE folder_id = ? AND uid = ?", params![folder_id, uid])?;
@@ -1025,7 +1044,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, folder) = one_folder(dir.path());
         s.store_received(folder, &[msg(1, "\\Seen $Label1 NonJunk"), msg(2, "")], &[]).unwrap();
-        let row = |s: &Store, uid: i64| s.folder_sync_rows(folder).unwrap().0.into_iter().find(|r| r.uid == uid).unwrap();
+        let row =
+            |s: &Store, uid: i64| s.folder_sync_rows(folder).unwrap().0.into_iter().find(|r| r.uid == uid).unwrap();
         assert_eq!(row(&s, 1).flags, Flags::parse("\\Seen $Label1 NonJunk"));
         assert_eq!(row(&s, 1).base, None);
         let id = s.message_id_by_uid(folder, 1).unwrap();
@@ -1036,7 +1056,9 @@ mod tests {
         assert_eq!(r.flags, Flags::parse("NonJunk $Work"));
         assert_eq!(r.base, Some(Flags::parse("\\Seen $Label1 NonJunk")), "the state before the first change");
         // an application's own UPDATE is remembered the same way
-        s.conn().execute("UPDATE messages SET flagged = 1, flags_changed = 200 WHERE folder_id = ? AND uid = 2", [folder]).unwrap();
+        s.conn()
+            .execute("UPDATE messages SET flagged = 1, flags_changed = 200 WHERE folder_id = ? AND uid = 2", [folder])
+            .unwrap();
         assert_eq!(row(&s, 2).base, Some(Flags::default()));
         // a sync that read flags_changed 101 settles message 1; one that read nothing for 2 does not
         let apply = SyncApply {
@@ -1047,7 +1069,10 @@ mod tests {
         assert_eq!((row(&s, 1).flags_changed, row(&s, 1).base), (None, None));
         assert_eq!(row(&s, 2).flags_changed, Some(200), "a change made after the sync read the row is kept");
         assert!(row(&s, 2).flags.flagged);
-        assert!(s.mail_set_flags(id, &crate::FlagEdit { add: vec!["two words".into()], ..Default::default() }, 400).is_err());
+        assert!(
+            s.mail_set_flags(id, &crate::FlagEdit { add: vec!["two words".into()], ..Default::default() }, 400)
+                .is_err()
+        );
     }
 
     /// Gmail: a message under a second label is linked to the body already stored, and the
@@ -1059,8 +1084,12 @@ mod tests {
         let first = NewMessage { gm_msgid: Some(77), ..msg(1, "\\Seen") };
         s.store_received(folder, std::slice::from_ref(&first), &[]).unwrap();
         let queue = |uid, gm| Queued { uid, size: 10, gm_msgid: gm };
-        s.apply_sync(folder, &SyncApply { queue: vec![queue(5, Some(77)), queue(6, Some(78))], ..SyncApply::default() }, 1)
-            .unwrap();
+        s.apply_sync(
+            folder,
+            &SyncApply { queue: vec![queue(5, Some(77)), queue(6, Some(78))], ..SyncApply::default() },
+            1,
+        )
+        .unwrap();
         assert_eq!(s.link_known_bodies(folder, &[(5, 77), (6, 78)]).unwrap(), vec![5]);
         assert!(s.message_raw(folder, 5).unwrap() == Some(first.raw.clone()));
         assert_eq!(s.queued_uids(folder).unwrap(), vec![6]);

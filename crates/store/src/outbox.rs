@@ -548,8 +548,9 @@ mod tests {
             .unwrap();
             let id = app.last_insert_rowid();
             assert!(claim(&mut s, a, false, 200, 60, 10).is_empty(), "{name}: not claimed");
-            let (state, error): (String, String) =
-                app.query_row("SELECT state, error FROM outbox WHERE id = ?", [id], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+            let (state, error): (String, String) = app
+                .query_row("SELECT state, error FROM outbox WHERE id = ?", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap();
             assert_eq!(state, "ERROR", "{name}");
             assert!(error.contains(&format!("outbox entry {id}")) && error.contains(want), "{name}: {error}");
             let shown = s.outbox_record(id).unwrap_err().to_string();
@@ -557,7 +558,8 @@ mod tests {
             app.execute("DELETE FROM outbox WHERE id = ?", [id]).unwrap();
         }
         // a delivery record that is not JSON is an error naming the entry, not "no record"
-        let id = s.outbox_add(a, "<ok@x.test>", "u@x.test", &["b@x.test".into()], b"Subject: y\r\n\r\n", false, 1).unwrap();
+        let id =
+            s.outbox_add(a, "<ok@x.test>", "u@x.test", &["b@x.test".into()], b"Subject: y\r\n\r\n", false, 1).unwrap();
         app.execute("UPDATE outbox SET info = '{broken' WHERE id = ?", [id]).unwrap();
         let shown = s.outbox_record(id).unwrap_err().to_string();
         assert!(shown.contains(&format!("outbox entry {id}: its delivery record is not valid JSON")), "{shown}");

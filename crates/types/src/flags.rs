@@ -173,7 +173,12 @@ impl Flags {
 
     /// Every flag as an IMAP word: system flags first, then keywords.
     pub fn words(&self) -> impl Iterator<Item = &str> {
-        SYSTEM.iter().zip(self.system()).filter(|(_, on)| *on).map(|(s, _)| *s).chain(self.keywords.iter().map(String::as_str))
+        SYSTEM
+            .iter()
+            .zip(self.system())
+            .filter(|(_, on)| *on)
+            .map(|(s, _)| *s)
+            .chain(self.keywords.iter().map(String::as_str))
     }
 
     /// An IMAP flag list: `(\Seen $Label1)`.
@@ -327,7 +332,13 @@ mod tests {
         // (case, server now, base = server when the user acted, local = what the user made, want)
         let cases: &[(&str, &str, &str, &str, &str)] = &[
             ("user read it, server unchanged", "$Label1", "$Label1", "\\Seen $Label1", "\\Seen $Label1"),
-            ("user read it, another client tagged it", "$Label1 $Junk", "$Label1", "\\Seen $Label1", "\\Seen $Label1 $Junk"),
+            (
+                "user read it, another client tagged it",
+                "$Label1 $Junk",
+                "$Label1",
+                "\\Seen $Label1",
+                "\\Seen $Label1 $Junk",
+            ),
             ("user removed a tag another client kept", "$a $b", "$a $b", "$b", "$b"),
             ("user removed a tag the server already removed", "\\Seen", "\\Seen $a", "\\Seen", "\\Seen"),
             ("user flagged, server unflagged meanwhile", "", "\\Flagged", "\\Flagged \\Seen", "\\Seen"),

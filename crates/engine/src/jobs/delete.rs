@@ -87,7 +87,11 @@ pub fn sync_delete(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
         let session = match ctx.sessions.get(ctx.store, ctx.config, account, now) {
             Ok(s) => s,
             Err(f) => {
-                return Err(backproc_imap::Error { kind: backproc_imap::ErrorKind::Connect, detail: f.detail, retry_after: None });
+                return Err(backproc_imap::Error {
+                    kind: backproc_imap::ErrorKind::Connect,
+                    detail: f.detail,
+                    retry_after: None,
+                });
             }
         };
         // Read-write, and under the UIDVALIDITY the UIDs were read with: never a deletion in

@@ -281,7 +281,10 @@ fn fetch_one(
     Ok((report, next))
 }
 
-fn send(session: &mut backproc_imap::Session, batch: &[QueueEntry]) -> Result<backproc_imap::Ticket, backproc_imap::Error> {
+fn send(
+    session: &mut backproc_imap::Session,
+    batch: &[QueueEntry],
+) -> Result<backproc_imap::Ticket, backproc_imap::Error> {
     let uids: Vec<u32> = batch.iter().map(|e| e.uid as u32).collect();
     let bytes: i64 = batch.iter().map(|e| e.size.max(0)).sum();
     session.queue_fetch(&uids, bytes as u64)
@@ -302,7 +305,11 @@ fn drop_or_keep(ctx: &mut Ctx, account: i64, e: backproc_imap::Error) -> Failure
 fn note_failed(ctx: &mut Ctx, ids: &[i64], why: &str, policy: &RetryPolicy) -> Result<(), Failure> {
     let moves = ctx.store.receive_failed(ids, why, ctx.clock.now(), policy)?;
     if moves.to_secondary > 0 {
-        log::warn!("{} message(s) failed more than {} times: moved to the secondary queue", moves.to_secondary, policy.secondary_after);
+        log::warn!(
+            "{} message(s) failed more than {} times: moved to the secondary queue",
+            moves.to_secondary,
+            policy.secondary_after
+        );
     }
     if moves.failed > 0 {
         log::error!("{} message(s) failed more than {} times: given up", moves.failed, policy.final_after);
@@ -312,7 +319,13 @@ fn note_failed(ctx: &mut Ctx, ids: &[i64], why: &str, policy: &RetryPolicy) -> R
 
 /// UIDs a FETCH did not return: those the server still has (a UID SEARCH says) stay queued
 /// with an attempt and the reason; only those it no longer has leave the queue.
-fn recheck_missing(ctx: &mut Ctx, account: i64, folder_id: i64, missing: &[QueueEntry], _lane: Lane) -> Result<(), Failure> {
+fn recheck_missing(
+    ctx: &mut Ctx,
+    account: i64,
+    folder_id: i64,
+    missing: &[QueueEntry],
+    _lane: Lane,
+) -> Result<(), Failure> {
     let policy = policy(ctx.config);
     let now = ctx.clock.now();
     let uids: Vec<u32> = missing.iter().map(|e| e.uid as u32).collect();
@@ -321,7 +334,8 @@ fn recheck_missing(ctx: &mut Ctx, account: i64, folder_id: i64, missing: &[Queue
         Ok(s) => s,
         Err(e) => return Err(drop_or_keep(ctx, account, e)),
     };
-    let (kept, gone): (Vec<&QueueEntry>, Vec<&QueueEntry>) = missing.iter().partition(|e| still.contains(&(e.uid as u32)));
+    let (kept, gone): (Vec<&QueueEntry>, Vec<&QueueEntry>) =
+        missing.iter().partition(|e| still.contains(&(e.uid as u32)));
     if !gone.is_empty() {
         log::debug!("{} queued message(s) were expunged on the server before their download", gone.len());
         ctx.store.unqueue(folder_id, &gone.iter().map(|e| e.uid).collect::<Vec<_>>())?;

@@ -243,7 +243,10 @@ fn read_and_plan(
                 if expect == i64::from(status.exists) {
                     Presence::Vanished(answer.vanished.clone())
                 } else {
-                    log::info!("the message count ({}) is not what the store holds ({expect}): reading the folder's UID set", status.exists);
+                    log::info!(
+                        "the message count ({}) is not what the store holds ({expect}): reading the folder's UID set",
+                        status.exists
+                    );
                     Presence::All(session.present_uids(last)?)
                 }
             }
@@ -336,7 +339,10 @@ fn to_apply(local: &LocalFolder, g: Gathered, full: bool) -> (SyncApply, usize, 
                 if !g.modified.contains(&uid) {
                     apply.set_flags.push((i64::from(uid), result, mark(uid)));
                     if !refused.is_empty() {
-                        log::warn!("UID {uid}: the server cannot keep the keyword(s) {}: not pushed", refused.join(" "));
+                        log::warn!(
+                            "UID {uid}: the server cannot keep the keyword(s) {}: not pushed",
+                            refused.join(" ")
+                        );
                     }
                     apply.refused.push((i64::from(uid), refused));
                 }

@@ -166,7 +166,13 @@ fn cases() -> Vec<Case> {
                 permanent_flags: Some(vec!["\\Seen".into(), "\\Deleted".into(), "$Label1".into()]),
                 ..view(status(7, 2, None), vec![], full(&[(1, none())], &[1]))
             },
-            expect: vec![Change::PushFlags { uid: 1, add: seen(), remove: none(), result: seen(), refused: vec!["work".into()] }],
+            expect: vec![Change::PushFlags {
+                uid: 1,
+                add: seen(),
+                remove: none(),
+                result: seen(),
+                refused: vec!["work".into()],
+            }],
         },
         Case {
             name: "a change from before the store kept its base: system flags win, keywords only added",
@@ -198,7 +204,10 @@ fn cases() -> Vec<Case> {
             messages: vec![msg(1, none()), changed(2, f("$Label1"), f("\\Seen $Label1"), 120)],
             queued: vec![],
             server: view(status(7, 3, Some(60)), vec![], changes(&[], &[])),
-            expect: vec![push(2, "\\Seen", "", "\\Seen $Label1"), Change::Watermarks { last_seen_uid: 2, highest_modseq: Some(60) }],
+            expect: vec![
+                push(2, "\\Seen", "", "\\Seen $Label1"),
+                Change::Watermarks { last_seen_uid: 2, highest_modseq: Some(60) },
+            ],
         },
         Case {
             name: "CONDSTORE: an old change without a base and no report sets the system flags only",
@@ -381,7 +390,13 @@ fn the_partial_view_plans_as_the_full_view_when_nothing_was_expunged() {
                     // the base of a pending change is what the server had at the last sync:
                     // the server still has it unless it reports a change
                     let base = p.map(|_| none());
-                    messages.push(LocalMsg { uid, flags: lflags.clone(), base: base.clone(), flags_changed: *p, server_deleted: *gone });
+                    messages.push(LocalMsg {
+                        uid,
+                        flags: lflags.clone(),
+                        base: base.clone(),
+                        flags_changed: *p,
+                        server_deleted: *gone,
+                    });
                     if let Some(f) = rep {
                         changed_flags.insert(uid, f.clone());
                     }
@@ -397,15 +412,26 @@ fn the_partial_view_plans_as_the_full_view_when_nothing_was_expunged() {
                 let whole = view(
                     status,
                     new(&[5]),
-                    Some(ServerFlags { flags: all_flags, changed_only: false, presence: Presence::All([1, 2, 3, 4].into()) }),
+                    Some(ServerFlags {
+                        flags: all_flags,
+                        changed_only: false,
+                        presence: Presence::All([1, 2, 3, 4].into()),
+                    }),
                 );
                 let want = plan(&lf, &messages, &[4], &whole);
-                let rows: Vec<LocalMsg> =
-                    messages.iter().filter(|m| changed_flags.contains_key(&m.uid) || m.flags_changed.is_some()).cloned().collect();
+                let rows: Vec<LocalMsg> = messages
+                    .iter()
+                    .filter(|m| changed_flags.contains_key(&m.uid) || m.flags_changed.is_some())
+                    .cloned()
+                    .collect();
                 let part = view(
                     status,
                     new(&[5]),
-                    Some(ServerFlags { flags: changed_flags, changed_only: true, presence: Presence::Vanished(BTreeSet::new()) }),
+                    Some(ServerFlags {
+                        flags: changed_flags,
+                        changed_only: true,
+                        presence: Presence::Vanished(BTreeSet::new()),
+                    }),
                 );
                 assert_eq!(plan(&lf, &rows, &[], &part), want, "messages {messages:?}");
                 checked += 1;

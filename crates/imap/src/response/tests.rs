@@ -80,7 +80,8 @@ fn tagged_completions() {
 
 #[test]
 fn untagged_status_and_codes() {
-    let st = |status, code, text: &str| Untagged::Status(Tagged { tag: b"*".to_vec(), status, code, text: text.into() });
+    let st =
+        |status, code, text: &str| Untagged::Status(Tagged { tag: b"*".to_vec(), status, code, text: text.into() });
     #[rustfmt::skip]
     let cases: Vec<(&str, &[u8], Untagged)> = vec![
         ("greeting with capabilities", b"* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN] Dovecot ready.\r\n",
@@ -172,7 +173,14 @@ fn list_and_lsub() {
 #[test]
 fn mailbox_status() {
     let s = |name: &[u8], m, n, v, h| {
-        Untagged::MailboxStatus(MailboxStatus { name: name.to_vec(), messages: m, uidnext: n, uidvalidity: v, unseen: None, highest_modseq: h })
+        Untagged::MailboxStatus(MailboxStatus {
+            name: name.to_vec(),
+            messages: m,
+            uidnext: n,
+            uidvalidity: v,
+            unseen: None,
+            highest_modseq: h,
+        })
     };
     #[rustfmt::skip]
     let cases: Vec<(&str, &[u8], Untagged)> = vec![
@@ -250,24 +258,70 @@ fn malformed_untagged_responses_are_skipped_and_named() {
     type Case<'a> = (&'a str, &'a [u8], &'a str, Option<&'a [u8]>, &'a str);
     let cases: Vec<Case> = vec![
         // the name's raw bytes, to name the folder in a warning
-        ("NUL in a listed name", b"* LIST () \"/\" \"a\0b\"\r\n", "LIST", Some(b"a\0b"), "a NUL inside a quoted string"),
+        (
+            "NUL in a listed name",
+            b"* LIST () \"/\" \"a\0b\"\r\n",
+            "LIST",
+            Some(b"a\0b"),
+            "a NUL inside a quoted string",
+        ),
         ("CR in a listed name", b"* LIST () \"/\" \"a\rb\"\r\n", "LIST", Some(b"a\rb"), "a CR inside a quoted string"),
         ("CR and escapes", b"* LIST () \"/\" \"a\\\"\rb\"\r\n", "LIST", Some(b"a\"\rb"), "a CR inside a quoted string"),
         ("CR and no closing quote", b"* LIST () \"/\" \"a\rb\r\n", "LIST", None, "a CR inside a quoted string"),
-        ("bad escape in a listed name", b"* LIST () \"/\" \"a\\zb\"\r\n", "LIST", Some(b"a\\zb"), "an invalid escape \\z in a quoted string"),
-        ("junk after a listed name", b"* LIST () \"/\" \"Good\" ) x\r\n", "LIST", Some(b"Good"), "a ) where a value should be"),
-        ("uidnext out of range", b"* STATUS INBOX (MESSAGES 1 UIDNEXT 99999999999)\r\n", "STATUS", Some(b"INBOX"), "UIDNEXT 99999999999 is not a 32-bit number"),
-        ("not a number", b"* STATUS \"Sent\" (MESSAGES many)\r\n", "STATUS", Some(b"Sent"), "MESSAGES \"many\" is not a number"),
-        ("fetch uid not a number", b"* 1 FETCH (UID x1 BODY[] {2}\r\nab)\r\n", "FETCH", None, "UID \"x1\" is not a number"),
+        (
+            "bad escape in a listed name",
+            b"* LIST () \"/\" \"a\\zb\"\r\n",
+            "LIST",
+            Some(b"a\\zb"),
+            "an invalid escape \\z in a quoted string",
+        ),
+        (
+            "junk after a listed name",
+            b"* LIST () \"/\" \"Good\" ) x\r\n",
+            "LIST",
+            Some(b"Good"),
+            "a ) where a value should be",
+        ),
+        (
+            "uidnext out of range",
+            b"* STATUS INBOX (MESSAGES 1 UIDNEXT 99999999999)\r\n",
+            "STATUS",
+            Some(b"INBOX"),
+            "UIDNEXT 99999999999 is not a 32-bit number",
+        ),
+        (
+            "not a number",
+            b"* STATUS \"Sent\" (MESSAGES many)\r\n",
+            "STATUS",
+            Some(b"Sent"),
+            "MESSAGES \"many\" is not a number",
+        ),
+        (
+            "fetch uid not a number",
+            b"* 1 FETCH (UID x1 BODY[] {2}\r\nab)\r\n",
+            "FETCH",
+            None,
+            "UID \"x1\" is not a number",
+        ),
         ("fetch cut short", b"* 1 FETCH (UID 1\r\n", "FETCH", None, "the end of the line where a FETCH item should be"),
-        ("uidvalidity code", b"* OK [UIDVALIDITY 4294967296] x\r\n", "status", None, "UIDVALIDITY 4294967296 is not a 32-bit number"),
+        (
+            "uidvalidity code",
+            b"* OK [UIDVALIDITY 4294967296] x\r\n",
+            "status",
+            None,
+            "UIDVALIDITY 4294967296 is not a 32-bit number",
+        ),
         ("code not closed", b"* OK [ALERT oops\r\n", "status", None, "a response code without its closing ]"),
         ("garbage", b"* (x)\r\n", "?", None, "an untagged response that starts with ("),
     ];
     for (name, input, kind, mailbox, error) in cases {
         let stream = [input, &b"* 5 EXISTS\r\n"[..]].concat();
         let got = parse(&stream).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let want = Untagged::Malformed(Malformed { kind: kind.into(), mailbox: mailbox.map(<[u8]>::to_vec), error: error.into() });
+        let want = Untagged::Malformed(Malformed {
+            kind: kind.into(),
+            mailbox: mailbox.map(<[u8]>::to_vec),
+            error: error.into(),
+        });
         assert_eq!(got, vec![Response::Untagged(want), Response::Untagged(Untagged::Exists(5))], "{name}");
     }
 }

@@ -109,33 +109,6 @@ impl Server {
     }
 }
 
-/// The flags and keywords message `i` of a folder is appended with.
-fn flags_for(i: usize) -> Vec<&'static str> {
-    let mut f = Vec::new();
-    if i.is_multiple_of(3) {
-        f.push("\\Seen");
-    }
-    if i % 4 == 1 {
-        f.push("$MyUID");
-    }
-    if i % 5 == 2 {
-        f.push("liquid");
-    }
-    if i % 7 == 3 {
-        f.push("$Label1");
-    }
-    if i % 6 == 4 {
-        f.push("NonJunk");
-    }
-    if i.is_multiple_of(11) {
-        f.push("\\Flagged");
-    }
-    if i % 13 == 5 {
-        f.push("\\Answered");
-    }
-    f
-}
-
 /// A flag set as compared: lower case (keywords are case-insensitive; system flags too), no
 /// `\Recent`.
 type FlagSet = BTreeSet<String>;
@@ -193,10 +166,10 @@ impl World {
         self.server.kind
     }
 
-    /// Appends `msgs` with `flags_for(i)` to `folder`; their UIDs.
+    /// Appends `msgs` with `mailgen::flags_for(i)` to `folder`; their UIDs.
     fn populate(&self, folder: &str, msgs: &[Vec<u8>]) -> Vec<u32> {
         let batch: Vec<(Vec<&str>, &[u8])> =
-            msgs.iter().enumerate().map(|(i, m)| (flags_for(i), m.as_slice())).collect();
+            msgs.iter().enumerate().map(|(i, m)| (mailgen::flags_for(i), m.as_slice())).collect();
         let mut a = self.server.admin();
         let uids = a.append_many(folder, &batch).unwrap_or_else(|e| panic!("{:?}: {e:#}", self.kind()));
         a.logout();
@@ -475,7 +448,7 @@ fn initial_sync(kind: Kind) {
     // The keywords really are there (not only equal on both sides).
     let local = w.store_folder("INBOX");
     for (i, uid) in uids.iter().enumerate() {
-        assert_eq!(local[uid].0, flag_set(flags_for(i)), "{kind:?}: flags of INBOX message {i} (UID {uid})");
+        assert_eq!(local[uid].0, flag_set(mailgen::flags_for(i)), "{kind:?}: flags of INBOX message {i} (UID {uid})");
     }
     let with = |k: &str| local.values().filter(|(f, _)| f.contains(k)).count();
     assert_eq!((with("$myuid"), with("liquid"), with("$label1"), with("nonjunk")), (75, 60, 43, 50), "{kind:?}");
@@ -747,7 +720,7 @@ fn uidvalidity_change(kind: Kind) {
     assert_ne!(a.uidvalidity(&f).unwrap(), validity, "{kind:?}: the test needs a new UIDVALIDITY");
     // messages 10..30: 10 the store has (one with other flags now), 10 new
     let batch: Vec<(Vec<&str>, &[u8])> = (10..30)
-        .map(|i| (if i == 11 { vec!["\\Seen", "$Label3"] } else { flags_for(i) }, msgs[i].as_slice()))
+        .map(|i| (if i == 11 { vec!["\\Seen", "$Label3"] } else { mailgen::flags_for(i) }, msgs[i].as_slice()))
         .collect();
     a.append_many(&f, &batch).unwrap();
     a.logout();
@@ -807,7 +780,7 @@ fn heals_a_missing_message(kind: Kind) {
     w.assert_same("after the healing sync");
     let local = w.store_folder("INBOX");
     assert!(local[&lost].1 == sha256(&msgs[13]), "{kind:?}: the healed message's bytes");
-    assert_eq!(local[&lost].0, flag_set(flags_for(13)), "{kind:?}: the healed message's flags");
+    assert_eq!(local[&lost].0, flag_set(mailgen::flags_for(13)), "{kind:?}: the healed message's flags");
     assert!(
         second.contains("1 message(s) the server has were missing from the store: queued again"),
         "{kind:?}: {second}"

@@ -1,7 +1,6 @@
 //! `backproc user …`, `backproc account …`, `backproc folder …`.
 
 use std::io::Read;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -317,8 +316,7 @@ pub fn check_plaintext(host: &str, security: Security, insecure: bool, what: &st
     if security != Security::None || insecure {
         return Ok(());
     }
-    let loopback = host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    if !loopback {
+    if !backproc_types::is_loopback(host) {
         bail!(
             "{what} security 'none' would send the password in clear to {host}; use ssl or starttls, or add --insecure"
         );

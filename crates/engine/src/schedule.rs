@@ -161,20 +161,16 @@ pub struct Scheduler {
     /// once, forever (and `run --once` would never end).
     held: HashMap<Task, i64>,
     /// Failures in a row of each task that failed on its own (a folder the server refuses, an
-    /// answer we cannot use): its hold doubles with each one (`task_hold`).
+    /// answer we cannot use): its hold doubles with each one (`backoff`).
     failures: HashMap<Task, u32>,
     /// Hosts whose connection budget the session pool lowered, and to what (`set_lowered`).
     lowered: HashMap<String, usize>,
 }
 
-/// How long a task that failed `failures` times in a row waits before it is due again: the
-/// back-off base, doubling, capped at the back-off maximum. A folder the server keeps
-/// refusing is then tried every hour, not every minute with a fresh login.
-pub fn task_hold(failures: u32, base: u64, max: u64) -> i64 {
-    Backoff { base: base as i64, max: max as i64 }.after(i64::from(failures))
-}
-
-/// BG_BACKOFF_BASE and BG_BACKOFF_MAX as the back-off rule.
+/// BG_BACKOFF_BASE and BG_BACKOFF_MAX as the back-off rule: of an account's next connection,
+/// a receive or outbox entry's next attempt, and a task's hold (a task that failed `n` times
+/// in a row waits `after(n)`: a folder the server keeps refusing is then tried every hour,
+/// not every minute with a fresh login).
 pub fn backoff(config: &Config) -> Backoff {
     Backoff { base: config.bg_backoff_base as i64, max: config.bg_backoff_max as i64 }
 }
@@ -386,7 +382,7 @@ impl Scheduler {
                 if f.kind != FailureKind::Cancelled {
                     let n = self.failures.entry(o.task).or_default();
                     *n += 1;
-                    let hold = task_hold(*n, config.bg_backoff_base, config.bg_backoff_max);
+                    let hold = backoff(config).after(i64::from(*n));
                     if *n > 1 {
                         log::debug!("{} failed {n} times in a row: next try in {hold}s", o.task);
                     }

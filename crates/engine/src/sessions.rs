@@ -240,10 +240,7 @@ pub fn imap_params(
 fn compress(setting: u64, host: &str) -> bool {
     match setting {
         0 => false,
-        1 => {
-            !(host.eq_ignore_ascii_case("localhost")
-                || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
-        }
+        1 => !backproc_types::is_loopback(host),
         _ => true,
     }
 }

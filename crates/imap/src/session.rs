@@ -227,6 +227,22 @@ pub(crate) struct Pending {
     pub started: Option<u64>,
 }
 
+impl Pending {
+    fn new(tag: u32, what: &'static str, status_of: Option<Vec<u8>>, b: Budget) -> Pending {
+        Pending {
+            tag,
+            what,
+            status_of,
+            fetch_of: None,
+            unawaited: false,
+            max_untagged: b.untagged,
+            max_bytes: b.bytes,
+            untagged: 0,
+            started: None,
+        }
+    }
+}
+
 /// Bounds on one command's answer. Generous for honest servers (a LIST of 200,000 folders, the
 /// flags of a million messages), small enough that no flood costs more than a few MB.
 #[derive(Debug, Clone, Copy)]
@@ -746,17 +762,7 @@ impl Session {
         write!(self.out, "b{tag} ").expect("writing to a Vec");
         self.out.extend_from_slice(line);
         self.out.extend_from_slice(b"\r\n");
-        self.pending.push_back(Pending {
-            tag,
-            what,
-            status_of,
-            fetch_of: None,
-            unawaited: false,
-            max_untagged: b.untagged,
-            max_bytes: b.bytes,
-            untagged: 0,
-            started: None,
-        });
+        self.pending.push_back(Pending::new(tag, what, status_of, b));
         self.stats.commands += 1;
         Ok(tag)
     }
@@ -786,17 +792,7 @@ impl Session {
                 self.out.extend_from_slice(b"\r\n");
             }
         }
-        self.pending.push_back(Pending {
-            tag,
-            what,
-            status_of: None,
-            fetch_of: None,
-            unawaited: false,
-            max_untagged: b.untagged,
-            max_bytes: b.bytes,
-            untagged: 0,
-            started: None,
-        });
+        self.pending.push_back(Pending::new(tag, what, None, b));
         Ok(tag)
     }
 

@@ -301,8 +301,7 @@ pub fn check_endpoint(url: &str) -> Result<(), Error> {
             Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
             _ => authority,
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()) {
+        if backproc_types::is_loopback(host) {
             return Ok(());
         }
         return Err(Error::Setting(format!(

@@ -76,7 +76,7 @@ impl Store {
     }
 }
 
-pub use backproc_types::Flags;
+pub use backproc_types::{Backoff, Flags};
 
 /// Reads a message's flags from the columns selected in the order seen, answered, flagged,
 /// draft, deleted, keywords, starting at column `at`.
@@ -228,19 +228,11 @@ pub struct FailureMoves {
 /// Receive-queue retry policy (from config).
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
-    pub backoff_base: i64,
-    pub backoff_max: i64,
+    pub backoff: Backoff,
     /// More failures than this: to the secondary queue.
     pub secondary_after: i64,
     /// More failures than this: failed for good.
     pub final_after: i64,
-}
-
-impl RetryPolicy {
-    /// Exponential back-off: base, 2·base, 4·base… capped.
-    pub fn delay(&self, attempts: i64) -> i64 {
-        backproc_types::Backoff { base: self.backoff_base, max: self.backoff_max }.after(attempts)
-    }
 }
 
 /// The columns `sync_row` reads.
@@ -840,7 +832,7 @@ impl Store {
                 } else {
                     "primary"
                 };
-                upd.execute(params![attempts, error, now + p.delay(attempts), new_queue, id])?;
+                upd.execute(params![attempts, error, now + p.backoff.after(attempts), new_queue, id])?;
             }
             Ok(moves)
         })

@@ -16,6 +16,7 @@
 //! before it may lose the last claims, and those entries are sent again, with the same
 //! Message-ID (a power cut costs at most a batch of duplicates, never a lost message).
 
+use backproc_types::Backoff;
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
@@ -118,8 +119,7 @@ pub enum SendOutcome {
 /// Send retry policy (from config).
 #[derive(Debug, Clone, Copy)]
 pub struct SendPolicy {
-    pub backoff_base: i64,
-    pub backoff_max: i64,
+    pub backoff: Backoff,
     /// More failed attempts than this: Send Secondary takes over.
     pub secondary_after: i64,
     /// Entries older than this (seconds) that still fail become ERROR.
@@ -477,7 +477,7 @@ fn finish_one(
                     "INSERT INTO outbox (account_id, created, message_id, mail_from, recipients, raw, next_attempt, parent_id)
                      SELECT o.account_id, ?, o.message_id, o.mail_from, ?, r.raw, ?, o.id
                      FROM outbox o JOIN outbox_raw r ON r.outbox_id = o.id WHERE o.id = ?",
-                    params![now, serde_json::to_string(&info.pending).unwrap_or_default(), now + p.backoff_base, c.id],
+                    params![now, serde_json::to_string(&info.pending).unwrap_or_default(), now + p.backoff.base, c.id],
                 )?;
             }
             n
@@ -503,7 +503,7 @@ fn finish_one(
                 c.token
             ])?,
         SendOutcome::Temporary { error } => {
-            let delay = backproc_types::Backoff { base: p.backoff_base, max: p.backoff_max }.after(c.attempts);
+            let delay = p.backoff.after(c.attempts);
             tx.prepare_cached(&format!(
                 "UPDATE outbox SET state = 'PENDING', error = ?, next_attempt = ?, lease_token = NULL,
                     lease_expire_time = NULL, secondary = (attempts > ?) {FENCED}"
@@ -660,7 +660,7 @@ mod tests {
         assert_eq!(depths.iter().map(|d| d.1).sum::<i64>(), 4, "{depths:?}"); // 3 left and the child
     }
 
-    const P: SendPolicy = SendPolicy { backoff_base: 10, backoff_max: 100, secondary_after: 5, max_age: 1000 };
+    const P: SendPolicy = SendPolicy { backoff: Backoff { base: 10, max: 100 }, secondary_after: 5, max_age: 1000 };
 
     fn info(accepted: &[&str], pending: &[&str]) -> DeliveryInfo {
         DeliveryInfo {

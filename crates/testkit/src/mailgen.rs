@@ -204,6 +204,34 @@ fn words(rng: &mut Rng, n: usize) -> String {
     s
 }
 
+/// The flags and keywords the servers' tests append message `i` of a folder with: a mix
+/// (keywords ending in "uid" among them, for Cyrus's FETCH order), and some with none.
+pub fn flags_for(i: usize) -> Vec<&'static str> {
+    let mut f = Vec::new();
+    if i.is_multiple_of(3) {
+        f.push("\\Seen");
+    }
+    if i % 4 == 1 {
+        f.push("$MyUID");
+    }
+    if i % 5 == 2 {
+        f.push("liquid");
+    }
+    if i % 7 == 3 {
+        f.push("$Label1");
+    }
+    if i % 6 == 4 {
+        f.push("NonJunk");
+    }
+    if i.is_multiple_of(11) {
+        f.push("\\Flagged");
+    }
+    if i % 13 == 5 {
+        f.push("\\Answered");
+    }
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

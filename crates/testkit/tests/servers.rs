@@ -11,27 +11,6 @@ const USER: &str = "alice";
 /// A space and a quote, so LOGIN's quoting is exercised.
 const PASSWORD: &str = "s3cret \"pass\"";
 
-/// The flags and keywords message `i` is appended with: a mix, and some with none.
-fn flags_for(i: usize) -> Vec<&'static str> {
-    let mut f = Vec::new();
-    if i.is_multiple_of(3) {
-        f.push("\\Seen");
-    }
-    if i % 4 == 1 {
-        f.push("$MyUID");
-    }
-    if i % 5 == 2 {
-        f.push("liquid");
-    }
-    if i % 7 == 3 {
-        f.push("$Label1");
-    }
-    if i.is_multiple_of(11) {
-        f.push("\\Flagged");
-    }
-    f
-}
-
 fn set(flags: &[impl AsRef<str>]) -> BTreeSet<String> {
     flags.iter().map(|f| f.as_ref().to_string()).collect()
 }
@@ -64,7 +43,8 @@ fn scenario(server: &str, port: u16, namespace: (&str, char), seed: u64) -> Dura
     assert_eq!(listed(&mut a, &umlaut), Some(Some(sep)), "{server}: {umlaut}");
 
     let raws = mailgen::mailbox(seed, 300);
-    let msgs: Vec<(Vec<&str>, &[u8])> = raws.iter().enumerate().map(|(i, m)| (flags_for(i), m.as_slice())).collect();
+    let msgs: Vec<(Vec<&str>, &[u8])> =
+        raws.iter().enumerate().map(|(i, m)| (mailgen::flags_for(i), m.as_slice())).collect();
     let started = Instant::now();
     let uids = a.append_many(&umlaut, &msgs).unwrap_or_else(|e| panic!("{server}: {e:#}"));
     let load = started.elapsed();
@@ -75,7 +55,7 @@ fn scenario(server: &str, port: u16, namespace: (&str, char), seed: u64) -> Dura
     assert_eq!(got.iter().map(|f| f.uid).collect::<Vec<_>>(), uids, "{server}: UID set");
     for (i, uid) in uids.iter().enumerate() {
         let f = by_uid(&got, *uid);
-        assert_eq!(set(&f.flags), set(&flags_for(i)), "{server}: flags of message {i} (UID {uid})");
+        assert_eq!(set(&f.flags), set(&mailgen::flags_for(i)), "{server}: flags of message {i} (UID {uid})");
         assert!(
             f.body == raws[i],
             "{server}: body of message {i} (UID {uid}) differs ({} vs {} bytes)",
@@ -93,7 +73,7 @@ fn scenario(server: &str, port: u16, namespace: (&str, char), seed: u64) -> Dura
     assert!(got.iter().all(|f| f.uid != uids[2]), "{server}: UID {} not expunged", uids[2]);
     assert_eq!(set(&by_uid(&got, uids[0]).flags), set(&["\\Flagged"]), "{server}");
     assert_eq!(set(&by_uid(&got, uids[1]).flags), set(&["$MyUID", "\\Seen", "$Label1"]), "{server}");
-    assert_eq!(set(&by_uid(&got, uids[3]).flags), set(&flags_for(3)), "{server}: an untouched message");
+    assert_eq!(set(&by_uid(&got, uids[3]).flags), set(&mailgen::flags_for(3)), "{server}: an untouched message");
 
     let (messages, uidnext, validity) = a.status(&umlaut).unwrap();
     assert_eq!(messages, 299, "{server}");

@@ -6,6 +6,8 @@
 
 mod backoff;
 mod flags;
+mod host;
 
 pub use backoff::Backoff;
 pub use flags::{Flags, KeywordError, valid_keyword};
+pub use host::is_loopback;

@@ -24,8 +24,7 @@ use crate::task::{Failure, FailureKind, Job, Report, Task};
 
 pub fn policy(c: &backproc_config::Config) -> RetryPolicy {
     RetryPolicy {
-        backoff_base: c.bg_backoff_base as i64,
-        backoff_max: c.bg_backoff_max as i64,
+        backoff: crate::schedule::backoff(c),
         secondary_after: c.email_bg_receive_max_attempts as i64,
         final_after: c.email_bg_receive_final_attempts as i64,
     }

@@ -14,8 +14,7 @@ use crate::task::{Failure, FailureKind, Report, Task};
 
 pub fn policy(c: &backproc_config::Config) -> SendPolicy {
     SendPolicy {
-        backoff_base: c.bg_backoff_base as i64,
-        backoff_max: c.bg_backoff_max as i64,
+        backoff: crate::schedule::backoff(c),
         secondary_after: c.email_bg_send_max_attempts as i64,
         max_age: c.email_bg_send_max_age as i64,
     }

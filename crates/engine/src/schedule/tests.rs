@@ -174,7 +174,7 @@ fn a_lowered_host_budget_holds_its_accounts_in_flight_to_it() {
 
 #[test]
 fn a_task_failing_again_and_again_waits_longer_each_time() {
-    use super::task_hold;
+    let hold = |n: u32| super::backoff(&Config::default()).after(i64::from(n));
     let cases: &[(&str, u32, i64)] = &[
         ("first failure: the base", 1, 60),
         ("second: doubled", 2, 120),
@@ -184,6 +184,6 @@ fn a_task_failing_again_and_again_waits_longer_each_time() {
         ("no failure counted yet: the base", 0, 60),
     ];
     for (name, n, want) in cases {
-        assert_eq!(task_hold(*n, 60, 3600), *want, "{name}");
+        assert_eq!(hold(*n), *want, "{name}: BG_BACKOFF_BASE 60, BG_BACKOFF_MAX 3600");
     }
 }

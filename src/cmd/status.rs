@@ -70,6 +70,18 @@ pub fn status(home: PathBuf, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let (rp, rs, rf) = store.as_ref().map(|s| s.receive_queue_depths()).transpose()?.unwrap_or((0, 0, 0));
     let outbox = store.as_ref().map(|s| s.outbox_depths()).transpose()?.unwrap_or_default();
     let accounts = store.as_ref().map(|s| s.accounts()).transpose()?.unwrap_or_default();
+    let push: std::collections::HashMap<i64, backproc_store::PushRow> = if held {
+        store
+            .as_ref()
+            .map(|s| s.push_states())
+            .transpose()?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (p.account_id, p))
+            .collect()
+    } else {
+        Default::default()
+    };
     if args.json {
         print_json(&json!({
             "master": {
@@ -90,6 +102,7 @@ pub fn status(home: PathBuf, args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "last_error": a.last_error, "last_error_at": a.last_error_at,
                 "retry_after": a.retry_after.filter(|t| *t != backproc_store::NEVER),
                 "needs_authorization": a.needs_authorization,
+                "push": push.get(&a.id).map(|p| json!({ "mode": p.mode, "since": p.since, "note": p.note })),
             })).collect::<Vec<_>>(),
         }))?;
         return Ok(ExitCode::SUCCESS);
@@ -125,6 +138,10 @@ pub fn status(home: PathBuf, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let ob: Vec<String> = outbox.iter().map(|(s, n)| format!("{n} {s}")).collect();
     println!("outbox: {}", if ob.is_empty() { "empty".into() } else { ob.join(", ") });
     for a in accounts {
+        if let Some(p) = push.get(&a.id) {
+            let note = p.note.as_ref().map(|n| format!(": {n}")).unwrap_or_default();
+            println!("account {} ({}): push {} since {}{note}", a.id, a.email, p.mode, fmt_time(Some(p.since)));
+        }
         if let Some(why) = &a.needs_authorization {
             println!(
                 "account {} ({}): needs authorization (not tried until `backproc account authorize {}`): {why}",

@@ -171,6 +171,10 @@ constants! {
     backproc_pid_location: String = "pid", S, "directory of the pid file, relative to the home";
     email_auth_error_check_retry_time: u64 = 1800u64, secs(1, 604_800), "seconds to wait after a refused login";
     email_bg_imap_compress: u64 = 1u64, int(0, 2), "COMPRESS=DEFLATE (RFC 4978) when an IMAP server offers it: 0 never, 1 not to loopback hosts, 2 always";
+    email_bg_push_enabled: bool = true, B, "push connections (NOTIFY or IDLE) for accounts whose owner is logged in; FALSE: polling only";
+    email_bg_push_all: bool = false, B, "keep a push connection (NOTIFY or IDLE) for every account, not only those whose owner is logged in";
+    email_bg_push_debounce_ms: u64 = 250u64, int(0, 60_000), "milliseconds within which a folder's push events make one sync";
+    email_bg_idle_renew: u64 = 1500u64, secs(10, 1740), "seconds between renewals of a push connection (IDLE again, or NOOP under NOTIFY): under 29 minutes";
     email_oauth_refresh_margin: u64 = 300u64, secs(0, 86_400), "seconds of life left below which an OAuth2 access token is refreshed before use";
     bg_tick_interval: u64 = 5u64, secs(1, 300), "seconds between scheduler ticks";
     bg_shutdown_grace: u64 = 30u64, secs(0, 3600), "seconds running tasks get to finish on SIGTERM";

@@ -11,6 +11,7 @@ pub mod metrics;
 #[doc(hidden)] // public only for the fuzz target (fuzz/fuzz_targets/message_headers.rs)
 pub mod parse;
 pub mod pool;
+pub mod push;
 mod runner;
 pub mod schedule;
 mod sessions;
@@ -24,6 +25,11 @@ pub use task::{Failure, FailureKind, Job, Outcome, Report, Task};
 
 /// The current config, replaced as a whole when config.inc changes.
 pub type SharedConfig = Arc<RwLock<Arc<backproc_config::Config>>>;
+
+/// The config in force now.
+pub(crate) fn current(c: &SharedConfig) -> Arc<backproc_config::Config> {
+    c.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -16,8 +16,9 @@ use backproc_store::Store;
 use crossbeam_channel::{Receiver, select, unbounded};
 
 use crate::pool::{Offer, Pool, RunnerFactory};
+use crate::push::{Push, PushEvent};
 use crate::runner::JobRunner;
-use crate::schedule::Scheduler;
+use crate::schedule::{Scheduler, SyncDue};
 use crate::sessions::SessionPool;
 use crate::task::{Job, Outcome, Task};
 use crate::{Clock, Error, SharedConfig};
@@ -40,6 +41,8 @@ const WAL_KEPT_AT_STOP: u64 = 2 << 20;
 enum Event {
     Tick,
     Outcome(Outcome),
+    /// A push connection made a folder's sync due now.
+    Push(PushEvent),
     Shutdown,
 }
 
@@ -75,6 +78,30 @@ pub fn run(
     // at 12:00:00.98 with a 1 s interval is due again at 12:00:01: that is not work that was
     // due when the run started, and redoing it would make `run --once` chase the clock.
     let mut synced: HashSet<Task> = HashSet::new();
+    // Push connections, except for a run that ends when nothing is due.
+    let push = if opts.once {
+        None
+    } else {
+        match Push::start(opts.store_path.clone(), shared.clone(), sessions.clone(), clock) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                log::error!("push is off: cannot start its threads: {e}");
+                None
+            }
+        }
+    };
+    let never = crossbeam_channel::never();
+    let push_events = push.as_ref().map_or(&never, |p| &p.events);
+    // Tasks push made due while the same task was running: run again once it ends, since
+    // the running one may have read the folder before the change.
+    let mut again: HashSet<Task> = HashSet::new();
+    // Tasks push dispatched: one that fails asks for the folder's sync in the store (the
+    // scheduler then retries it under its back-off rules), since nothing else would make it
+    // due before the polling interval.
+    let mut pushed: HashSet<Task> = HashSet::new();
+    // Accounts whose IMAP work succeeded in this master's life: push follows the normal
+    // session, so that one is never the connection a server's limit refuses.
+    let mut signed_in: HashSet<i64> = HashSet::new();
     let mut tick_every = Duration::from_secs(config.bg_tick_interval);
     let mut next_tick = Instant::now();
     let mut last_truncate = Instant::now();
@@ -85,6 +112,7 @@ pub fn run(
         let event = select! {
             recv(shutdown) -> _ => Event::Shutdown,
             recv(outcome_rx) -> o => match o { Ok(o) => Event::Outcome(o), Err(_) => Event::Shutdown },
+            recv(push_events) -> e => match e { Ok(e) => Event::Push(e), Err(_) => Event::Shutdown },
             default(timeout) => Event::Tick,
         };
         match event {
@@ -104,12 +132,48 @@ pub fn run(
                         synced.insert(Task { job: Job::SyncRecent, ..o.task });
                     }
                 }
-                let follow = scheduler.finished(&mut store, &config, &o);
-                scheduler.set_lowered(sessions.lowered());
+                if let (Ok(_), Some(a)) = (&o.result, o.task.account)
+                    && o.task.job.waits_for_account()
+                {
+                    signed_in.insert(a);
+                }
+                if pushed.remove(&o.task)
+                    && o.result.is_err()
+                    && o.task.folder.is_some()
+                    && let Err(e) = store.request_sync(o.task.account, o.task.folder, clock.now())
+                {
+                    log::error!("cannot record that {} is due again: {e}", o.task);
+                }
+                let mut follow = scheduler.finished(&mut store, &config, &o);
+                if again.remove(&o.task) {
+                    follow.push(o.task);
+                }
+                scheduler.set_lowered(sessions.lowered(config.bg_max_connections_per_host as usize));
                 let follow = scheduler.within_budget(follow, &in_flight, &config);
                 dispatch(&mut pool, &mut in_flight, follow);
                 if opts.once && in_flight.is_empty() {
                     next_tick = Instant::now();
+                }
+            }
+            Event::Push(e) => {
+                let job = match (e.folder, e.due) {
+                    (None, _) => Job::ListFolders,
+                    (Some(_), SyncDue::Recent) => Job::SyncRecent,
+                    (Some(_), SyncDue::Full) => Job::SyncFull,
+                };
+                let task = Task::new(job, Some(e.account), e.folder);
+                if in_flight.contains_key(&task) {
+                    again.insert(task);
+                } else {
+                    for t in scheduler.within_budget(vec![task], &in_flight, &config) {
+                        match pool.offer_in(t, true) {
+                            Offer::Queued { worker } => {
+                                in_flight.insert(t, worker);
+                                pushed.insert(t);
+                            }
+                            Offer::Full => log::debug!("queue full: {t}, made due by push, waits for the tick"),
+                        }
+                    }
                 }
             }
             Event::Tick => {
@@ -124,7 +188,7 @@ pub fn run(
                 for lost in pool.reap() {
                     in_flight.remove(&lost);
                 }
-                scheduler.set_lowered(sessions.lowered());
+                scheduler.set_lowered(sessions.lowered(config.bg_max_connections_per_host as usize));
                 let due = match scheduler.due(&mut store, &config, &in_flight) {
                     Ok(d) => d,
                     Err(e) => {
@@ -142,6 +206,23 @@ pub fn run(
                     break;
                 }
                 dispatch(&mut pool, &mut in_flight, due);
+                if let Some(p) = &push {
+                    let wanted = if config.email_background_sync_enabled && config.email_bg_push_enabled {
+                        store.push_candidates(clock.now(), config.email_bg_push_all)
+                    } else {
+                        Ok(Vec::new())
+                    };
+                    match wanted {
+                        Ok(mut w) => {
+                            w.retain(|c| signed_in.contains(&c.account_id));
+                            if let Some(a) = opts.only_account {
+                                w.retain(|c| c.account_id == a);
+                            }
+                            p.want(w);
+                        }
+                        Err(e) => log::error!("cannot read the push accounts from the store: {e}"),
+                    }
+                }
                 // Bookkeeping after the dispatch: the workers start (connect, log in) meanwhile.
                 if let Err(e) = store.master_heartbeat(clock.now()) {
                     log::error!("cannot write the heartbeat: {e}");
@@ -163,6 +244,9 @@ pub fn run(
         }
     }
 
+    if let Some(p) = push {
+        p.stop();
+    }
     pool.stop();
     let deadline = Instant::now() + Duration::from_secs(config.bg_shutdown_grace);
     // Record the outcomes of tasks that finish within the grace period.

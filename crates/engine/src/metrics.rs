@@ -162,6 +162,14 @@ pub fn render(store: &Store, up: bool) -> backproc_store::Result<String> {
         "OAuth2 accounts whose grant was revoked or expired: not tried until `account authorize`.",
     );
     let _ = writeln!(out, "backproc_accounts_needing_authorization {}", store.accounts_needing_authorization()?);
+    let push = &crate::push::COUNTERS;
+    family(&mut out, "backproc_push_connections", "gauge", "Push connections (NOTIFY or IDLE) open now.");
+    let _ = writeln!(out, "backproc_push_connections {}", push.connections.load(std::sync::atomic::Ordering::Relaxed));
+    family(&mut out, "backproc_push_events_total", "counter", "Events received on push connections.");
+    let _ = writeln!(out, "backproc_push_events_total {}", push.events.load(std::sync::atomic::Ordering::Relaxed));
+    family(&mut out, "backproc_push_reconnects_total", "counter", "Push connections made again after one ended.");
+    let _ =
+        writeln!(out, "backproc_push_reconnects_total {}", push.reconnects.load(std::sync::atomic::Ordering::Relaxed));
     family(
         &mut out,
         "backproc_account_last_success_timestamp_seconds",

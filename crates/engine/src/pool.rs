@@ -122,6 +122,12 @@ impl Pool {
     /// Queues a task: on the worker that has its account's work, else on an idle worker (a
     /// new one while fewer than `max` exist), else on the least loaded.
     pub fn offer(&mut self, task: Task) -> Offer {
+        self.offer_in(task, task.job.urgent())
+    }
+
+    /// `offer`, to the urgent lane or the bulk one as asked (a sync push made due goes ahead
+    /// of bulk work whatever its kind).
+    pub fn offer_in(&mut self, task: Task, urgent: bool) -> Offer {
         let key = task.affinity();
         let mut st = self.shared.lock();
         let pinned = st.lanes.iter().position(|l| l.holds(key));
@@ -140,7 +146,7 @@ impl Pool {
             st.lanes.resize_with(idx + 1, Lanes::default);
         }
         let lanes = &mut st.lanes[idx];
-        let lane = if task.job.urgent() { &mut lanes.urgent } else { &mut lanes.bulk };
+        let lane = if urgent { &mut lanes.urgent } else { &mut lanes.bulk };
         if lane.len() >= self.capacity {
             return Offer::Full;
         }

@@ -35,8 +35,11 @@ const HANDOFF_CLOSE: Duration = Duration::from_secs(2);
 /// Connections of one host.
 #[derive(Default)]
 struct Host {
-    /// Open connections: in use by a task, idle in the cache, or being set up.
+    /// Open connections: in use by a task, idle in the cache, being set up, or push.
     open: usize,
+    /// Of those, push connections (`acquire_push`): at most the budget less one, so tasks
+    /// always have a connection.
+    push: usize,
     /// A budget lower than the configured one, and until when.
     lowered: Option<(usize, Instant)>,
 }
@@ -89,15 +92,48 @@ impl SessionPool {
         self.lock().peak
     }
 
-    /// The hosts whose budget a "too many connections" answer lowered, with that budget (for
-    /// the scheduler, which then keeps no more of their accounts in flight).
-    pub fn lowered(&self) -> HashMap<String, usize> {
+    /// The hosts where tasks have fewer connections than the `configured` budget, with what
+    /// they have (for the scheduler, which then keeps no more of their accounts in flight): a
+    /// budget a "too many connections" answer lowered, less the host's push connections.
+    pub fn lowered(&self, configured: usize) -> HashMap<String, usize> {
         let now = Instant::now();
         self.lock()
             .hosts
             .iter()
-            .filter_map(|(name, h)| h.lowered.filter(|(_, until)| now < *until).map(|(n, _)| (name.clone(), n)))
+            .filter_map(|(name, h)| {
+                let limit = h.lowered.filter(|(_, until)| now < *until).map_or(configured, |(n, _)| n.min(configured));
+                let tasks = limit.saturating_sub(h.push).max(1);
+                (tasks < configured).then(|| (name.clone(), tasks))
+            })
             .collect()
+    }
+
+    /// A slot for a push connection to `host`, if the budget has room for it and still one
+    /// more for tasks; never waits (an account without one polls).
+    pub fn acquire_push(&self, host: &str, configured: usize) -> bool {
+        let mut st = self.lock();
+        let h = st.hosts.entry(host.to_owned()).or_default();
+        let limit = h.limit(configured);
+        if h.open < limit && h.push + 1 < limit {
+            h.open += 1;
+            h.push += 1;
+            let open = h.open;
+            st.peak = st.peak.max(open);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A push connection to `host` closed.
+    pub fn release_push(&self, host: &str) {
+        let mut st = self.lock();
+        if let Some(h) = st.hosts.get_mut(host) {
+            h.push = h.push.saturating_sub(1);
+            h.open = h.open.saturating_sub(1);
+        }
+        drop(st);
+        self.freed.notify_all();
     }
 
     /// A slot for a new connection to `host`: taken when the budget has room, else made by
@@ -454,7 +490,7 @@ mod tests {
         for want in [7, 6, 5, 4, 3] {
             assert!(pool.lower(GMAIL), "other connections are open");
             pool.release(GMAIL);
-            assert_eq!(pool.lowered(), HashMap::from([(GMAIL.to_string(), want)]));
+            assert_eq!(pool.lowered(8), HashMap::from([(GMAIL.to_string(), want)]));
         }
         // Full at three, with no idle session to log out: no fourth slot within the deadline.
         let e = pool.acquire(GMAIL, 8, Instant::now()).unwrap_err();
@@ -468,6 +504,24 @@ mod tests {
         }
         assert!(pool.acquire("other.test", 8, Instant::now()).is_err());
         assert_eq!(pool.peak(), 8);
+    }
+
+    #[test]
+    fn push_connections_leave_tasks_at_least_one_slot_and_lower_their_budget() {
+        let pool = SessionPool::new();
+        for _ in 0..3 {
+            assert!(pool.acquire_push(GMAIL, 4));
+        }
+        assert!(!pool.acquire_push(GMAIL, 4), "the fourth slot is for tasks");
+        assert_eq!(pool.lowered(4), HashMap::from([(GMAIL.to_string(), 1)]));
+        pool.acquire(GMAIL, 4, Instant::now()).unwrap();
+        assert!(pool.acquire(GMAIL, 4, Instant::now()).is_err(), "push connections count in the budget");
+        pool.release_push(GMAIL);
+        assert_eq!(pool.lowered(4), HashMap::from([(GMAIL.to_string(), 2)]));
+        pool.acquire(GMAIL, 4, Instant::now()).unwrap();
+        // A budget of one leaves push nothing.
+        assert!(!pool.acquire_push("one.test", 1));
+        assert!(pool.lowered(1).is_empty());
     }
 
     #[test]
@@ -490,7 +544,7 @@ mod tests {
         let pool = SessionPool::new();
         pool.acquire(GMAIL, 8, soon()).unwrap();
         assert!(!pool.lower(GMAIL));
-        assert!(pool.lowered().is_empty());
+        assert!(pool.lowered(8).is_empty());
         pool.release(GMAIL);
         for _ in 0..8 {
             pool.acquire(GMAIL, 8, Instant::now()).unwrap();

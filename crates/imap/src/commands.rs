@@ -310,7 +310,7 @@ fn name_problem(name: &[u8]) -> Option<&'static str> {
 }
 
 impl Session {
-    fn cmd(&self) -> CommandBuf {
+    pub(crate) fn cmd(&self) -> CommandBuf {
         CommandBuf::new(self.caps.literal_plus, self.caps.literal_minus)
     }
 

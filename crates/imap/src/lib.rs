@@ -16,6 +16,7 @@ pub mod session;
 #[cfg(test)]
 mod testio;
 pub mod transport;
+pub mod watch;
 
 pub use backproc_sasl::Credential;
 pub use commands::{
@@ -28,6 +29,7 @@ pub use plan::{
 };
 pub use session::{Caps, ConnectParams, Error, ErrorKind, Security, Selected, Session, Stats};
 pub use transport::Deadline;
+pub use watch::{Watch, WatchEvent, WatchMode};
 
 /// Whether a mailbox name is INBOX: that one name is case-insensitive (RFC 3501 §5.1).
 pub fn is_inbox(name: &[u8]) -> bool {

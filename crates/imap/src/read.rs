@@ -89,6 +89,12 @@ impl<R: Read> Reader<R> {
         self.budget = b;
     }
 
+    /// The source and the bytes read from it that no one has taken yet.
+    pub fn into_parts(self) -> (R, Vec<u8>) {
+        let rest = self.buf[self.pos..self.end].to_vec();
+        (self.inner, rest)
+    }
+
     pub fn into_inner(self) -> R {
         self.inner
     }

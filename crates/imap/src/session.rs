@@ -281,6 +281,9 @@ pub struct Session {
     pub(crate) completed: HashMap<u32, Tagged>,
     /// Body FETCH answers read while waiting for another command, by the tag that asked them.
     pub(crate) fetched_early: HashMap<u32, Vec<crate::response::FetchData>>,
+    /// STATUS answers nobody asked for, collected while this is set (NOTIFY SET STATUS sends
+    /// the watched mailboxes' status that way, `watch::watch_notify`).
+    pub(crate) unsolicited_status: Option<Vec<crate::response::MailboxStatus>>,
 }
 
 /// How STATUS answers are matched to the folders asked: the name's bytes exactly, except
@@ -380,6 +383,8 @@ pub(crate) fn is_busy(t: &Tagged) -> bool {
     matches!(code.as_str(), "LIMIT" | "UNAVAILABLE" | "INUSE")
         || t.text.to_ascii_lowercase().contains("too many simultaneous connections")
         || t.text.to_ascii_lowercase().contains("too many connections")
+        // Dovecot's mail_max_userip_connections, as a BYE right after the login
+        || t.text.to_ascii_lowercase().contains("maximum number of connections")
 }
 
 /// A refused command as an error: throttling told apart from a plain NO.
@@ -425,6 +430,7 @@ impl Session {
             namespace: None,
             completed: HashMap::new(),
             fetched_early: HashMap::new(),
+            unsolicited_status: None,
         }
     }
 
@@ -744,6 +750,11 @@ impl Session {
         }
     }
 
+    /// The last tag used.
+    pub(crate) fn last_tag(&self) -> u32 {
+        self.next_tag
+    }
+
     fn tag(&mut self) -> u32 {
         self.next_tag += 1;
         self.next_tag
@@ -798,7 +809,7 @@ impl Session {
 
     /// Reads until the `+` that lets a synchronizing literal go; earlier commands' answers are
     /// taken as they come. A NO or BAD instead refuses the command.
-    fn await_continuation(&mut self, tag: u32, what: &'static str) -> Result<()> {
+    pub(crate) fn await_continuation(&mut self, tag: u32, what: &'static str) -> Result<()> {
         loop {
             let resp = read_response(&mut self.r, &self.lim).map_err(|e| self.fail(what, e))?;
             match resp {
@@ -990,6 +1001,8 @@ impl Session {
                             String::from_utf8_lossy(&st.name)
                         )),
                     };
+                } else if let Some(v) = &mut self.unsolicited_status {
+                    v.push(st);
                 } else {
                     log::debug!(
                         "a STATUS answer for {:?}, which was not asked: ignored",
@@ -1004,10 +1017,8 @@ impl Session {
                 }
             }
             Untagged::Status(t) if t.status == Status::Bye => {
-                return Err(Error::new(
-                    ErrorKind::Connect,
-                    format!("{} closed the connection: {}", self.host, refusal_text(&t)),
-                ));
+                let kind = if is_busy(&t) { ErrorKind::Busy } else { ErrorKind::Connect };
+                return Err(Error::new(kind, format!("{} closed the connection: {}", self.host, refusal_text(&t))));
             }
             Untagged::Status(ref t) if matches!(&t.code, Some(Code::Other(n, _)) if n == "ALERT") => {
                 log::warn!("alert from {}: {}", self.host, shorten(&t.text, 300));

@@ -152,6 +152,10 @@ impl Transport {
         &self.stream
     }
 
+    pub fn io_timeout(&self) -> Duration {
+        self.io_timeout
+    }
+
     pub fn into_stream(self) -> Stream {
         self.stream
     }

@@ -23,7 +23,84 @@ pub struct WorkerRow {
     pub since: Option<i64>,
 }
 
+/// How an account is watched now (`push_state`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PushRow {
+    pub account_id: i64,
+    /// NOTIFY, IDLE or polling.
+    pub mode: String,
+    pub since: i64,
+    pub note: Option<String>,
+}
+
+/// An account the engine keeps a push connection for, with its high-priority folders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushCandidate {
+    pub account_id: i64,
+    pub imap_host: String,
+    pub folders: Vec<PushFolder>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushFolder {
+    pub id: i64,
+    /// The verbatim IMAP name.
+    pub name: String,
+    pub uidvalidity: Option<i64>,
+    pub last_seen_uid: i64,
+}
+
 impl Store {
+    /// Enabled accounts that are not waiting for a person and have high-priority folders,
+    /// whose owner is logged in (or every one, `all`), with those folders.
+    pub fn push_candidates(&self, now: i64, all: bool) -> Result<Vec<PushCandidate>> {
+        let mut st = self.conn().prepare_cached(
+            "SELECT a.id, a.imap_host, f.id, f.name, f.uidvalidity, f.last_seen_uid
+             FROM accounts a JOIN users u ON u.id = a.owner_id
+             JOIN folders f ON f.account_id = a.id AND f.priority = 'high' AND f.gone = 0 AND f.unusable IS NULL
+             WHERE a.enabled = 1 AND a.needs_authorization IS NULL AND (?2 OR COALESCE(u.session_expires > ?1, 0))
+             ORDER BY a.id, f.id",
+        )?;
+        let mut out: Vec<PushCandidate> = Vec::new();
+        let mut rows = st.query(params![now, all])?;
+        while let Some(r) = rows.next()? {
+            let account_id: i64 = r.get(0)?;
+            let folder =
+                PushFolder { id: r.get(2)?, name: r.get(3)?, uidvalidity: r.get(4)?, last_seen_uid: r.get(5)? };
+            match out.last_mut() {
+                Some(c) if c.account_id == account_id => c.folders.push(folder),
+                _ => out.push(PushCandidate { account_id, imap_host: r.get(1)?, folders: vec![folder] }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records how an account is watched from now on; `None` forgets it (no push wanted).
+    pub fn set_push_state(&mut self, account: i64, state: Option<(&str, Option<&str>)>, now: i64) -> Result<()> {
+        self.write(|tx| {
+            match state {
+                Some((mode, note)) => tx.execute(
+                    "INSERT INTO push_state (account_id, mode, since, note) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (account_id) DO UPDATE SET mode = ?2, since = ?3, note = ?4",
+                    params![account, mode, now, note],
+                )?,
+                None => tx.execute("DELETE FROM push_state WHERE account_id = ?", [account])?,
+            };
+            Ok(())
+        })
+    }
+
+    pub fn push_states(&self) -> Result<Vec<PushRow>> {
+        let mut st =
+            self.conn().prepare_cached("SELECT account_id, mode, since, note FROM push_state ORDER BY account_id")?;
+        let v = st
+            .query_map([], |r| {
+                Ok(PushRow { account_id: r.get(0)?, mode: r.get(1)?, since: r.get(2)?, note: r.get(3)? })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
     pub fn master_started(&mut self, pid: u32, now: i64) -> Result<()> {
         self.write(|tx| {
             tx.execute(
@@ -32,6 +109,7 @@ impl Store {
                 params![pid, now],
             )?;
             tx.execute("DELETE FROM workers", [])?;
+            tx.execute("DELETE FROM push_state", [])?;
             Ok(())
         })
     }
@@ -47,6 +125,7 @@ impl Store {
         self.write(|tx| {
             tx.execute("UPDATE master SET stopped = ? WHERE id = 1", [now])?;
             tx.execute("DELETE FROM workers", [])?;
+            tx.execute("DELETE FROM push_state", [])?;
             Ok(())
         })
     }

@@ -34,7 +34,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 
 pub use accounts::{Account, Auth, NEVER, NewAccount, OAuth, Security, SmtpSettings};
-pub use engine_state::{MasterRow, WorkerRow};
+pub use engine_state::{MasterRow, PushCandidate, PushFolder, PushRow, WorkerRow};
 pub use history::{HistoryFilter, HistoryRow, NewHistory};
 pub use local::{DeletionWork, FlagEdit, MailRow};
 pub use mail::*;

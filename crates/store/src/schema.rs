@@ -3,7 +3,7 @@
 //! Times are unix seconds (UTC) in INTEGER columns. Booleans are 0/1.
 //! Invariant: a migration, once released, is never edited; add a new one at the end.
 
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 const V1: &str = r#"
 -- users of the store: owners of accounts, and parties of internal messages
@@ -297,4 +297,15 @@ ALTER TABLE accounts ADD COLUMN oauth_access_token TEXT;
 ALTER TABLE accounts ADD COLUMN oauth_expires_at INTEGER;   -- of the access token
 -- why a person must act (account authorize / account set); the account is not tried meanwhile
 ALTER TABLE accounts ADD COLUMN needs_authorization TEXT;
+"#;
+
+/// Push (issue 21): how each account is watched now, for `status`. Engine state, not data:
+/// emptied when a master starts and when it stops.
+const V4: &str = r#"
+CREATE TABLE push_state (
+    account_id INTEGER PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+    mode       TEXT NOT NULL CHECK (mode IN ('NOTIFY','IDLE','polling')),
+    since      INTEGER NOT NULL,
+    note       TEXT                -- why polling (a server that refused the connection…)
+);
 "#;

@@ -42,6 +42,9 @@ pub struct DovecotOptions {
     /// Dovecot logs "process_limit (N) reached, client connections are being dropped" and new
     /// clients lose their connection at login. Unset: `default_process_limit` (200).
     pub process_limit: Option<u32>,
+    /// `service imap { client_limit }`: connections one imap process serves (1 unless set);
+    /// with `process_limit`, thousands of connections take tens of processes, not thousands.
+    pub client_limit: Option<u32>,
     /// `mail_max_userip_connections`: connections of one user from one IP at once (100 unless
     /// set); past it the new connection gets `* BYE Maximum number of connections from
     /// user+IP exceeded` after its login.
@@ -355,9 +358,14 @@ impl Ids {
 fn config(dir: &Path, ids: &Ids, imap_port: u16, imaps_port: u16, opts: &DovecotOptions) -> String {
     let d = dir.display();
     let userip = opts.mail_max_userip_connections.unwrap_or(100);
-    let imap_service = match opts.process_limit {
-        Some(n) => format!("service imap {{\n  process_limit = {n}\n}}\n"),
-        None => String::new(),
+    let imap_service = match (opts.process_limit, opts.client_limit) {
+        (None, None) => String::new(),
+        (p, c) => format!(
+            "service imap {{\n{}{}}}\n",
+            p.map(|n| format!("  process_limit = {n}\n")).unwrap_or_default(),
+            // a process serves more than one connection only when it is not one-shot
+            c.map(|n| format!("  client_limit = {n}\n  service_count = 0\n")).unwrap_or_default()
+        ),
     };
     let capability = opts.imap_capability.as_ref().map(|c| format!("imap_capability = {c}\n")).unwrap_or_default();
     let (mechanisms, password_mechanisms, oauth2_passdb) = match opts.oauth2_introspection_url {

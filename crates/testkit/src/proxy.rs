@@ -186,6 +186,16 @@ impl FaultProxy {
         lock(&self.shared.rules).gmail_hits()
     }
 
+    /// Cuts every connection open now (both sides shut down, as a link that went away);
+    /// new ones are treated by the fault set.
+    pub fn cut_all(&self) {
+        for socks in lock(&self.shared.sockets).values() {
+            for s in socks {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)

@@ -8,6 +8,7 @@
 
 mod link;
 mod measure;
+mod push;
 mod raw;
 mod sched;
 mod table;
@@ -26,7 +27,7 @@ const SEED: u64 = 9;
 /// The 8 folders besides INBOX that share 30% of the mail.
 const FOLDERS: [&str; 8] = ["Archive", "Projects", "Receipts", "Newsletters", "Входящие", "Entwürfe", "日本語", "Café"];
 
-const STEPS: [&str; 7] = ["initial", "resync", "incremental", "send", "folders", "sched", "link"];
+const STEPS: [&str; 8] = ["initial", "resync", "incremental", "send", "folders", "sched", "link", "push"];
 
 struct Opts {
     messages: usize,
@@ -412,6 +413,10 @@ fn bench(o: &Opts) -> anyhow::Result<()> {
     // ---- 7. over a simulated wide-area link (after the table: its own rows)
     if o.wants("link") {
         link::run(&o.disk, o.runs.min(3), o.smoke, SEED)?;
+    }
+    // ---- 8. push: new-mail latency and the cost of waiting connections
+    if o.wants("push") {
+        push::run(&o.disk, o.smoke, SEED)?;
     }
     Ok(())
 }

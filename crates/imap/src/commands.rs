@@ -429,6 +429,22 @@ impl Session {
 
     fn send_status(&mut self, name: &str, items: &'static str) -> Result<u32> {
         let key = status_key(name.as_bytes());
+        if self.selected.as_ref().is_some_and(|s| status_key(s.name.as_bytes()) == key) {
+            // STATUS of the selected mailbox answers this session's view of it (Dovecot: as
+            // of its last SELECT, without what other clients added since; RFC 3501 §6.3.10
+            // warns of it). UNSELECT (RFC 3691) in the same write leaves nothing selected, and
+            // a server runs it before the STATUS; without UNSELECT, a NOOP brings the view up
+            // to date, waited for (Dovecot runs a NOOP and a STATUS sent together at once).
+            if self.caps.unselect {
+                self.send_raw(b"UNSELECT", "UNSELECT", Budget::SMALL, None)?;
+                if let Some(p) = self.pending.back_mut() {
+                    p.unawaited = true;
+                }
+                self.selected = None;
+            } else {
+                self.noop()?;
+            }
+        }
         self.status_answers.insert(key.clone(), Err(String::new()));
         let mut c = self.cmd();
         c.raw("STATUS ");

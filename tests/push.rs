@@ -172,6 +172,9 @@ fn notify_brings_new_mail_flags_and_expunges_of_every_high_folder() {
     let (h, a) = setup(&d, d.imap_port(), "");
     let _m = Master::start(&h);
     wait_push(&h, a, "NOTIFY");
+    let o = h.run(&["status"]);
+    let line = format!("account {a} (alice@backproc.test): push NOTIFY since ");
+    assert!(stdout(&o).contains(&line), "status shows push:\n{}", stdout(&o));
     inbox_changes_arrive(&h, &d, a);
     let work = folder_id(&store(&h), a, "Work");
     assert_eq!(count(&h, work), 0);
@@ -236,6 +239,29 @@ fn a_cut_while_idling_reconnects_and_what_came_meanwhile_is_synced() {
         })
     });
     assert!(ok, "reconnects are counted:\n{prom}");
+}
+
+#[test]
+fn renewals_keep_the_connection_and_a_silent_one_is_replaced() {
+    let d = Dovecot::start().unwrap();
+    let proxy = FaultProxy::start(format!("{HOST}:{}", d.imap_port()).parse().unwrap()).unwrap();
+    let (h, a) = setup(&d, proxy.port(), "define('EMAIL_BG_IDLE_RENEW', 10);\ndefine('BG_IO_TIMEOUT', 2);");
+    let _m = Master::start(&h);
+    wait_push(&h, a, "NOTIFY");
+    let renewed = wait_until(Duration::from_secs(20), || h.log("l-debug.log").contains("push: renewed"));
+    assert!(renewed, "a renewal is answered\n{}", tail(&h));
+    assert_eq!(push_state(&h, a).map(|p| p.0), Some("NOTIFY".into()), "and the connection stays");
+    // The server goes silent without closing anything: the next renewal finds it dead.
+    proxy.freeze(true);
+    let dead = wait_until(Duration::from_secs(25), || {
+        push_state(&h, a).is_some_and(|(_, n)| n.is_some_and(|n| n.contains("no answer to the renewal")))
+    });
+    proxy.freeze(false);
+    assert!(dead, "the silent connection is found dead: {:?}\n{}", push_state(&h, a), tail(&h));
+    wait_push(&h, a, "NOTIFY");
+    let inbox = folder_id(&store(&h), a, "INBOX");
+    d.append("alice", PW, "INBOX", &msg(1), &[]).unwrap();
+    within_bound(&h, "a message after the new connection", || count(&h, inbox) == 2);
 }
 
 /// Sessions of `user` at the server now, as `doveadm who` counts them.

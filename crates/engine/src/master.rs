@@ -1,4 +1,5 @@
-//! The master: one loop over events (tick, a worker's outcome, shutdown), deciding what runs.
+//! The master: one loop over events (tick, a worker's outcome, a push event, shutdown),
+//! deciding what runs.
 //!
 //! Invariants:
 //! - a task is queued or running at most once (`in_flight`);

@@ -68,6 +68,8 @@ struct Shared {
     counts: Mutex<Counts>,
     counts_changed: Condvar,
     stop: AtomicBool,
+    /// `freeze`: no byte is forwarded either way while set (connections stay open).
+    frozen: Arc<AtomicBool>,
     /// Clones of every open socket by connection id, shut down on drop so the pump threads end;
     /// a connection's entry is removed when it ends, so its descriptors really close.
     sockets: Mutex<HashMap<u64, Vec<TcpStream>>>,
@@ -127,6 +129,7 @@ impl FaultProxy {
             counts: Mutex::new(Counts { open: 0, max: 0, max_client: 0, audits: 0 }),
             counts_changed: Condvar::new(),
             stop: AtomicBool::new(false),
+            frozen: Arc::new(AtomicBool::new(false)),
             sockets: Mutex::new(HashMap::new()),
         });
         let sh = Arc::clone(&shared);
@@ -194,6 +197,12 @@ impl FaultProxy {
                 let _ = s.shutdown(std::net::Shutdown::Both);
             }
         }
+    }
+
+    /// While `on`, nothing is forwarded either way and the connections stay open: a peer
+    /// gone silent (a frozen host, a link that drops packets without a reset).
+    pub fn freeze(&self, on: bool) {
+        self.shared.frozen.store(on, Ordering::SeqCst);
     }
 
     /// Connections accepted so far.
@@ -282,6 +291,7 @@ impl FaultProxy {
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.frozen.store(false, Ordering::SeqCst);
         // Wake the blocking accept.
         let _ = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port));
         if let Some(t) = self.acceptor.take() {
@@ -406,7 +416,7 @@ fn handle(client: TcpStream, upstream: SocketAddr, fault: Fault, rules: Arc<Rule
 
 /// Copies `from` → `to` applying `fault` for this direction (`downstream`: server → client).
 fn pump(mut from: TcpStream, mut to: TcpStream, fault: &Fault, downstream: bool, sh: &Shared) {
-    let mut stage = Stage::new(fault, downstream);
+    let mut stage = Stage::new(fault, downstream, &sh.frozen);
     if !downstream && matches!(fault, Fault::CutClientAfter { .. }) {
         stage.client = from.try_clone().ok();
     }
@@ -442,10 +452,12 @@ struct Stage {
     /// so that the server's answer to them can never reach the client (the cut is "right
     /// after", whatever the threads' timing).
     client: Option<TcpStream>,
+    /// The proxy's `freeze` switch.
+    frozen: Arc<AtomicBool>,
 }
 
 impl Stage {
-    fn new(fault: &Fault, downstream: bool) -> Stage {
+    fn new(fault: &Fault, downstream: bool, frozen: &Arc<AtomicBool>) -> Stage {
         let limit = match (fault, downstream) {
             (Fault::CutAfter { server_bytes }, true) => Some(*server_bytes),
             (Fault::CutClientAfter { client_bytes }, false) => Some(*client_bytes),
@@ -460,6 +472,7 @@ impl Stage {
             limit,
             cut: limit == Some(0),
             client: None,
+            frozen: Arc::clone(frozen),
         }
     }
 
@@ -473,6 +486,9 @@ impl Stage {
     /// Writes `data` to `to` through the fault; false when the stream must end (cut reached or
     /// the write failed).
     fn send(&mut self, to: &mut TcpStream, data: &[u8]) -> bool {
+        while self.frozen.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         if self.cut {
             return false;
         }

@@ -83,7 +83,7 @@ pub struct Push {
     /// Kept so `events` never disconnects, even if the push thread ends (a master's loop
     /// waiting on a disconnected channel would wake at once, forever).
     _events_tx: Sender<PushEvent>,
-    threads: Vec<JoinHandle<()>>,
+    poller: JoinHandle<()>,
 }
 
 impl Push {
@@ -128,7 +128,10 @@ impl Push {
             };
             p.run(&wake_rx, &commands_rx, &done_rx);
         })?;
-        Ok(Push { commands, waker, events, _events_tx: kept, threads: vec![poller, connector] })
+        // The connector is not joined at the end: it may be in the middle of a connection to
+        // a server that does not answer (up to BG_IO_TIMEOUT), and ends on its own.
+        drop(connector);
+        Ok(Push { commands, waker, events, _events_tx: kept, poller })
     }
 
     /// The accounts to keep a push connection for from now on (at every tick).
@@ -137,13 +140,11 @@ impl Push {
         wake(&self.waker);
     }
 
-    /// Closes every push connection and ends the threads.
+    /// Closes every push connection and ends the push thread.
     pub fn stop(self) {
         let _ = self.commands.send(Command::Stop);
         wake(&self.waker);
-        for t in self.threads {
-            let _ = t.join();
-        }
+        let _ = self.poller.join();
     }
 }
 
@@ -461,6 +462,15 @@ impl Poller {
             }
             return;
         };
+        if !matches!(a.state, State::Connecting) {
+            // An answer to an earlier request (the account left and came back while it
+            // connected): this account is served by the later one.
+            if let Ok(s) = c.result {
+                s.watch.close();
+                self.sessions.release_push(&c.host);
+            }
+            return;
+        }
         let _scope = crate::logctx::scope(Some(c.account), None);
         match c.result {
             Ok(s) => {

@@ -229,10 +229,15 @@ pub(super) fn run(client: TcpStream, server: TcpStream, fault: &Fault, rules: Ar
         return;
     };
     let link = Arc::new(Link::default());
-    let down = Arc::new(Down::new(client_w, server_shut, Stage::new(fault, true)));
+    let down = Arc::new(Down::new(client_w, server_shut, Stage::new(fault, true, &sh.frozen)));
     let up = {
-        let (stage, rules, link, down, sh) =
-            (Stage::new(fault, false), Arc::clone(&rules), Arc::clone(&link), Arc::clone(&down), Arc::clone(sh));
+        let (stage, rules, link, down, sh) = (
+            Stage::new(fault, false, &sh.frozen),
+            Arc::clone(&rules),
+            Arc::clone(&link),
+            Arc::clone(&down),
+            Arc::clone(sh),
+        );
         std::thread::Builder::new().name("fault-proxy-imap-up".into()).spawn(move || {
             ClientPump {
                 to: server_w,

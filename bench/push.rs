@@ -193,12 +193,14 @@ struct Idle {
     connect_secs: f64,
 }
 
-fn idle_cost(dir: &Path, n: usize, idle_secs: u64) -> anyhow::Result<Idle> {
+fn idle_cost(dir: &Path, n: usize, idle_secs: u64, tls: bool) -> anyhow::Result<Idle> {
     let d = Dovecot::start_with(DovecotOptions {
         process_limit: Some(u32::try_from(n / 50 + 10).unwrap_or(u32::MAX)),
         client_limit: Some(60),
+        login_client_limit: Some(u32::try_from(n / 8 + 100).unwrap_or(u32::MAX)),
         ..DovecotOptions::default()
     })?;
+    let ca = d.ca_cert_path().display().to_string();
     let home = dir.join("push-idle-home");
     clean(&home);
     std::fs::create_dir_all(&home)?;
@@ -224,8 +226,9 @@ fn idle_cost(dir: &Path, n: usize, idle_secs: u64) -> anyhow::Result<Idle> {
                     owner_login: LOGIN.into(),
                     email: format!("{login}@backproc.test"),
                     imap_host: "127.0.0.1".into(),
-                    imap_port: d.imap_port(),
-                    imap_security: Some(Security::None),
+                    imap_port: if tls { d.imaps_port() } else { d.imap_port() },
+                    imap_security: Some(if tls { Security::Ssl } else { Security::None }),
+                    tls_ca_file: tls.then(|| ca.clone()),
                     login,
                     password: Some(PASSWORD.into()),
                     ..Default::default()
@@ -266,27 +269,32 @@ pub fn run(dir: &Path, smoke: bool, seed: u64) -> anyhow::Result<()> {
     let push = latencies(dir, true, s.messages, s.poll_secs, seed)?;
     let poll = latencies(dir, false, s.messages, s.poll_secs, seed)?;
     say(&format!("push: {} accounts waiting", s.accounts));
-    let idle = idle_cost(dir, s.accounts, s.idle_secs)?;
+    let idle = idle_cost(dir, s.accounts, s.idle_secs, false)?;
+    say(&format!("push: {} accounts waiting over TLS", s.accounts));
+    let idle_tls = idle_cost(dir, s.accounts, s.idle_secs, true)?;
     println!("\n### Push (issue 21)\n");
     println!("| new mail → store | messages | p50 | p95 | max |");
     println!("|---|---:|---:|---:|---:|");
     for (name, v) in [("push (NOTIFY)".to_string(), &push), (format!("polling every {} s", s.poll_secs), &poll)] {
         println!("| {name} | {} | {:.2} s | {:.2} s | {:.2} s |", v.len(), median(v), pct(v, 0.95), pct(v, 1.0));
     }
-    println!(
-        "\n| {} push accounts | before | after |\n|---|---:|---:|\n| threads of the master | {} | {} |\n| RSS | {:.1} MB | {:.1} MB |\n\n\
-         All {} connected {:.1} s after the owner logged in. CPU while they wait, over {} s: the master \
-         {:.2} % of a core (its 1 s ticks included), the two push threads {:.2} %.",
-        idle.accounts,
-        idle.threads.0,
-        idle.threads.1,
-        idle.rss_kib.0 as f64 / 1024.0,
-        idle.rss_kib.1 as f64 / 1024.0,
-        idle.accounts,
-        idle.connect_secs,
-        s.idle_secs,
-        idle.cpu_percent,
-        idle.push_cpu_percent
-    );
+    for (what, idle) in [("plain", &idle), ("TLS", &idle_tls)] {
+        println!(
+            "\n| {} push accounts, {what} | before | after |\n|---|---:|---:|\n| threads of the master | {} | {} |\n\
+             | RSS | {:.1} MB | {:.1} MB |\n\n\
+             All {} connected {:.1} s after the owner logged in. CPU while they wait, over {} s: the master \
+             {:.2} % of a core (its 1 s ticks included), the two push threads {:.2} %.",
+            idle.accounts,
+            idle.threads.0,
+            idle.threads.1,
+            idle.rss_kib.0 as f64 / 1024.0,
+            idle.rss_kib.1 as f64 / 1024.0,
+            idle.accounts,
+            idle.connect_secs,
+            s.idle_secs,
+            idle.cpu_percent,
+            idle.push_cpu_percent
+        );
+    }
     Ok(())
 }

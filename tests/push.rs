@@ -1,9 +1,11 @@
 //! Push (issue 21) against real Dovecot, every polling interval at an hour, so that only push
 //! can bring a change within the bound:
 //! - NOTIFY: new mail, a flag change and an expunge on the server are in the store within
-//!   seconds, in INBOX and in a second high-priority folder;
+//!   seconds, in INBOX and in a second high-priority folder, and a new folder is listed;
 //! - IDLE (NOTIFY hidden from the capabilities): the same for INBOX;
+//! - TLS (verified) as plain;
 //! - a connection cut while idling comes back, and what came during the outage is synced;
+//! - renewals are answered; a connection gone silent is found dead at the next one, replaced;
 //! - the owner logs out: the push connection closes (one session less at the server);
 //! - a server that refuses the extra connection: polling, one history line, no reconnects;
 //! - 500 accounts pushed by one engine: a few threads, little memory, events all land.
@@ -180,6 +182,9 @@ fn notify_brings_new_mail_flags_and_expunges_of_every_high_folder() {
     assert_eq!(count(&h, work), 0);
     d.append("alice", PW, "Work", &msg(2), &[]).unwrap();
     within_bound(&h, "a new message in the second folder", || count(&h, work) == 1);
+    // A folder created on the server: the folder list is read again at once.
+    d.create_folder("alice", PW, "Fresh").unwrap();
+    within_bound(&h, "a new folder", || store(&h).folders(Some(a)).unwrap().iter().any(|f| f.display_name == "Fresh"));
     let debug = h.log("l-debug.log");
     assert!(debug.contains("push: connected, NOTIFY over 2 folder(s)"), "{}", tail(&h));
     assert!(debug.contains("push: event:"), "events are logged");

@@ -432,18 +432,11 @@ impl Session {
         if self.selected.as_ref().is_some_and(|s| status_key(s.name.as_bytes()) == key) {
             // STATUS of the selected mailbox answers this session's view of it (Dovecot: as
             // of its last SELECT, without what other clients added since; RFC 3501 §6.3.10
-            // warns of it). UNSELECT (RFC 3691) in the same write leaves nothing selected, and
-            // a server runs it before the STATUS; without UNSELECT, a NOOP brings the view up
-            // to date, waited for (Dovecot runs a NOOP and a STATUS sent together at once).
-            if self.caps.unselect {
-                self.send_raw(b"UNSELECT", "UNSELECT", Budget::SMALL, None)?;
-                if let Some(p) = self.pending.back_mut() {
-                    p.unawaited = true;
-                }
-                self.selected = None;
-            } else {
-                self.noop()?;
-            }
+            // warns of it): a NOOP brings the view up to date first. Waited for: Dovecot runs
+            // a NOOP and a STATUS sent together at once, and the STATUS is stale again. (An
+            // UNSELECT instead would cost the next read a SELECT, and a server that changes
+            // UIDVALIDITY on every SELECT would then never let a sync settle.)
+            self.noop()?;
         }
         self.status_answers.insert(key.clone(), Err(String::new()));
         let mut c = self.cmd();

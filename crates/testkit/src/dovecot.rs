@@ -45,6 +45,11 @@ pub struct DovecotOptions {
     /// `service imap { client_limit }`: connections one imap process serves (1 unless set);
     /// with `process_limit`, thousands of connections take tens of processes, not thousands.
     pub client_limit: Option<u32>,
+    /// `service imap-login { client_limit }` in high-performance mode (`service_count = 0`):
+    /// connections one login process serves, TLS ones included for their whole life (Dovecot
+    /// proxies TLS in the login process); unset, one process per connection while it logs in
+    /// and, for TLS, as long as it lasts.
+    pub login_client_limit: Option<u32>,
     /// `mail_max_userip_connections`: connections of one user from one IP at once (100 unless
     /// set); past it the new connection gets `* BYE Maximum number of connections from
     /// user+IP exceeded` after its login.
@@ -445,7 +450,7 @@ namespace inbox {{
 service ipc {{
 {chroot}}}
 service imap-login {{
-{chroot}  inet_listener imap {{
+{chroot}{login}  inet_listener imap {{
     address = 127.0.0.1
     port = {imap_port}
   }}
@@ -457,6 +462,10 @@ service imap-login {{
 }}
 {imap_service}{compress}"#,
         compress = if opts.compress { "protocol imap {\n  mail_plugins = $mail_plugins imap_zlib\n}\n" } else { "" },
+        login = opts
+            .login_client_limit
+            .map(|n| format!("  service_count = 0\n  client_limit = {n}\n  process_limit = 16\n"))
+            .unwrap_or_default(),
         iu = ids.internal_user,
         ig = ids.internal_group,
         lu = ids.login_user,

@@ -15,7 +15,7 @@
 //! connection broke"; an answer we cannot parse is an error naming it, never skipped.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 use crate::read::{Limits, ReadError, Reader};
@@ -148,13 +148,9 @@ impl Watch {
     pub fn mode(&self) -> WatchMode {
         self.mode
     }
-
-    /// The socket, for readiness polling (readable: call `read_events`).
-    pub fn fd(&self) -> RawFd {
-        self.stream.tcp().as_raw_fd()
-    }
 }
 
+/// The socket, for readiness polling (readable: call `read_events`).
 impl AsFd for Watch {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.stream.tcp().as_fd()
@@ -162,11 +158,6 @@ impl AsFd for Watch {
 }
 
 impl Watch {
-    /// Whether a renewal was sent and its answer has not come yet.
-    pub fn renewing(&self) -> bool {
-        self.renewing.is_some()
-    }
-
     /// Everything that has arrived, as events; never blocks. A closed connection, a read error
     /// or an answer we cannot parse is an error (the watch is then unusable).
     pub fn read_events(&mut self) -> Result<Vec<WatchEvent>> {

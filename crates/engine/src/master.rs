@@ -167,15 +167,8 @@ pub fn run(
                 if in_flight.contains_key(&task) {
                     again.insert(task);
                 } else {
-                    for t in scheduler.within_budget(vec![task], &in_flight, &config) {
-                        match pool.offer_in(t, true) {
-                            Offer::Queued { worker } => {
-                                in_flight.insert(t, worker);
-                                pushed.insert(t);
-                            }
-                            Offer::Full => log::debug!("queue full: {t}, made due by push, waits for the tick"),
-                        }
-                    }
+                    let follow = scheduler.within_budget(vec![task], &in_flight, &config);
+                    pushed.extend(dispatch_in(&mut pool, &mut in_flight, follow, true));
                 }
             }
             Event::Tick => {
@@ -292,15 +285,24 @@ pub fn run(
 }
 
 fn dispatch(pool: &mut Pool, in_flight: &mut HashMap<Task, usize>, tasks: Vec<Task>) {
+    dispatch_in(pool, in_flight, tasks, false);
+}
+
+/// Offers the tasks not already in flight, to the urgent lane when their job is urgent or
+/// `urgent` says so (push); returns those queued.
+fn dispatch_in(pool: &mut Pool, in_flight: &mut HashMap<Task, usize>, tasks: Vec<Task>, urgent: bool) -> Vec<Task> {
+    let mut queued = Vec::new();
     for task in tasks {
         if in_flight.contains_key(&task) {
             continue;
         }
-        match pool.offer(task) {
+        match pool.offer_in(task, urgent || task.job.urgent()) {
             Offer::Queued { worker } => {
                 in_flight.insert(task, worker);
+                queued.push(task);
             }
             Offer::Full => log::debug!("queue full: {task} stays due"),
         }
     }
+    queued
 }

@@ -27,7 +27,7 @@ pub use plan::{
     Change, FetchPlan, Flags, LocalFolder, LocalMsg, LocalSummary, NewMsg, Presence, ReadCaps, ServerFlags,
     ServerStatus, ServerView, plan, plan_fetch,
 };
-pub use session::{Caps, ConnectParams, Error, ErrorKind, Security, Selected, Session, Stats};
+pub use session::{Caps, ConnectParams, Error, ErrorKind, Security, Selected, Session, Stats, status_key};
 pub use transport::Deadline;
 pub use watch::{Watch, WatchEvent, WatchMode};
 

@@ -288,7 +288,7 @@ pub struct Session {
 
 /// How STATUS answers are matched to the folders asked: the name's bytes exactly, except
 /// INBOX, whose name is case-insensitive (RFC 3501 §5.1).
-pub(crate) fn status_key(name: &[u8]) -> Vec<u8> {
+pub fn status_key(name: &[u8]) -> Vec<u8> {
     if crate::is_inbox(name) { b"INBOX".to_vec() } else { name.to_vec() }
 }
 

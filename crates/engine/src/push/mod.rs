@@ -39,12 +39,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use backproc_config::Config;
-use backproc_imap::{ErrorKind, Session, Watch, WatchEvent};
+use backproc_imap::response::MailboxStatus;
+use backproc_imap::{ErrorKind, Session, Watch, WatchEvent, status_key};
 use backproc_store::{PushCandidate, PushFolder, Store};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
-use self::plan::{Debounce, Ending, Next, Snap};
+use self::plan::{Debounce, Ending, Next};
 use crate::schedule::SyncDue;
 use crate::sessions::SessionPool;
 use crate::signin::{self, Server};
@@ -164,7 +165,7 @@ struct ConnectJob {
 struct Started {
     watch: Watch,
     /// NOTIFY: the watched mailboxes' status, by key (`key`): (folder, last status).
-    snaps: HashMap<Vec<u8>, (i64, Snap)>,
+    snaps: HashMap<Vec<u8>, (i64, Option<MailboxStatus>)>,
     /// IDLE: the folder and its message count.
     idle: Option<(i64, u32)>,
     /// The syncs the folders need now (mail that came before the watch started).
@@ -175,11 +176,6 @@ struct Connected {
     account: i64,
     host: String,
     result: Result<Started, (Ending, String)>,
-}
-
-/// How a watched mailbox is recognised in an event: its name, INBOX in any case.
-fn key(name: &[u8]) -> Vec<u8> {
-    if backproc_imap::is_inbox(name) { b"INBOX".to_vec() } else { name.to_vec() }
 }
 
 fn connector(
@@ -252,16 +248,18 @@ fn start_watch(
         let mut snaps = HashMap::new();
         let mut catch_up = Vec::new();
         for st in &baseline {
-            let Some(f) = job.folders.iter().find(|f| key(f.name.as_bytes()) == key(&st.name)) else { continue };
+            let Some(f) = job.folders.iter().find(|f| status_key(f.name.as_bytes()) == status_key(&st.name)) else {
+                continue;
+            };
             if let Some(due) = plan::catch_up(f.uidvalidity, f.last_seen_uid, st.uidvalidity, st.uidnext) {
                 catch_up.push((f.id, due));
             }
-            snaps.insert(key(&st.name), (f.id, Snap::of(st)));
+            snaps.insert(status_key(&st.name), (f.id, Some(st.clone())));
         }
         // A watched folder the server gave no status of is still watched: its first event
         // (nothing known yet) makes a full sync.
         for f in &job.folders {
-            snaps.entry(key(f.name.as_bytes())).or_insert((f.id, Snap::default()));
+            snaps.entry(status_key(f.name.as_bytes())).or_insert((f.id, None));
         }
         return Ok(Started { watch, snaps, idle: None, catch_up });
     }
@@ -301,7 +299,7 @@ struct Watching {
     host: String,
     last_renew: Instant,
     renew_sent: Option<Instant>,
-    snaps: HashMap<Vec<u8>, (i64, Snap)>,
+    snaps: HashMap<Vec<u8>, (i64, Option<MailboxStatus>)>,
     idle: Option<(i64, u32)>,
 }
 
@@ -454,23 +452,15 @@ impl Poller {
 
     fn connected(&mut self, c: Connected) {
         let now = self.clock.now();
-        let Some(a) = self.accounts.get_mut(&c.account) else {
-            // No longer wanted while it connected.
+        // Not waited for: the account left while it connected (and may have come back with
+        // a later request, which serves it): the watch closes.
+        let Some(a) = self.accounts.get_mut(&c.account).filter(|a| matches!(a.state, State::Connecting)) else {
             if let Ok(s) = c.result {
                 s.watch.close();
                 self.sessions.release_push(&c.host);
             }
             return;
         };
-        if !matches!(a.state, State::Connecting) {
-            // An answer to an earlier request (the account left and came back while it
-            // connected): this account is served by the later one.
-            if let Ok(s) = c.result {
-                s.watch.close();
-                self.sessions.release_push(&c.host);
-            }
-            return;
-        }
         let _scope = crate::logctx::scope(Some(c.account), None);
         match c.result {
             Ok(s) => {
@@ -539,11 +529,10 @@ impl Poller {
                     self.debounce.push((id, None), SyncDue::Full, now);
                 }
                 WatchEvent::Status(st) => {
-                    let Some((folder, snap)) = w.snaps.get_mut(&key(&st.name)) else { continue };
+                    let Some((folder, snap)) = w.snaps.get_mut(&status_key(&st.name)) else { continue };
                     COUNTERS.events.fetch_add(1, Ordering::Relaxed);
-                    let known = (*snap != Snap::default()).then_some(*snap);
-                    let (next, due) = plan::status_due(known.as_ref(), st);
-                    *snap = next;
+                    let (next, due) = plan::status_due(snap.as_ref(), st);
+                    *snap = Some(next);
                     log::debug!("push: event: {:?} {due:?}", String::from_utf8_lossy(&st.name));
                     if let Some(d) = due {
                         self.debounce.push((id, Some(*folder)), d, now);

@@ -16,28 +16,6 @@ pub fn stronger(a: SyncDue, b: SyncDue) -> SyncDue {
     if a == SyncDue::Full || b == SyncDue::Full { SyncDue::Full } else { SyncDue::Recent }
 }
 
-/// What the server last said of a watched mailbox's status (NOTIFY).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Snap {
-    pub messages: Option<u32>,
-    pub uidnext: Option<u32>,
-    pub uidvalidity: Option<u32>,
-    pub unseen: Option<u32>,
-    pub modseq: Option<u64>,
-}
-
-impl Snap {
-    pub fn of(s: &MailboxStatus) -> Snap {
-        Snap {
-            messages: s.messages,
-            uidnext: s.uidnext,
-            uidvalidity: s.uidvalidity,
-            unseen: s.unseen,
-            modseq: s.highest_modseq,
-        }
-    }
-}
-
 /// A NOTIFY STATUS event against what was known of the mailbox: the new state and the sync it
 /// makes due. A server sends only the items that changed (Dovecot: `(HIGHESTMODSEQ 3)` for a
 /// flag change), so the event is merged into what was known.
@@ -47,16 +25,17 @@ impl Snap {
 /// - UIDNEXT moved on and MESSAGES grew by as much (or is not said): new mail only, a recent sync;
 /// - anything else changed (MESSAGES fell, UNSEEN or HIGHESTMODSEQ alone: flags, expunges): full;
 /// - nothing changed (a repeated status): nothing.
-pub fn status_due(prev: Option<&Snap>, ev: &MailboxStatus) -> (Snap, Option<SyncDue>) {
+pub fn status_due(prev: Option<&MailboxStatus>, ev: &MailboxStatus) -> (MailboxStatus, Option<SyncDue>) {
     let Some(p) = prev else {
-        return (Snap::of(ev), Some(SyncDue::Full));
+        return (ev.clone(), Some(SyncDue::Full));
     };
-    let next = Snap {
+    let next = MailboxStatus {
+        name: p.name.clone(),
         messages: ev.messages.or(p.messages),
         uidnext: ev.uidnext.or(p.uidnext),
         uidvalidity: ev.uidvalidity.or(p.uidvalidity),
         unseen: ev.unseen.or(p.unseen),
-        modseq: ev.highest_modseq.or(p.modseq),
+        highest_modseq: ev.highest_modseq.or(p.highest_modseq),
     };
     if next == *p {
         return (next, None);
@@ -192,22 +171,23 @@ mod tests {
         MailboxStatus { name: b"INBOX".to_vec(), messages, uidnext, uidvalidity, unseen, highest_modseq: modseq }
     }
 
-    const BASE: Snap =
-        Snap { messages: Some(5), uidnext: Some(10), uidvalidity: Some(7), unseen: Some(1), modseq: Some(40) };
+    fn base() -> MailboxStatus {
+        st(Some(5), Some(10), Some(7), Some(1), Some(40))
+    }
 
     #[test]
     fn status_events_by_case() {
-        let cases: Vec<(&str, Option<Snap>, MailboxStatus, Option<SyncDue>)> = vec![
+        let cases: Vec<(&str, Option<MailboxStatus>, MailboxStatus, Option<SyncDue>)> = vec![
             ("nothing known", None, st(Some(5), None, None, None, None), Some(Full)),
-            ("new mail, all items", Some(BASE), st(Some(6), Some(11), Some(7), Some(2), Some(41)), Some(Recent)),
-            ("new mail, two at once", Some(BASE), st(Some(7), Some(12), None, None, None), Some(Recent)),
-            ("new mail, MESSAGES not said", Some(BASE), st(None, Some(11), None, None, None), Some(Recent)),
-            ("new mail and an expunge together", Some(BASE), st(Some(5), Some(11), None, None, None), Some(Full)),
-            ("a flag change: HIGHESTMODSEQ alone", Some(BASE), st(None, None, None, None, Some(41)), Some(Full)),
-            ("seen: UNSEEN and HIGHESTMODSEQ", Some(BASE), st(None, None, None, Some(0), Some(41)), Some(Full)),
-            ("an expunge: MESSAGES fell", Some(BASE), st(Some(4), Some(10), None, None, Some(42)), Some(Full)),
-            ("UIDVALIDITY changed", Some(BASE), st(Some(5), Some(10), Some(8), None, None), Some(Full)),
-            ("a repeated status", Some(BASE), st(Some(5), Some(10), Some(7), None, None), None),
+            ("new mail, all items", Some(base()), st(Some(6), Some(11), Some(7), Some(2), Some(41)), Some(Recent)),
+            ("new mail, two at once", Some(base()), st(Some(7), Some(12), None, None, None), Some(Recent)),
+            ("new mail, MESSAGES not said", Some(base()), st(None, Some(11), None, None, None), Some(Recent)),
+            ("new mail and an expunge together", Some(base()), st(Some(5), Some(11), None, None, None), Some(Full)),
+            ("a flag change: HIGHESTMODSEQ alone", Some(base()), st(None, None, None, None, Some(41)), Some(Full)),
+            ("seen: UNSEEN and HIGHESTMODSEQ", Some(base()), st(None, None, None, Some(0), Some(41)), Some(Full)),
+            ("an expunge: MESSAGES fell", Some(base()), st(Some(4), Some(10), None, None, Some(42)), Some(Full)),
+            ("UIDVALIDITY changed", Some(base()), st(Some(5), Some(10), Some(8), None, None), Some(Full)),
+            ("a repeated status", Some(base()), st(Some(5), Some(10), Some(7), None, None), None),
         ];
         for (name, prev, ev, want) in cases {
             let (next, due) = status_due(prev.as_ref(), &ev);

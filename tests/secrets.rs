@@ -93,11 +93,12 @@ fn untrusted_or_wrong_host_certificates_and_stripped_starttls_are_refused_before
     // IMAPS with the self-signed certificate not trusted
     let untrusted_proxy = proxy_to(dovecot.imaps_port(), Fault::Pass);
     let (untrusted, _) = add_account_at(&home, "127.0.0.1", untrusted_proxy.port(), "ssl", user, pw, &[]);
-    // IMAPS with the CA trusted, but reached by a name the certificate does not carry: "127.1"
-    // resolves to 127.0.0.1 (inet_aton), yet it is neither SAN DNS:localhost nor IP:127.0.0.1
+    // IMAPS with the CA trusted, but reached by a name the certificate does not carry:
+    // "::ffff:127.0.0.1" is 127.0.0.1 reached over IPv6, yet the certificate names only the
+    // IPv4 address (and DNS:localhost)
     let wrong_host_proxy = proxy_to(dovecot.imaps_port(), Fault::Pass);
     let (wrong_host, _) =
-        add_account_at(&home, "127.1", wrong_host_proxy.port(), "ssl", user, pw, &["--tls-ca-file", &ca]);
+        add_account_at(&home, "::ffff:127.0.0.1", wrong_host_proxy.port(), "ssl", user, pw, &["--tls-ca-file", &ca]);
     // STARTTLS required, but a proxy removes it from the capabilities
     let strip_proxy = proxy_to(dovecot.imap_port(), Fault::StripStartTls);
     let (stripped, _) =

@@ -15,6 +15,7 @@ pub mod response;
 pub mod session;
 #[cfg(test)]
 mod testio;
+mod tls;
 pub mod transport;
 pub mod watch;
 

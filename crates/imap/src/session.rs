@@ -15,8 +15,7 @@
 //! cost 2 GB). Nor `imap-codec`/`imap-next`: a sound codec, but it decodes a response only once
 //! all of it, literals included, is in its input buffer, where we need a 50 MB body to go from
 //! the socket into the buffer that is stored, once, and limits at every stage of a response.
-//! What we keep from the ecosystem: native-tls for TLS (certificate checks, the system's CA
-//! store), and the grammar of RFC 3501/9051, implemented in `lex.rs` and `response.rs`.
+//! What we keep from the ecosystem: rustls for TLS (`tls.rs` says why not OpenSSL), and the grammar of RFC 3501/9051, implemented in `lex.rs` and `response.rs`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Write};
@@ -292,38 +291,6 @@ pub fn status_key(name: &[u8]) -> Vec<u8> {
     if crate::is_inbox(name) { b"INBOX".to_vec() } else { name.to_vec() }
 }
 
-/// TLS settings (an extra CA, verification skipped) and the connector made for them.
-type TlsSettings = (Option<Vec<u8>>, bool);
-
-/// The connector for the connection's settings, made once per settings and shared: a
-/// connector is an OpenSSL context holding the parsed system CA store, about 0.9 MB. One per
-/// connection cost 1.7 GB for 2,000 push connections over TLS (bench/push.rs), and 50 ms of
-/// CA parsing for each connection.
-fn tls_connector(p: &ConnectParams) -> Result<native_tls::TlsConnector> {
-    static MADE: std::sync::Mutex<Vec<(TlsSettings, native_tls::TlsConnector)>> = std::sync::Mutex::new(Vec::new());
-    let key: TlsSettings = (p.ca_pem.clone(), p.insecure);
-    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, c)) = made.iter().find(|(k, _)| *k == key) {
-        return Ok(c.clone());
-    }
-    let c = new_tls_connector(p)?;
-    made.push((key, c.clone()));
-    Ok(c)
-}
-
-fn new_tls_connector(p: &ConnectParams) -> Result<native_tls::TlsConnector> {
-    let mut b = native_tls::TlsConnector::builder();
-    if let Some(pem) = &p.ca_pem {
-        let cert = native_tls::Certificate::from_pem(pem)
-            .map_err(|e| Error::new(ErrorKind::Tls, format!("cannot read the account's CA certificate: {e}")))?;
-        b.add_root_certificate(cert);
-    }
-    if p.insecure {
-        b.danger_accept_invalid_certs(true).danger_accept_invalid_hostnames(true);
-    }
-    b.build().map_err(|e| Error::new(ErrorKind::Tls, format!("cannot set up TLS: {e}")))
-}
-
 fn tcp(p: &ConnectParams) -> Result<TcpStream> {
     let addrs = (p.host.as_str(), p.port)
         .to_socket_addrs()
@@ -355,10 +322,13 @@ fn tls_wrap(p: &ConnectParams, s: TcpStream) -> Result<Stream> {
     // The handshake is bounded like any read: a server that stops in it cannot hang us.
     let _ = s.set_read_timeout(Some(p.timeout));
     let _ = s.set_write_timeout(Some(p.timeout));
-    let c = tls_connector(p)?;
-    c.connect(&p.host, s)
-        .map(|t| Stream::Tls(Box::new(t)))
-        .map_err(|e| Error::new(ErrorKind::Tls, format!("TLS handshake with {}:{} failed: {e}", p.host, p.port)))
+    let settings = crate::tls::Settings { ca_pem: p.ca_pem.clone(), insecure: p.insecure };
+    crate::tls::connect(&settings, &p.host, s).map(|t| Stream::Tls(Box::new(t))).map_err(|f| match f {
+        crate::tls::Failure::Setup(why) => Error::new(ErrorKind::Tls, why),
+        crate::tls::Failure::Handshake(why) => {
+            Error::new(ErrorKind::Tls, format!("TLS handshake with {}:{} failed: {why}", p.host, p.port))
+        }
+    })
 }
 
 /// The text of a refusal a person can act on: the status word, the code, the server's words.

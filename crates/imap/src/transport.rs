@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 pub enum Stream {
     Plain(TcpStream),
-    Tls(Box<native_tls::TlsStream<TcpStream>>),
+    Tls(Box<crate::tls::TlsStream>),
 }
 
 impl Stream {
@@ -25,6 +25,16 @@ impl Stream {
             Stream::Plain(s) => s,
             Stream::Tls(s) => s.get_ref(),
         }
+    }
+}
+
+/// Reads plaintext from a TLS stream. A close without TLS's close_notify is an end of stream,
+/// as it is on plain TCP: IMAP frames its own answers, so a cut answer is caught by the
+/// parser, and most servers close that way after BYE.
+pub(crate) fn tls_read(s: &mut crate::tls::TlsStream, buf: &mut [u8]) -> io::Result<usize> {
+    match s.read(buf) {
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+        r => r,
     }
 }
 
@@ -235,7 +245,7 @@ impl Transport {
         self.arm()?;
         let r = match &mut self.stream {
             Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
+            Stream::Tls(s) => tls_read(s, buf),
         };
         match r {
             Ok(n) => {

@@ -165,7 +165,7 @@ impl Watch {
         loop {
             let r = match &mut self.stream {
                 Stream::Plain(s) => s.read(&mut chunk),
-                Stream::Tls(s) => s.read(&mut chunk),
+                Stream::Tls(s) => crate::transport::tls_read(s, &mut chunk),
             };
             match r {
                 Ok(0) => {

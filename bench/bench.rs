@@ -2,7 +2,7 @@
 //! scheduler at 10,000 accounts × 10 folders (issue 4). `bench/run` builds and runs it; see
 //! bench/README.md for what each row means.
 //!
-//! `bench [--messages N] [--runs R] [--send N] [--smoke] [--profile]`; two helper modes run as
+//! `bench [--messages N] [--runs R] [--send N] [--smoke] [--profile] [--heap]`; two helper modes run as
 //! child processes so they are timed like the other tools: `bench raw-fetch …`, `bench
 //! sched-scale …`.
 
@@ -40,6 +40,8 @@ struct Opts {
     disk: PathBuf,
     shm: PathBuf,
     profile: bool,
+    /// A heap profile (heaptrack) of the initial sync on disk instead of the timed rows.
+    heap: bool,
     smoke: bool,
     /// Steps to run (`--only initial,send`); empty = all. For working on one row: resync and
     /// incremental still need the stores of one initial sync, which then runs untimed.
@@ -63,6 +65,7 @@ impl Opts {
             disk: std::env::var_os("BENCH_DISK_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/tmp".into()),
             shm: std::env::var_os("BENCH_SHM_DIR").map(PathBuf::from).unwrap_or_else(|| "/dev/shm".into()),
             profile: false,
+            heap: false,
             smoke: false,
             only: Vec::new(),
         };
@@ -84,6 +87,7 @@ impl Opts {
                     o.smoke = true;
                 }
                 "--profile" => o.profile = true,
+                "--heap" => o.heap = true,
                 "--only" => {
                     o.only = it.next().expect("steps after --only").split(',').map(str::to_owned).collect();
                     for s in &o.only {
@@ -198,6 +202,9 @@ fn bench(o: &Opts) -> anyhow::Result<()> {
 
     if o.profile {
         return profile(o, &bp, port);
+    }
+    if o.heap {
+        return heap_profile(o, &bp, port);
     }
 
     let mut r = Results::new(o.messages, o.send);
@@ -458,6 +465,49 @@ fn touch_memory(shm: &Path, want: u64) -> anyhow::Result<()> {
     std::fs::remove_file(&path)?;
     result?;
     say(&format!("touched {:.1} GB of memory once ({:.1}s)", bytes as f64 / 1e9, started.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+/// Where the initial sync's memory goes (issue 20): heaptrack over `backproc run --once` into a
+/// store on disk, then the peak and its biggest consumers by call site.
+fn heap_profile(o: &Opts, bp: &Path, port: u16) -> anyhow::Result<()> {
+    let home = o.disk.join("backproc-heap");
+    tools::new_home(&home, &tools::sync_config(), port, None, 1);
+    let out = o.disk.join("heap");
+    let status = std::process::Command::new("heaptrack")
+        .arg("-o")
+        .arg(&out)
+        .arg(bp)
+        .arg("--home")
+        .arg(&home)
+        .args(["run", "--once"])
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "heaptrack failed");
+    let keep = std::env::var_os("BENCH_HEAP_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/tmp/backproc-bench-heap.zst".into());
+    std::fs::copy(out.with_extension("zst"), &keep)?;
+    let report = std::process::Command::new("heaptrack_print")
+        .args(["-n", "12", "-s", "0", "-a", "0", "-t", "0", "-l", "0", "-f"])
+        .arg(&keep)
+        .output()?;
+    anyhow::ensure!(report.status.success(), "heaptrack_print failed");
+    println!("heap profile of `backproc run --once` (initial sync of {} messages onto disk):", o.messages);
+    let text = String::from_utf8_lossy(&report.stdout);
+    for l in text.lines().filter(|l| l.starts_with("peak ") || l.starts_with("total runtime")) {
+        println!("{l}");
+    }
+    println!("biggest consumers at the peak (heaptrack_print's PEAK MEMORY CONSUMERS):");
+    for l in text.lines().skip_while(|l| !l.starts_with("PEAK MEMORY CONSUMERS")).skip(1) {
+        if l.starts_with("MOST ") || l.starts_with("total ") {
+            break;
+        }
+        if !l.trim().is_empty() {
+            println!("  {}", l.trim_end());
+        }
+    }
+    println!("(heap data kept in {}: heaptrack_print -f it for call stacks)", keep.display());
     Ok(())
 }
 

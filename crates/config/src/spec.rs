@@ -192,7 +192,7 @@ constants! {
     email_bg_receive_max_attempts: u64 = 5u64, int(1, 1000), "failures after which a receive entry moves to the secondary queue";
     email_bg_receive_final_attempts: u64 = 20u64, int(1, 10_000), "failures after which a receive entry is marked failed";
     email_bg_receive_batch_messages: u64 = 500u64, int(1, 100_000), "messages per UID FETCH batch";
-    email_bg_receive_batch_bytes: u64 = 8_388_608u64, bytes(65_536, 4_294_967_296), "bytes per UID FETCH batch";
+    email_bg_receive_batch_bytes: u64 = 2_097_152u64, bytes(65_536, 4_294_967_296), "bytes per UID FETCH batch";
     email_bg_max_message_size: u64 = 104_857_600u64, bytes(1024, 4_294_967_296), "larger messages are not downloaded";
     email_bg_secondary_interval: u64 = 900u64, secs(1, 604_800), "seconds between Receive/Send Secondary runs";
     email_bg_send_poll_interval: u64 = 5u64, secs(1, 3600), "seconds between outbox polls";

@@ -484,9 +484,8 @@ fn heap_profile(o: &Opts, bp: &Path, port: u16) -> anyhow::Result<()> {
         .stdout(std::process::Stdio::null())
         .status()?;
     anyhow::ensure!(status.success(), "heaptrack failed");
-    let keep = std::env::var_os("BENCH_HEAP_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/tmp/backproc-bench-heap.zst".into());
+    let keep =
+        std::env::var_os("BENCH_HEAP_DATA").map(PathBuf::from).unwrap_or_else(|| "/tmp/backproc-bench-heap.zst".into());
     std::fs::copy(out.with_extension("zst"), &keep)?;
     let report = std::process::Command::new("heaptrack_print")
         .args(["-n", "12", "-s", "0", "-a", "0", "-t", "0", "-l", "0", "-f"])

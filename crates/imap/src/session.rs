@@ -15,7 +15,8 @@
 //! cost 2 GB). Nor `imap-codec`/`imap-next`: a sound codec, but it decodes a response only once
 //! all of it, literals included, is in its input buffer, where we need a 50 MB body to go from
 //! the socket into the buffer that is stored, once, and limits at every stage of a response.
-//! What we keep from the ecosystem: rustls for TLS (`tls.rs` says why not OpenSSL), and the grammar of RFC 3501/9051, implemented in `lex.rs` and `response.rs`.
+//! What we keep from the ecosystem: rustls for TLS (`tls.rs` says why not OpenSSL), and the
+//! grammar of RFC 3501/9051, implemented in `lex.rs` and `response.rs`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Write};

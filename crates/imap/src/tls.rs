@@ -65,6 +65,20 @@ pub(crate) fn config(s: &Settings) -> Result<Arc<ClientConfig>, Failure> {
 
 fn new_config(s: &Settings) -> Result<ClientConfig, Failure> {
     let provider = provider();
+    let chain = if s.insecure { None } else { Some(chain_verifier(s, &provider)?) };
+    let verifier = Verifier { chain, algs: provider.signature_verification_algorithms };
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Failure::Setup(format!("cannot set up TLS: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// webpki over the system's store and the account's CA file, with that file's certificates
+/// pinned.
+fn chain_verifier(s: &Settings, provider: &Arc<CryptoProvider>) -> Result<ChainVerifier, Failure> {
     let mut roots = RootCertStore::empty();
     // The system's store, as OpenSSL reads it (SSL_CERT_FILE / SSL_CERT_DIR included). A
     // certificate in it that does not parse is skipped, as OpenSSL skips it.
@@ -83,7 +97,7 @@ fn new_config(s: &Settings) -> Result<ClientConfig, Failure> {
             return Err(Failure::Setup("the account's CA file holds no PEM certificate".into()));
         }
     }
-    if roots.is_empty() && !s.insecure {
+    if roots.is_empty() {
         return Err(Failure::Setup(
             "no CA certificate to verify servers with: the system's store is empty or unreadable (install ca-certificates) and the account has no CA file"
                 .into(),
@@ -92,14 +106,7 @@ fn new_config(s: &Settings) -> Result<ClientConfig, Failure> {
     let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| Failure::Setup(format!("cannot set up certificate verification: {e}")))?;
-    let verifier = Verifier { webpki, pinned, insecure: s.insecure, algs: provider.signature_verification_algorithms };
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Failure::Setup(format!("cannot set up TLS: {e}")))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    Ok(config)
+    Ok(ChainVerifier { webpki, pinned })
 }
 
 /// Starts TLS on a connected socket and completes the handshake under the socket's timeouts.
@@ -154,11 +161,9 @@ fn tls_error_text(e: &rustls::Error, host: &str) -> String {
             C::NotValidYet | C::NotValidYetContext { .. } => "certificate is not yet valid".into(),
             C::BadSignature => "certificate signature failure".into(),
             C::Revoked => "certificate revoked".into(),
-            C::Other(o) if o.to_string().contains("CaUsedAsEndEntity") => {
-                "self-signed certificate: the server's certificate is a CA's \
+            C::Other(o) if is_ca_as_server(o) => "self-signed certificate: the server's certificate is a CA's \
                  (trust it by giving it to the account with --tls-ca-file)"
-                    .into()
-            }
+                .into(),
             other => format!("{other:?}"),
         },
         other => return other.to_string(),
@@ -166,13 +171,24 @@ fn tls_error_text(e: &rustls::Error, host: &str) -> String {
     format!("certificate verify failed: {why}")
 }
 
-/// webpki's verification, plus the account's own certificates pinned, or nothing verified
-/// when the account says so.
+/// webpki's refusal of a CA's certificate as a server's (it names no variant of its own in
+/// rustls's errors).
+fn is_ca_as_server(o: &rustls::OtherError) -> bool {
+    o.to_string().contains("CaUsedAsEndEntity")
+}
+
+/// The chain and name checks: webpki, plus the account's own certificates pinned.
 #[derive(Debug)]
-struct Verifier {
+struct ChainVerifier {
     webpki: Arc<WebPkiServerVerifier>,
     pinned: Vec<CertificateDer<'static>>,
-    insecure: bool,
+}
+
+/// The certificate checks of a connection: none of the chain or name when the account is
+/// insecure (`chain` None), the handshake's signatures always.
+#[derive(Debug)]
+struct Verifier {
+    chain: Option<ChainVerifier>,
     algs: WebPkiSupportedAlgorithms,
 }
 
@@ -185,12 +201,10 @@ impl ServerCertVerifier for Verifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.insecure {
-            return Ok(ServerCertVerified::assertion());
-        }
-        match self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        let Some(chain) = &self.chain else { return Ok(ServerCertVerified::assertion()) };
+        match chain.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(CertificateError::Other(o)))
-                if o.to_string().contains("CaUsedAsEndEntity") && self.pinned.iter().any(|p| p == end_entity) =>
+                if is_ca_as_server(&o) && chain.pinned.iter().any(|p| p == end_entity) =>
             {
                 let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
                 rustls::client::verify_server_name(&parsed, server_name)?;
@@ -300,6 +314,17 @@ mod tests {
         ];
         for (name, host, ok) in cases {
             assert_eq!(server_name(host).is_ok(), ok, "{name}: {host:?}");
+        }
+    }
+
+    #[test]
+    fn an_insecure_account_builds_no_chain_verifier() {
+        // Nothing of the chain is read for an insecure account (its CA file, the system's
+        // store: a host without ca-certificates still serves it); a verified one is refused.
+        let cases = [("verified", false, false), ("insecure", true, true)];
+        for (name, insecure, ok) in cases {
+            let r = new_config(&Settings { ca_pem: Some(b"not PEM".to_vec()), insecure });
+            assert_eq!(r.is_ok(), ok, "{name}: {:?}", r.err());
         }
     }
 

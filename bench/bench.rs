@@ -6,6 +6,7 @@
 //! child processes so they are timed like the other tools: `bench raw-fetch …`, `bench
 //! sched-scale …`.
 
+mod accounts;
 mod link;
 mod measure;
 mod push;
@@ -27,7 +28,7 @@ const SEED: u64 = 9;
 /// The 8 folders besides INBOX that share 30% of the mail.
 const FOLDERS: [&str; 8] = ["Archive", "Projects", "Receipts", "Newsletters", "Входящие", "Entwürfe", "日本語", "Café"];
 
-const STEPS: [&str; 8] = ["initial", "resync", "incremental", "send", "folders", "sched", "link", "push"];
+const STEPS: [&str; 9] = ["initial", "resync", "incremental", "send", "folders", "sched", "link", "accounts", "push"];
 
 struct Opts {
     messages: usize,
@@ -420,6 +421,10 @@ fn bench(o: &Opts) -> anyhow::Result<()> {
     // ---- 7. over a simulated wide-area link (after the table: its own rows)
     if o.wants("link") {
         link::run(&o.disk, o.runs.min(3), o.smoke, SEED)?;
+    }
+    // ---- 7b. a thousand accounts through the link
+    if o.wants("accounts") {
+        accounts::run(&o.disk, o.runs.min(3), o.smoke, SEED)?;
     }
     // ---- 8. push: new-mail latency and the cost of waiting connections
     if o.wants("push") {

@@ -2,10 +2,11 @@
 //! (a delay line with a shared token bucket) in front of a Dovecot that offers
 //! COMPRESS=DEFLATE (imap_zlib), both tools through the same proxy in the same run.
 //!
-//! Per link and tool: the initial sync into a store on disk and the no-change resync, with
-//! the round trips the proxy counted and the bytes it carried down. The link's limit for a
-//! tool is its downloaded bytes over the rate plus its round trips' time; the share of it a
-//! tool reached is printed beside its time.
+//! Per link and tool: the initial sync into a store on disk, the no-change resync and an
+//! incremental sync (100 new messages, 500 flag changes), with the round trips the proxy
+//! counted and the bytes it carried down. The link's limit for a tool is its downloaded
+//! bytes over the rate plus the few round trips of a session's setup; the share of it a tool
+//! reached is printed beside its time.
 
 use std::path::Path;
 use std::time::Duration;
@@ -35,6 +36,25 @@ impl Row {
     }
 }
 
+/// The tools measured on each link: backproc with its extra config.inc lines, or mbsync
+/// (`None`). The proxy is on loopback, so COMPRESS is "always" (2) or never (0), not the
+/// default 1 (never to a loopback host).
+const TOOLS: [(&str, Option<&str>); 4] = [
+    ("backproc", Some("define('EMAIL_BG_IMAP_COMPRESS', 2);\n")),
+    (
+        "backproc, 1 connection",
+        Some("define('EMAIL_BG_IMAP_COMPRESS', 2);\ndefine('EMAIL_BG_ACCOUNT_CONNECTIONS', 1);\n"),
+    ),
+    ("backproc, no COMPRESS", Some("define('EMAIL_BG_IMAP_COMPRESS', 0);\n")),
+    ("mbsync", None),
+];
+const MBSYNC: usize = 3;
+
+/// The round trips any client pays before the first byte of mail (TCP connect, greeting to
+/// LOGIN, COMPRESS, SELECT to FETCH): with the bytes over the rate, the link's limit. A
+/// tool's own turns are printed beside, but they are no bound: pipelined ones cost no RTT.
+const SETUP_TRIPS: f64 = 4.0;
+
 /// `(name, link, messages)` of each link measured.
 pub fn links(smoke: bool) -> Vec<(&'static str, Link, usize)> {
     if smoke {
@@ -47,12 +67,15 @@ pub fn links(smoke: bool) -> Vec<(&'static str, Link, usize)> {
 pub fn run(dir: &Path, runs: usize, smoke: bool, seed: u64) -> anyhow::Result<()> {
     let say = |m: &str| eprintln!("[bench] {m}");
     let mut table = Vec::new();
+    let mut raws = Vec::new();
     let mut loopback: Vec<Vec<f64>> = Vec::new();
     for (name, link, n) in links(smoke) {
         let d = Dovecot::start_with(DovecotOptions { compress: true, ..DovecotOptions::default() })?;
         d.add_user(LOGIN, PASSWORD)?;
         let msgs = mailgen::mailbox(seed, n);
         let per = n / 3;
+        // 500 flag changes, or all of INBOX where it holds fewer
+        let flagged = 500.min(per);
         for (i, f) in ["INBOX", "Archive", "Projects"].iter().enumerate() {
             if *f != "INBOX" {
                 d.create_folder(LOGIN, PASSWORD, f)?;
@@ -65,31 +88,32 @@ pub fn run(dir: &Path, runs: usize, smoke: bool, seed: u64) -> anyhow::Result<()
         let proxy = LinkProxy::start(format!("127.0.0.1:{}", d.imap_port()).parse()?, link)?;
         let port = proxy.port();
         let bp = tools::backproc_bin();
-        let (mut initial, mut resync) =
-            ([Row::default(), Row::default(), Row::default()], [Row::default(), Row::default(), Row::default()]);
-        let tools_ = ["backproc", "backproc, no COMPRESS", "mbsync"];
+        let (mut initial, mut resync, mut incremental) =
+            (TOOLS.map(|_| Row::default()), TOOLS.map(|_| Row::default()), TOOLS.map(|_| Row::default()));
+        let mut raw = Row::default();
+        let me = std::env::current_exe()?;
+        let raw_args = ["raw-fetch", &port.to_string(), LOGIN, PASSWORD, "INBOX", "Archive", "Projects"];
         for run in 1..=runs {
             say(&format!("  run {run}/{runs}"));
-            for (t, tool) in tools_.iter().enumerate() {
+            // The proxy's check: a plain download of everything takes its bytes over the rate.
+            proxy.reset_counts();
+            raw.add(timed(&format!("raw fetch over {name}"), &me, &raw_args, dir), &proxy);
+            for (t, (tool, extra)) in TOOLS.iter().enumerate() {
+                let backproc = extra.is_some();
                 let home = dir.join("link-home");
                 let maildir = dir.join("link-maildir");
                 let conf = dir.join("link-mbsyncrc");
                 let once = |what: &str| -> Sample {
-                    if t < 2 {
+                    if backproc {
                         let h = home.to_str().expect("utf-8");
                         timed(what, &bp, &["--home", h, "run", "--once"], dir)
                     } else {
                         timed(what, Path::new("mbsync"), &["-q", "-c", conf.to_str().expect("utf-8"), "-a"], dir)
                     }
                 };
-                if t < 2 {
-                    // the link proxy is on loopback: "always" (2), or never (0)
+                if let Some(extra) = extra {
                     let mut config = tools::sync_config();
-                    config.push_str(if t == 0 {
-                        "define('EMAIL_BG_IMAP_COMPRESS', 2);\n"
-                    } else {
-                        "define('EMAIL_BG_IMAP_COMPRESS', 0);\n"
-                    });
+                    config.push_str(extra);
                     tools::new_home(&home, &config, port, None, 1);
                 } else {
                     clean(&maildir);
@@ -99,25 +123,46 @@ pub fn run(dir: &Path, runs: usize, smoke: bool, seed: u64) -> anyhow::Result<()
                 sync_disks();
                 proxy.reset_counts();
                 initial[t].add(once(&format!("{tool}, initial sync over {name}")), &proxy);
-                let got = if t < 2 { tools::store_counts(&home).0 } else { tools::maildir_counts(&maildir).0 };
+                let got = if backproc { tools::store_counts(&home).0 } else { tools::maildir_counts(&maildir).0 };
                 anyhow::ensure!(got == n as u64, "{tool} has {got} of {n} messages after its initial sync");
-                if t < 2 {
+                if backproc {
                     tools::all_folders_high(&home);
                 }
                 std::thread::sleep(Duration::from_millis(1100));
                 proxy.reset_counts();
                 resync[t].add(once(&format!("{tool}, no-change resync over {name}")), &proxy);
+                let next = change_server(&d, seed + run as u64, flagged)?;
+                std::thread::sleep(Duration::from_millis(1100));
+                sync_disks();
+                proxy.reset_counts();
+                incremental[t].add(once(&format!("{tool}, incremental over {name}")), &proxy);
+                let got = if backproc { tools::store_counts(&home) } else { tools::maildir_counts(&maildir) };
+                anyhow::ensure!(
+                    got == (n as u64 + 100, flagged as u64),
+                    "{tool} has {got:?} after the incremental sync"
+                );
+                undo_change(&d, next, flagged)?;
                 say(&format!(
-                    "    {tool}: initial {:.2}s ({} round trips, {:.1} MB down), resync {:.2}s ({} round trips)",
+                    "    {tool}: initial {:.2}s ({} round trips, {:.1} MB down), resync {:.2}s ({} round trips), \
+                     incremental {:.2}s ({} round trips)",
                     initial[t].secs.last().unwrap_or(&0.0),
                     initial[t].turns,
                     initial[t].down as f64 / 1e6,
                     resync[t].secs.last().unwrap_or(&0.0),
-                    resync[t].turns
+                    resync[t].turns,
+                    incremental[t].secs.last().unwrap_or(&0.0),
+                    incremental[t].turns,
                 ));
             }
         }
-        table.push((name, link, n, initial, resync));
+        let limit = raw.down as f64 / link.rate as f64 + SETUP_TRIPS * link.rtt.as_secs_f64();
+        raws.push(format!(
+            "- {name}: raw `UID FETCH 1:*` of the {n} messages, no COMPRESS: {:.2} s for {:.1} MB, its limit {limit:.2} s ({:.0} %)",
+            raw.median(),
+            raw.down as f64 / 1e6,
+            100.0 * limit / raw.median()
+        ));
+        table.push((name, link, n, flagged, initial, resync, incremental));
         if loopback.is_empty() {
             // The same server without the link: what deflating costs where bytes are free.
             for run in 1..=runs {
@@ -146,19 +191,21 @@ pub fn run(dir: &Path, runs: usize, smoke: bool, seed: u64) -> anyhow::Result<()
         );
     }
     println!("\n### Over a simulated link (LinkProxy; Dovecot with COMPRESS=DEFLATE; medians of {runs})\n");
+    println!("link limit: the tool's bytes down over the rate, plus {SETUP_TRIPS} round trips\n");
+    println!("{}\n", raws.join("\n"));
     println!(
         "| link | messages | step | tool | time | round trips | MB down | link limit | share of limit | vs mbsync |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    let names = ["backproc", "backproc, no COMPRESS", "mbsync"];
-    for (name, link, n, initial, resync) in &table {
-        for (step, rows) in [("initial sync", initial), ("no-change resync", resync)] {
-            let mbsync = rows[2].median();
+    for (name, link, n, flagged, initial, resync, incremental) in &table {
+        let incr = format!("incremental (+100, {flagged} flags)");
+        for (step, rows) in [("initial sync", initial), ("no-change resync", resync), (incr.as_str(), incremental)] {
+            let mbsync = rows[MBSYNC].median();
             for (t, r) in rows.iter().enumerate() {
-                let limit = r.down as f64 / link.rate as f64 + r.turns as f64 * link.rtt.as_secs_f64();
+                let limit = r.down as f64 / link.rate as f64 + SETUP_TRIPS * link.rtt.as_secs_f64();
                 println!(
                     "| {name} | {n} | {step} | {} | {:.2} s | {} | {:.1} | {:.2} s | {:.0} % | {:.2} |",
-                    names[t],
+                    TOOLS[t].0,
                     r.median(),
                     r.turns,
                     r.down as f64 / 1e6,
@@ -169,5 +216,32 @@ pub fn run(dir: &Path, runs: usize, smoke: bool, seed: u64) -> anyhow::Result<()
             }
         }
     }
+    Ok(())
+}
+
+/// The incremental step's change on the server: 100 new messages in INBOX and \Seen set on
+/// its first `flagged` (all unseen before). Returns INBOX's UIDNEXT before, for [`undo_change`].
+fn change_server(d: &Dovecot, seed: u64, flagged: usize) -> anyhow::Result<u32> {
+    let mut s = d.session(LOGIN, PASSWORD)?;
+    let next = s.select("INBOX")?.uid_next.ok_or_else(|| anyhow::anyhow!("no UIDNEXT"))?;
+    let _ = s.logout();
+    let new: Vec<Vec<u8>> = (0..100).map(|i| mailgen::message(seed + 1000, i)).collect();
+    d.populate(LOGIN, PASSWORD, "INBOX", &new)?;
+    let mut s = d.session(LOGIN, PASSWORD)?;
+    s.select("INBOX")?;
+    s.uid_store(format!("1:{flagged}"), "+FLAGS.SILENT (\\Seen)")?;
+    let _ = s.logout();
+    Ok(next)
+}
+
+/// Puts the server back as it was before [`change_server`] (the same messages under new
+/// UIDs), so that every tool's initial sync downloads the same mailbox.
+fn undo_change(d: &Dovecot, next: u32, flagged: usize) -> anyhow::Result<()> {
+    let mut s = d.session(LOGIN, PASSWORD)?;
+    s.select("INBOX")?;
+    s.uid_store(format!("{next}:*"), "+FLAGS.SILENT (\\Deleted)")?;
+    s.expunge()?;
+    s.uid_store(format!("1:{flagged}"), "-FLAGS.SILENT (\\Seen)")?;
+    let _ = s.logout();
     Ok(())
 }

@@ -234,6 +234,40 @@ fn account_authorize_signs_in_by_device_code() {
     assert!(list.contains("oauth2 (token valid until"), "{list}");
 }
 
+/// An account's connections sign in side by side (folders received in parallel, the push
+/// connection): a token that needs refreshing is refreshed once, and every connection signs
+/// in with that one, however many were waiting for it.
+#[test]
+fn connections_signing_in_at_once_refresh_the_token_once() {
+    let ts = TokenServer::start().unwrap();
+    ts.add_client(CLIENT, None);
+    // slow enough that the three sign-ins surely overlap the refresh
+    ts.set_answer_delay(Duration::from_millis(300));
+    let h = Home::with_config(&config(""));
+    let a = add_oauth_account(&h, &ts, "ann", 1, Some(&ts.issue_refresh_token("ann")), &[]);
+    let config = backproc_config::Config::default();
+    let tokens: Vec<String> = std::thread::scope(|s| {
+        let signins: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut store = store(&h);
+                    let account = store.account(a).unwrap();
+                    let now = backproc_store::now();
+                    let server = backproc_engine::signin::Server::Imap;
+                    match backproc_engine::signin::credential(&mut store, &config, &account, server, false, now) {
+                        Ok(backproc_sasl::Credential::Bearer(t)) => t,
+                        other => panic!("not a token: {:?}", other.map(|_| "a password")),
+                    }
+                })
+            })
+            .collect();
+        signins.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert_eq!(ts.counts().refresh, 1, "{:?}", ts.counts());
+    assert!(tokens.iter().all(|t| *t == tokens[0]), "every connection signs in with the one new token");
+    assert!(ts.is_valid_access_token(&tokens[0]).is_some());
+}
+
 #[test]
 fn a_token_the_server_refuses_gets_one_forced_refresh() {
     let (ts, d) = servers(Duration::from_secs(3600));

@@ -181,6 +181,7 @@ constants! {
     bg_log_max_size: u64 = 10_485_760u64, bytes(1024, 10_737_418_240), "bytes before a log file rotates";
     bg_log_keep: u64 = 5u64, int(0, 1000), "rotated files kept per log";
     bg_max_connections_per_host: u64 = 8u64, int(1, 100_000), "concurrent connections to one IMAP/SMTP host, idle cached ones included";
+    email_bg_account_connections: u64 = 3u64, int(1, 16), "connections one account may use at once for receiving different folders, within BG_MAX_CONNECTIONS_PER_HOST";
     bg_task_deadline: u64 = 600u64, secs(1, 86_400), "seconds a task may take, unless bytes keep arriving at BG_MIN_TRANSFER_RATE";
     bg_min_transfer_rate: u64 = 10_240u64, bytes(1, 1_073_741_824), "bytes a second that keep a long transfer within its deadline";
     bg_io_timeout: u64 = 60u64, secs(1, 3600), "seconds a server may stay silent before the connection is dropped";

@@ -67,8 +67,13 @@ pub fn run(
         let sessions = sessions.clone();
         Arc::new(move |idx| Box::new(JobRunner::new(idx, store_path.clone(), shared.clone(), clock, sessions.clone())))
     };
-    let mut pool =
-        Pool::new(config.bg_max_threads as usize, config.bg_max_tasks_per_thread as usize, outcome_tx, factory);
+    let mut pool = Pool::new(
+        config.bg_max_threads as usize,
+        config.bg_max_tasks_per_thread as usize,
+        config.email_bg_account_connections as usize,
+        outcome_tx,
+        factory,
+    );
     let mut scheduler = Scheduler::new(clock);
     for secs in &opts.sleep_tasks {
         scheduler.push_extra(Task { job: Job::Sleep, account: None, folder: None, arg: *secs });
@@ -175,7 +180,11 @@ pub fn run(
                 next_tick = Instant::now() + tick_every;
                 if let Some(new) = reload() {
                     log::info!("config.inc changed: new settings applied");
-                    pool.set_limits(new.bg_max_threads as usize, new.bg_max_tasks_per_thread as usize);
+                    pool.set_limits(
+                        new.bg_max_threads as usize,
+                        new.bg_max_tasks_per_thread as usize,
+                        new.email_bg_account_connections as usize,
+                    );
                     tick_every = Duration::from_secs(new.bg_tick_interval);
                     *shared.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new.clone());
                     config = new;

@@ -3,9 +3,11 @@
 //!
 //! Invariants:
 //! - at most `max` threads exist; they are spawned lazily, when a task first needs one;
-//! - no two tasks of one account (one affinity key) run at the same time, so one account never
-//!   has two sessions competing; while an account has a task queued or running on a worker,
-//!   its next tasks go to that worker;
+//! - no two tasks of one account (one affinity key) run at the same time, except syncs and
+//!   receives of different folders, up to `parallel` of them and one sync
+//!   (EMAIL_BG_ACCOUNT_CONNECTIONS; `task::may_start` is the rule); while an account has a
+//!   task queued or running on a worker, its next tasks go to that worker, but a receive goes
+//!   to an idle worker while the account holds fewer than `parallel` workers;
 //! - a blocked account never blocks another: a worker that has been on one task longer than
 //!   [`STEAL_AFTER`] lets idle workers take the queued tasks of its other accounts;
 //! - a full queue refuses the task (`Offer::Full`): the caller keeps it due (back-pressure);
@@ -63,6 +65,8 @@ impl Lanes {
 struct State {
     lanes: Vec<Lanes>,
     stopping: bool,
+    /// Tasks of one account that may run at once (`task::may_start`).
+    parallel: usize,
 }
 
 struct Shared {
@@ -92,10 +96,17 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(max: usize, capacity: usize, outcomes: Sender<Outcome>, factory: RunnerFactory) -> Pool {
+    /// `parallel`: how many receives of one account may run at once (on as many workers).
+    pub fn new(
+        max: usize,
+        capacity: usize,
+        parallel: usize,
+        outcomes: Sender<Outcome>,
+        factory: RunnerFactory,
+    ) -> Pool {
         Pool {
             shared: Arc::new(Shared {
-                state: Mutex::new(State { lanes: Vec::new(), stopping: false }),
+                state: Mutex::new(State { lanes: Vec::new(), stopping: false, parallel: parallel.max(1) }),
                 changed: Condvar::new(),
             }),
             threads: Vec::new(),
@@ -110,17 +121,19 @@ impl Pool {
     }
 
     /// New limits apply to threads spawned and tasks queued from now on.
-    pub fn set_limits(&mut self, max: usize, capacity: usize) {
+    pub fn set_limits(&mut self, max: usize, capacity: usize, parallel: usize) {
         self.max = max.max(1);
         self.capacity = capacity.max(1);
+        self.shared.lock().parallel = parallel.max(1);
     }
 
     pub fn threads(&self) -> usize {
         self.threads.iter().filter(|t| t.is_some()).count()
     }
 
-    /// Queues a task: on the worker that has its account's work, else on an idle worker (a
-    /// new one while fewer than `max` exist), else on the least loaded.
+    /// Queues a task: on the worker that has its account's work (unless it is a receive that
+    /// may run beside its account's other work: then on an idle worker if there is one), else on
+    /// an idle worker (a new one while fewer than `max` exist), else on the least loaded.
     pub fn offer(&mut self, task: Task) -> Offer {
         self.offer_in(task, task.job.urgent())
     }
@@ -130,17 +143,19 @@ impl Pool {
     pub fn offer_in(&mut self, task: Task, urgent: bool) -> Offer {
         let key = task.affinity();
         let mut st = self.shared.lock();
+        let holding = st.lanes.iter().filter(|l| l.holds(key)).count();
         let pinned = st.lanes.iter().position(|l| l.holds(key));
+        let idle = st.lanes.iter().position(|l| l.alive && l.load() == 0);
+        let fresh = (st.lanes.len() < self.max).then_some(st.lanes.len());
+        // Syncs stay on the account's worker: they run one at a time anyway (`may_start`).
+        let beside = task.job.receives() && task.folder_work().is_some() && holding < st.parallel;
         let idx = match pinned {
+            Some(_) if beside && idle.or(fresh).is_some() => idle.or(fresh).unwrap_or_default(),
             Some(i) => i,
-            None => {
-                let idle = st.lanes.iter().position(|l| l.alive && l.load() == 0);
-                match idle {
-                    Some(i) => i,
-                    None if st.lanes.len() < self.max => st.lanes.len(),
-                    None => (0..st.lanes.len()).min_by_key(|&i| st.lanes[i].load()).unwrap_or(0),
-                }
-            }
+            None => match idle.or(fresh) {
+                Some(i) => i,
+                None => (0..st.lanes.len()).min_by_key(|&i| st.lanes[i].load()).unwrap_or(0),
+            },
         };
         if idx >= st.lanes.len() {
             st.lanes.resize_with(idx + 1, Lanes::default);
@@ -286,10 +301,11 @@ impl Drop for ExitGuard {
 
 /// The next task worker `me` may run, taken out of its queue: its own urgent then bulk work
 /// first, then work of a worker busy on one task for longer than `steal_after`. A task whose
-/// account is running elsewhere is never taken.
+/// account is running elsewhere is never taken, unless `task::may_start` lets it run beside.
 fn next_task(st: &mut State, me: usize, steal_after: Duration) -> Option<Task> {
-    let running: Vec<u64> = st.lanes.iter().filter_map(|l| l.running.map(|(t, _)| t.affinity())).collect();
-    let free = |t: &Task| !running.contains(&t.affinity());
+    let running: Vec<Task> = st.lanes.iter().filter_map(|l| l.running.map(|(t, _)| t)).collect();
+    let parallel = st.parallel;
+    let free = |t: &Task| crate::task::may_start(t, &running, parallel);
     let take = |lanes: &mut Lanes| -> Option<Task> {
         for lane in [&mut lanes.urgent, &mut lanes.bulk] {
             if let Some(i) = lane.iter().position(free) {
@@ -398,7 +414,7 @@ mod tests {
             let start = Instant::now();
             std::thread::sleep(Duration::from_millis(task.arg));
             let name = std::thread::current().name().unwrap_or("?").to_owned();
-            self.seen.lock().unwrap().push((task.account.unwrap_or(-1), name, start, Instant::now()));
+            self.seen.lock().unwrap().push((task.account.unwrap_or(-1), name, start, Instant::now(), *task));
             Ok(Report::default())
         }
         fn idle(&mut self) {
@@ -408,14 +424,14 @@ mod tests {
         }
     }
 
-    type Seen = Arc<Mutex<Vec<(i64, String, Instant, Instant)>>>;
+    type Seen = Arc<Mutex<Vec<(i64, String, Instant, Instant, Task)>>>;
 
     fn pool(max: usize, cap: usize, panic_in_idle: bool) -> (Pool, Receiver<Outcome>, Seen) {
         let (tx, rx) = unbounded();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         let factory: RunnerFactory = Arc::new(move |_| Box::new(Probe { seen: s.clone(), panic_in_idle }));
-        let mut p = Pool::new(max, cap, tx, factory);
+        let mut p = Pool::new(max, cap, 3, tx, factory);
         p.idle_every = Duration::from_millis(20);
         p.steal_after = Duration::from_millis(100);
         (p, rx, seen)
@@ -446,6 +462,36 @@ mod tests {
                 assert!(!(a.0 == b.0 && overlap), "account {} ran twice at once: {a:?} {b:?}", a.0);
             }
         }
+    }
+
+    /// An account's receives of different folders run side by side on workers of their own,
+    /// never more than the pool's `parallel` (3) at once, and never two syncs.
+    #[test]
+    fn receives_of_one_account_run_side_by_side_and_syncs_one_at_a_time() {
+        let (mut p, rx, seen) = pool(5, 100, false);
+        let t = |job, folder, ms| Task { job, account: Some(1), folder: Some(folder), arg: ms };
+        for f in 1..=5 {
+            p.offer(t(Job::Receive, f, 60));
+        }
+        for f in 6..=8 {
+            p.offer(t(Job::SyncFull, f, 20));
+        }
+        for _ in 0..8 {
+            rx.recv_timeout(Duration::from_secs(5)).unwrap().result.unwrap();
+        }
+        let seen = seen.lock().unwrap();
+        let at_once = |at: Instant, which: &dyn Fn(&Task) -> bool| {
+            seen.iter().filter(|s| which(&s.4) && s.2 <= at && at < s.3).count()
+        };
+        let most = seen.iter().map(|s| at_once(s.2, &|_| true)).max().unwrap();
+        assert!(most <= 3, "{most} tasks of one account at once");
+        let syncs = seen.iter().map(|s| at_once(s.2, &|t| t.job == Job::SyncFull)).max().unwrap();
+        assert_eq!(syncs, 1, "two syncs of one account at once");
+        // the first three receives were queued on three workers (the first of the account's,
+        // then two idle ones): each ran where it was queued
+        let on = |f: i64| seen.iter().find(|s| s.4.folder == Some(f)).map(|s| s.1.clone()).unwrap();
+        let threads: HashSet<String> = (1..=3).map(on).collect();
+        assert_eq!(threads.len(), 3, "{threads:?}");
     }
 
     #[test]

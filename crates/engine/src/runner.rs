@@ -125,10 +125,12 @@ impl Runner for JobRunner {
         // renewed while bytes come at BG_MIN_TRANSFER_RATE).
         let deadline =
             backproc_imap::Deadline::new(Duration::from_secs(config.bg_task_deadline), config.bg_min_transfer_rate);
-        self.sessions.begin_task(Some(deadline));
+        self.sessions.begin_task(Some(deadline), task.job.receives());
         let mut ctx = Ctx { store: &mut *store, config: &config, clock, sessions: &mut self.sessions, thread: idx };
-        let result = execute(&mut ctx, task);
-        self.sessions.end_task();
+        let result = match (execute(&mut ctx, task), self.sessions.end_task()) {
+            (Ok(_), Some(throttled)) => Err(throttled),
+            (result, _) => result,
+        };
         let ignored = self.sessions.take_ignored();
         if ignored > 0 {
             log::debug!("{ignored} FETCH answer(s) for UIDs not asked were ignored");

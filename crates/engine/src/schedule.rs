@@ -93,16 +93,30 @@ pub fn folder_due(f: &SchedFolder, now: i64, iv: &Intervals, low_start: i64) -> 
     }
 }
 
-/// Keeps at most `per_host` tasks queued or running per server host, so that many accounts on
-/// one server (which caps connections per user and per IP) share it instead of being refused.
-/// Tasks over the budget stay due and are offered again at the next tick.
+/// Keeps at most `per_host` connections' worth of tasks queued or running per server host,
+/// so that many accounts on one server (which caps connections per user and per IP) share it
+/// instead of being refused. An account's tasks need one connection, its receives of
+/// different folders up to `parallel` ([`connections`]). Tasks over the budget stay due and
+/// are offered again at the next tick.
 pub fn budget(
     due: Vec<Task>,
     in_flight: &HashMap<Task, usize>,
     hosts: &HashMap<i64, String>,
     per_host: usize,
+    parallel: usize,
 ) -> Vec<Task> {
-    budget_lowered(due, in_flight, hosts, per_host, &HashMap::new())
+    budget_lowered(due, in_flight, hosts, per_host, parallel, &HashMap::new())
+}
+
+/// The most connections an account's queued and running `tasks` use at once: one, or one per
+/// folder synced or received, up to `parallel` (the pool runs those side by side:
+/// `task::may_start`); none without tasks.
+pub fn connections(tasks: &[Task], parallel: usize) -> usize {
+    if tasks.is_empty() {
+        return 0;
+    }
+    let folders: BTreeSet<i64> = tasks.iter().filter_map(Task::folder_work).collect();
+    folders.len().clamp(1, parallel.max(1))
 }
 
 /// [`budget`], with the hosts whose budget the session pool lowered ("too many connections",
@@ -114,34 +128,38 @@ pub fn budget_lowered(
     in_flight: &HashMap<Task, usize>,
     hosts: &HashMap<i64, String>,
     per_host: usize,
+    parallel: usize,
     lowered: &HashMap<String, usize>,
 ) -> Vec<Task> {
-    let mut busy: HashMap<&str, usize> = HashMap::new();
-    let mut accounts_busy: BTreeSet<i64> = BTreeSet::new();
+    let mut tasks: HashMap<i64, Vec<Task>> = HashMap::new();
     for t in in_flight.keys() {
-        if let Some(a) = t.account
-            && accounts_busy.insert(a)
-            && let Some(h) = hosts.get(&a)
-        {
-            *busy.entry(h).or_default() += 1;
+        if let Some(a) = t.account {
+            tasks.entry(a).or_default().push(*t);
+        }
+    }
+    let mut busy: HashMap<&str, usize> = HashMap::new();
+    for (a, ts) in &tasks {
+        if let Some(h) = hosts.get(a) {
+            *busy.entry(h).or_default() += connections(ts, parallel);
         }
     }
     due.into_iter()
         .filter(|t| {
             let Some(a) = t.account else { return true };
             let Some(h) = hosts.get(&a) else { return true };
-            // An account already holding a connection reuses it (tasks of one account run on
-            // one worker, one after the other).
-            if accounts_busy.contains(&a) {
-                return true;
-            }
+            let mine = tasks.entry(a).or_default();
+            let before = connections(mine, parallel);
+            mine.push(*t);
+            // An account already holding a connection reuses it (its tasks run one after the
+            // other), unless this one works on another folder beside them on a new one.
+            let more = connections(mine, parallel) - before;
             let limit = lowered.get(h).map_or(per_host, |&l| l.min(per_host));
             let n = busy.entry(h).or_default();
-            if *n >= limit {
+            if more > 0 && *n + more > limit {
+                mine.pop();
                 return false;
             }
-            *n += 1;
-            accounts_busy.insert(a);
+            *n += more;
             true
         })
         .collect()
@@ -322,23 +340,29 @@ impl Scheduler {
         // Urgent first; a stable order otherwise.
         due.sort_by_key(|t| (!t.job.urgent(), *t));
         due.dedup();
-        let mut due =
-            budget_lowered(due, in_flight, &self.hosts, config.bg_max_connections_per_host as usize, &self.lowered);
+        let (per_host, parallel) =
+            (config.bg_max_connections_per_host as usize, config.email_bg_account_connections as usize);
+        let mut due = budget_lowered(due, in_flight, &self.hosts, per_host, parallel, &self.lowered);
         due.truncate(config.bg_max_starts_per_tick as usize);
         Ok(due)
     }
 
-    /// Follow-up tasks held to the per-host budget like the tick's. A no-op while no budget is
-    /// lowered (the account of a follow-up was within the budget a moment ago); once one is,
-    /// accounts already in flight on that host would otherwise go on through all their
-    /// follow-ups, more of them than the host's connections, each task logging out another
-    /// account's session and logging in again. What is held back stays due in the store and is
+    /// Follow-up tasks held to the per-host budget like the tick's. While no budget is
+    /// lowered, only receives are: the account of any other follow-up was within the budget a
+    /// moment ago and goes on on its connection, but a receive may run beside its account's
+    /// other work on a connection more (`task::may_start`), which the host must have room
+    /// for. Once a budget is lowered, all are: accounts already in flight on that host would
+    /// otherwise go on through all their follow-ups, more of them than the host's
+    /// connections, each task logging out another account's session and logging in again.
+    /// What is held back stays due in the store (a receive's queue, a sync's interval) and is
     /// offered again by a later tick.
     pub fn within_budget(&self, follow: Vec<Task>, in_flight: &HashMap<Task, usize>, config: &Config) -> Vec<Task> {
-        if self.lowered.is_empty() {
-            return follow;
-        }
-        budget_lowered(follow, in_flight, &self.hosts, config.bg_max_connections_per_host as usize, &self.lowered)
+        let (per_host, parallel) =
+            (config.bg_max_connections_per_host as usize, config.email_bg_account_connections as usize);
+        let (held, mut free): (Vec<Task>, Vec<Task>) =
+            follow.into_iter().partition(|t| !self.lowered.is_empty() || t.job.receives());
+        free.extend(budget_lowered(held, in_flight, &self.hosts, per_host, parallel, &self.lowered));
+        free
     }
 
     /// Records a finished task; returns follow-up tasks to dispatch at once.

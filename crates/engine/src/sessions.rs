@@ -11,8 +11,9 @@
 //! - a server that says it has too many connections from us (Gmail's "Too many simultaneous
 //!   connections", RFC 5530 `[LIMIT]`/`[UNAVAILABLE]`) lowers that host's budget for a while
 //!   to what it accepted, instead of failing the task;
-//! - a session is used by one task at a time (the pool never runs two tasks of an account at
-//!   once; a worker checks the account's session out for its task).
+//! - a session is used by one task at a time: a worker checks one of the account's idle
+//!   sessions out for its task, or connects a new one (an account whose folders are synced
+//!   and received side by side, `task::may_start`, holds several).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -65,10 +66,13 @@ struct Idle {
 
 #[derive(Default)]
 struct PoolState {
-    idle: HashMap<i64, Idle>,
+    /// Per account, its idle sessions, the most recently given back last.
+    idle: HashMap<i64, Vec<Idle>>,
     hosts: HashMap<String, Host>,
     /// Most connections seen open to one host at once, for tests and `status`.
     peak: usize,
+    /// Task connections open per account (in use or idle; push connections apart).
+    open_of: HashMap<i64, usize>,
 }
 
 /// Every worker's sessions.
@@ -151,9 +155,16 @@ impl SessionPool {
                 return Ok(());
             }
             // The slot of an idle session of this host passes to us.
-            let lru = st.idle.iter().filter(|(_, i)| i.host == host).min_by_key(|(_, i)| i.since).map(|(a, _)| *a);
-            if let Some(account) = lru {
-                let old = st.idle.remove(&account).expect("found above");
+            let lru = st
+                .idle
+                .iter()
+                .flat_map(|(a, v)| v.iter().enumerate().map(move |(i, s)| (*a, i, s)))
+                .filter(|(.., s)| s.host == host)
+                .min_by_key(|(.., s)| s.since)
+                .map(|(a, i, _)| (a, i));
+            if let Some((account, i)) = lru {
+                let old = take_at(&mut st.idle, account, i);
+                closed(&mut st, account);
                 drop(st);
                 log::debug!("closing the idle session of account {account}: {host} is at its connection budget");
                 // Closed at the server before the next connection logs in: a server counts a
@@ -202,17 +213,41 @@ impl SessionPool {
         accepted > 0
     }
 
-    fn take_idle(&self, account: i64) -> Option<(Session, String)> {
-        self.lock().idle.remove(&account).map(|i| (i.session, i.host))
+    /// One of the account's idle sessions: for a sync of folder `status_of`, one holding its
+    /// STATUS answer (asked ahead by the last sync), else one holding none; else the most
+    /// recently used. A receive (which may run beside the syncs) leaves a session holding
+    /// STATUS answers to the syncs that will want them, and connects anew, while the account
+    /// has fewer than `parallel` connections: else the next sync would ask every folder's
+    /// STATUS again on another connection.
+    fn take_idle(
+        &self,
+        account: i64,
+        status_of: Option<&str>,
+        receive: bool,
+        parallel: usize,
+    ) -> Option<(Session, String)> {
+        let mut st = self.lock();
+        let v = st.idle.get(&account)?;
+        let fits = |s: &Session| match status_of {
+            Some(name) => s.has_status(name),
+            None => !s.holds_status(),
+        };
+        let i = match v.iter().rposition(|i| fits(&i.session)) {
+            Some(i) => i,
+            None if receive && st.open_of.get(&account).copied().unwrap_or(0) < parallel => return None,
+            None => v.len().checked_sub(1)?,
+        };
+        let i = take_at(&mut st.idle, account, i);
+        Some((i.session, i.host))
+    }
+
+    /// A task connection of `account` was opened.
+    fn opened(&self, account: i64) {
+        *self.lock().open_of.entry(account).or_default() += 1;
     }
 
     fn give_back(&self, account: i64, session: Session, host: String) {
-        let old = self.lock().idle.insert(account, Idle { session, host: host.clone(), since: Instant::now() });
-        if let Some(old) = old {
-            // Never happens (one task of an account at a time); close it properly if it does.
-            old.session.logout();
-            self.release(&host);
-        }
+        self.lock().idle.entry(account).or_default().push(Idle { session, host, since: Instant::now() });
         self.freed.notify_all();
     }
 
@@ -220,23 +255,52 @@ impl SessionPool {
     pub fn close_idle(&self, idle: Duration) {
         let stale: Vec<(i64, Idle)> = {
             let mut st = self.lock();
-            let keys: Vec<i64> = st.idle.iter().filter(|(_, i)| i.since.elapsed() >= idle).map(|(k, _)| *k).collect();
-            keys.into_iter().filter_map(|k| st.idle.remove(&k).map(|i| (k, i))).collect()
+            let mut stale = Vec::new();
+            st.idle.retain(|k, v| {
+                // oldest first: those given back earliest
+                let n = v.iter().take_while(|i| i.since.elapsed() >= idle).count();
+                stale.extend(v.drain(..n).map(|i| (*k, i)));
+                !v.is_empty()
+            });
+            stale
         };
         for (k, i) in stale {
             log::debug!("closing idle session of account {k}");
             i.session.logout();
+            closed(&mut self.lock(), k);
             self.release(&i.host);
         }
     }
 
     pub fn close_all(&self) {
-        let all: Vec<Idle> = self.lock().idle.drain().map(|(_, i)| i).collect();
-        for i in all {
+        let all: Vec<(i64, Idle)> =
+            self.lock().idle.drain().flat_map(|(k, v)| v.into_iter().map(move |i| (k, i))).collect();
+        for (k, i) in all {
             i.session.logout();
+            closed(&mut self.lock(), k);
             self.release(&i.host);
         }
     }
+}
+
+/// A task connection of `account` was closed.
+fn closed(st: &mut PoolState, account: i64) {
+    if let Some(n) = st.open_of.get_mut(&account) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            st.open_of.remove(&account);
+        }
+    }
+}
+
+/// Takes the `i`-th idle session of `account` out of `idle`.
+fn take_at(idle: &mut HashMap<i64, Vec<Idle>>, account: i64, i: usize) -> Idle {
+    let v = idle.get_mut(&account).expect("an account with idle sessions");
+    let old = v.remove(i);
+    if v.is_empty() {
+        idle.remove(&account);
+    }
+    old
 }
 
 pub fn imap_params(
@@ -304,6 +368,8 @@ pub struct Sessions {
     /// (account, its session, its host, the session's ignored FETCH answers when checked out)
     current: Option<(i64, Session, String, u64)>,
     deadline: Option<Deadline>,
+    /// The task is a receive (`begin_task`): see `SessionPool::take_idle`.
+    receive: bool,
     /// FETCH answers for UIDs not asked (or UID 0, or twice) the sessions of this worker's
     /// tasks ignored since the last `take_ignored`.
     ignored: u64,
@@ -311,7 +377,7 @@ pub struct Sessions {
 
 impl Sessions {
     pub fn new(pool: Arc<SessionPool>) -> Sessions {
-        Sessions { pool, current: None, deadline: None, ignored: 0 }
+        Sessions { pool, current: None, deadline: None, receive: false, ignored: 0 }
     }
 
     /// Ignored FETCH answers since the last call (for `backproc_ignored_fetch_responses_total`).
@@ -319,26 +385,46 @@ impl Sessions {
         std::mem::take(&mut self.ignored)
     }
 
-    /// A new task starts: its deadline applies to every session it uses.
-    pub fn begin_task(&mut self, deadline: Option<Deadline>) {
+    /// A new task starts: its deadline applies to every session it uses; `receive`: it is a
+    /// receive, which may run beside its account's syncs.
+    pub fn begin_task(&mut self, deadline: Option<Deadline>, receive: bool) {
         self.deadline = deadline;
+        self.receive = receive;
     }
 
-    /// The task ended: its session goes back to the pool, idle.
-    pub fn end_task(&mut self) {
+    /// The task ended: its session goes back to the pool, idle. Returns the throttling answer
+    /// its session got to a command no one waited for (a STATUS asked ahead), which fails the
+    /// task: the server asked the account to wait.
+    pub fn end_task(&mut self) -> Option<Failure> {
+        let throttled = self.current.as_mut().and_then(|(_, s, ..)| s.take_throttle());
         self.end_task_session();
         self.deadline = None;
+        throttled.map(failure_from_imap)
     }
 
     /// The account's session, from the pool or newly connected within the host's budget.
     /// The account's health (back-off) is recorded by the runner from the task's outcome,
     /// not here: a connection that logs in and then drops must back off too.
     pub fn get(&mut self, store: &mut Store, config: &Config, account: i64, now: i64) -> Result<&mut Session, Failure> {
+        self.get_for(store, config, account, now, None)
+    }
+
+    /// [`get`](Self::get) for a sync of folder `status_of`: an idle session that asked its
+    /// STATUS ahead is taken first.
+    pub fn get_for(
+        &mut self,
+        store: &mut Store,
+        config: &Config,
+        account: i64,
+        now: i64,
+        status_of: Option<&str>,
+    ) -> Result<&mut Session, Failure> {
         if self.current.as_ref().is_some_and(|(a, ..)| *a != account) {
             self.end_task_session();
         }
         if self.current.is_none() {
-            let (session, host) = match self.pool.take_idle(account) {
+            let parallel = config.email_bg_account_connections as usize;
+            let (session, host) = match self.pool.take_idle(account, status_of, self.receive, parallel) {
                 Some(found) => found,
                 None => self.connect(store, config, account, now)?,
             };
@@ -387,7 +473,10 @@ impl Sessions {
                 }
             };
             match Session::connect(&params) {
-                Ok(s) => return Ok((s, host)),
+                Ok(s) => {
+                    self.pool.opened(account);
+                    return Ok((s, host));
+                }
                 Err(e) => {
                     // A token the server refuses although it has not expired by our clock
                     // (revoked, or the server's clock is ahead): one forced refresh, one more try.
@@ -419,6 +508,7 @@ impl Sessions {
             if a == account {
                 self.count_ignored(&s, seen);
                 drop(s);
+                closed(&mut self.pool.lock(), a);
                 self.pool.release(&host);
             } else {
                 self.current = Some((a, s, host, seen));

@@ -8,7 +8,9 @@
 //! `NeedsAuthorization`, which `sessions::record_failure` turns into an account that waits for
 //! a person instead of a time.
 
+use std::collections::HashMap;
 use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use backproc_config::Config;
@@ -77,6 +79,19 @@ fn bearer(store: &mut Store, config: &Config, a: &Account, force: bool, now: i64
     {
         return Ok(t.clone());
     }
+    // One refresh an account at a time: its connections sign in side by side (folders
+    // received in parallel, the push connection), and a provider that rotates refresh tokens
+    // may refuse the second use of one. Whoever waited takes the token just stored.
+    let lock = refresh_lock(a.id);
+    let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let fresh = store.account(a.id)?;
+    if fresh.oauth.access_token != a.oauth.access_token
+        && let Some(t) = &fresh.oauth.access_token
+        && !backproc_oauth::needs_refresh(fresh.oauth.expires_at, now, margin)
+    {
+        return Ok(t.clone());
+    }
+    let a = &fresh;
     let Some(refresh_token) = &a.oauth.refresh_token else {
         return Err(Failure::new(
             FailureKind::NeedsAuthorization,
@@ -101,6 +116,13 @@ fn bearer(store: &mut Store, config: &Config, a: &Account, force: bool, now: i64
         }
         Err(e) => Err(Failure::new(FailureKind::NeedsAuthorization, e.to_string())),
     }
+}
+
+/// The lock an account's token refreshes take (one a process: the pid file keeps one master).
+fn refresh_lock(account: i64) -> Arc<Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<i64, Arc<Mutex<()>>>>> = OnceLock::new();
+    let mut all = LOCKS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    all.entry(account).or_default().clone()
 }
 
 /// The account's OAuth2 client settings, as the token endpoint needs them.

@@ -88,6 +88,10 @@ impl Job {
         )
     }
 
+    pub fn receives(self) -> bool {
+        matches!(self, Job::Receive | Job::ReceiveSecondary)
+    }
+
     /// Urgent work goes to a worker's urgent lane so it never waits behind bulk syncs.
     pub fn urgent(self) -> bool {
         matches!(self, Job::SyncRecent | Job::Receive | Job::Send | Job::ListFolders)
@@ -109,13 +113,52 @@ impl Task {
         Task { job, account, folder, arg: 0 }
     }
 
-    /// The key of the worker this task must run on: all tasks of one account share a worker.
+    /// The key of the worker this task must run on: all tasks of one account share a worker,
+    /// but for receives that may run beside each other ([`may_start`]).
     pub fn affinity(&self) -> u64 {
         match self.account {
             Some(a) => a as u64,
             None => u64::MAX - self.job as u64,
         }
     }
+
+    /// The folder of a sync or a receive: the work of an account that may run beside its
+    /// other work on other folders ([`may_start`]).
+    pub fn folder_work(&self) -> Option<i64> {
+        match self.job {
+            Job::SyncRecent | Job::SyncFull | Job::Receive | Job::ReceiveSecondary if self.account.is_some() => {
+                self.folder
+            }
+            _ => None,
+        }
+    }
+
+    fn is_sync(&self) -> bool {
+        matches!(self.job, Job::SyncRecent | Job::SyncFull)
+    }
+}
+
+/// Whether `task` may start while `running` run, with up to `parallel` connections an account
+/// (EMAIL_BG_ACCOUNT_CONNECTIONS).
+///
+/// Tasks of one account (one affinity key) run one at a time, except syncs and receives of
+/// *different* folders, up to `parallel` at once and never two syncs: each has a session of
+/// its own and reads and writes only its folder's rows, so an initial sync downloads several
+/// folders at once (over a link with latency, or from a server that deflates or reads its
+/// disk one connection at a time) and syncs the next folder meanwhile. Syncs stay one at a
+/// time because they share the STATUS answers one session asked ahead for all folders: a
+/// resync with nothing new stays on one connection. Account-wide work (folder discovery, Sync
+/// Delete, Clean Mailboxes, sending) runs alone.
+pub fn may_start(task: &Task, running: &[Task], parallel: usize) -> bool {
+    let key = task.affinity();
+    let same: Vec<&Task> = running.iter().filter(|r| r.affinity() == key).collect();
+    if same.is_empty() {
+        return true;
+    }
+    let Some(folder) = task.folder_work() else { return false };
+    same.len() < parallel
+        && same.iter().all(|r| r.folder_work().is_some_and(|f| f != folder))
+        && !(task.is_sync() && same.iter().any(|r| r.is_sync()))
 }
 
 impl fmt::Display for Task {
@@ -226,4 +269,47 @@ pub struct Outcome {
     pub task: Task,
     pub worker: usize,
     pub result: Result<Report, Failure>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(job: Job, account: i64, folder: i64) -> Task {
+        Task::new(job, Some(account), Some(folder))
+    }
+
+    #[test]
+    fn may_start_table() {
+        let recv = |f| t(Job::Receive, 1, f);
+        let sync = |f| t(Job::SyncFull, 1, f);
+        let vacuum = Task::new(Job::Vacuum, None, None);
+        #[rustfmt::skip]
+        let cases: &[(&str, Task, Vec<Task>, usize, bool)] = &[
+            ("nothing runs", sync(1), vec![], 3, true),
+            ("another account runs", sync(1), vec![t(Job::SyncFull, 2, 9)], 1, true),
+            ("a receive beside a receive of another folder", recv(2), vec![recv(1)], 3, true),
+            ("a secondary receive beside a receive of another folder", t(Job::ReceiveSecondary, 1, 2), vec![recv(1)], 3, true),
+            ("a sync beside a receive of another folder", sync(2), vec![recv(1)], 3, true),
+            ("a receive beside a sync of another folder", recv(2), vec![sync(1)], 3, true),
+            ("never two tasks of one folder: receive and sync", recv(1), vec![sync(1)], 3, false),
+            ("never two tasks of one folder: sync and receive", t(Job::SyncRecent, 1, 1), vec![recv(1)], 3, false),
+            ("never two tasks of one folder: two receives", t(Job::ReceiveSecondary, 1, 1), vec![recv(1)], 3, false),
+            ("never two syncs of an account", t(Job::SyncRecent, 1, 2), vec![sync(1)], 3, false),
+            ("never two syncs, receives between them", sync(3), vec![recv(1), sync(2)], 3, false),
+            ("the third connection", recv(3), vec![recv(1), sync(2)], 3, true),
+            ("no fourth connection", recv(4), vec![recv(1), recv(2), recv(3)], 3, false),
+            ("one connection an account: one at a time", recv(2), vec![recv(1)], 1, false),
+            ("folder discovery runs alone", Task::new(Job::ListFolders, Some(1), None), vec![recv(1)], 3, false),
+            ("nothing beside folder discovery", recv(1), vec![Task::new(Job::ListFolders, Some(1), None)], 3, false),
+            ("nothing beside Sync Delete", recv(1), vec![t(Job::SyncDelete, 1, 2)], 3, false),
+            ("Send runs alone", Task::new(Job::Send, Some(1), None), vec![recv(1)], 3, false),
+            ("other accounts do not count", recv(2), vec![recv(1), t(Job::Receive, 2, 7), t(Job::Receive, 2, 8)], 2, true),
+            ("a job of no account runs once", vacuum, vec![vacuum], 3, false),
+            ("a job of no account beside others", vacuum, vec![recv(1), Task::new(Job::Backup, None, None)], 3, true),
+        ];
+        for (name, task, running, parallel, want) in cases {
+            assert_eq!(may_start(task, running, *parallel), *want, "{name}");
+        }
+    }
 }

@@ -455,6 +455,11 @@ impl Session {
         self.status_answers.contains_key(&status_key(name.as_bytes()))
     }
 
+    /// Whether STATUS answers asked ahead wait to be taken (a session a sync should reuse).
+    pub fn holds_status(&self) -> bool {
+        !self.status_answers.is_empty()
+    }
+
     /// Forgets a STATUS asked ahead (the folder changed since: we changed it).
     pub fn forget_status(&mut self, name: &str) {
         let key = status_key(name.as_bytes());

@@ -271,6 +271,9 @@ pub struct Session {
     pub(crate) selected: Option<Selected>,
     /// Answers to STATUS asked ahead, by mailbox key (`status_key`): the status, or why not.
     pub(crate) status_answers: HashMap<Vec<u8>, std::result::Result<ServerStatus, String>>,
+    /// A throttling answer to a command no one waited for (a STATUS asked ahead), until
+    /// `take_throttle`: the server's "wait" concerns the account, whoever asked.
+    throttled: Option<Error>,
     pub(crate) lim: ParseLimits,
     pub(crate) host: String,
     pub(crate) stats: Stats,
@@ -414,6 +417,7 @@ impl Session {
             enabled: HashSet::new(),
             selected: None,
             status_answers: HashMap::new(),
+            throttled: None,
             lim: ParseLimits { body: max_message, ..ParseLimits::default() },
             host: host.to_owned(),
             stats: Stats::default(),
@@ -934,6 +938,10 @@ impl Session {
         };
         let p = self.pending.remove(i).expect("found above");
         if let Some(key) = p.status_of {
+            if t.status != Status::Ok && throttle_hint(&t.text).is_some() {
+                let name = String::from_utf8_lossy(&key).into_owned();
+                self.throttled = Some(refused_text(&format!("STATUS of {name:?}"), &refusal_text(&t)));
+            }
             let entry = self.status_answers.entry(key).or_insert_with(|| Err(String::new()));
             if t.status != Status::Ok {
                 *entry = Err(refusal_text(&t));
@@ -1046,6 +1054,13 @@ impl Session {
 
     /// Says LOGOUT and closes without waiting for the answer: the BYE and OK would tell
     /// nothing we need, and waiting for them costs a round trip at the end of every run.
+    /// The throttling answer a STATUS asked ahead got, once: whoever holds the session then
+    /// fails its task with it, so the account waits as the server asked even when the folder
+    /// whose STATUS it was is synced on another connection.
+    pub fn take_throttle(&mut self) -> Option<Error> {
+        self.throttled.take()
+    }
+
     pub fn logout(mut self) {
         let tag = self.tag();
         let _ = write!(self.out, "b{tag} LOGOUT\r\n");

@@ -58,6 +58,9 @@ pub struct LinkProxy {
 /// hold the other connections' bytes behind it.
 const PIECE: usize = 16 * 1024;
 
+/// How far back the link may count time a writer overslept (see `direction`).
+const CATCH_UP: Duration = Duration::from_millis(5);
+
 impl LinkProxy {
     pub fn start(upstream: SocketAddr, link: Link) -> anyhow::Result<LinkProxy> {
         anyhow::ensure!(link.rate > 0, "a link needs a rate");
@@ -165,12 +168,20 @@ fn direction(mut from: TcpStream, to: TcpStream, sh: &Arc<Shared>, upstream: boo
             let delay = sh.link.rtt / 2;
             let bucket = if upstream { &sh.up } else { &sh.down };
             for (arrived, data) in rx {
-                sleep_until(arrived + delay);
+                let ready = arrived + delay;
+                sleep_until(ready);
                 for piece in data.chunks(PIECE) {
                     let tx_time = Duration::from_secs_f64(piece.len() as f64 / sh.link.rate as f64);
+                    // The link is busy from when the piece was ready or the link free, not from
+                    // when this thread woke: a sleep that overran would otherwise idle the link
+                    // that long on every piece (a real link sends queued bytes back to back),
+                    // and a lone connection would get less than the rate. But never from
+                    // longer ago than CATCH_UP: after a client that stopped reading, what
+                    // follows leaves at the rate, not in one burst.
                     let done = {
                         let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
-                        b.free_at = b.free_at.max(Instant::now()) + tx_time;
+                        let floor = Instant::now().checked_sub(CATCH_UP).unwrap_or(ready);
+                        b.free_at = b.free_at.max(ready).max(floor) + tx_time;
                         b.free_at
                     };
                     sleep_until(done);

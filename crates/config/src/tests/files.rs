@@ -228,7 +228,7 @@ fn the_table_is_consistent() {
     let specs = specs();
     let defaults = Config::default().values();
     assert_eq!(specs.len(), defaults.len());
-    assert_eq!(specs.len(), 56);
+    assert_eq!(specs.len(), 57);
     for (s, v) in specs.iter().zip(&defaults) {
         // the kind matches the field's type and the default is itself valid
         let ok = match (s.kind, v) {

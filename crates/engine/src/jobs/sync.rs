@@ -122,7 +122,7 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
         highest_modseq: folder.highest_modseq.map(|v| v as u64),
         last_full_sync: folder.last_full_sync,
     };
-    if !ctx.sessions.get(ctx.store, ctx.config, account, now)?.has_status(&folder.name) {
+    if !ctx.sessions.get_for(ctx.store, ctx.config, account, now, Some(&folder.name))?.has_status(&folder.name) {
         ask_status_ahead(ctx, account, now)?;
     }
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;

@@ -149,10 +149,56 @@ fn per_host_budget_limits_concurrent_accounts_on_one_server() {
     let due: Vec<Task> = (1..=10).map(|a| Task::new(Job::SyncFull, Some(a), Some(a))).collect();
     let mut in_flight = HashMap::new();
     in_flight.insert(Task::new(Job::Receive, Some(1), Some(1)), 0);
-    let kept = budget(due, &in_flight, &hosts, 3);
+    let kept = budget(due, &in_flight, &hosts, 3, 3);
     let accounts: Vec<i64> = kept.iter().filter_map(|t| t.account).collect();
     // account 1 already holds a connection; two more of the big host fit; the other host is free
     assert_eq!(accounts, vec![1, 2, 3, 9, 10]);
+}
+
+#[test]
+fn connections_an_account_uses_table() {
+    use crate::task::{Job, Task};
+    let t = |job, folder| Task::new(job, Some(1), folder);
+    #[rustfmt::skip]
+    let cases: &[(&str, Vec<Task>, usize, usize)] = &[
+        ("no tasks, no connection", vec![], 3, 0),
+        ("folder discovery", vec![t(Job::ListFolders, None)], 3, 1),
+        ("a sync", vec![t(Job::SyncFull, Some(1))], 3, 1),
+        ("a sync and a receive of its folder: one after the other", vec![t(Job::SyncFull, Some(1)), t(Job::Receive, Some(1))], 3, 1),
+        ("receives of two folders", vec![t(Job::Receive, Some(1)), t(Job::Receive, Some(2))], 3, 2),
+        ("a sync and a receive of another folder", vec![t(Job::SyncFull, Some(2)), t(Job::Receive, Some(1))], 3, 2),
+        ("four folders, three connections", (1..=4).map(|f| t(Job::Receive, Some(f))).collect(), 3, 3),
+        ("one connection an account", (1..=4).map(|f| t(Job::Receive, Some(f))).collect(), 1, 1),
+        ("account-wide work beside folders", vec![t(Job::SyncDelete, Some(1)), t(Job::Receive, Some(2))], 3, 1),
+    ];
+    for (name, tasks, parallel, want) in cases {
+        assert_eq!(connections(tasks, *parallel), *want, "{name}");
+    }
+}
+
+#[test]
+fn receives_side_by_side_take_connections_of_the_host_budget() {
+    use crate::task::{Job, Task};
+    let hosts: HashMap<i64, String> = (1..=4).map(|a| (a, "imap.test".to_string())).collect();
+    // account 1 receives INBOX; its other folders' receives want connections of their own
+    let in_flight: HashMap<Task, usize> = [(Task::new(Job::Receive, Some(1), Some(1)), 0)].into();
+    let due: Vec<Task> = (2..=4)
+        .map(|f| Task::new(Job::Receive, Some(1), Some(f)))
+        .chain((2..=4).map(|a| Task::new(Job::SyncFull, Some(a), Some(10 + a))))
+        .collect();
+    let kept = |per_host, parallel| -> Vec<(i64, i64)> {
+        budget(due.clone(), &in_flight, &hosts, per_host, parallel)
+            .iter()
+            .map(|t| (t.account.unwrap(), t.folder.unwrap()))
+            .collect()
+    };
+    // 3 an account: folders 2 and 3 beside INBOX, folder 4 after one of them on the same
+    // connections; two more accounts fit
+    assert_eq!(kept(5, 3), vec![(1, 2), (1, 3), (1, 4), (2, 12), (3, 13)]);
+    // a full host: the receives beside wait for the accounts' turn
+    assert_eq!(kept(2, 3), vec![(1, 2)]);
+    // one connection an account: its receives queue behind INBOX on the connection it holds
+    assert_eq!(kept(2, 1), vec![(1, 2), (1, 3), (1, 4), (2, 12)]);
 }
 
 #[test]
@@ -163,13 +209,13 @@ fn a_lowered_host_budget_holds_its_accounts_in_flight_to_it() {
     let due: Vec<Task> = (1..=10).map(|a| Task::new(Job::SyncFull, Some(a), Some(a))).collect();
     let in_flight: HashMap<Task, usize> = [(Task::new(Job::Receive, Some(1), Some(1)), 0)].into();
     let lowered: HashMap<String, usize> = [("imap.gmail.test".to_string(), 2)].into();
-    let kept = budget_lowered(due.clone(), &in_flight, &hosts, 8, &lowered);
+    let kept = budget_lowered(due.clone(), &in_flight, &hosts, 8, 3, &lowered);
     let accounts: Vec<i64> = kept.iter().filter_map(|t| t.account).collect();
     // account 1 holds one of the 2; one more fits; the other host keeps the configured budget
     assert_eq!(accounts, vec![1, 2, 9, 10]);
     // a lowered budget never raises the configured one
     let raised: HashMap<String, usize> = [("imap.gmail.test".to_string(), 50)].into();
-    assert_eq!(budget_lowered(due, &in_flight, &hosts, 3, &raised).len(), 5);
+    assert_eq!(budget_lowered(due, &in_flight, &hosts, 3, 3, &raised).len(), 5);
 }
 
 #[test]

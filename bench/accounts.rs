@@ -26,9 +26,12 @@ pub fn run(dir: &Path, runs: usize, smoke: bool, seed: u64) -> anyhow::Result<()
     let link = Link::new(40, 100);
     let d = Dovecot::start_with(DovecotOptions { compress: true, ..DovecotOptions::default() })?;
     let logins: Vec<String> = (0..accounts).map(|i| format!("many{i}")).collect();
+    // every user first: a login right after its `add_user` can miss the reloaded passwd file
+    for login in &logins {
+        d.add_user(login, PASSWORD)?;
+    }
     let mut bytes = 0;
     for (i, login) in logins.iter().enumerate() {
-        d.add_user(login, PASSWORD)?;
         let msgs: Vec<Vec<u8>> = (0..per).map(|m| mailgen::text_message(seed + i as u64, m)).collect();
         bytes += msgs.iter().map(Vec::len).sum::<usize>();
         d.populate(login, PASSWORD, "INBOX", &msgs)?;

@@ -88,7 +88,7 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
         store.master_heartbeat(backproc_store::now())?;
         backproc_engine::metrics::write_file(&store, data_dir, true)?;
         let td = Instant::now();
-        let due = scheduler.due(&mut store, &config, &in_flight)?;
+        let due = scheduler.due(&mut store, &config, &in_flight, &|_| true)?;
         let _ = store.folders_with_due_receive(Lane::Primary, backproc_store::now())?;
         let d = ms(td);
         let total = ms(t);

@@ -193,18 +193,16 @@ pub fn run(
                     in_flight.remove(&lost);
                 }
                 scheduler.set_lowered(sessions.lowered(config.bg_max_connections_per_host as usize));
-                let due = match scheduler.due(&mut store, &config, &in_flight) {
+                // Left out before the per-host budget, so that what will not run takes no
+                // place in it: another account, or work this `--once` run has done already.
+                let wanted = |t: &Task| opts.only_account.is_none_or(|a| t.account == Some(a)) && !synced.contains(t);
+                let due = match scheduler.due(&mut store, &config, &in_flight, &wanted) {
                     Ok(d) => d,
                     Err(e) => {
                         log::error!("cannot read the schedule from the store: {e}");
                         Vec::new()
                     }
                 };
-                let mut due = due;
-                if let Some(a) = opts.only_account {
-                    due.retain(|t| t.account == Some(a));
-                }
-                due.retain(|t| !synced.contains(t));
                 if opts.once && due.is_empty() && in_flight.is_empty() {
                     // Done: the stop below records the end and writes the last metrics.
                     break;

@@ -233,13 +233,15 @@ impl Scheduler {
         now - last >= every
     }
 
-    /// Every task due now that is not already queued or running, most urgent first, at most
+    /// Every task due now that is not already queued or running and that the caller
+    /// `wanted`, most urgent first, within the per-host budget, at most
     /// BG_MAX_STARTS_PER_TICK of them (the rest stay due: spread over the next ticks).
     pub fn due(
         &mut self,
         store: &mut Store,
         config: &Config,
         in_flight: &HashMap<Task, usize>,
+        wanted: &dyn Fn(&Task) -> bool,
     ) -> Result<Vec<Task>, backproc_store::Error> {
         let now = self.clock.now();
         let mut due: Vec<Task> = self.extra.iter().copied().collect();
@@ -336,7 +338,7 @@ impl Scheduler {
             }
         }
         self.held.retain(|_, until| *until > now);
-        due.retain(|t| !in_flight.contains_key(t) && !self.held.contains_key(t));
+        due.retain(|t| !in_flight.contains_key(t) && !self.held.contains_key(t) && wanted(t));
         // Urgent first; a stable order otherwise.
         due.sort_by_key(|t| (!t.job.urgent(), *t));
         due.dedup();

@@ -24,7 +24,14 @@ pub fn list_folders(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
     // The folders due now are synced right after the listing: ask their STATUS first, INBOX
     // first of all (see `ask_status_ahead`).
     ask_status_ahead(ctx, account, now)?;
+    // An account listed for the first time has no folder due yet, but its INBOX (every
+    // server has one) is synced right after: its STATUS rides with the LIST, a round trip
+    // less before the first message.
+    let first = ctx.store.folders(Some(account))?.is_empty();
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
+    if first && let Err(e) = session.status_ahead(&["INBOX"]) {
+        return Err(imap_failure(ctx, account, e));
+    }
     let listing = match session.list() {
         Ok(l) => l,
         Err(e) => return Err(imap_failure(ctx, account, e)),

@@ -23,6 +23,8 @@ const PARALLEL: usize = 14;
 pub fn run(dir: &Path, runs: usize, smoke: bool, seed: u64) -> anyhow::Result<()> {
     let say = |m: &str| eprintln!("[bench] {m}");
     let (accounts, per) = if smoke { (20, 5) } else { (1000, 50) };
+    // BENCH_ACCOUNTS: another number of accounts (a quicker look while working on this row)
+    let accounts = std::env::var("BENCH_ACCOUNTS").ok().and_then(|v| v.parse().ok()).unwrap_or(accounts);
     let link = Link::new(40, 100);
     let d = Dovecot::start_with(DovecotOptions { compress: true, ..DovecotOptions::default() })?;
     let logins: Vec<String> = (0..accounts).map(|i| format!("many{i}")).collect();

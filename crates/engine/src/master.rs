@@ -47,6 +47,10 @@ enum Event {
     Shutdown,
 }
 
+/// The least time between ticks when one is brought forward (`Scheduler::held_back`): a
+/// tick reads the schedule and writes the heartbeat, so not one for every finished task.
+const EARLY_TICK_GAP: Duration = Duration::from_millis(100);
+
 /// Runs the master until `shutdown` fires (or, with `once`, until nothing is due).
 /// `reload` is called every tick and returns a new, valid config when config.inc changed.
 pub fn run(
@@ -111,6 +115,7 @@ pub fn run(
     let mut last_wanted: Option<Vec<backproc_store::PushCandidate>> = None;
     let mut tick_every = Duration::from_secs(config.bg_tick_interval);
     let mut next_tick = Instant::now();
+    let mut last_tick = Instant::now();
     let mut last_truncate = Instant::now();
     log::info!("master started (pid {}, up to {} workers)", std::process::id(), config.bg_max_threads);
 
@@ -158,8 +163,13 @@ pub fn run(
                 scheduler.set_lowered(sessions.lowered(config.bg_max_connections_per_host as usize));
                 let follow = scheduler.within_budget(follow, &in_flight, &config);
                 dispatch(&mut pool, &mut in_flight, follow);
+                let freed = o.task.account.is_some_and(|a| !in_flight.keys().any(|t| t.account == Some(a)));
                 if opts.once && in_flight.is_empty() {
                     next_tick = Instant::now();
+                } else if freed && scheduler.held_back() {
+                    // A connection is free and work waits for one: look now, not at the tick
+                    // (with a thousand accounts on one server, each waited half a tick).
+                    next_tick = next_tick.min(last_tick + EARLY_TICK_GAP);
                 }
             }
             Event::Push(e) => {
@@ -177,7 +187,8 @@ pub fn run(
                 }
             }
             Event::Tick => {
-                next_tick = Instant::now() + tick_every;
+                last_tick = Instant::now();
+                next_tick = last_tick + tick_every;
                 if let Some(new) = reload() {
                     log::info!("config.inc changed: new settings applied");
                     pool.set_limits(

@@ -96,7 +96,8 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// `parallel`: how many receives of one account may run at once (on as many workers).
+    /// `parallel`: how many tasks of one account may run at once, on as many workers (syncs
+    /// and receives of different folders: `task::may_start`).
     pub fn new(
         max: usize,
         capacity: usize,

@@ -183,6 +183,8 @@ pub struct Scheduler {
     failures: HashMap<Task, u32>,
     /// Hosts whose connection budget the session pool lowered, and to what (`set_lowered`).
     lowered: HashMap<String, usize>,
+    /// The budget held back due work at the last tick or follow-up (`held_back`).
+    held_back: bool,
 }
 
 /// BG_BACKOFF_BASE and BG_BACKOFF_MAX as the back-off rule: of an account's next connection,
@@ -204,6 +206,7 @@ impl Scheduler {
             held: HashMap::new(),
             failures: HashMap::new(),
             lowered: HashMap::new(),
+            held_back: false,
         }
     }
 
@@ -344,7 +347,9 @@ impl Scheduler {
         due.dedup();
         let (per_host, parallel) =
             (config.bg_max_connections_per_host as usize, config.email_bg_account_connections as usize);
+        let wanted_n = due.len();
         let mut due = budget_lowered(due, in_flight, &self.hosts, per_host, parallel, &self.lowered);
+        self.held_back = due.len() < wanted_n;
         due.truncate(config.bg_max_starts_per_tick as usize);
         Ok(due)
     }
@@ -358,13 +363,22 @@ impl Scheduler {
     /// connections, each task logging out another account's session and logging in again.
     /// What is held back stays due in the store (a receive's queue, a sync's interval) and is
     /// offered again by a later tick.
-    pub fn within_budget(&self, follow: Vec<Task>, in_flight: &HashMap<Task, usize>, config: &Config) -> Vec<Task> {
+    pub fn within_budget(&mut self, follow: Vec<Task>, in_flight: &HashMap<Task, usize>, config: &Config) -> Vec<Task> {
         let (per_host, parallel) =
             (config.bg_max_connections_per_host as usize, config.email_bg_account_connections as usize);
         let (held, mut free): (Vec<Task>, Vec<Task>) =
             follow.into_iter().partition(|t| !self.lowered.is_empty() || t.job.receives());
-        free.extend(budget_lowered(held, in_flight, &self.hosts, per_host, parallel, &self.lowered));
+        let n = held.len();
+        let kept = budget_lowered(held, in_flight, &self.hosts, per_host, parallel, &self.lowered);
+        self.held_back |= kept.len() < n;
+        free.extend(kept);
         free
+    }
+
+    /// Whether the per-host budget held back work that is due: the master then looks again
+    /// as soon as an account's last task ends (a connection is free), not at the next tick.
+    pub fn held_back(&self) -> bool {
+        self.held_back
     }
 
     /// Records a finished task; returns follow-up tasks to dispatch at once.

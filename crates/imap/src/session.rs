@@ -56,7 +56,8 @@ pub struct ConnectParams {
     pub deadline: Option<Deadline>,
     /// EMAIL_BG_MAX_MESSAGE_SIZE: the largest body literal read.
     pub max_message: usize,
-    /// COMPRESS=DEFLATE (RFC 4978) when the server offers it.
+    /// COMPRESS=DEFLATE (RFC 4978) when the server offers it, from the first download on
+    /// (`deflate_for_download`).
     pub compress: bool,
 }
 
@@ -274,6 +275,8 @@ pub struct Session {
     /// A throttling answer to a command no one waited for (a STATUS asked ahead), until
     /// `take_throttle`: the server's "wait" concerns the account, whoever asked.
     throttled: Option<Error>,
+    /// COMPRESS is wanted and offered, and not asked yet (`deflate_for_download`).
+    compress_later: bool,
     pub(crate) lim: ParseLimits,
     pub(crate) host: String,
     pub(crate) stats: Stats,
@@ -418,6 +421,7 @@ impl Session {
             selected: None,
             status_answers: HashMap::new(),
             throttled: None,
+            compress_later: false,
             lim: ParseLimits { body: max_message, ..ParseLimits::default() },
             host: host.to_owned(),
             stats: Stats::default(),
@@ -484,12 +488,12 @@ impl Session {
                 p.unawaited = true;
             }
         }
-        // Its own round trip: a server lists COMPRESS=DEFLATE only after login, and sending it
-        // in LOGIN's write on a guess loses it on Courier, whose login process hands the
-        // connection to another without the bytes that followed LOGIN.
-        if p.compress && s.caps.compress_deflate {
-            s.compress()?;
-        }
+        // Not now: COMPRESS costs a round trip of its own (a server lists COMPRESS=DEFLATE
+        // only after login, and sending it in LOGIN's write on a guess loses it on Courier,
+        // whose login process hands the connection to another without the bytes that
+        // followed LOGIN). A connection that only asks STATUS, a resync with nothing new,
+        // would pay it for nothing: it is asked before the first download instead.
+        s.compress_later = p.compress && s.caps.compress_deflate;
         Ok(s)
     }
 
@@ -679,9 +683,19 @@ impl Session {
         })
     }
 
-    /// COMPRESS DEFLATE (RFC 4978), in the write that carries ENABLE: nothing may follow it
-    /// before its answer, after which both directions are deflated. A refusal (e.g.
-    /// `[COMPRESSIONACTIVE]`) leaves the session as it was.
+    /// Before a download (bodies, or a big folder's flags): COMPRESS DEFLATE if the
+    /// connection was opened wanting it and the server offers it, once a connection; else
+    /// nothing.
+    pub fn deflate_for_download(&mut self) -> Result<()> {
+        if std::mem::take(&mut self.compress_later) {
+            self.compress()?;
+        }
+        Ok(())
+    }
+
+    /// COMPRESS DEFLATE (RFC 4978): nothing may follow it before its answer, after which both
+    /// directions are deflated. A refusal (e.g. `[COMPRESSIONACTIVE]`) leaves the session as
+    /// it was.
     fn compress(&mut self) -> Result<()> {
         let tag = self.send_raw(b"COMPRESS DEFLATE", "COMPRESS", Budget::SMALL, None)?;
         let t = self.complete(tag, &mut |_, _| Ok(()))?;

@@ -140,6 +140,9 @@ fn fetch_all(
     let mut outcome = FetchOutcome::default();
     let now = ctx.clock.now();
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
+    if let Err(e) = session.deflate_for_download() {
+        return Err(drop_or_keep(ctx, account, e));
+    }
     let selected = match session.ensure_selected(&folder.name, false) {
         Ok(s) => s,
         Err(e) => return Err(drop_or_keep(ctx, account, e)),

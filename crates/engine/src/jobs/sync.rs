@@ -111,6 +111,10 @@ struct Gathered {
     healed: Vec<NewMsg>,
 }
 
+/// Messages in a folder from which a read of it starts COMPRESS (if wanted and offered):
+/// about 100 KB of flags, more than the round trip COMPRESS costs on any link.
+const DEFLATE_FLAGS_FROM: u32 = 2000;
+
 /// Sync one folder: recent (new UIDs) or full (also flags and vanished messages).
 pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Failure> {
     let (Some(account), Some(folder_id)) = (task.account, task.folder) else {
@@ -145,6 +149,14 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
     let lsum = LocalSummary { present, queued: summary.queued, local_pending: summary.local_pending };
     let caps = ReadCaps { condstore: session.caps.condstore, qresync: session.caps.qresync };
     let what = plan_fetch(&local, &lsum, &status, caps, full);
+    let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
+    // A big folder's flags are a download too (about 50 bytes a message).
+    if matches!(what, FetchPlan::Read(_))
+        && status.exists >= DEFLATE_FLAGS_FROM
+        && let Err(e) = session.deflate_for_download()
+    {
+        return Err(imap_failure(ctx, account, e));
+    }
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
     let store: &mut Store = ctx.store;
     let gathered = match what {

@@ -95,8 +95,8 @@ pub fn folder_due(f: &SchedFolder, now: i64, iv: &Intervals, low_start: i64) -> 
 
 /// Keeps at most `per_host` connections' worth of tasks queued or running per server host,
 /// so that many accounts on one server (which caps connections per user and per IP) share it
-/// instead of being refused. An account's tasks need one connection, its receives of
-/// different folders up to `parallel` ([`connections`]). Tasks over the budget stay due and
+/// instead of being refused. An account's tasks need one connection, its syncs and receives
+/// of different folders up to `parallel` ([`connections`]). Tasks over the budget stay due and
 /// are offered again at the next tick.
 pub fn budget(
     due: Vec<Task>,

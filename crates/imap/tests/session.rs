@@ -174,6 +174,9 @@ fn compressed_sessions_move_the_same_bytes_in_fewer() {
         let mut p = params(&d, "u", "p");
         p.compress = compress;
         let mut s = Session::connect(&p).unwrap();
+        // COMPRESS waits for the first download
+        assert!(!s.compressed());
+        s.deflate_for_download().unwrap();
         assert_eq!(s.compressed(), compress);
         s.ensure_selected("INBOX", false).unwrap();
         let uids: Vec<u32> = (1..=200).collect();

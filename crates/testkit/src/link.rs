@@ -8,6 +8,7 @@
 //! data, i.e. the client spoke again after hearing the server), so a benchmark can print the
 //! link's limit and what each tool needed of it.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,7 +46,10 @@ struct Shared {
     turns: AtomicU64,
     connections: AtomicU64,
     stop: AtomicBool,
-    sockets: Mutex<Vec<TcpStream>>,
+    /// The sockets of each open connection, by a number of its own, for `Drop` to shut down;
+    /// removed when the connection ends (a bench run makes tens of thousands).
+    sockets: Mutex<HashMap<u64, [TcpStream; 2]>>,
+    next_id: AtomicU64,
 }
 
 /// A running link proxy on 127.0.0.1; stops (closing every connection) on drop.
@@ -76,7 +80,8 @@ impl LinkProxy {
             turns: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             stop: AtomicBool::new(false),
-            sockets: Mutex::new(Vec::new()),
+            sockets: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
         });
         let sh = Arc::clone(&shared);
         std::thread::Builder::new().name("link-accept".into()).spawn(move || {
@@ -117,6 +122,11 @@ impl LinkProxy {
         self.shared.connections.load(Ordering::SeqCst)
     }
 
+    /// Connections open now (accepted, not yet closed on both sides).
+    pub fn open_connections(&self) -> usize {
+        self.shared.sockets.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Zeroes the counters (bytes, turns, connections), e.g. between two tools' runs.
     pub fn reset_counts(&self) {
         for c in [&self.shared.bytes_up, &self.shared.bytes_down, &self.shared.turns, &self.shared.connections] {
@@ -129,7 +139,7 @@ impl Drop for LinkProxy {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(("127.0.0.1", self.port));
-        for s in self.shared.sockets.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for s in self.shared.sockets.lock().unwrap_or_else(|e| e.into_inner()).drain().flat_map(|(_, s)| s) {
             let _ = s.shutdown(Shutdown::Both);
         }
     }
@@ -143,18 +153,21 @@ fn connection(client: TcpStream, upstream: SocketAddr, sh: &Arc<Shared>) {
     sh.connections.fetch_add(1, Ordering::SeqCst);
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
+    let id = sh.next_id.fetch_add(1, Ordering::SeqCst);
     if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
-        sh.sockets.lock().unwrap_or_else(|e| e.into_inner()).extend([c, s]);
+        sh.sockets.lock().unwrap_or_else(|e| e.into_inner()).insert(id, [c, s]);
     }
     // Who spoke last on this connection: a client write after server data is a new turn.
     let server_spoke = Arc::new(AtomicBool::new(true));
-    let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else { return };
-    let up = {
-        let (sh, spoke) = (Arc::clone(sh), Arc::clone(&server_spoke));
-        std::thread::spawn(move || direction(c2, s2, &sh, true, &spoke))
-    };
-    direction(server, client, sh, false, &server_spoke);
-    let _ = up.join();
+    if let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) {
+        let up = {
+            let (sh, spoke) = (Arc::clone(sh), Arc::clone(&server_spoke));
+            std::thread::spawn(move || direction(c2, s2, &sh, true, &spoke))
+        };
+        direction(server, client, sh, false, &server_spoke);
+        let _ = up.join();
+    }
+    sh.sockets.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
 }
 
 /// Carries one direction: a reader stamps each chunk's arrival, a writer releases it half a
@@ -163,7 +176,8 @@ fn direction(mut from: TcpStream, to: TcpStream, sh: &Arc<Shared>, upstream: boo
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let writer = {
         let sh = Arc::clone(sh);
-        let mut to = to.try_clone().expect("clone a socket");
+        // Out of descriptors, the connection closes rather than the proxy panic.
+        let Ok(mut to) = to.try_clone() else { return };
         std::thread::spawn(move || {
             let delay = sh.link.rtt / 2;
             let bucket = if upstream { &sh.up } else { &sh.down };

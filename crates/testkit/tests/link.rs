@@ -97,3 +97,23 @@ fn bandwidth_is_paced_and_shared_by_all_connections() {
     assert_eq!(p.bytes(), (1_000_000, 1_000_000));
     assert_eq!(p.connections(), 2);
 }
+
+/// A closed connection leaves nothing behind: the proxy once kept two descriptors of every
+/// connection until it was dropped, and a bench run of 12,000 connections ran out of them.
+#[test]
+fn closed_connections_are_forgotten() {
+    let p = LinkProxy::start(echo(), Link::new(2, 1000)).unwrap();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(("127.0.0.1", p.port())).unwrap();
+        s.write_all(b"hi").unwrap();
+        read_n(&mut s, 2);
+    }
+    assert_eq!(p.connections(), 50);
+    // Each ends once both directions have seen their peer close (a round trip or so); a
+    // leak never does.
+    let until = Instant::now() + Duration::from_secs(30);
+    while p.open_connections() > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(p.open_connections(), 0, "connections left open");
+}

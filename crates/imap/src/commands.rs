@@ -318,12 +318,38 @@ impl Session {
     /// well-known names. A line that cannot be read or whose name cannot be used costs that
     /// folder only: it is in `unusable`, with a warning naming it.
     pub fn list(&mut self) -> Result<Listing> {
+        self.list_with(false)
+    }
+
+    /// [`list`](Self::list), with COMPRESS (as [`deflate_for_download`](Self::deflate_for_download)
+    /// would ask it) sent behind the LIST: an account's first listing, whose initial sync
+    /// downloads next, gets it in the LIST's round trip instead of one of its own.
+    pub fn list_before_download(&mut self) -> Result<Listing> {
+        self.list_with(true)
+    }
+
+    fn list_with(&mut self, deflate: bool) -> Result<Listing> {
         let ns_tag = if self.caps.namespace && self.namespace.is_none() {
             Some(self.send_raw(b"NAMESPACE", "NAMESPACE", Budget::SMALL, None)?)
         } else {
             None
         };
         let tag = self.send_raw(b"LIST \"\" \"*\"", "LIST", Budget::LIST, None)?;
+        let compress = if deflate { self.send_compress()? } else { None };
+        let listed = self.read_list(ns_tag, tag);
+        match (compress, listed) {
+            // The connection is gone or out of step: nothing more is read from it.
+            (_, Err(e)) if !e.session_usable() => Err(e),
+            (None, listed) => listed,
+            // Whatever LIST answered, COMPRESS's answer decides how the next byte is read.
+            (Some(t), listed) => {
+                self.finish_compress(t)?;
+                listed
+            }
+        }
+    }
+
+    fn read_list(&mut self, ns_tag: Option<u32>, tag: u32) -> Result<Listing> {
         if let Some(t) = ns_tag {
             let mut personal = None;
             let done = self.complete(t, &mut |_, u| {

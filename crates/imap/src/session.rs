@@ -687,17 +687,25 @@ impl Session {
     /// connection was opened wanting it and the server offers it, once a connection; else
     /// nothing.
     pub fn deflate_for_download(&mut self) -> Result<()> {
-        if std::mem::take(&mut self.compress_later) {
-            self.compress()?;
+        match self.send_compress()? {
+            Some(tag) => self.finish_compress(tag),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    /// COMPRESS DEFLATE (RFC 4978): nothing may follow it before its answer, after which both
-    /// directions are deflated. A refusal (e.g. `[COMPRESSIONACTIVE]`) leaves the session as
-    /// it was.
-    fn compress(&mut self) -> Result<()> {
-        let tag = self.send_raw(b"COMPRESS DEFLATE", "COMPRESS", Budget::SMALL, None)?;
+    /// COMPRESS DEFLATE (RFC 4978) queued behind the commands already sent, if the session
+    /// wants it for a download and has not asked it yet: nothing may follow it before its
+    /// answer ([`finish_compress`](Self::finish_compress)).
+    pub(crate) fn send_compress(&mut self) -> Result<Option<u32>> {
+        if !std::mem::take(&mut self.compress_later) {
+            return Ok(None);
+        }
+        self.send_raw(b"COMPRESS DEFLATE", "COMPRESS", Budget::SMALL, None).map(Some)
+    }
+
+    /// Reads COMPRESS's answer, after which both directions are deflated. A refusal (e.g.
+    /// `[COMPRESSIONACTIVE]`) leaves the session as it was.
+    pub(crate) fn finish_compress(&mut self, tag: u32) -> Result<()> {
         let t = self.complete(tag, &mut |_, _| Ok(()))?;
         self.compressed_by(&t)
     }

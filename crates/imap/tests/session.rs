@@ -162,6 +162,48 @@ fn xoauth2_without_sasl_ir_waits_for_the_go_ahead() {
     assert!(e.detail.contains("XOAUTH2") && e.detail.contains("status: 401"), "{}", e.detail);
 }
 
+/// An account's first listing asks COMPRESS behind its LIST (and the STATUS asked ahead): no
+/// round trip of its own, counted at a link proxy, and the session deflated afterwards, its
+/// STATUS answer and its bodies read through it.
+#[test]
+fn compress_rides_with_the_first_listing() {
+    let d = Dovecot::start_with(backproc_testkit::DovecotOptions { compress: true, ..Default::default() }).unwrap();
+    d.add_user("u", "p").unwrap();
+    let msgs = mailgen::mailbox(5, 20);
+    d.populate("u", "p", "INBOX", &msgs).unwrap();
+    let upstream = format!("127.0.0.1:{}", d.imap_port()).parse().unwrap();
+    let link = backproc_testkit::LinkProxy::start(upstream, backproc_testkit::Link::new(2, 1000)).unwrap();
+    // the turns of a listing after login, with COMPRESS behind it or asked on its own
+    let listing = |together: bool| {
+        let mut p = params(&d, "u", "p");
+        p.port = link.port();
+        p.compress = true;
+        let mut s = Session::connect(&p).unwrap();
+        let before = link.turns();
+        s.status_ahead(&["INBOX"]).unwrap();
+        let listed = if together {
+            s.list_before_download().unwrap()
+        } else {
+            let l = s.list().unwrap();
+            s.deflate_for_download().unwrap();
+            l
+        };
+        let turns = link.turns() - before;
+        assert!(listed.has_inbox());
+        assert!(s.compressed(), "together {together}: deflated");
+        // the STATUS answer came before COMPRESS's; what follows is read deflated
+        assert_eq!(s.status("INBOX").unwrap().exists, 20);
+        s.ensure_selected("INBOX", false).unwrap();
+        let t = s.queue_fetch(&[7], 1 << 20).unwrap();
+        let mut got = Vec::new();
+        s.read_fetch(t, |f| got.push(f.raw)).unwrap();
+        assert_eq!(got, vec![msgs[6].clone()], "together {together}: message 7 byte-identical");
+        turns
+    };
+    assert_eq!(listing(false), 2, "LIST with STATUS, then COMPRESS");
+    assert_eq!(listing(true), 1, "LIST with STATUS and COMPRESS");
+}
+
 /// COMPRESS=DEFLATE (RFC 4978) against Dovecot's imap_zlib: bodies come down and an APPEND
 /// goes up through the deflate streams, byte-identical, in fewer wire bytes than without.
 #[test]

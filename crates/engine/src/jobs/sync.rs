@@ -32,7 +32,9 @@ pub fn list_folders(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
     if first && let Err(e) = session.status_ahead(&["INBOX"]) {
         return Err(imap_failure(ctx, account, e));
     }
-    let listing = match session.list() {
+    // Its initial sync downloads next: COMPRESS rides with the LIST too.
+    let listed = if first { session.list_before_download() } else { session.list() };
+    let listing = match listed {
         Ok(l) => l,
         Err(e) => return Err(imap_failure(ctx, account, e)),
     };

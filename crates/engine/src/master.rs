@@ -48,8 +48,10 @@ enum Event {
 }
 
 /// The least time between ticks when one is brought forward (`Scheduler::held_back`): a
-/// tick reads the schedule and writes the heartbeat, so not one for every finished task.
-const EARLY_TICK_GAP: Duration = Duration::from_millis(100);
+/// tick reads the schedule and writes the heartbeat, so not one for every finished task. A
+/// tick of 1,000 accounts takes a few ms; at 100 ms, a connection that freed waited 50 ms for
+/// its next account on average, a tenth of an account's first pass on a 40 ms link.
+const EARLY_TICK_GAP: Duration = Duration::from_millis(20);
 
 /// Runs the master until `shutdown` fires (or, with `once`, until nothing is due).
 /// `reload` is called every tick and returns a new, valid config when config.inc changed.
@@ -160,7 +162,10 @@ pub fn run(
                 if again.remove(&o.task) {
                     follow.push(o.task);
                 }
-                scheduler.set_lowered(sessions.lowered(config.bg_max_connections_per_host as usize));
+                scheduler.set_sessions(
+                    sessions.lowered(config.bg_max_connections_per_host as usize),
+                    sessions.idle_counts(),
+                );
                 let follow = scheduler.within_budget(follow, &in_flight, &config);
                 dispatch(&mut pool, &mut in_flight, follow);
                 let freed = o.task.account.is_some_and(|a| !in_flight.keys().any(|t| t.account == Some(a)));
@@ -203,7 +208,10 @@ pub fn run(
                 for lost in pool.reap() {
                     in_flight.remove(&lost);
                 }
-                scheduler.set_lowered(sessions.lowered(config.bg_max_connections_per_host as usize));
+                scheduler.set_sessions(
+                    sessions.lowered(config.bg_max_connections_per_host as usize),
+                    sessions.idle_counts(),
+                );
                 // Left out before the per-host budget, so that what will not run takes no
                 // place in it: another account, or work this `--once` run has done already.
                 let wanted = |t: &Task| opts.only_account.is_none_or(|a| t.account == Some(a)) && !synced.contains(t);
@@ -219,6 +227,12 @@ pub fn run(
                     break;
                 }
                 dispatch(&mut pool, &mut in_flight, due);
+                // Idle sessions of accounts with nothing due, on hosts where work waits for a
+                // connection: closed now, so that the slots are free when that work asks for
+                // them, instead of each new connection logging one out and waiting for it.
+                for a in scheduler.idle_to_close(&in_flight) {
+                    sessions.retire(a);
+                }
                 if let Some(p) = &push {
                     let wanted = if config.email_background_sync_enabled && config.email_bg_push_enabled {
                         store.push_candidates(clock.now(), config.email_bg_push_all)

@@ -3,7 +3,7 @@
 //! The decisions are pure functions of (rows read from the store, config, now) — see
 //! `folder_due` and `daily_start` — so they are tested with an injected clock, no sleeping.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use backproc_config::{Config, TimeOfDay};
 use backproc_store::{DueCuts, Lane, SchedFolder, Store};
@@ -105,7 +105,7 @@ pub fn budget(
     per_host: usize,
     parallel: usize,
 ) -> Vec<Task> {
-    budget_lowered(due, in_flight, hosts, per_host, parallel, &HashMap::new())
+    budget_lowered(due, in_flight, hosts, per_host, parallel, &HashMap::new(), &HashMap::new())
 }
 
 /// The most connections an account's queued and running `tasks` use at once: one, or one per
@@ -123,6 +123,12 @@ pub fn connections(tasks: &[Task], parallel: usize) -> usize {
 /// `SessionPool::lowered`) held to that: more accounts in flight than the host's connections
 /// would have each task log out another account's idle session and log in again (10 accounts
 /// of 6 tasks each on a host lowered to 3: about 55 logins, about 20 held to it).
+///
+/// An account's `idle` sessions (`SessionPool::idle_counts`) are connections it holds
+/// already: a task that runs on one opens none, and is never held back. Held back, it would
+/// wait in the store for the next tick while new accounts took the host's connections, and by
+/// then its session would have been logged out to make room for them (1,000 accounts on one
+/// host: a third of the receives waited up to 11 s and logged in again).
 pub fn budget_lowered(
     due: Vec<Task>,
     in_flight: &HashMap<Task, usize>,
@@ -130,6 +136,7 @@ pub fn budget_lowered(
     per_host: usize,
     parallel: usize,
     lowered: &HashMap<String, usize>,
+    idle: &HashMap<i64, usize>,
 ) -> Vec<Task> {
     let mut tasks: HashMap<i64, Vec<Task>> = HashMap::new();
     for t in in_flight.keys() {
@@ -138,9 +145,13 @@ pub fn budget_lowered(
         }
     }
     let mut busy: HashMap<&str, usize> = HashMap::new();
+    // Connections each account holds: those of its tasks in flight, and its idle sessions.
+    let mut held: HashMap<i64, usize> = idle.clone();
     for (a, ts) in &tasks {
         if let Some(h) = hosts.get(a) {
-            *busy.entry(h).or_default() += connections(ts, parallel);
+            let n = connections(ts, parallel);
+            *busy.entry(h).or_default() += n;
+            *held.entry(*a).or_default() += n;
         }
     }
     due.into_iter()
@@ -150,19 +161,44 @@ pub fn budget_lowered(
             let mine = tasks.entry(a).or_default();
             let before = connections(mine, parallel);
             mine.push(*t);
-            // An account already holding a connection reuses it (its tasks run one after the
-            // other), unless this one works on another folder beside them on a new one.
-            let more = connections(mine, parallel) - before;
+            // An account reuses the connections it holds (its tasks run one after the other
+            // on them), unless this task works on another folder beside them on a new one.
+            // `used` counts in the host's busy connections, `opened` against its budget.
+            let after = connections(mine, parallel);
+            let used = after - before;
+            let have = held.get(&a).copied().unwrap_or(0);
+            let opened = after.saturating_sub(have) - before.saturating_sub(have);
             let limit = lowered.get(h).map_or(per_host, |&l| l.min(per_host));
             let n = busy.entry(h).or_default();
-            if more > 0 && *n + more > limit {
+            if opened > 0 && *n + opened > limit {
                 mine.pop();
                 return false;
             }
-            *n += more;
+            *n += used;
             true
         })
         .collect()
+}
+
+/// The accounts whose idle sessions are better closed now: those with no task queued,
+/// running or due, on a host where the budget holds work back. Their sessions would only
+/// serve their next interval, and the waiting work needs the slots.
+pub fn idle_to_close(
+    idle: &HashMap<i64, usize>,
+    in_flight: &HashMap<Task, usize>,
+    due: &HashSet<i64>,
+    hosts: &HashMap<i64, String>,
+    held_hosts: &HashSet<String>,
+) -> Vec<i64> {
+    let busy: HashSet<i64> = in_flight.keys().filter_map(|t| t.account).collect();
+    let mut close: Vec<i64> = idle
+        .iter()
+        .filter(|(a, n)| **n > 0 && !busy.contains(a) && !due.contains(a))
+        .filter(|(a, _)| hosts.get(a).is_some_and(|h| held_hosts.contains(h)))
+        .map(|(a, _)| *a)
+        .collect();
+    close.sort_unstable();
+    close
 }
 
 pub struct Scheduler {
@@ -181,10 +217,16 @@ pub struct Scheduler {
     /// Failures in a row of each task that failed on its own (a folder the server refuses, an
     /// answer we cannot use): its hold doubles with each one (`backoff`).
     failures: HashMap<Task, u32>,
-    /// Hosts whose connection budget the session pool lowered, and to what (`set_lowered`).
+    /// Hosts whose connection budget the session pool lowered, and to what (`set_sessions`).
     lowered: HashMap<String, usize>,
+    /// Idle sessions per account (`set_sessions`): its next tasks run on them.
+    idle: HashMap<i64, usize>,
     /// The budget held back due work at the last tick or follow-up (`held_back`).
     held_back: bool,
+    /// At the last tick: the accounts with work due, and the hosts where the budget held some
+    /// back (`idle_to_close`).
+    due_accounts: HashSet<i64>,
+    held_hosts: HashSet<String>,
 }
 
 /// BG_BACKOFF_BASE and BG_BACKOFF_MAX as the back-off rule: of an account's next connection,
@@ -206,13 +248,19 @@ impl Scheduler {
             held: HashMap::new(),
             failures: HashMap::new(),
             lowered: HashMap::new(),
+            idle: HashMap::new(),
             held_back: false,
+            due_accounts: HashSet::new(),
+            held_hosts: HashSet::new(),
         }
     }
 
-    /// The hosts whose budget is lowered now (`SessionPool::lowered`), for the next `due`.
-    pub fn set_lowered(&mut self, lowered: HashMap<String, usize>) {
+    /// What the session pool holds now, for the next budget: the hosts whose budget is
+    /// lowered (`SessionPool::lowered`) and each account's idle sessions
+    /// (`SessionPool::idle_counts`).
+    pub fn set_sessions(&mut self, lowered: HashMap<String, usize>, idle: HashMap<i64, usize>) {
         self.lowered = lowered;
+        self.idle = idle;
     }
 
     /// One-off tasks (test hooks, manual runs) due at the next tick.
@@ -347,9 +395,13 @@ impl Scheduler {
         due.dedup();
         let (per_host, parallel) =
             (config.bg_max_connections_per_host as usize, config.email_bg_account_connections as usize);
-        let wanted_n = due.len();
-        let mut due = budget_lowered(due, in_flight, &self.hosts, per_host, parallel, &self.lowered);
-        self.held_back = due.len() < wanted_n;
+        let wanted = due.clone();
+        let mut due = budget_lowered(due, in_flight, &self.hosts, per_host, parallel, &self.lowered, &self.idle);
+        self.held_back = due.len() < wanted.len();
+        self.due_accounts = wanted.iter().filter_map(|t| t.account).collect();
+        let kept: HashSet<&Task> = due.iter().collect();
+        self.held_hosts =
+            wanted.iter().filter(|t| !kept.contains(t)).filter_map(|t| self.hosts.get(&t.account?).cloned()).collect();
         due.truncate(config.bg_max_starts_per_tick as usize);
         Ok(due)
     }
@@ -369,10 +421,15 @@ impl Scheduler {
         let (held, mut free): (Vec<Task>, Vec<Task>) =
             follow.into_iter().partition(|t| !self.lowered.is_empty() || t.job.receives());
         let n = held.len();
-        let kept = budget_lowered(held, in_flight, &self.hosts, per_host, parallel, &self.lowered);
+        let kept = budget_lowered(held, in_flight, &self.hosts, per_host, parallel, &self.lowered, &self.idle);
         self.held_back |= kept.len() < n;
         free.extend(kept);
         free
+    }
+
+    /// [`idle_to_close`] after the last tick's `due`.
+    pub fn idle_to_close(&self, in_flight: &HashMap<Task, usize>) -> Vec<i64> {
+        idle_to_close(&self.idle, in_flight, &self.due_accounts, &self.hosts, &self.held_hosts)
     }
 
     /// Whether the per-host budget held back work that is due: the master then looks again

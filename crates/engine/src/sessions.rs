@@ -43,6 +43,10 @@ struct Host {
     push: usize,
     /// A budget lower than the configured one, and until when.
     lowered: Option<(usize, Instant)>,
+    /// Of the open ones, idle sessions being closed (`SessionPool::retire`): their slots free
+    /// in a round trip, so a new connection waits for one of those rather than log out a
+    /// session that its account will use again.
+    retiring: usize,
 }
 
 impl Host {
@@ -154,14 +158,18 @@ impl SessionPool {
                 st.peak = st.peak.max(open);
                 return Ok(());
             }
-            // The slot of an idle session of this host passes to us.
-            let lru = st
-                .idle
-                .iter()
-                .flat_map(|(a, v)| v.iter().enumerate().map(move |(i, s)| (*a, i, s)))
-                .filter(|(.., s)| s.host == host)
-                .min_by_key(|(.., s)| s.since)
-                .map(|(a, i, _)| (a, i));
+            // A slot frees in a moment: wait for it.
+            let lru = if h.retiring > 0 {
+                None
+            } else {
+                // The slot of an idle session of this host passes to us.
+                st.idle
+                    .iter()
+                    .flat_map(|(a, v)| v.iter().enumerate().map(move |(i, s)| (*a, i, s)))
+                    .filter(|(.., s)| s.host == host)
+                    .min_by_key(|(.., s)| s.since)
+                    .map(|(a, i, _)| (a, i))
+            };
             if let Some((account, i)) = lru {
                 let old = take_at(&mut st.idle, account, i);
                 closed(&mut st, account);
@@ -251,6 +259,37 @@ impl SessionPool {
         self.freed.notify_all();
     }
 
+    /// Idle sessions per account, for the scheduler's budget: a task of an account that has
+    /// one opens no connection.
+    pub fn idle_counts(&self) -> HashMap<i64, usize> {
+        self.lock().idle.iter().map(|(a, v)| (*a, v.len())).collect()
+    }
+
+    /// Closes `account`'s idle sessions on a thread of their own: the account has nothing
+    /// left to do, and other accounts wait for the host's connections. The slots free as the
+    /// server closes each one (`Session::logout_and_wait`), before a waiting task asks for
+    /// one, instead of that task logging this session out and waiting for it itself.
+    pub fn retire(self: &Arc<Self>, account: i64) {
+        let mut st = self.lock();
+        let Some(idle) = st.idle.remove(&account) else { return };
+        for i in &idle {
+            st.hosts.entry(i.host.clone()).or_default().retiring += 1;
+        }
+        drop(st);
+        let mut retiring = Retiring { pool: Arc::clone(self), account, idle };
+        // A thread is cheap beside a round trip; without one, the master would wait for it.
+        let spawned = std::thread::Builder::new().name("retire".into()).spawn(move || {
+            while let Some(i) = retiring.idle.pop() {
+                i.session.logout_and_wait(HANDOFF_CLOSE);
+                retiring.closed(&i.host);
+            }
+        });
+        if let Err(e) = spawned {
+            // the sessions were dropped with the thread's closure (`Retiring::drop`)
+            log::warn!("cannot start a thread to close account {account}'s idle sessions: {e}");
+        }
+    }
+
     /// Logs out of sessions unused for `idle`.
     pub fn close_idle(&self, idle: Duration) {
         let stale: Vec<(i64, Idle)> = {
@@ -279,6 +318,35 @@ impl SessionPool {
             i.session.logout();
             closed(&mut self.lock(), k);
             self.release(&i.host);
+        }
+    }
+}
+
+/// Idle sessions being closed by [`SessionPool::retire`]. Those it never got to (the thread
+/// could not start) are dropped, and their slots freed, with it.
+struct Retiring {
+    pool: Arc<SessionPool>,
+    account: i64,
+    idle: Vec<Idle>,
+}
+
+impl Retiring {
+    fn closed(&self, host: &str) {
+        let mut st = self.pool.lock();
+        closed(&mut st, self.account);
+        if let Some(h) = st.hosts.get_mut(host) {
+            h.retiring = h.retiring.saturating_sub(1);
+        }
+        drop(st);
+        self.pool.release(host);
+    }
+}
+
+impl Drop for Retiring {
+    fn drop(&mut self) {
+        for i in std::mem::take(&mut self.idle) {
+            drop(i.session);
+            self.closed(&i.host);
         }
     }
 }

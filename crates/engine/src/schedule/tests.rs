@@ -202,6 +202,63 @@ fn receives_side_by_side_take_connections_of_the_host_budget() {
 }
 
 #[test]
+fn idle_sessions_in_the_budget_table() {
+    use crate::task::{Job, Task};
+    let hosts: HashMap<i64, String> = (1..=5).map(|a| (a, "imap.test".to_string())).collect();
+    let recv = |a| Task::new(Job::Receive, Some(a), Some(10 * a));
+    let list = |a| Task::new(Job::ListFolders, Some(a), None);
+    // accounts 1 and 2 hold the host's two connections with work in flight
+    let full: HashMap<Task, usize> = [(list(1), 0), (list(2), 0)].into();
+    let none: HashMap<Task, usize> = HashMap::new();
+    // name, in flight, due, idle sessions per account, kept
+    type Case<'a> = (&'a str, &'a HashMap<Task, usize>, Vec<Task>, Vec<(i64, usize)>, Vec<Task>);
+    #[rustfmt::skip]
+    let cases: &[Case] = &[
+        ("a full host holds back an account without a session", &full, vec![recv(3)], vec![], vec![]),
+        ("an account's idle session carries its receive on a full host", &full, vec![recv(3)], vec![(3, 1)], vec![recv(3)]),
+        ("the idle session is not a slot for another account", &full, vec![recv(4)], vec![(3, 1)], vec![]),
+        ("a second folder beside the first needs a second session", &full,
+            vec![recv(3), Task::new(Job::Receive, Some(3), Some(31))], vec![(3, 1)], vec![recv(3)]),
+        ("two idle sessions carry two folders", &full,
+            vec![recv(3), Task::new(Job::Receive, Some(3), Some(31))], vec![(3, 2)],
+            vec![recv(3), Task::new(Job::Receive, Some(3), Some(31))]),
+        ("its session busy once taken: the next account waits", &none,
+            vec![recv(3), list(4), list(5)], vec![(3, 1)], vec![recv(3), list(4)]),
+    ];
+    for (name, in_flight, due, idle, want) in cases {
+        let idle: HashMap<i64, usize> = idle.iter().copied().collect();
+        let kept = budget_lowered(due.clone(), in_flight, &hosts, 2, 3, &HashMap::new(), &idle);
+        assert_eq!(&kept, want, "{name}");
+    }
+}
+
+#[test]
+fn idle_sessions_to_close_table() {
+    use crate::task::{Job, Task};
+    let hosts: HashMap<i64, String> = [(1, "busy.test"), (2, "busy.test"), (3, "busy.test"), (4, "calm.test")]
+        .map(|(a, h)| (a, h.to_string()))
+        .into();
+    let busy_host: HashSet<String> = ["busy.test".to_string()].into();
+    let in_flight_2: HashMap<Task, usize> = [(Task::new(Job::SyncFull, Some(2), Some(20)), 0)].into();
+    let none: HashMap<Task, usize> = HashMap::new();
+    let idle: HashMap<i64, usize> = [(1, 1), (2, 1), (3, 2), (4, 1)].into();
+    // name, in flight, accounts with work due, hosts where work waits, accounts to close
+    type Case<'a> = (&'a str, &'a HashMap<Task, usize>, Vec<i64>, HashSet<String>, Vec<i64>);
+    #[rustfmt::skip]
+    let cases: &[Case] = &[
+        ("nothing waits: every session stays", &none, vec![], HashSet::new(), vec![]),
+        ("work waits: the accounts with nothing to do close theirs", &none, vec![], busy_host.clone(), vec![1, 2, 3]),
+        ("an account with a task in flight keeps its session", &in_flight_2, vec![], busy_host.clone(), vec![1, 3]),
+        ("an account with work due keeps its session", &none, vec![1], busy_host.clone(), vec![2, 3]),
+        ("another host's waiting work leaves this host's sessions", &none, vec![], ["calm.test".to_string()].into(), vec![4]),
+    ];
+    for (name, in_flight, due, held, want) in cases {
+        let due: HashSet<i64> = due.iter().copied().collect();
+        assert_eq!(&idle_to_close(&idle, in_flight, &due, &hosts, held), want, "{name}");
+    }
+}
+
+#[test]
 fn a_lowered_host_budget_holds_its_accounts_in_flight_to_it() {
     use crate::task::{Job, Task};
     let hosts: HashMap<i64, String> =
@@ -209,13 +266,13 @@ fn a_lowered_host_budget_holds_its_accounts_in_flight_to_it() {
     let due: Vec<Task> = (1..=10).map(|a| Task::new(Job::SyncFull, Some(a), Some(a))).collect();
     let in_flight: HashMap<Task, usize> = [(Task::new(Job::Receive, Some(1), Some(1)), 0)].into();
     let lowered: HashMap<String, usize> = [("imap.gmail.test".to_string(), 2)].into();
-    let kept = budget_lowered(due.clone(), &in_flight, &hosts, 8, 3, &lowered);
+    let kept = budget_lowered(due.clone(), &in_flight, &hosts, 8, 3, &lowered, &HashMap::new());
     let accounts: Vec<i64> = kept.iter().filter_map(|t| t.account).collect();
     // account 1 holds one of the 2; one more fits; the other host keeps the configured budget
     assert_eq!(accounts, vec![1, 2, 9, 10]);
     // a lowered budget never raises the configured one
     let raised: HashMap<String, usize> = [("imap.gmail.test".to_string(), 50)].into();
-    assert_eq!(budget_lowered(due, &in_flight, &hosts, 3, 3, &raised).len(), 5);
+    assert_eq!(budget_lowered(due, &in_flight, &hosts, 3, 3, &raised, &HashMap::new()).len(), 5);
 }
 
 #[test]

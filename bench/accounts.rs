@@ -6,7 +6,7 @@
 //!
 //! Per account the cost is round trips more than bytes (50 messages of 2–8 KB are 250 KB, a
 //! few RTTs of transfer), so this is where fewer round trips a session and work spread over
-//! connections show.
+//! connections show. Each tool then runs again with nothing new: the no-change pass.
 
 use std::path::Path;
 use std::process::Command;
@@ -14,7 +14,7 @@ use std::process::Command;
 use backproc_store::{NewAccount, Security, Store};
 use backproc_testkit::{Dovecot, DovecotOptions, Link, LinkProxy, mailgen};
 
-use crate::measure::{Sample, clean, median, sync_disks, timed};
+use crate::measure::{Cpu, Sample, clean, median, sync_disks, timed};
 use crate::tools::{self, LOGIN, PASSWORD};
 
 /// Processes (mbsync) and threads and connections (backproc) at once.
@@ -41,53 +41,96 @@ pub fn run(dir: &Path, runs: usize, smoke: bool, seed: u64) -> anyhow::Result<()
     let total = (accounts * per) as u64;
     say(&format!("{accounts} accounts × {per} messages ({:.0} MB) through 40 ms / 100 Mbit/s", bytes as f64 / 1e6));
     let proxy = LinkProxy::start(format!("127.0.0.1:{}", d.imap_port()).parse()?, link)?;
+    let pgid = d.pid().ok_or_else(|| anyhow::anyhow!("Dovecot is not running"))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let port = proxy.port();
     let home = dir.join("many-home");
     let maildir = dir.join("many-maildir");
     let conf = dir.join("many-mbsyncrc");
-    let mut rows: [(Vec<f64>, u64, u64); 2] = Default::default();
+    // initial pass, no-change pass; backproc, mbsync
+    let mut rows: [[Row; 2]; 2] = Default::default();
     for run in 1..=runs {
         say(&format!("  run {run}/{runs}"));
         new_home(&home, &logins, port)?;
-        sync_disks();
-        proxy.reset_counts();
         let h = home.to_str().expect("utf-8");
-        let s = timed("backproc, many accounts", &tools::backproc_bin(), &["--home", h, "run", "--once"], dir);
-        let got = tools::store_counts(&home).0;
-        anyhow::ensure!(got == total, "backproc has {got} of {total} messages");
-        add(&mut rows[0], s, &proxy);
+        for pass in &mut rows {
+            sync_disks();
+            proxy.reset_counts();
+            let cpu = Cpu::now(pgid);
+            let s = timed("backproc, many accounts", &tools::backproc_bin(), &["--home", h, "run", "--once"], dir);
+            let cpu = Cpu::now(pgid).since(cpu);
+            let got = tools::store_counts(&home).0;
+            anyhow::ensure!(got == total, "backproc has {got} of {total} messages");
+            pass[0].add(s, cpu, &proxy);
+        }
 
         clean(&maildir);
         mbsync_config(&conf, &maildir, port, &logins)?;
-        sync_disks();
-        proxy.reset_counts();
-        let s = xargs_mbsync(&conf, accounts, dir)?;
-        let got = tools::maildir_counts(&maildir).0;
-        anyhow::ensure!(got == total, "mbsync has {got} of {total} messages");
-        add(&mut rows[1], s, &proxy);
-        say(&format!("    backproc {:.1}s, mbsync {:.1}s", rows[0].0[run - 1], rows[1].0[run - 1]));
+        for pass in &mut rows {
+            sync_disks();
+            proxy.reset_counts();
+            let cpu = Cpu::now(pgid);
+            let s = xargs_mbsync(&conf, accounts, dir)?;
+            let cpu = Cpu::now(pgid).since(cpu);
+            let got = tools::maildir_counts(&maildir).0;
+            anyhow::ensure!(got == total, "mbsync has {got} of {total} messages");
+            pass[1].add(s, cpu, &proxy);
+        }
+        say(&format!(
+            "    initial: backproc {:.1}s, mbsync {:.1}s; no change: backproc {:.1}s, mbsync {:.1}s",
+            rows[0][0].secs[run - 1],
+            rows[0][1].secs[run - 1],
+            rows[1][0].secs[run - 1],
+            rows[1][1].secs[run - 1]
+        ));
     }
     println!("\n### {accounts} accounts × {per} messages over 40 ms / 100 Mbit/s (medians of {runs})\n");
-    println!("| tool | time | round trips | MB down | ÷ mbsync |");
-    println!("|---|---|---|---|---|");
-    let mbsync = median(&rows[1].0);
-    for (name, (secs, turns, down)) in
-        [format!("backproc ({PARALLEL} threads)"), format!("xargs -P {PARALLEL} mbsync")].iter().zip(&rows)
-    {
-        println!(
-            "| {name} | {:.1} s | {turns} | {:.1} | {:.2} |",
-            median(secs),
-            *down as f64 / 1e6,
-            median(secs) / mbsync
-        );
+    println!("| pass | tool | time | peak RSS | round trips | MB down | machine busy | server CPU | ÷ mbsync |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let tools = [format!("backproc ({PARALLEL} threads)"), format!("xargs -P {PARALLEL} mbsync")];
+    for (pass, row) in ["initial", "no change"].iter().zip(&rows) {
+        let mbsync = median(&row[1].secs);
+        for (tool, r) in tools.iter().zip(row) {
+            println!(
+                "| {pass} | {tool} | {:.1} s | {:.1} MB | {} | {:.1} | {:.0} % | {:.1} s | {:.2} |",
+                median(&r.secs),
+                median(&r.rss_mb),
+                r.turns,
+                r.down as f64 / 1e6,
+                median(&r.busy) * 100.0,
+                median(&r.server_cpu),
+                median(&r.secs) / mbsync
+            );
+        }
     }
+    println!(
+        "\nmbsync's peak RSS is its largest process's (each account is a process of its own). Machine busy: \
+         the share of all {cores} cores busy during the pass; server CPU: the CPU time of Dovecot's processes."
+    );
     Ok(())
 }
 
-fn add(row: &mut (Vec<f64>, u64, u64), s: Sample, p: &LinkProxy) {
-    row.0.push(s.secs);
-    row.1 = p.turns();
-    row.2 = p.bytes().1;
+/// One tool's samples of one pass; the proxy's counts are the last run's.
+#[derive(Default)]
+struct Row {
+    secs: Vec<f64>,
+    rss_mb: Vec<f64>,
+    busy: Vec<f64>,
+    server_cpu: Vec<f64>,
+    turns: u64,
+    down: u64,
+}
+
+impl Row {
+    fn add(&mut self, s: Sample, cpu: Cpu, p: &LinkProxy) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        self.busy.push(cpu.machine / (s.secs * cores));
+        self.server_cpu.push(cpu.server);
+        self.secs.push(s.secs);
+        self.rss_mb.push(s.rss_mb);
+        self.turns = p.turns();
+        self.down = p.bytes().1;
+    }
 }
 
 /// A fresh home with one account per login, all on the link's port; compression always

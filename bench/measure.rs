@@ -80,3 +80,48 @@ pub fn clean(p: &Path) {
         std::fs::remove_dir_all(p).unwrap_or_else(|e| panic!("cannot remove {}: {e}", p.display()));
     }
 }
+
+/// CPU time so far, in seconds: of the machine (every core's busy time, from /proc/stat),
+/// and of one server (its process group `pgid`'s processes alive now, plus the children its
+/// leader has reaped: Dovecot starts a process per connection). The differences over a run
+/// say whether the machine, and how much of it the server, was busy.
+#[derive(Clone, Copy, Default)]
+pub struct Cpu {
+    pub machine: f64,
+    pub server: f64,
+}
+
+impl Cpu {
+    pub fn now(pgid: u32) -> Cpu {
+        let tick = 100.0; // USER_HZ on Linux
+        let machine = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|t| {
+                let f: Vec<u64> = t.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+                // busy: all but idle (3) and iowait (4)
+                Some(f.iter().sum::<u64>() - f.get(3)? - f.get(4)?)
+            })
+            .unwrap_or(0) as f64
+            / tick;
+        let mut server = 0u64;
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+            // the fields after the command name, which may hold spaces
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+            // pgrp is field 5 of stat(5), index 2 here; utime, stime, cutime, cstime 14–17
+            if n(2) == u64::from(pgid) {
+                server += n(11) + n(12);
+                if e.file_name().to_str() == Some(&pgid.to_string()) {
+                    server += n(13) + n(14);
+                }
+            }
+        }
+        Cpu { machine, server: server as f64 / tick }
+    }
+
+    pub fn since(self, before: Cpu) -> Cpu {
+        Cpu { machine: self.machine - before.machine, server: self.server - before.server }
+    }
+}

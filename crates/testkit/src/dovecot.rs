@@ -69,6 +69,12 @@ pub struct DovecotOptions {
 }
 
 impl Dovecot {
+    /// The master process's id, which is also its process group's (every imap and login
+    /// process of this instance is in it): for a bench's count of the server's CPU.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.pid()
+    }
+
     /// Starts a new, independent instance on two free ports (retrying on a port clash).
     pub fn start() -> anyhow::Result<Dovecot> {
         Dovecot::start_with(DovecotOptions::default())

@@ -32,6 +32,11 @@ impl ChildGuard {
         Ok(ChildGuard { child: Some(child), what: what.to_string() })
     }
 
+    /// The leader's process id (also its process group's), while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `Err` if the process already exited.
     pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         let Some(child) = self.child.as_mut() else {

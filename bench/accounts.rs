@@ -14,7 +14,7 @@ use std::process::Command;
 use backproc_store::{NewAccount, Security, Store};
 use backproc_testkit::{Dovecot, DovecotOptions, Link, LinkProxy, mailgen};
 
-use crate::measure::{Cpu, Sample, clean, median, sync_disks, timed};
+use crate::measure::{Cpu, Sample, clean, cores, median, sync_disks, timed};
 use crate::tools::{self, LOGIN, PASSWORD};
 
 /// Processes (mbsync) and threads and connections (backproc) at once.
@@ -42,7 +42,6 @@ pub fn run(dir: &Path, runs: usize, smoke: bool, seed: u64) -> anyhow::Result<()
     say(&format!("{accounts} accounts × {per} messages ({:.0} MB) through 40 ms / 100 Mbit/s", bytes as f64 / 1e6));
     let proxy = LinkProxy::start(format!("127.0.0.1:{}", d.imap_port()).parse()?, link)?;
     let pgid = d.pid().ok_or_else(|| anyhow::anyhow!("Dovecot is not running"))?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let port = proxy.port();
     let home = dir.join("many-home");
     let maildir = dir.join("many-maildir");
@@ -105,7 +104,8 @@ pub fn run(dir: &Path, runs: usize, smoke: bool, seed: u64) -> anyhow::Result<()
     }
     println!(
         "\nmbsync's peak RSS is its largest process's (each account is a process of its own). Machine busy: \
-         the share of all {cores} cores busy during the pass; server CPU: the CPU time of Dovecot's processes."
+         the share of all {} cores busy during the pass; server CPU: the CPU time of Dovecot's processes.",
+        cores()
     );
     Ok(())
 }
@@ -123,8 +123,7 @@ struct Row {
 
 impl Row {
     fn add(&mut self, s: Sample, cpu: Cpu, p: &LinkProxy) {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        self.busy.push(cpu.machine / (s.secs * cores));
+        self.busy.push(cpu.machine / (s.secs * cores() as f64));
         self.server_cpu.push(cpu.server);
         self.secs.push(s.secs);
         self.rss_mb.push(s.rss_mb);

@@ -81,6 +81,11 @@ pub fn clean(p: &Path) {
     }
 }
 
+/// The machine's cores, for a share of all of them.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// CPU time so far, in seconds: of the machine (every core's busy time, from /proc/stat),
 /// and of one server (its process group `pgid`'s processes alive now, plus the children its
 /// leader has reaped: Dovecot starts a process per connection). The differences over a run

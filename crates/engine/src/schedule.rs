@@ -124,11 +124,11 @@ pub fn connections(tasks: &[Task], parallel: usize) -> usize {
 /// would have each task log out another account's idle session and log in again (10 accounts
 /// of 6 tasks each on a host lowered to 3: about 55 logins, about 20 held to it).
 ///
-/// An account's `idle` sessions (`SessionPool::idle_counts`) are connections it holds
-/// already: a task that runs on one opens none, and is never held back. Held back, it would
-/// wait in the store for the next tick while new accounts took the host's connections, and by
-/// then its session would have been logged out to make room for them (1,000 accounts on one
-/// host: a third of the receives waited up to 11 s and logged in again).
+/// An account's `open` connections (in use or idle, `SessionPool::open_counts`) are ones it
+/// holds already: a task that runs on one opens none, and is never held back. Held back, it
+/// would wait in the store for the next tick while new accounts took the host's connections,
+/// and by then its session would have been logged out to make room for them (1,000 accounts
+/// on one host: a third of the receives waited up to 11 s and logged in again).
 pub fn budget_lowered(
     due: Vec<Task>,
     in_flight: &HashMap<Task, usize>,
@@ -136,7 +136,7 @@ pub fn budget_lowered(
     per_host: usize,
     parallel: usize,
     lowered: &HashMap<String, usize>,
-    idle: &HashMap<i64, usize>,
+    open: &HashMap<i64, usize>,
 ) -> Vec<Task> {
     let mut tasks: HashMap<i64, Vec<Task>> = HashMap::new();
     for t in in_flight.keys() {
@@ -145,13 +145,22 @@ pub fn budget_lowered(
         }
     }
     let mut busy: HashMap<&str, usize> = HashMap::new();
-    // Connections each account holds: those of its tasks in flight, and its idle sessions.
-    let mut held: HashMap<i64, usize> = idle.clone();
+    // Connections each account holds: those it has open, or those its tasks in flight use
+    // (not both: a queued task's connection is the idle session it will run on). Not on a
+    // lowered host: there more accounts wait than it lets in, and an idle session counted as
+    // held is taken by the next new connection before its account's task runs (the Gmail
+    // test of tests/budget.rs: up to 30 logins for 10 accounts).
+    let mut held: HashMap<i64, usize> = open
+        .iter()
+        .filter(|(a, _)| hosts.get(*a).is_none_or(|h| !lowered.contains_key(h)))
+        .map(|(a, n)| (*a, *n))
+        .collect();
     for (a, ts) in &tasks {
         if let Some(h) = hosts.get(a) {
             let n = connections(ts, parallel);
             *busy.entry(h).or_default() += n;
-            *held.entry(*a).or_default() += n;
+            let have = held.entry(*a).or_default();
+            *have = (*have).max(n);
         }
     }
     due.into_iter()
@@ -180,18 +189,18 @@ pub fn budget_lowered(
         .collect()
 }
 
-/// The accounts whose idle sessions are better closed now: those with no task queued,
-/// running or due, on a host where the budget holds work back. Their sessions would only
-/// serve their next interval, and the waiting work needs the slots.
+/// The accounts whose idle sessions are better closed now: those with connections `open` and
+/// no task queued, running or due, on a host where the budget holds work back. Their
+/// sessions would only serve their next interval, and the waiting work needs the slots.
 pub fn idle_to_close(
-    idle: &HashMap<i64, usize>,
+    open: &HashMap<i64, usize>,
     in_flight: &HashMap<Task, usize>,
     due: &HashSet<i64>,
     hosts: &HashMap<i64, String>,
     held_hosts: &HashSet<String>,
 ) -> Vec<i64> {
     let busy: HashSet<i64> = in_flight.keys().filter_map(|t| t.account).collect();
-    let mut close: Vec<i64> = idle
+    let mut close: Vec<i64> = open
         .iter()
         .filter(|(a, n)| **n > 0 && !busy.contains(a) && !due.contains(a))
         .filter(|(a, _)| hosts.get(a).is_some_and(|h| held_hosts.contains(h)))
@@ -219,8 +228,8 @@ pub struct Scheduler {
     failures: HashMap<Task, u32>,
     /// Hosts whose connection budget the session pool lowered, and to what (`set_sessions`).
     lowered: HashMap<String, usize>,
-    /// Idle sessions per account (`set_sessions`): its next tasks run on them.
-    idle: HashMap<i64, usize>,
+    /// Task connections open per account (`set_sessions`): its next tasks run on them.
+    open: HashMap<i64, usize>,
     /// The budget held back due work at the last tick or follow-up (`held_back`).
     held_back: bool,
     /// At the last tick: the accounts with work due, and the hosts where the budget held some
@@ -248,7 +257,7 @@ impl Scheduler {
             held: HashMap::new(),
             failures: HashMap::new(),
             lowered: HashMap::new(),
-            idle: HashMap::new(),
+            open: HashMap::new(),
             held_back: false,
             due_accounts: HashSet::new(),
             held_hosts: HashSet::new(),
@@ -256,11 +265,11 @@ impl Scheduler {
     }
 
     /// What the session pool holds now, for the next budget: the hosts whose budget is
-    /// lowered (`SessionPool::lowered`) and each account's idle sessions
-    /// (`SessionPool::idle_counts`).
-    pub fn set_sessions(&mut self, lowered: HashMap<String, usize>, idle: HashMap<i64, usize>) {
+    /// lowered (`SessionPool::lowered`) and each account's open connections
+    /// (`SessionPool::open_counts`).
+    pub fn set_sessions(&mut self, lowered: HashMap<String, usize>, open: HashMap<i64, usize>) {
         self.lowered = lowered;
-        self.idle = idle;
+        self.open = open;
     }
 
     /// One-off tasks (test hooks, manual runs) due at the next tick.
@@ -396,7 +405,7 @@ impl Scheduler {
         let (per_host, parallel) =
             (config.bg_max_connections_per_host as usize, config.email_bg_account_connections as usize);
         let wanted = due.clone();
-        let mut due = budget_lowered(due, in_flight, &self.hosts, per_host, parallel, &self.lowered, &self.idle);
+        let mut due = budget_lowered(due, in_flight, &self.hosts, per_host, parallel, &self.lowered, &self.open);
         self.held_back = due.len() < wanted.len();
         self.due_accounts = wanted.iter().filter_map(|t| t.account).collect();
         let kept: HashSet<&Task> = due.iter().collect();
@@ -421,15 +430,20 @@ impl Scheduler {
         let (held, mut free): (Vec<Task>, Vec<Task>) =
             follow.into_iter().partition(|t| !self.lowered.is_empty() || t.job.receives());
         let n = held.len();
-        let kept = budget_lowered(held, in_flight, &self.hosts, per_host, parallel, &self.lowered, &self.idle);
+        let kept = budget_lowered(held, in_flight, &self.hosts, per_host, parallel, &self.lowered, &self.open);
         self.held_back |= kept.len() < n;
         free.extend(kept);
         free
     }
 
+    /// Whether some host's budget is lowered now (`set_sessions`).
+    pub fn any_lowered(&self) -> bool {
+        !self.lowered.is_empty()
+    }
+
     /// [`idle_to_close`] after the last tick's `due`.
     pub fn idle_to_close(&self, in_flight: &HashMap<Task, usize>) -> Vec<i64> {
-        idle_to_close(&self.idle, in_flight, &self.due_accounts, &self.hosts, &self.held_hosts)
+        idle_to_close(&self.open, in_flight, &self.due_accounts, &self.hosts, &self.held_hosts)
     }
 
     /// Whether the per-host budget held back work that is due: the master then looks again

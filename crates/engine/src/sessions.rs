@@ -259,10 +259,10 @@ impl SessionPool {
         self.freed.notify_all();
     }
 
-    /// Idle sessions per account, for the scheduler's budget: a task of an account that has
-    /// one opens no connection.
-    pub fn idle_counts(&self) -> HashMap<i64, usize> {
-        self.lock().idle.iter().map(|(a, v)| (*a, v.len())).collect()
+    /// Task connections open per account (in use or idle), for the scheduler's budget: a
+    /// task of an account with one open may run on it.
+    pub fn open_counts(&self) -> HashMap<i64, usize> {
+        self.lock().open_of.clone()
     }
 
     /// Closes `account`'s idle sessions on a thread of their own: the account has nothing
@@ -273,10 +273,12 @@ impl SessionPool {
         let mut st = self.lock();
         let Some(idle) = st.idle.remove(&account) else { return };
         for i in &idle {
+            // no longer the account's: only the host's slot waits for the server
+            closed(&mut st, account);
             st.hosts.entry(i.host.clone()).or_default().retiring += 1;
         }
         drop(st);
-        let mut retiring = Retiring { pool: Arc::clone(self), account, idle };
+        let mut retiring = Retiring { pool: Arc::clone(self), idle };
         // A thread is cheap beside a round trip; without one, the master would wait for it.
         let spawned = std::thread::Builder::new().name("retire".into()).spawn(move || {
             while let Some(i) = retiring.idle.pop() {
@@ -326,14 +328,12 @@ impl SessionPool {
 /// could not start) are dropped, and their slots freed, with it.
 struct Retiring {
     pool: Arc<SessionPool>,
-    account: i64,
     idle: Vec<Idle>,
 }
 
 impl Retiring {
     fn closed(&self, host: &str) {
         let mut st = self.pool.lock();
-        closed(&mut st, self.account);
         if let Some(h) = st.hosts.get_mut(host) {
             h.retiring = h.retiring.saturating_sub(1);
         }

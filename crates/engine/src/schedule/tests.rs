@@ -202,15 +202,17 @@ fn receives_side_by_side_take_connections_of_the_host_budget() {
 }
 
 #[test]
-fn idle_sessions_in_the_budget_table() {
+fn open_connections_in_the_budget_table() {
     use crate::task::{Job, Task};
     let hosts: HashMap<i64, String> = (1..=5).map(|a| (a, "imap.test".to_string())).collect();
     let recv = |a| Task::new(Job::Receive, Some(a), Some(10 * a));
     let list = |a| Task::new(Job::ListFolders, Some(a), None);
     // accounts 1 and 2 hold the host's two connections with work in flight
     let full: HashMap<Task, usize> = [(list(1), 0), (list(2), 0)].into();
+    // account 3's sync of another folder waits for the connection it has open, idle now
+    let queued: HashMap<Task, usize> = [(list(1), 0), (Task::new(Job::SyncFull, Some(3), Some(31)), 0)].into();
     let none: HashMap<Task, usize> = HashMap::new();
-    // name, in flight, due, idle sessions per account, kept
+    // name, in flight, due, connections open per account, kept
     type Case<'a> = (&'a str, &'a HashMap<Task, usize>, Vec<Task>, Vec<(i64, usize)>, Vec<Task>);
     #[rustfmt::skip]
     let cases: &[Case] = &[
@@ -222,14 +224,21 @@ fn idle_sessions_in_the_budget_table() {
         ("two idle sessions carry two folders", &full,
             vec![recv(3), Task::new(Job::Receive, Some(3), Some(31))], vec![(3, 2)],
             vec![recv(3), Task::new(Job::Receive, Some(3), Some(31))]),
+        ("a receive beside its account's queued sync needs a connection more", &queued, vec![recv(3)], vec![(3, 1)], vec![]),
+        ("a receive after its account's queued sync runs on their connection", &queued,
+            vec![Task::new(Job::Receive, Some(3), Some(31))], vec![(3, 1)], vec![Task::new(Job::Receive, Some(3), Some(31))]),
         ("its session busy once taken: the next account waits", &none,
             vec![recv(3), list(4), list(5)], vec![(3, 1)], vec![recv(3), list(4)]),
     ];
-    for (name, in_flight, due, idle, want) in cases {
-        let idle: HashMap<i64, usize> = idle.iter().copied().collect();
-        let kept = budget_lowered(due.clone(), in_flight, &hosts, 2, 3, &HashMap::new(), &idle);
+    for (name, in_flight, due, open, want) in cases {
+        let open: HashMap<i64, usize> = open.iter().copied().collect();
+        let kept = budget_lowered(due.clone(), in_flight, &hosts, 2, 3, &HashMap::new(), &open);
         assert_eq!(&kept, want, "{name}");
     }
+    // A lowered host counts no idle session as held: its account waits like a new one.
+    let lowered: HashMap<String, usize> = [("imap.test".to_string(), 2)].into();
+    let open: HashMap<i64, usize> = [(3, 1)].into();
+    assert_eq!(budget_lowered(vec![recv(3)], &full, &hosts, 8, 3, &lowered, &open), vec![], "lowered");
 }
 
 #[test]
@@ -241,7 +250,7 @@ fn idle_sessions_to_close_table() {
     let busy_host: HashSet<String> = ["busy.test".to_string()].into();
     let in_flight_2: HashMap<Task, usize> = [(Task::new(Job::SyncFull, Some(2), Some(20)), 0)].into();
     let none: HashMap<Task, usize> = HashMap::new();
-    let idle: HashMap<i64, usize> = [(1, 1), (2, 1), (3, 2), (4, 1)].into();
+    let open: HashMap<i64, usize> = [(1, 1), (2, 1), (3, 2), (4, 1)].into();
     // name, in flight, accounts with work due, hosts where work waits, accounts to close
     type Case<'a> = (&'a str, &'a HashMap<Task, usize>, Vec<i64>, HashSet<String>, Vec<i64>);
     #[rustfmt::skip]
@@ -254,7 +263,7 @@ fn idle_sessions_to_close_table() {
     ];
     for (name, in_flight, due, held, want) in cases {
         let due: HashSet<i64> = due.iter().copied().collect();
-        assert_eq!(&idle_to_close(&idle, in_flight, &due, &hosts, held), want, "{name}");
+        assert_eq!(&idle_to_close(&open, in_flight, &due, &hosts, held), want, "{name}");
     }
 }
 

@@ -162,15 +162,22 @@ fn xoauth2_without_sasl_ir_waits_for_the_go_ahead() {
     assert!(e.detail.contains("XOAUTH2") && e.detail.contains("status: 401"), "{}", e.detail);
 }
 
+/// A Dovecot offering COMPRESS=DEFLATE (imap_zlib) with user "u" / "p" and `n` generated
+/// messages (seed `seed`) in INBOX.
+fn deflating_dovecot(seed: u64, n: usize) -> (Dovecot, Vec<Vec<u8>>) {
+    let d = Dovecot::start_with(backproc_testkit::DovecotOptions { compress: true, ..Default::default() }).unwrap();
+    d.add_user("u", "p").unwrap();
+    let msgs = mailgen::mailbox(seed, n);
+    d.populate("u", "p", "INBOX", &msgs).unwrap();
+    (d, msgs)
+}
+
 /// An account's first listing asks COMPRESS behind its LIST (and the STATUS asked ahead): no
 /// round trip of its own, counted at a link proxy, and the session deflated afterwards, its
 /// STATUS answer and its bodies read through it.
 #[test]
 fn compress_rides_with_the_first_listing() {
-    let d = Dovecot::start_with(backproc_testkit::DovecotOptions { compress: true, ..Default::default() }).unwrap();
-    d.add_user("u", "p").unwrap();
-    let msgs = mailgen::mailbox(5, 20);
-    d.populate("u", "p", "INBOX", &msgs).unwrap();
+    let (d, msgs) = deflating_dovecot(5, 20);
     let upstream = format!("127.0.0.1:{}", d.imap_port()).parse().unwrap();
     let link = backproc_testkit::LinkProxy::start(upstream, backproc_testkit::Link::new(2, 1000)).unwrap();
     // the turns of a listing after login, with COMPRESS behind it or asked on its own
@@ -208,10 +215,7 @@ fn compress_rides_with_the_first_listing() {
 /// goes up through the deflate streams, byte-identical, in fewer wire bytes than without.
 #[test]
 fn compressed_sessions_move_the_same_bytes_in_fewer() {
-    let d = Dovecot::start_with(backproc_testkit::DovecotOptions { compress: true, ..Default::default() }).unwrap();
-    d.add_user("u", "p").unwrap();
-    let msgs = mailgen::mailbox(11, 200);
-    d.populate("u", "p", "INBOX", &msgs).unwrap();
+    let (d, msgs) = deflating_dovecot(11, 200);
     let bodies = |compress: bool| {
         let mut p = params(&d, "u", "p");
         p.compress = compress;

@@ -114,7 +114,9 @@ struct Gathered {
 }
 
 /// Messages in a folder from which a read of it starts COMPRESS (if wanted and offered):
-/// about 100 KB of flags, more than the round trip COMPRESS costs on any link.
+/// about 100 KB of flags. Alone they hardly pay for COMPRESS's round trip on a fast link (80
+/// KB saved is 6 ms at 100 Mbit/s), but a folder that big is mostly an initial sync's, whose
+/// bodies come next on the same connection.
 const DEFLATE_FLAGS_FROM: u32 = 2000;
 
 /// Sync one folder: recent (new UIDs) or full (also flags and vanished messages).

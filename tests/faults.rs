@@ -641,3 +641,36 @@ fn a_uidvalidity_change_propagates_no_deletion_in_either_direction() {
         ],
     );
 }
+
+/// SIGTERM while a task waits on the server: nothing new starts, the running task gets the
+/// grace period, its outcome is recorded, and the master exits 0. The proxy holds the
+/// server's greeting until the master has seen the signal, so the task is running when the
+/// signal comes, whatever the machine's load.
+#[test]
+fn sigterm_lets_a_running_task_finish_and_exits_0() {
+    let (w, proxy) = proxied_world(CONFIG);
+    proxy.freeze(true);
+    let mut master = w.home.spawn(&["run"]);
+    let store = w.store();
+    let rows = || store.history(&backproc_store::HistoryFilter::default()).expect("history");
+    let has = |process: &str, status: &str| rows().iter().any(|r| r.process == process && r.status == status);
+    let waiting = wait_until(Duration::from_secs(10), || {
+        proxy.open_connections() == 1 && has("Folder discovery", "Started")
+    });
+    assert!(waiting, "the folder discovery waits for the greeting\n{}", w.home.log("l-info.log"));
+    let term = std::process::Command::new("kill").args(["-15", &master.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let seen = wait_until(Duration::from_secs(10), || w.home.log("l-info.log").contains("stopping: no new work"));
+    assert!(seen, "the master sees the signal\n{}", w.home.log("l-info.log"));
+    proxy.freeze(false);
+    let status = wait_or_kill(&mut master, Duration::from_secs(30)).expect("the master exits");
+    assert!(status.success(), "{status:?}\n{}", w.home.log("l-info.log"));
+    let info = w.home.log("l-info.log");
+    let stopping = info.find("stopping: no new work").unwrap();
+    let listed = regex::Regex::new(r"found \d+ new folder").unwrap().find(&info).expect("the running task finished").start();
+    let stopped = info.find("master stopped").expect("a clean stop");
+    assert!(stopping < listed && listed < stopped, "{info}");
+    assert!(has("Folder discovery", "Finished"), "its end is in history: {:?}", rows());
+    // The INBOX sync the listing asked for never started: the master was stopping.
+    assert!(!rows().iter().any(|r| r.process.starts_with("Sync (")), "{:?}", rows());
+}

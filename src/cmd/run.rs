@@ -15,9 +15,6 @@ pub struct RunArgs {
     /// Do all work that is due now, then exit (for one-shot cron use and tests).
     #[arg(long)]
     once: bool,
-    /// Test hook: queue a task that sleeps this many milliseconds.
-    #[arg(long, hide = true, value_name = "MS")]
-    test_sleep_task: Vec<u64>,
 }
 
 #[derive(Args)]
@@ -61,7 +58,6 @@ pub fn run(home: PathBuf, args: RunArgs) -> anyhow::Result<ExitCode> {
         store_path: env.home.store_path(),
         data_dir: env.home.data(),
         once: args.once,
-        sleep_tasks: args.test_sleep_task,
         only_account: None,
     };
     let config = env.config().clone();

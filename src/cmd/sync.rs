@@ -51,7 +51,6 @@ pub fn run(home: PathBuf, args: SyncArgs) -> anyhow::Result<ExitCode> {
                 store_path: env.home.store_path(),
                 data_dir: env.home.data(),
                 once: true,
-                sleep_tasks: Vec::new(),
                 only_account: args.account,
             };
             backproc_engine::run(opts, config, &mut || None, rx)?;

@@ -18,7 +18,7 @@ use backproc_store::Store;
 use crate::task::Job;
 
 /// Every job, to label durations with the stable `Job::key()` rather than the display name.
-const JOBS: [Job; 16] = [
+const JOBS: [Job; 15] = [
     Job::SyncRecent,
     Job::SyncFull,
     Job::ListFolders,
@@ -34,7 +34,6 @@ const JOBS: [Job; 16] = [
     Job::FullResync,
     Job::PruneHistory,
     Job::InternalClean,
-    Job::Sleep,
 ];
 
 /// The history seen so far: newest Finished id, count sums and last duration per process.

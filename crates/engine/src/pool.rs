@@ -394,16 +394,18 @@ impl WorkerLoop {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
+    use std::collections::{HashMap, HashSet};
 
     use crossbeam_channel::{Receiver, unbounded};
 
     use super::*;
     use crate::task::Job;
 
-    /// Records which thread ran which account and when; panics on folder 666; sleeps `arg` ms.
+    /// Records which thread ran which account and when; panics on folder 666; sleeps as long
+    /// as the test said when it made the task ([`Tasks::task`]).
     struct Probe {
         seen: Seen,
+        delays: Delays,
         panic_in_idle: bool,
     }
 
@@ -413,7 +415,8 @@ mod tests {
                 panic!("boom");
             }
             let start = Instant::now();
-            std::thread::sleep(Duration::from_millis(task.arg));
+            let ms = self.delays.lock().unwrap().get(task).copied().unwrap_or(0);
+            std::thread::sleep(Duration::from_millis(ms));
             let name = std::thread::current().name().unwrap_or("?").to_owned();
             self.seen.lock().unwrap().push((task.account.unwrap_or(-1), name, start, Instant::now(), *task));
             Ok(Report::default())
@@ -426,28 +429,43 @@ mod tests {
     }
 
     type Seen = Arc<Mutex<Vec<(i64, String, Instant, Instant, Task)>>>;
+    /// How long each task of one test runs, in ms.
+    type Delays = Arc<Mutex<HashMap<Task, u64>>>;
 
-    fn pool(max: usize, cap: usize, panic_in_idle: bool) -> (Pool, Receiver<Outcome>, Seen) {
+    /// Makes a test's tasks and says how long each runs.
+    struct Tasks(Delays);
+
+    impl Tasks {
+        fn of(&self, job: Job, account: i64, folder: i64, ms: u64) -> Task {
+            let t = Task::new(job, Some(account), Some(folder));
+            self.0.lock().unwrap().insert(t, ms);
+            t
+        }
+        /// A full sync of `folder` that runs `ms`.
+        fn task(&self, account: i64, folder: i64, ms: u64) -> Task {
+            self.of(Job::SyncFull, account, folder, ms)
+        }
+    }
+
+    fn pool(max: usize, cap: usize, panic_in_idle: bool) -> (Pool, Receiver<Outcome>, Seen, Tasks) {
         let (tx, rx) = unbounded();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let s = seen.clone();
-        let factory: RunnerFactory = Arc::new(move |_| Box::new(Probe { seen: s.clone(), panic_in_idle }));
+        let delays = Delays::default();
+        let (s, d) = (seen.clone(), delays.clone());
+        let factory: RunnerFactory =
+            Arc::new(move |_| Box::new(Probe { seen: s.clone(), delays: d.clone(), panic_in_idle }));
         let mut p = Pool::new(max, cap, 3, tx, factory);
         p.idle_every = Duration::from_millis(20);
         p.steal_after = Duration::from_millis(100);
-        (p, rx, seen)
-    }
-
-    fn task(account: i64, folder: i64, ms: u64) -> Task {
-        Task { job: Job::SyncFull, account: Some(account), folder: Some(folder), arg: ms }
+        (p, rx, seen, Tasks(delays))
     }
 
     #[test]
     fn at_most_max_threads_and_never_one_account_twice_at_once() {
-        let (mut p, rx, seen) = pool(3, 100, false);
+        let (mut p, rx, seen, t) = pool(3, 100, false);
         for round in 0..6 {
             for a in 1..=5 {
-                assert!(matches!(p.offer(task(a, round, 3)), Offer::Queued { .. }));
+                assert!(matches!(p.offer(t.task(a, round, 3)), Offer::Queued { .. }));
             }
         }
         for _ in 0..30 {
@@ -469,13 +487,12 @@ mod tests {
     /// never more than the pool's `parallel` (3) at once, and never two syncs.
     #[test]
     fn receives_of_one_account_run_side_by_side_and_syncs_one_at_a_time() {
-        let (mut p, rx, seen) = pool(5, 100, false);
-        let t = |job, folder, ms| Task { job, account: Some(1), folder: Some(folder), arg: ms };
+        let (mut p, rx, seen, t) = pool(5, 100, false);
         for f in 1..=5 {
-            p.offer(t(Job::Receive, f, 60));
+            p.offer(t.of(Job::Receive, 1, f, 60));
         }
         for f in 6..=8 {
-            p.offer(t(Job::SyncFull, f, 20));
+            p.offer(t.of(Job::SyncFull, 1, f, 20));
         }
         for _ in 0..8 {
             rx.recv_timeout(Duration::from_secs(5)).unwrap().result.unwrap();
@@ -497,10 +514,10 @@ mod tests {
 
     #[test]
     fn an_account_with_work_keeps_its_worker() {
-        let (mut p, rx, seen) = pool(4, 100, false);
+        let (mut p, rx, seen, t) = pool(4, 100, false);
         // the first task keeps account 1 busy; the ones queued behind it stay with it
         for f in 0..4 {
-            p.offer(task(1, f, 30));
+            p.offer(t.task(1, f, 30));
         }
         for _ in 0..4 {
             rx.recv_timeout(Duration::from_secs(5)).unwrap().result.unwrap();
@@ -513,13 +530,13 @@ mod tests {
     /// by idle workers once it has been busy past the threshold.
     #[test]
     fn a_hung_account_does_not_block_the_accounts_queued_behind_it() {
-        let (mut p, rx, seen) = pool(2, 100, false);
-        p.offer(task(1, 1, 1500)); // the "hung" account
+        let (mut p, rx, seen, t) = pool(2, 100, false);
+        p.offer(t.task(1, 1, 1500)); // the "hung" account
         std::thread::sleep(Duration::from_millis(20));
-        p.offer(task(2, 1, 200)); // goes to the idle worker 2
+        p.offer(t.task(2, 1, 200)); // goes to the idle worker 2
         // now every worker is busy: these queue behind account 1 or 2
         for a in 3..=6 {
-            p.offer(task(a, 1, 5));
+            p.offer(t.task(a, 1, 5));
         }
         let started = Instant::now();
         let mut done = HashSet::new();
@@ -540,8 +557,8 @@ mod tests {
 
     #[test]
     fn a_full_queue_refuses_and_nothing_is_lost() {
-        let (mut p, rx, seen) = pool(1, 3, false);
-        let mut pending: Vec<Task> = (0..20).map(|i| task(1, i, 5)).collect();
+        let (mut p, rx, seen, t) = pool(1, 3, false);
+        let mut pending: Vec<Task> = (0..20).map(|i| t.task(1, i, 5)).collect();
         let mut refused = 0;
         let mut done = 0;
         while done < 20 {
@@ -563,9 +580,9 @@ mod tests {
 
     #[test]
     fn a_panicking_task_is_an_outcome_and_the_worker_goes_on() {
-        let (mut p, rx, seen) = pool(1, 10, false);
-        p.offer(task(1, 666, 0));
-        p.offer(task(1, 1, 0));
+        let (mut p, rx, seen, t) = pool(1, 10, false);
+        p.offer(t.task(1, 666, 0));
+        p.offer(t.task(1, 1, 0));
         let first = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(first.result.unwrap_err().kind, FailureKind::Panic);
         rx.recv_timeout(Duration::from_secs(5)).unwrap().result.unwrap();
@@ -575,8 +592,8 @@ mod tests {
 
     #[test]
     fn a_dead_worker_is_replaced() {
-        let (mut p, rx, _seen) = pool(1, 10, true);
-        p.offer(task(1, 1, 0));
+        let (mut p, rx, _seen, t) = pool(1, 10, true);
+        p.offer(t.task(1, 1, 0));
         rx.recv_timeout(Duration::from_secs(5)).unwrap().result.unwrap();
         // idle() panics after ~20 ms: the thread dies outside any task
         let mut reaped = false;
@@ -590,15 +607,15 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(reaped, "the worker died and was reaped");
-        assert!(matches!(p.offer(task(1, 2, 0)), Offer::Queued { worker: 0 }));
+        assert!(matches!(p.offer(t.task(1, 2, 0)), Offer::Queued { worker: 0 }));
         rx.recv_timeout(Duration::from_secs(5)).unwrap().result.unwrap();
     }
 
     #[test]
     fn stop_lets_the_running_task_finish_and_starts_nothing_new() {
-        let (mut p, rx, seen) = pool(1, 10, false);
-        p.offer(task(1, 1, 300));
-        p.offer(task(1, 2, 0));
+        let (mut p, rx, seen, t) = pool(1, 10, false);
+        p.offer(t.task(1, 1, 300));
+        p.offer(t.task(1, 2, 0));
         std::thread::sleep(Duration::from_millis(50));
         p.stop();
         assert!(p.join(Instant::now() + Duration::from_secs(5)));
@@ -612,13 +629,13 @@ mod tests {
 
     #[test]
     fn urgent_work_overtakes_bulk_work() {
-        let (mut p, rx, _seen) = pool(1, 100, false);
-        p.offer(task(1, 0, 100)); // keeps the worker busy while the lanes fill
+        let (mut p, rx, _seen, t) = pool(1, 100, false);
+        p.offer(t.task(1, 0, 100)); // keeps the worker busy while the lanes fill
         std::thread::sleep(Duration::from_millis(20));
         for f in 1..=5 {
-            p.offer(task(1, f, 0));
+            p.offer(t.task(1, f, 0));
         }
-        p.offer(Task { job: Job::Receive, account: Some(1), folder: Some(99), arg: 0 });
+        p.offer(t.of(Job::Receive, 1, 99, 0));
         let order: Vec<Option<i64>> =
             (0..7).map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap().task.folder).collect();
         assert_eq!(order[0], Some(0));

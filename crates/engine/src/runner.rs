@@ -61,15 +61,6 @@ fn execute(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
         Job::PruneHistory => jobs::maintenance::prune_history(ctx, task),
         Job::Send => jobs::send::send(ctx, task, false),
         Job::SendSecondary => jobs::send::send(ctx, task, true),
-        Job::Sleep => {
-            log::info!("sleep task started ({}ms)", task.arg);
-            let until = Instant::now() + Duration::from_millis(task.arg);
-            while Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            log::info!("sleep task finished");
-            Ok(Report::default())
-        }
     }
 }
 
@@ -146,7 +137,7 @@ impl Runner for JobRunner {
         if let Some(account) = task.account {
             let now = clock.now();
             match &result {
-                Ok(_) if task.job != Job::Sleep => success = Some(account),
+                Ok(_) => success = Some(account),
                 // SMTP trouble backs off the outbox entries (their own next attempt), not the
                 // account's IMAP work.
                 Err(f) if f.kind.account_level() && !matches!(task.job, Job::Send | Job::SendSecondary) => {

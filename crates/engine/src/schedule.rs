@@ -212,7 +212,6 @@ pub fn idle_to_close(
 
 pub struct Scheduler {
     clock: Clock,
-    extra: BTreeSet<Task>,
     /// Accounts whose folders were listed in this master's life, and when.
     listed: HashMap<i64, i64>,
     /// Last run of interval jobs, keyed by job name.
@@ -250,7 +249,6 @@ impl Scheduler {
     pub fn new(clock: Clock) -> Scheduler {
         Scheduler {
             clock,
-            extra: BTreeSet::new(),
             listed: HashMap::new(),
             last_interval: HashMap::new(),
             hosts: HashMap::new(),
@@ -270,11 +268,6 @@ impl Scheduler {
     pub fn set_sessions(&mut self, lowered: HashMap<String, usize>, open: HashMap<i64, usize>) {
         self.lowered = lowered;
         self.open = open;
-    }
-
-    /// One-off tasks (test hooks, manual runs) due at the next tick.
-    pub fn push_extra(&mut self, t: Task) {
-        self.extra.insert(t);
     }
 
     fn interval_due(&mut self, store: &Store, job: &'static str, every: i64, now: i64) -> bool {
@@ -304,7 +297,7 @@ impl Scheduler {
         wanted: &dyn Fn(&Task) -> bool,
     ) -> Result<Vec<Task>, backproc_store::Error> {
         let now = self.clock.now();
-        let mut due: Vec<Task> = self.extra.iter().copied().collect();
+        let mut due: Vec<Task> = Vec::new();
         if config.email_background_sync_enabled {
             let iv = Intervals::from_config(config);
             let low_start = daily_start(&chrono::Local, now, config.email_bg_lo_folders_sync_start);
@@ -454,12 +447,11 @@ impl Scheduler {
 
     /// Records a finished task; returns follow-up tasks to dispatch at once.
     pub fn finished(&mut self, store: &mut Store, config: &Config, o: &Outcome) -> Vec<Task> {
-        self.extra.remove(&o.task);
         let _scope = crate::logctx::scope(o.task.account, o.task.folder);
         match &o.result {
             Ok(r) => {
                 self.failures.remove(&o.task);
-                if o.task.account.is_none() && o.task.job != Job::Sleep {
+                if o.task.account.is_none() {
                     // interval jobs: remembered across restarts
                     let now = self.clock.now();
                     self.last_interval.insert(o.task.job.key(), now);

@@ -24,9 +24,6 @@ pub enum Job {
     FullResync,
     PruneHistory,
     InternalClean,
-    /// Test hook (hidden `run --test-sleep-task`): sleeps, so shutdown and logging can be
-    /// tested on a real process without a mail server.
-    Sleep,
 }
 
 impl Job {
@@ -47,7 +44,6 @@ impl Job {
             Job::FullResync => "Full resynchronization",
             Job::PruneHistory => "Deleting expired history",
             Job::InternalClean => "Deleting expired internal messages",
-            Job::Sleep => "Sleep",
         }
     }
 
@@ -69,7 +65,6 @@ impl Job {
             Job::FullResync => "full_resync",
             Job::PruneHistory => "prune_history",
             Job::InternalClean => "internal_clean",
-            Job::Sleep => "sleep",
         }
     }
 
@@ -104,13 +99,11 @@ pub struct Task {
     pub job: Job,
     pub account: Option<i64>,
     pub folder: Option<i64>,
-    /// Job-specific argument (milliseconds for Sleep).
-    pub arg: u64,
 }
 
 impl Task {
     pub fn new(job: Job, account: Option<i64>, folder: Option<i64>) -> Task {
-        Task { job, account, folder, arg: 0 }
+        Task { job, account, folder }
     }
 
     /// The key of the worker this task must run on: all tasks of one account share a worker,

@@ -654,9 +654,8 @@ fn sigterm_lets_a_running_task_finish_and_exits_0() {
     let store = w.store();
     let rows = || store.history(&backproc_store::HistoryFilter::default()).expect("history");
     let has = |process: &str, status: &str| rows().iter().any(|r| r.process == process && r.status == status);
-    let waiting = wait_until(Duration::from_secs(10), || {
-        proxy.open_connections() == 1 && has("Folder discovery", "Started")
-    });
+    let waiting =
+        wait_until(Duration::from_secs(10), || proxy.open_connections() == 1 && has("Folder discovery", "Started"));
     assert!(waiting, "the folder discovery waits for the greeting\n{}", w.home.log("l-info.log"));
     let term = std::process::Command::new("kill").args(["-15", &master.id().to_string()]).status().unwrap();
     assert!(term.success());
@@ -667,7 +666,8 @@ fn sigterm_lets_a_running_task_finish_and_exits_0() {
     assert!(status.success(), "{status:?}\n{}", w.home.log("l-info.log"));
     let info = w.home.log("l-info.log");
     let stopping = info.find("stopping: no new work").unwrap();
-    let listed = regex::Regex::new(r"found \d+ new folder").unwrap().find(&info).expect("the running task finished").start();
+    let listed =
+        regex::Regex::new(r"found \d+ new folder").unwrap().find(&info).expect("the running task finished").start();
     let stopped = info.find("master stopped").expect("a clean stop");
     assert!(stopping < listed && listed < stopped, "{info}");
     assert!(has("Folder discovery", "Finished"), "its end is in history: {:?}", rows());

@@ -451,3 +451,26 @@ fn metrics_file_is_prometheus_text_and_its_counters_match_the_history() {
         assert!(t >= start as f64 && t <= backproc_store::now() as f64, "{text}");
     }
 }
+
+/// A maintenance process run by hand goes through the engine's runner: a failure is the
+/// scheduled job's failure, in history with its kind and thread "cli", and the command fails
+/// with it; nothing else is touched.
+#[test]
+fn a_failed_backup_by_hand_is_recorded_like_a_scheduled_one() {
+    let h = Home::with_config("<?php\n");
+    assert!(h.run(&["user", "add", "u"]).status.success());
+    // data/backup cannot be a directory: a file has its name.
+    std::fs::write(h.file("data/backup"), b"not a directory").unwrap();
+    let o = h.run(&["maintenance", "backup"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("Backup failed: cannot create"), "{}", stderr(&o));
+    let store = Store::open(&h.file("data/backproc.sqlite")).unwrap();
+    let rows = store.history(&HistoryFilter { kind: Some("backup".into()), ..Default::default() }).unwrap();
+    let seen: Vec<(&str, Option<&str>, Option<&str>)> =
+        rows.iter().map(|r| (r.status.as_str(), r.thread.as_deref(), r.process.as_str().into())).collect();
+    assert_eq!(seen, [("Backup failed", Some("cli"), Some("Backup")), ("Started", Some("cli"), Some("Backup"))]);
+    assert!(rows[0].detail.as_deref().is_some_and(|d| d.contains("cannot create")), "{rows:?}");
+    assert_eq!(std::fs::read(h.file("data/backup")).unwrap(), b"not a directory");
+    // A run by hand is on no worker: `status` shows none.
+    assert!(store.workers().unwrap().is_empty());
+}

@@ -1,13 +1,11 @@
-//! `backproc maintenance …`: run a maintenance process by hand, in the foreground, with the
-//! same log lines and Started/Finished (or error) history records as the scheduled jobs.
+//! `backproc maintenance …`: run a maintenance process by hand, in the foreground, through the
+//! engine's job runner: the same job, log lines and Started/Finished (or failure) history
+//! records as a scheduled run, with thread "cli".
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
-use backproc_engine::Job;
-use backproc_engine::jobs::maintenance as jobs;
-use backproc_store::{NewHistory, Store, now};
+use backproc_engine::{Clock, Job, JobRunner, Runner, Task};
 use clap::Subcommand;
 
 use super::Env;
@@ -27,84 +25,30 @@ pub enum MaintenanceCmd {
     PruneHistory,
 }
 
-/// What one process did: its count for history and the line to print and log.
-type Done = (i64, String);
-
 pub fn run(home: PathBuf, cmd: MaintenanceCmd) -> anyhow::Result<ExitCode> {
     let env = Env::open(home)?;
-    let mut store = env.store()?;
-    let config = env.config().clone();
-    let (job, account) = match &cmd {
-        MaintenanceCmd::Vacuum => (Job::Vacuum, None),
-        MaintenanceCmd::Backup => (Job::Backup, None),
+    let task = match &cmd {
+        MaintenanceCmd::Vacuum => Task::new(Job::Vacuum, None, None),
+        MaintenanceCmd::Backup => Task::new(Job::Backup, None, None),
         MaintenanceCmd::Resync { account } => {
-            store.account(*account)?;
-            (Job::FullResync, Some(*account))
+            // An unknown account is a usage error, not a failed run in history.
+            env.store()?.account(*account)?;
+            Task::new(Job::FullResync, Some(*account), None)
         }
-        MaintenanceCmd::PruneHistory => (Job::PruneHistory, None),
+        MaintenanceCmd::PruneHistory => Task::new(Job::PruneHistory, None, None),
     };
-    let _scope = backproc_engine::logctx::scope(account, None);
-    let record = |store: &mut Store, status: &str, detail: Option<&str>, count: Option<i64>, ms: Option<i64>| {
-        let h = NewHistory {
-            process: job.name(),
-            status,
-            detail,
-            account_id: account,
-            count,
-            duration_ms: ms,
-            thread: Some("cli"),
-            ..NewHistory::default()
-        };
-        if let Err(e) = store.add_history(&h, now()) {
-            log::error!("cannot write history: {e}");
-        }
-    };
-    record(&mut store, "Started", None, None, None);
-    let started = Instant::now();
-    let result: Result<Done, String> = match cmd {
-        MaintenanceCmd::Vacuum => {
-            jobs::defragment(&mut store, true).map(|d| (d.kb_freed(), jobs::defrag_line(&d))).map_err(|e| e.to_string())
-        }
-        MaintenanceCmd::Backup => jobs::backup_now(&store, &env.home.data(), config.bg_backup_keep as usize, now())
-            .map(|b| (b.messages, jobs::backup_line(&b))),
-        MaintenanceCmd::Resync { account } => store
-            .mark_full_resync(account, now())
-            .map(|n| {
-                (
-                    n as i64,
-                    format!(
-                        "full resynchronization: {n} folder(s) of account {account} marked for a full sync; \
-                         the running master's next sync (or `backproc sync --account {account}`) reads them again"
-                    ),
-                )
-            })
-            .map_err(|e| e.to_string()),
-        MaintenanceCmd::PruneHistory => {
-            let days = config.bg_history_retention_days as i64;
-            store
-                .prune_history(now() - days * 86_400)
-                .map(|n| (n as i64, format!("deleted {n} history record(s) older than {days} days")))
-                .map_err(|e| e.to_string())
-        }
-    };
-    let ms = started.elapsed().as_millis() as i64;
-    match result {
-        Ok((count, line)) => {
-            log::info!("{line}");
-            record(&mut store, "Finished", None, Some(count), Some(ms));
+    let mut runner = JobRunner::by_hand(env.home.store_path(), env.config().clone(), Clock::system());
+    match runner.run(&task) {
+        Ok(report) => {
+            let mut line = report.summary.unwrap_or_default();
+            if let Some(a) = task.account {
+                line.push_str(&format!(
+                    "; the running master's next sync (or `backproc sync --account {a}`) reads them again"
+                ));
+            }
             println!("{line}");
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => {
-            let status = match job {
-                Job::Vacuum => "Database defragmentation failed",
-                Job::Backup => "Backup failed",
-                Job::FullResync => "Full resynchronization failed",
-                _ => "Deleting expired history failed",
-            };
-            log::error!("{status}: {e}");
-            record(&mut store, status, Some(&e), None, Some(ms));
-            anyhow::bail!("{status}: {e}")
-        }
+        Err(f) => anyhow::bail!("{}: {}", task.job.failed(f.kind), f.detail),
     }
 }

@@ -180,7 +180,7 @@ pub fn history(home: PathBuf, args: HistoryArgs) -> anyhow::Result<ExitCode> {
             process: args.process.clone(),
             account_id: args.account,
             errors_only: args.errors,
-            limit: None,
+            ..HistoryFilter::default()
         })?,
         None => Vec::new(),
     };

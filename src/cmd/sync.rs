@@ -55,10 +55,10 @@ pub fn run(home: PathBuf, args: SyncArgs) -> anyhow::Result<ExitCode> {
             };
             backproc_engine::run(opts, config, &mut || None, rx)?;
             let rows = store.history(&HistoryFilter { since: start, ..HistoryFilter::default() })?;
-            // By job, not by a prefix of its name ("Sync" is also the start of "Sync Delete").
+            // By job kind, not by its name ("Sync" is also the start of "Sync Delete").
             let sum = |jobs: &[Job]| {
                 rows.iter()
-                    .filter(|r| jobs.iter().any(|j| r.process == j.name()) && r.status == "Finished")
+                    .filter(|r| jobs.iter().any(|j| r.kind.as_deref() == Some(j.key())) && r.status == "Finished")
                     .filter_map(|r| r.count)
                     .sum::<i64>()
             };

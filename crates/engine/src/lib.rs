@@ -21,6 +21,8 @@ pub mod task;
 use std::sync::{Arc, RwLock};
 
 pub use master::{MasterOptions, run};
+pub use pool::Runner;
+pub use runner::JobRunner;
 pub use task::{Failure, FailureKind, Job, Outcome, Report, Task};
 
 /// The current config, replaced as a whole when config.inc changes.

@@ -221,7 +221,9 @@ impl<'r> Master<'r> {
 
     fn on_outcome(&mut self, o: Outcome) {
         self.in_flight.remove(&o.task);
-        if self.opts.once && o.result.is_ok() && matches!(o.task.job, Job::ListFolders | Job::SyncRecent | Job::SyncFull)
+        if self.opts.once
+            && o.result.is_ok()
+            && matches!(o.task.job, Job::ListFolders | Job::SyncRecent | Job::SyncFull)
         {
             self.synced.insert(o.task);
             if o.task.job == Job::SyncFull {

@@ -36,7 +36,7 @@ const JOBS: [Job; 15] = [
     Job::InternalClean,
 ];
 
-/// The history seen so far: newest Finished id, count sums and last duration per process.
+/// The history seen so far: newest Finished id, count sums and last duration per job key.
 #[derive(Default)]
 struct Seen {
     store: PathBuf,
@@ -47,10 +47,12 @@ struct Seen {
 
 static SEEN: Mutex<Option<Seen>> = Mutex::new(None);
 
-fn job_key(process: &str) -> String {
-    match JOBS.iter().find(|j| j.name() == process) {
+/// The job key of a history row's kind, or of its process name for a row without one (an
+/// application's, or one written before history had kinds).
+fn job_key(key: &str) -> String {
+    match JOBS.iter().find(|j| j.key() == key || j.name() == key) {
         Some(j) => j.key().to_string(),
-        None => process.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect(),
+        None => key.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect(),
     }
 }
 
@@ -63,16 +65,17 @@ fn from_history(store: &Store) -> backproc_store::Result<(i64, i64, BTreeMap<Str
     }
     let seen = guard.as_mut().expect("set above");
     for row in store.history_finished_since(seen.after_id)? {
-        *seen.totals.entry(row.process.clone()).or_default() += row.count;
+        let key = job_key(&row.key);
+        *seen.totals.entry(key.clone()).or_default() += row.count;
         if let Some(ms) = row.last_duration_ms {
-            seen.last_duration_ms.insert(row.process.clone(), ms);
+            seen.last_duration_ms.insert(key, ms);
         }
         seen.after_id = seen.after_id.max(row.last_id);
     }
-    let sum = |names: &[Job]| names.iter().map(|j| seen.totals.get(j.name()).copied().unwrap_or(0)).sum::<i64>();
+    let sum = |jobs: &[Job]| jobs.iter().map(|j| seen.totals.get(j.key()).copied().unwrap_or(0)).sum::<i64>();
     let received = sum(&[Job::Receive, Job::ReceiveSecondary]);
     let sent = sum(&[Job::Send, Job::SendSecondary]);
-    let durations = seen.last_duration_ms.iter().map(|(p, ms)| (job_key(p), *ms)).collect();
+    let durations = seen.last_duration_ms.clone();
     Ok((received, sent, durations))
 }
 
@@ -205,6 +208,7 @@ mod tests {
         assert_eq!(job_key("Sync (full)"), "sync_full");
         assert_eq!(job_key("DB defragmentation"), "vacuum");
         assert_eq!(job_key("Something Else!"), "something_else_");
+        assert_eq!(job_key("receive_secondary"), "receive_secondary", "a kind is its own key");
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 
@@ -222,7 +226,10 @@ mod tests {
         };
         s.add_history(&h, 1001).unwrap();
         write_file(&s, dir.path(), true).unwrap();
-        s.add_history(&backproc_store::NewHistory { count: Some(4), duration_ms: Some(250), ..h }, 1002).unwrap();
+        // A row with its kind counts with the rows written before history had kinds.
+        let with_kind =
+            backproc_store::NewHistory { kind: Some("receive"), count: Some(4), duration_ms: Some(250), ..h };
+        s.add_history(&with_kind, 1002).unwrap();
         write_file(&s, dir.path(), true).unwrap();
         let text = std::fs::read_to_string(dir.path().join("backproc.prom")).unwrap();
         assert!(text.contains("backproc_master_start_time_seconds 1000\n"), "{text}");

@@ -1,9 +1,14 @@
-//! One worker's job runner: its store connection and sessions, the dispatch from a task to
-//! the job that does it, and the history record of every run.
+//! The job runner: a store connection and sessions, the dispatch from a task to the job that
+//! does it, and the history record of every run. Each worker has one; a run by hand
+//! (`backproc maintenance …`) makes its own ([`JobRunner::by_hand`]), so both record the
+//! same Started, Finished and failure rows.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use std::time::Instant;
 
+use backproc_config::Config;
 use backproc_store::{Lane, NewHistory, Store, WorkerRow};
 
 use crate::jobs::{self, Ctx};
@@ -13,7 +18,8 @@ use crate::task::{Failure, FailureKind, Job, Report, Task};
 use crate::{Clock, SharedConfig};
 
 pub struct JobRunner {
-    idx: usize,
+    /// The worker's index; none for a run by hand (no worker row, thread "cli").
+    worker: Option<usize>,
     store_path: PathBuf,
     config: SharedConfig,
     clock: Clock,
@@ -22,14 +28,21 @@ pub struct JobRunner {
 }
 
 impl JobRunner {
+    /// The runner of worker `idx`.
     pub fn new(
         idx: usize,
         store_path: PathBuf,
         config: SharedConfig,
         clock: Clock,
-        pool: std::sync::Arc<SessionPool>,
+        pool: Arc<SessionPool>,
     ) -> JobRunner {
-        JobRunner { idx, store_path, config, clock, store: None, sessions: Sessions::new(pool) }
+        JobRunner { worker: Some(idx), store_path, config, clock, store: None, sessions: Sessions::new(pool) }
+    }
+
+    /// A runner for a job a person runs now from the command line, on no worker.
+    pub fn by_hand(store_path: PathBuf, config: Config, clock: Clock) -> JobRunner {
+        let config: SharedConfig = Arc::new(RwLock::new(Arc::new(config)));
+        JobRunner { worker: None, store_path, config, clock, store: None, sessions: Sessions::new(SessionPool::new()) }
     }
 
     fn store(&mut self) -> Result<&mut Store, Failure> {
@@ -39,8 +52,9 @@ impl JobRunner {
         Ok(self.store.as_mut().expect("opened above"))
     }
 
+    /// The thread history names: "t1"… for a worker, "cli" for a run by hand.
     fn thread_name(&self) -> String {
-        format!("t{}", self.idx + 1)
+        self.worker.map_or_else(|| "cli".to_string(), |i| format!("t{}", i + 1))
     }
 }
 
@@ -70,7 +84,8 @@ impl Runner for JobRunner {
         let _scope = crate::logctx::scope(task.account, task.folder);
         let thread = self.thread_name();
         let clock = self.clock;
-        let idx = self.idx;
+        let idx = self.worker;
+        let by_hand = idx.is_none();
         let started = Instant::now();
         let store = self.store()?;
         // Tasks queued before another task of the account failed (a refused login, a dropped
@@ -88,6 +103,7 @@ impl Runner for JobRunner {
             return Err(Failure::new(FailureKind::Cancelled, "not started: the account backs off"));
         }
         let history = |status, detail, count, ms| NewHistory {
+            kind: Some(task.job.key()),
             process: task.job.name(),
             status,
             detail,
@@ -97,18 +113,20 @@ impl Runner for JobRunner {
             duration_ms: ms,
             thread: Some(&thread),
         };
-        let worker = |task: Option<String>, account_id, folder_id| WorkerRow {
-            thread: idx as i64 + 1,
-            task,
-            account_id,
-            folder_id,
-            done: None,
-            total: None,
-            since: Some(clock.now()),
+        let worker = |task: Option<String>, account_id, folder_id| {
+            idx.map(|i| WorkerRow {
+                thread: i as i64 + 1,
+                task,
+                account_id,
+                folder_id,
+                done: None,
+                total: None,
+                since: Some(clock.now()),
+            })
         };
         // A task's bookkeeping is one commit at its start and one at its end.
         let running = worker(Some(task.to_string()), task.account, task.folder);
-        if let Err(e) = store.task_started(&history("Started", None, None, None), &running, clock.now()) {
+        if let Err(e) = store.task_started(&history("Started", None, None, None), running.as_ref(), clock.now()) {
             log::error!("cannot write history: {e}");
         }
         let store = self.store.as_mut().expect("opened above");
@@ -117,7 +135,8 @@ impl Runner for JobRunner {
         let deadline =
             backproc_imap::Deadline::new(Duration::from_secs(config.bg_task_deadline), config.bg_min_transfer_rate);
         self.sessions.begin_task(Some(deadline), task.job.receives());
-        let mut ctx = Ctx { store: &mut *store, config: &config, clock, sessions: &mut self.sessions, thread: idx };
+        let mut ctx =
+            Ctx { store: &mut *store, config: &config, clock, sessions: &mut self.sessions, worker: idx, by_hand };
         let result = match (execute(&mut ctx, task), self.sessions.end_task()) {
             (Ok(_), Some(throttled)) => Err(throttled),
             (result, _) => result,
@@ -137,7 +156,8 @@ impl Runner for JobRunner {
         if let Some(account) = task.account {
             let now = clock.now();
             match &result {
-                Ok(_) => success = Some(account),
+                // A run by hand is maintenance: it proves nothing of the account's server.
+                Ok(_) if !by_hand => success = Some(account),
                 // SMTP trouble backs off the outbox entries (their own next attempt), not the
                 // account's IMAP work.
                 Err(f) if f.kind.account_level() && !matches!(task.job, Job::Send | Job::SendSecondary) => {
@@ -152,9 +172,9 @@ impl Runner for JobRunner {
         }
         let h = match &result {
             Ok(r) => history("Finished", None, Some(r.count), Some(ms)),
-            Err(f) => history(f.kind.status(), Some(&f.detail), None, Some(ms)),
+            Err(f) => history(task.job.failed(f.kind), Some(&f.detail), None, Some(ms)),
         };
-        match store.task_finished(&h, &worker(None, None, None), success, clock.now()) {
+        match store.task_finished(&h, worker(None, None, None).as_ref(), success, clock.now()) {
             Ok(n) if n > 0 => log::info!("account {} works again after {n} failure(s)", task.account.unwrap_or(0)),
             Ok(_) => {}
             Err(e) => log::error!("cannot write history and the account's health: {e}"),

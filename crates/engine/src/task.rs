@@ -83,6 +83,21 @@ impl Job {
         )
     }
 
+    /// What history says when a run of this job fails: a maintenance process says which
+    /// process failed (its failures are all the store's or the disk's), the mail jobs say what
+    /// failed ([`FailureKind::status`]); a task that never started was cancelled, whatever its job.
+    pub fn failed(self, kind: FailureKind) -> &'static str {
+        match (self, kind) {
+            (_, FailureKind::Cancelled) => kind.status(),
+            (Job::Vacuum, _) => "Database defragmentation failed",
+            (Job::Backup, _) => "Backup failed",
+            (Job::FullResync, _) => "Full resynchronization failed",
+            (Job::PruneHistory, _) => "Deleting expired history failed",
+            (Job::InternalClean, _) => "Deleting expired internal messages failed",
+            _ => kind.status(),
+        }
+    }
+
     pub fn receives(self) -> bool {
         matches!(self, Job::Receive | Job::ReceiveSecondary)
     }
@@ -190,10 +205,6 @@ pub enum FailureKind {
     /// A queued task that never started because the master stopped, or because its account
     /// began to back off after it was queued.
     Cancelled,
-    /// VACUUM or the checkpoint failed.
-    Defragmentation,
-    /// The online backup failed.
-    Backup,
     Other,
 }
 
@@ -209,8 +220,6 @@ impl FailureKind {
             FailureKind::Store => "Failed to access the database during synchronization",
             FailureKind::Panic => "Internal error",
             FailureKind::Cancelled => "Cancelled",
-            FailureKind::Defragmentation => "Database defragmentation failed",
-            FailureKind::Backup => "Backup failed",
             FailureKind::Other => "Failed",
         }
     }
@@ -254,6 +263,9 @@ pub struct Report {
     pub count: i64,
     /// Follow-up work the master should schedule at once (e.g. Receive after a Sync).
     pub follow_up: Vec<Task>,
+    /// A maintenance job's account of itself in one line, as logged: what `backproc
+    /// maintenance` prints.
+    pub summary: Option<String>,
 }
 
 /// A finished task, sent from a worker to the master.
@@ -270,6 +282,27 @@ mod tests {
 
     fn t(job: Job, account: i64, folder: i64) -> Task {
         Task::new(job, Some(account), Some(folder))
+    }
+
+    #[test]
+    fn failure_status_table() {
+        #[rustfmt::skip]
+        let cases: &[(&str, Job, FailureKind, &str)] = &[
+            ("a sync's refused login", Job::SyncFull, FailureKind::Auth, "Authentication failed"),
+            ("a receive's store error", Job::Receive, FailureKind::Store, "Failed to access the database during synchronization"),
+            ("a send's lost connection", Job::Send, FailureKind::Connect, "Connection refused"),
+            ("the defragmentation's store error", Job::Vacuum, FailureKind::Store, "Database defragmentation failed"),
+            ("the backup's disk error", Job::Backup, FailureKind::Other, "Backup failed"),
+            ("a full resynchronisation of no account", Job::FullResync, FailureKind::Other, "Full resynchronization failed"),
+            ("the history pruning's store error", Job::PruneHistory, FailureKind::Store, "Deleting expired history failed"),
+            ("the internal messages' expiry", Job::InternalClean, FailureKind::Store, "Deleting expired internal messages failed"),
+            ("a backup that never started", Job::Backup, FailureKind::Cancelled, "Cancelled"),
+            ("a receive that never started", Job::Receive, FailureKind::Cancelled, "Cancelled"),
+            ("a panicking purge", Job::PurgeDeleted, FailureKind::Panic, "Internal error"),
+        ];
+        for (name, job, kind, want) in cases {
+            assert_eq!(job.failed(*kind), *want, "{name}");
+        }
     }
 
     #[test]

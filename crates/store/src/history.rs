@@ -6,6 +6,9 @@ use crate::{Result, Store, WorkerRow};
 
 #[derive(Debug, Clone, Default)]
 pub struct NewHistory<'a> {
+    /// The job kind (`Job::key` of the engine), by which the engine reads history back.
+    pub kind: Option<&'a str>,
+    /// What history shows ("Sync (full)", "Receive"…).
     pub process: &'a str,
     pub status: &'a str,
     pub detail: Option<&'a str>,
@@ -20,6 +23,7 @@ pub struct NewHistory<'a> {
 pub struct HistoryRow {
     pub id: i64,
     pub time: i64,
+    pub kind: Option<String>,
     pub process: String,
     pub status: String,
     pub detail: Option<String>,
@@ -35,6 +39,7 @@ pub struct HistoryRow {
 pub struct HistoryFilter {
     pub since: i64,
     pub process: Option<String>,
+    pub kind: Option<String>,
     pub account_id: Option<i64>,
     pub errors_only: bool,
     pub limit: Option<i64>,
@@ -45,25 +50,34 @@ impl Store {
         self.write(|tx| add_history(tx, h, now))
     }
 
-    /// A task's start, in one commit: its history row and its worker row.
-    pub fn task_started(&mut self, h: &NewHistory, w: &WorkerRow, now: i64) -> Result<()> {
+    /// A task's start, in one commit: its history row and its worker's row (none for a run
+    /// by hand, on no worker).
+    pub fn task_started(&mut self, h: &NewHistory, w: Option<&WorkerRow>, now: i64) -> Result<()> {
         self.write(|tx| {
             add_history(tx, h, now)?;
-            crate::engine_state::set_worker(tx, w)
+            w.map_or(Ok(()), |w| crate::engine_state::set_worker(tx, w))
         })
     }
 
     /// A task's end, in one commit: the account's success when it succeeded (`success`:
     /// its back-off is cleared, the failure count before is returned), the history row and
     /// the worker row. One commit instead of three per task: a no-change run --once has 13.
-    pub fn task_finished(&mut self, h: &NewHistory, w: &WorkerRow, success: Option<i64>, now: i64) -> Result<i64> {
+    pub fn task_finished(
+        &mut self,
+        h: &NewHistory,
+        w: Option<&WorkerRow>,
+        success: Option<i64>,
+        now: i64,
+    ) -> Result<i64> {
         self.write(|tx| {
             let before = match success {
                 Some(account) => crate::accounts::account_success(tx, account, now)?,
                 None => 0,
             };
             add_history(tx, h, now)?;
-            crate::engine_state::set_worker(tx, w)?;
+            if let Some(w) = w {
+                crate::engine_state::set_worker(tx, w)?;
+            }
             Ok(before)
         })
     }
@@ -71,14 +85,14 @@ impl Store {
     /// Newest first.
     pub fn history(&self, f: &HistoryFilter) -> Result<Vec<HistoryRow>> {
         let mut st = self.conn().prepare(
-            "SELECT id, time, process, status, detail, account_id, folder_id, count, duration_ms, pid, thread
+            "SELECT id, time, process, status, detail, account_id, folder_id, count, duration_ms, pid, thread, kind
              FROM history
              WHERE time >= ?1 AND (?2 IS NULL OR process = ?2) AND (?3 IS NULL OR account_id = ?3)
-               AND (?4 = 0 OR status NOT IN ('Started', 'Finished'))
+               AND (?4 = 0 OR status NOT IN ('Started', 'Finished')) AND (?6 IS NULL OR kind = ?6)
              ORDER BY time DESC, id DESC LIMIT ?5",
         )?;
         let rows = st
-            .query_map(params![f.since, f.process, f.account_id, f.errors_only, f.limit.unwrap_or(-1)], |r| {
+            .query_map(params![f.since, f.process, f.account_id, f.errors_only, f.limit.unwrap_or(-1), f.kind], |r| {
                 Ok(HistoryRow {
                     id: r.get(0)?,
                     time: r.get(1)?,
@@ -91,6 +105,7 @@ impl Store {
                     duration_ms: r.get(8)?,
                     pid: r.get(9)?,
                     thread: r.get(10)?,
+                    kind: r.get(11)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -105,8 +120,8 @@ impl Store {
 
 fn add_history(tx: &rusqlite::Transaction, h: &NewHistory, now: i64) -> Result<i64> {
     tx.prepare_cached(
-        "INSERT INTO history (time, process, status, detail, account_id, folder_id, count, duration_ms, pid, thread)
-         VALUES (?,?,?,?,?,?,?,?,?,?)",
+        "INSERT INTO history (time, process, status, detail, account_id, folder_id, count, duration_ms, pid, thread, kind)
+         VALUES (?,?,?,?,?,?,?,?,?,?,?)",
     )?
     .execute(params![
         now,
@@ -118,7 +133,8 @@ fn add_history(tx: &rusqlite::Transaction, h: &NewHistory, now: i64) -> Result<i
         h.count,
         h.duration_ms,
         std::process::id(),
-        h.thread
+        h.thread,
+        h.kind
     ])?;
     Ok(tx.last_insert_rowid())
 }

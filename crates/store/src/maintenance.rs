@@ -36,7 +36,8 @@ pub struct Checkpoint {
 /// of their counts, the newest id, and that newest run's duration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FinishedSince {
-    pub process: String,
+    /// The job kind, or the process name of a row without one.
+    pub key: String,
     pub count: i64,
     pub last_id: i64,
     pub last_duration_ms: Option<i64>,
@@ -242,23 +243,19 @@ impl Store {
         self.add_history(h, time)
     }
 
-    /// Finished records with `id > after_id`, aggregated per process type. Reads only the
+    /// Finished records with `id > after_id`, aggregated per job kind (per process name for
+    /// rows without one). Reads only the
     /// new rows (a rowid range), so it is cheap enough for every tick once a caller keeps
     /// the watermark.
     pub fn history_finished_since(&self, after_id: i64) -> Result<Vec<FinishedSince>> {
         // SQLite takes the bare column (duration_ms) from the row that holds MAX(id).
         let mut st = self.conn().prepare_cached(
-            "SELECT process, COALESCE(SUM(count), 0), MAX(id), duration_ms FROM history
-             WHERE id > ? AND status = 'Finished' GROUP BY process ORDER BY process",
+            "SELECT COALESCE(kind, process) AS key, COALESCE(SUM(count), 0), MAX(id), duration_ms FROM history
+             WHERE id > ? AND status = 'Finished' GROUP BY key ORDER BY key",
         )?;
         let v = st
             .query_map([after_id], |r| {
-                Ok(FinishedSince {
-                    process: r.get(0)?,
-                    count: r.get(1)?,
-                    last_id: r.get(2)?,
-                    last_duration_ms: r.get(3)?,
-                })
+                Ok(FinishedSince { key: r.get(0)?, count: r.get(1)?, last_id: r.get(2)?, last_duration_ms: r.get(3)? })
             })?
             .collect::<rusqlite::Result<_>>()?;
         Ok(v)
@@ -306,6 +303,16 @@ mod tests {
         let newer = s.history_finished_since(a).unwrap();
         assert_eq!(newer[0].count, 7);
         assert!(s.history_finished_since(newer[0].last_id).unwrap().is_empty());
+        // Rows with a kind are summed by it, whatever their display name.
+        let last = newer[0].last_id;
+        for (kind, process) in [("receive", "Receive"), ("receive", "Receiving"), ("sync_delete", "Sync Delete")] {
+            let row =
+                NewHistory { kind: Some(kind), process, status: "Finished", count: Some(1), ..Default::default() };
+            s.add_history(&row, 5).unwrap();
+        }
+        let by_kind: Vec<(String, i64)> =
+            s.history_finished_since(last).unwrap().into_iter().map(|f| (f.key, f.count)).collect();
+        assert_eq!(by_kind, [("receive".to_string(), 2), ("sync_delete".to_string(), 1)]);
     }
 
     /// A store with one folder holding `n` messages whose bodies are `body(uid)`.

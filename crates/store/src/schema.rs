@@ -3,7 +3,7 @@
 //! Times are unix seconds (UTC) in INTEGER columns. Booleans are 0/1.
 //! Invariant: a migration, once released, is never edited; add a new one at the end.
 
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 const V1: &str = r#"
 -- users of the store: owners of accounts, and parties of internal messages
@@ -125,7 +125,7 @@ CREATE TABLE receive_queue (
 );
 CREATE INDEX receive_queue_due ON receive_queue(queue, folder_id, next_attempt);
 
--- outbox with the delivery record of DESIGN.md §4
+-- outbox with the delivery record
 CREATE TABLE outbox (
     id                INTEGER PRIMARY KEY,
     account_id        INTEGER NOT NULL REFERENCES accounts(id),
@@ -188,7 +188,7 @@ CREATE TRIGGER outbox_total_delete AFTER DELETE ON outbox BEGIN
     UPDATE outbox_total SET n = n - 1;
 END;
 
--- every background process's Started/Finished/error records (DESIGN.md §6)
+-- every background process's Started/Finished/error records
 CREATE TABLE history (
     id          INTEGER PRIMARY KEY,
     time        INTEGER NOT NULL,
@@ -232,7 +232,7 @@ CREATE TABLE counters (
     value INTEGER NOT NULL
 );
 
--- internal message service (DESIGN.md §5)
+-- internal message service
 CREATE TABLE internal_messages (
     id          INTEGER PRIMARY KEY,
     sender_id   INTEGER NOT NULL REFERENCES users(id),
@@ -308,4 +308,11 @@ CREATE TABLE push_state (
     since      INTEGER NOT NULL,
     note       TEXT                -- why polling (a server that refused the connection…)
 );
+"#;
+
+/// The job kind of a history row (`Job::key`: "sync_full", "receive"…), so that what reads
+/// history counts jobs by kind, not by a display name ("Sync" is also how "Sync Delete"
+/// starts). NULL for rows an application writes and for rows written before it.
+const V5: &str = r#"
+ALTER TABLE history ADD COLUMN kind TEXT;
 "#;

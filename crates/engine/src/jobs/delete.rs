@@ -140,14 +140,14 @@ pub fn sync_delete(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
     );
     // Rows whose deletion is now agreed go at once (Purge Deleted also runs on its interval).
     let follow_up = if synced.is_empty() { Vec::new() } else { vec![Task::new(Job::PurgeDeleted, None, None)] };
-    Ok(Report { count: synced.len() as i64, follow_up })
+    Ok(Report { count: synced.len() as i64, follow_up, ..Report::default() })
 }
 
 pub fn purge_deleted(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
     let started = Instant::now();
     let n = ctx.store.purge_deleted()?;
     log::info!("purged {n} deleted messages in {}s", started.elapsed().as_secs());
-    Ok(Report { count: n as i64, follow_up: Vec::new() })
+    Ok(Report { count: n as i64, ..Report::default() })
 }
 
 /// Marks messages older than the account's keep-days as deleted, then hands the folders to
@@ -161,7 +161,7 @@ pub fn clean_mailboxes(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
     let total: usize = marked.iter().map(|(_, n)| n).sum();
     log::info!("marked {total} messages older than {days} days for deletion in {} folder(s)", marked.len());
     let follow_up = marked.iter().map(|(f, _)| Task::new(Job::SyncDelete, Some(account), Some(*f))).collect();
-    Ok(Report { count: total as i64, follow_up })
+    Ok(Report { count: total as i64, follow_up, ..Report::default() })
 }
 
 #[cfg(test)]

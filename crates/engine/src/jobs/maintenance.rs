@@ -1,6 +1,7 @@
 //! Housekeeping processes that run on their own intervals: expired internal messages,
 //! expired history, DB defragmentation, backups; and the full resynchronisation of an
-//! account on request. `defragment` and `backup_now` are shared with `backproc maintenance`.
+//! account on request. `backproc maintenance` runs the same jobs through the same runner
+//! (`JobRunner::by_hand`); each says what it did in one line ([`Report::summary`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -12,21 +13,26 @@ use backproc_store::packs;
 use super::Ctx;
 use crate::task::{Failure, FailureKind, Report, Task};
 
+/// A maintenance job's end: its count for history, and its line for the log and for the
+/// person who ran it by hand.
+fn done(count: i64, line: String) -> Result<Report, Failure> {
+    log::info!("{line}");
+    Ok(Report { count, follow_up: Vec::new(), summary: Some(line) })
+}
+
 /// Deletes unread internal messages older than INTERNAL_MSG_LIFETIME_DAYS (read ones stay).
 pub fn internal_clean(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
     let days = ctx.config.internal_msg_lifetime_days as i64;
     let before = ctx.clock.now() - days * 86_400;
     let n = ctx.store.internal_delete_expired(before)?;
-    log::info!("deleted {n} unread internal message(s) older than {days} days");
-    Ok(Report { count: n as i64, follow_up: Vec::new() })
+    done(n as i64, format!("deleted {n} unread internal message(s) older than {days} days"))
 }
 
 /// Deletes history older than BG_HISTORY_RETENTION_DAYS.
 pub fn prune_history(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
     let days = ctx.config.bg_history_retention_days as i64;
     let n = ctx.store.prune_history(ctx.clock.now() - days * 86_400)?;
-    log::info!("deleted {n} history record(s) older than {days} days");
-    Ok(Report { count: n as i64, follow_up: Vec::new() })
+    done(n as i64, format!("deleted {n} history record(s) older than {days} days"))
 }
 
 /// What one defragmentation did.
@@ -101,16 +107,13 @@ pub fn defrag_line(d: &Defrag) -> String {
     )
 }
 
-/// DB defragmentation: WAL checkpoint, then VACUUM when worthwhile.
+/// DB defragmentation: WAL checkpoint, then VACUUM when worthwhile (always, by hand).
 pub fn vacuum(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
-    match defragment(ctx.store, false) {
-        Ok(d) => {
-            log::info!("{}", defrag_line(&d));
-            Ok(Report { count: d.kb_freed(), follow_up: Vec::new() })
-        }
+    match defragment(ctx.store, ctx.by_hand) {
+        Ok(d) => done(d.kb_freed(), defrag_line(&d)),
         Err(e) => {
             log::error!("Database defragmentation failed: {e}");
-            Err(Failure::new(FailureKind::Defragmentation, e.to_string()))
+            Err(e.into())
         }
     }
 }
@@ -228,13 +231,10 @@ pub fn backup_line(b: &BackupDone) -> String {
 pub fn backup(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
     let data_dir = ctx.store.path().parent().map(Path::to_path_buf).unwrap_or_default();
     match backup_now(ctx.store, &data_dir, ctx.config.bg_backup_keep as usize, ctx.clock.now()) {
-        Ok(b) => {
-            log::info!("{}", backup_line(&b));
-            Ok(Report { count: b.messages, follow_up: Vec::new() })
-        }
+        Ok(b) => done(b.messages, backup_line(&b)),
         Err(e) => {
             log::error!("Backup failed: {e}");
-            Err(Failure::new(FailureKind::Backup, e.to_string()))
+            Err(Failure::new(FailureKind::Other, e))
         }
     }
 }
@@ -245,8 +245,7 @@ pub fn backup(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
 pub fn full_resync(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
     let account = task.account.ok_or_else(|| Failure::new(FailureKind::Other, "full resync needs an account"))?;
     let n = ctx.store.mark_full_resync(account, ctx.clock.now())?;
-    log::info!("full resynchronization: {n} folder(s) marked for a full sync");
-    Ok(Report { count: n as i64, follow_up: Vec::new() })
+    done(n as i64, format!("full resynchronization: {n} folder(s) of account {account} marked for a full sync"))
 }
 
 #[cfg(test)]

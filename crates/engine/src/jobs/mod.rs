@@ -18,11 +18,17 @@ pub struct Ctx<'a> {
     pub config: &'a Config,
     pub clock: Clock,
     pub sessions: &'a mut Sessions,
-    pub thread: usize,
+    /// The worker running the job (its row in `status`); none for a run by hand.
+    pub worker: Option<usize>,
+    /// A person asked for this run now (`backproc maintenance …`): a defragmentation then
+    /// runs VACUUM whether or not the database is fragmented enough to need it.
+    pub by_hand: bool,
 }
 
-/// Progress of a running task, for `status` (best effort: never fails the job).
-pub fn record_progress(store: &mut Store, thread: usize, task: &crate::Task, done: i64, total: i64, now: i64) {
+/// Progress of a running task, for `status` (best effort: never fails the job). A run by
+/// hand has no worker row to show it in.
+pub fn record_progress(store: &mut Store, worker: Option<usize>, task: &crate::Task, done: i64, total: i64, now: i64) {
+    let Some(thread) = worker else { return };
     let row = backproc_store::WorkerRow {
         thread: thread as i64 + 1,
         task: Some(task.to_string()),

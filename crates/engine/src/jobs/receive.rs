@@ -45,7 +45,7 @@ fn writer(
     rx: crossbeam_channel::Receiver<Fetched>,
     task: &Task,
     total: i64,
-    thread: usize,
+    worker: Option<usize>,
     clock: crate::Clock,
 ) -> Result<i64, Failure> {
     let mut received = 0i64;
@@ -63,7 +63,7 @@ fn writer(
             .collect();
         received += store.store_received(folder_id, &msgs, &[])? as i64;
         done += b.entries as i64;
-        super::record_progress(store, thread, task, done, total, clock.now());
+        super::record_progress(store, worker, task, done, total, clock.now());
     }
     Ok(received)
 }
@@ -81,7 +81,7 @@ pub fn receive(ctx: &mut Ctx, task: &Task, lane: Lane) -> Result<Report, Failure
     }
     let mut writer_store = Store::open(ctx.store.path())?;
     let (tx, rx) = bounded::<Fetched>(1);
-    let (clock, thread) = (ctx.clock, ctx.thread);
+    let (clock, worker) = (ctx.clock, ctx.worker);
     let (fetched, written) = std::thread::scope(|s| {
         let mdc: Vec<(String, String)> = ["thread", "account", "folder"]
             .iter()
@@ -89,7 +89,7 @@ pub fn receive(ctx: &mut Ctx, task: &Task, lane: Lane) -> Result<Report, Failure
             .collect();
         let w = s.spawn(move || {
             log_mdc::extend(mdc);
-            writer(&mut writer_store, folder_id, rx, task, total, thread, clock)
+            writer(&mut writer_store, folder_id, rx, task, total, worker, clock)
         });
         let fetched = fetch_all(ctx, account, folder_id, &folder, lane, tx);
         let written = w.join().unwrap_or_else(|_| Err(Failure::new(FailureKind::Panic, "the receive writer panicked")));
@@ -109,7 +109,7 @@ pub fn receive(ctx: &mut Ctx, task: &Task, lane: Lane) -> Result<Report, Failure
     } else {
         Vec::new()
     };
-    Ok(Report { count: received + linked, follow_up })
+    Ok(Report { count: received + linked, follow_up, ..Report::default() })
 }
 
 /// What the fetch stage leaves for after the writer: UIDs asked and not returned.

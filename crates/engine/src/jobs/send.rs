@@ -249,7 +249,7 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     let follow_up = if due.len() >= batch && last_failure.is_none() { vec![*task] } else { Vec::new() };
     match last_failure {
         Some(f) if sent == 0 => Err(f),
-        _ => Ok(Report { count: sent, follow_up }),
+        _ => Ok(Report { count: sent, follow_up, ..Report::default() }),
     }
 }
 

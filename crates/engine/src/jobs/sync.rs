@@ -73,7 +73,7 @@ pub fn list_folders(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
     }
     // New folders get their initial sync at once, whatever their priority.
     let follow_up = new.iter().map(|&f| Task::new(Job::SyncFull, Some(account), Some(f))).collect();
-    Ok(Report { count: new.len() as i64, follow_up })
+    Ok(Report { count: new.len() as i64, follow_up, ..Report::default() })
 }
 
 /// An error of the server as a failure; the session is dropped unless only a command was
@@ -186,6 +186,7 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
         }
         let detail = format!("{healed} message(s) missing from the store queued again");
         let h = NewHistory {
+            kind: Some(task.job.key()),
             process: task.job.name(),
             status: "Healed",
             detail: Some(&detail),
@@ -216,7 +217,7 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
         // Read the folder again from scratch right away.
         follow_up.push(Task::new(Job::SyncFull, Some(account), Some(folder_id)));
     }
-    Ok(Report { count: (found + healed) as i64, follow_up })
+    Ok(Report { count: (found + healed) as i64, follow_up, ..Report::default() })
 }
 
 /// Reads the folder as `req` says, gathers the rows the answer concerns, plans, and pushes the

@@ -624,6 +624,7 @@ impl Poller {
                 };
                 log::info!("push off, polling: {why}; {when}");
                 let h = backproc_store::NewHistory {
+                    kind: Some("push"),
                     process: "Push",
                     status: &format!("polling: {why}"),
                     account_id: Some(id),

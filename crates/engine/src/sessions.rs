@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use backproc_config::Config;
 use backproc_imap::{ConnectParams, Credential, Deadline, ErrorKind, Security, Session};
 use backproc_store::{Account, Store};
+use backproc_types::retry::{self, AccountFailure, AccountNext};
 
 use crate::signin::{self, Server};
 use crate::task::{Failure, FailureKind};
@@ -600,22 +601,24 @@ impl Sessions {
 /// mailbox); a server that says how long to wait (throttling) is waited for that long;
 /// otherwise back off exponentially. Logged at info once per change of state.
 pub fn record_failure(store: &mut Store, config: &Config, a: &Account, f: &Failure, now: i64) -> Result<(), Failure> {
-    if f.kind == FailureKind::NeedsAuthorization {
-        // A person must act: no time would make the next try succeed.
-        if a.needs_authorization.is_none() {
-            log::error!("{f}; the account is not tried again until `backproc account authorize {}`", a.id);
+    let failure = match (f.kind, f.retry_after) {
+        (FailureKind::NeedsAuthorization, _) => AccountFailure::GrantRevoked,
+        (FailureKind::Auth, _) => AccountFailure::RefusedLogin,
+        (_, Some(wait)) => AccountFailure::Throttled(wait),
+        _ => AccountFailure::Other,
+    };
+    let auth_wait = config.email_auth_error_check_retry_time as i64;
+    // `failures` counts those before this one
+    let delay = match retry::account_failed(&crate::schedule::backoff(config), auth_wait, failure, a.failures) {
+        AccountNext::WaitForPerson => {
+            // A person must act: no time would make the next try succeed.
+            if a.needs_authorization.is_none() {
+                log::error!("{f}; the account is not tried again until `backproc account authorize {}`", a.id);
+            }
+            store.mark_needs_authorization(a.id, &f.to_string(), now)?;
+            return Ok(());
         }
-        store.mark_needs_authorization(a.id, &f.to_string(), now)?;
-        return Ok(());
-    }
-    let delay = if f.kind == FailureKind::Auth {
-        config.email_auth_error_check_retry_time as i64
-    } else if let Some(wait) = f.retry_after {
-        // whole seconds, rounded up: a wait of 1.5 s is 2 s
-        wait.as_millis().div_ceil(1000).max(1) as i64
-    } else {
-        // `failures` counts those before this one
-        crate::schedule::backoff(config).after(a.failures + 1)
+        AccountNext::RetryIn(secs) => secs,
     };
     let status = f.kind.status();
     if a.last_error.as_deref().is_none_or(|e| !e.starts_with(status)) || a.failures == 0 {

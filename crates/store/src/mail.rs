@@ -76,6 +76,7 @@ impl Store {
     }
 }
 
+use backproc_types::retry::{self, Queue};
 pub use backproc_types::{Backoff, Flags};
 
 /// Reads a message's flags from the columns selected in the order seen, answered, flagged,
@@ -225,15 +226,7 @@ pub struct FailureMoves {
     pub failed: usize,
 }
 
-/// Receive-queue retry policy (from config).
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    pub backoff: Backoff,
-    /// More failures than this: to the secondary queue.
-    pub secondary_after: i64,
-    /// More failures than this: failed for good.
-    pub final_after: i64,
-}
+pub use backproc_types::retry::ReceivePolicy;
 
 /// The columns `sync_row` reads.
 const SYNC_COLS: &str =
@@ -803,9 +796,9 @@ impl Store {
         })
     }
 
-    /// Counts one failed attempt for each entry; moves entries past the limits to the
-    /// secondary queue or to failed.
-    pub fn receive_failed(&mut self, ids: &[i64], error: &str, now: i64, p: &RetryPolicy) -> Result<FailureMoves> {
+    /// Counts one failed attempt for each entry and records where it goes next
+    /// (`retry::receive_failed`: past the limits, the secondary lane or failed).
+    pub fn receive_failed(&mut self, ids: &[i64], error: &str, now: i64, p: &ReceivePolicy) -> Result<FailureMoves> {
         self.write(|tx| {
             let mut moves = FailureMoves::default();
             let mut get = tx.prepare_cached("SELECT attempts, queue FROM receive_queue WHERE id = ?")?;
@@ -818,21 +811,13 @@ impl Store {
                 else {
                     continue;
                 };
-                let attempts = attempts + 1;
-                let new_queue = if attempts > p.final_after {
-                    if queue != "failed" {
-                        moves.failed += 1;
-                    }
-                    "failed"
-                } else if attempts > p.secondary_after {
-                    if queue == "primary" {
-                        moves.to_secondary += 1;
-                    }
-                    "secondary"
-                } else {
-                    "primary"
-                };
-                upd.execute(params![attempts, error, now + p.backoff.after(attempts), new_queue, id])?;
+                let next = retry::receive_failed(p, attempts, now);
+                match (Queue::parse(&queue), next.queue) {
+                    (Some(Queue::Primary), Queue::Secondary) => moves.to_secondary += 1,
+                    (was, Queue::Failed) if was != Some(Queue::Failed) => moves.failed += 1,
+                    _ => {}
+                }
+                upd.execute(params![next.attempts, error, next.next_attempt, next.queue.as_str(), id])?;
             }
             Ok(moves)
         })

@@ -16,7 +16,7 @@
 //! before it may lose the last claims, and those entries are sent again, with the same
 //! Message-ID (a power cut costs at most a batch of duplicates, never a lost message).
 
-use backproc_types::Backoff;
+use backproc_types::retry::{self, OutboxNext, SendEnd};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
@@ -116,14 +116,18 @@ pub enum SendOutcome {
     Unknown { error: String },
 }
 
-/// Send retry policy (from config).
-#[derive(Debug, Clone, Copy)]
-pub struct SendPolicy {
-    pub backoff: Backoff,
-    /// More failed attempts than this: Send Secondary takes over.
-    pub secondary_after: i64,
-    /// Entries older than this (seconds) that still fail become ERROR.
-    pub max_age: i64,
+pub use backproc_types::retry::SendPolicy;
+
+impl SendOutcome {
+    /// The outcome as the retry rule sees it.
+    fn end(&self) -> SendEnd<'_> {
+        match self {
+            SendOutcome::Success { info } => SendEnd::Accepted { pending: !info.pending.is_empty() },
+            SendOutcome::Permanent { error, .. } => SendEnd::Refused { error },
+            SendOutcome::Unknown { error } => SendEnd::Unknown { error },
+            SendOutcome::Temporary { error } => SendEnd::Temporary { error },
+        }
+    }
 }
 
 fn token() -> String {
@@ -454,7 +458,8 @@ fn claim_one(tx: &rusqlite::Transaction, claim: Claim, sending: bool, now: i64) 
     }))
 }
 
-/// The fenced update of one claimed entry's delivery record.
+/// The fenced update of one claimed entry's delivery record to the state the retry rule
+/// (`retry::outbox_next`) gives it.
 fn finish_one(
     tx: &rusqlite::Transaction,
     c: &Claimed,
@@ -463,55 +468,47 @@ fn finish_one(
     p: &SendPolicy,
 ) -> Result<bool> {
     const FENCED: &str = "WHERE id = ? AND lease_token = ? AND state = 'PROCESSING'";
-    let json = |i: &DeliveryInfo| serde_json::to_string(i).unwrap_or_default();
-    let n = match outcome {
-        SendOutcome::Success { info } => {
+    let info = match outcome {
+        SendOutcome::Success { info } | SendOutcome::Permanent { info, .. } => Some(json(info)?),
+        SendOutcome::Unknown { .. } | SendOutcome::Temporary { .. } => None,
+    };
+    let n = match retry::outbox_next(p, outcome.end(), c.attempts, c.created, now) {
+        OutboxNext::Success { pending_due } => {
             let n = tx.prepare_cached(&format!(
                 "UPDATE outbox SET state = 'SUCCESS', end_time = ?, error = NULL, info = ?, lease_token = NULL {FENCED}"
             ))?
-            .execute(params![now, json(info), c.id, c.token])?;
-            if n == 1 && !info.pending.is_empty() {
-                // Temporarily refused recipients are retried on their own, in a child
-                // entry, so those who accepted never get the message twice.
+            .execute(params![now, info, c.id, c.token])?;
+            if let (1, Some(due), SendOutcome::Success { info }) = (n, pending_due, outcome) {
                 tx.execute(
                     "INSERT INTO outbox (account_id, created, message_id, mail_from, recipients, raw, next_attempt, parent_id)
                      SELECT o.account_id, ?, o.message_id, o.mail_from, ?, r.raw, ?, o.id
                      FROM outbox o JOIN outbox_raw r ON r.outbox_id = o.id WHERE o.id = ?",
-                    params![now, serde_json::to_string(&info.pending).unwrap_or_default(), now + p.backoff.base, c.id],
+                    params![now, json(&info.pending)?, due, c.id],
                 )?;
             }
             n
         }
-        SendOutcome::Permanent { error, info } => tx
+        // A refusal keeps its delivery record; an unknown outcome or an entry given up keeps
+        // the record of its last attempt that had one.
+        OutboxNext::Error { error } => tx
             .prepare_cached(&format!(
-                "UPDATE outbox SET state = 'ERROR', end_time = ?, error = ?, info = ?, lease_token = NULL {FENCED}"
+                "UPDATE outbox SET state = 'ERROR', end_time = ?, error = ?, info = COALESCE(?, info),
+                    lease_token = NULL {FENCED}"
             ))?
-            .execute(params![now, error, json(info), c.id, c.token])?,
-        SendOutcome::Unknown { error } => tx
+            .execute(params![now, error, info, c.id, c.token])?,
+        OutboxNext::Retry { next_attempt, secondary, error } => tx
             .prepare_cached(&format!(
-                "UPDATE outbox SET state = 'ERROR', end_time = ?, error = ?, lease_token = NULL {FENCED}"
-            ))?
-            .execute(params![now, format!("delivery outcome unknown: {error}"), c.id, c.token])?,
-        SendOutcome::Temporary { error } if now - c.created >= p.max_age => tx
-            .prepare_cached(&format!(
-                "UPDATE outbox SET state = 'ERROR', end_time = ?, error = ?, lease_token = NULL {FENCED}"
-            ))?
-            .execute(params![
-                now,
-                format!("gave up after {} attempts over {}s: {error}", c.attempts, now - c.created),
-                c.id,
-                c.token
-            ])?,
-        SendOutcome::Temporary { error } => {
-            let delay = p.backoff.after(c.attempts);
-            tx.prepare_cached(&format!(
                 "UPDATE outbox SET state = 'PENDING', error = ?, next_attempt = ?, lease_token = NULL,
-                    lease_expire_time = NULL, secondary = (attempts > ?) {FENCED}"
+                    lease_expire_time = NULL, secondary = ? {FENCED}"
             ))?
-            .execute(params![error, now + delay, p.secondary_after, c.id, c.token])?
-        }
+            .execute(params![error, next_attempt, secondary, c.id, c.token])?,
     };
     Ok(n == 1)
+}
+
+/// A value as the JSON text stored for it.
+fn json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| Error::Invalid(format!("cannot write a delivery record as JSON: {e}")))
 }
 
 #[cfg(test)]
@@ -660,7 +657,8 @@ mod tests {
         assert_eq!(depths.iter().map(|d| d.1).sum::<i64>(), 4, "{depths:?}"); // 3 left and the child
     }
 
-    const P: SendPolicy = SendPolicy { backoff: Backoff { base: 10, max: 100 }, secondary_after: 5, max_age: 1000 };
+    const P: SendPolicy =
+        SendPolicy { backoff: backproc_types::Backoff { base: 10, max: 100 }, secondary_after: 5, max_age: 1000 };
 
     fn info(accepted: &[&str], pending: &[&str]) -> DeliveryInfo {
         DeliveryInfo {

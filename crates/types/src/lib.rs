@@ -1,5 +1,5 @@
 //! The vocabulary every crate shares: what a message's flags are, system and keyword alike,
-//! and the one back-off rule of every retry.
+//! the one back-off rule of every retry, and what a failed attempt leads to (`retry`).
 //!
 //! Invariant: no I/O and no dependency; the IMAP layer, the store and the engine speak these
 //! types, so a flag never has to be translated between crates.
@@ -7,6 +7,7 @@
 mod backoff;
 mod flags;
 mod host;
+pub mod retry;
 
 pub use backoff::Backoff;
 pub use flags::{Flags, KeywordError, valid_keyword};

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use backproc_store::{Lane, NewMessage, QueueEntry, RetryPolicy, Store};
+use backproc_store::{Lane, NewMessage, QueueEntry, ReceivePolicy, Store};
 use crossbeam_channel::bounded;
 
 use super::Ctx;
@@ -22,8 +22,8 @@ use crate::parse;
 use crate::sessions::failure_from_imap;
 use crate::task::{Failure, FailureKind, Job, Report, Task};
 
-pub fn policy(c: &backproc_config::Config) -> RetryPolicy {
-    RetryPolicy {
+pub fn policy(c: &backproc_config::Config) -> ReceivePolicy {
+    ReceivePolicy {
         backoff: crate::schedule::backoff(c),
         secondary_after: c.email_bg_receive_max_attempts as i64,
         final_after: c.email_bg_receive_final_attempts as i64,
@@ -304,7 +304,7 @@ fn drop_or_keep(ctx: &mut Ctx, account: i64, e: backproc_imap::Error) -> Failure
 }
 
 /// Counts a failed attempt for each entry, moving those past the limits on.
-fn note_failed(ctx: &mut Ctx, ids: &[i64], why: &str, policy: &RetryPolicy) -> Result<(), Failure> {
+fn note_failed(ctx: &mut Ctx, ids: &[i64], why: &str, policy: &ReceivePolicy) -> Result<(), Failure> {
     let moves = ctx.store.receive_failed(ids, why, ctx.clock.now(), policy)?;
     if moves.to_secondary > 0 {
         log::warn!(
@@ -358,7 +358,7 @@ fn next_batch(
     folder_id: i64,
     lane: Lane,
     after_uid: &mut i64,
-    policy: &RetryPolicy,
+    policy: &ReceivePolicy,
     linked_count: &mut i64,
 ) -> Result<Option<Vec<QueueEntry>>, Failure> {
     let config = ctx.config;

@@ -123,10 +123,8 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     let mut a = ctx.store.account(account)?;
     let mut sent = 0i64;
     let mut smtp: Option<Smtp> = None;
-    let mut last_failure: Option<Failure> = None;
+    let mut line = Line::default();
     let mut ends = Ends::default();
-    // The entry last put on a new connection after the server closed the session before it.
-    let mut retried: Option<i64> = None;
     // Entries are claimed one at a time and ahead of sending (`sending` unset); the commit
     // right before an entry's message goes out marks it sending, so only an entry whose
     // message may really be on its way can expire as "outcome unknown": a kill, a freeze or a
@@ -152,38 +150,36 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
             }
         };
         let started = Instant::now();
-        if let Some(f) = &last_failure {
-            // The server could not be reached for an earlier entry of this batch: do not
-            // hammer it, the rest waits for the same back-off.
-            ends.push(ctx, c, SendOutcome::Temporary { error: f.detail.clone() }, &policy)?;
-            continue;
-        }
-        if smtp.as_ref().is_none_or(Smtp::is_broken) {
-            match connect(ctx, &mut a) {
+        match line.next_move(smtp.as_ref().is_some_and(|s| !s.is_broken())) {
+            Move::Fail(error) => {
+                ends.push(ctx, c, SendOutcome::Temporary { error }, &policy)?;
+                continue;
+            }
+            Move::Connect => match connect(ctx, &mut a) {
                 Ok(s) => smtp = Some(s),
                 Err(f) => {
                     log::error!("cannot send outbox entries: {f}");
                     ends.push(ctx, c, SendOutcome::Temporary { error: f.detail.clone() }, &policy)?;
-                    last_failure = Some(f);
+                    line.connect_failed(f);
                     continue;
                 }
-            }
+            },
+            Move::Envelope => {}
         }
         let s = smtp.as_mut().expect("connected above");
-        let result = match envelope.unwrap_or_else(|| s.envelope(&c.mail_from, &c.recipients)) {
-            // The server closed the session before this message went out (a 421 at MAIL
-            // FROM: a limit of messages per session): nothing was sent, so the same entry
-            // goes on a new connection, once; that connection signs in anew (refreshing an
-            // OAuth2 token that expired meanwhile).
-            Envelope::Done(Err(e)) if s.is_broken() && retried != Some(c.id) => {
+        let answer = match envelope.unwrap_or_else(|| s.envelope(&c.mail_from, &c.recipients)) {
+            Envelope::Open(open) => Ok(open),
+            Envelope::Done(r) => Err(r),
+        };
+        let result = match line.after_envelope(c.id, answer, s.is_broken()) {
+            AfterEnvelope::Reconnect(e) => {
                 log::info!("message {}: the server closed the session before it ({e}); reconnecting", c.id);
-                retried = Some(c.id);
                 smtp = None;
                 current = Some((c, None));
                 continue;
             }
-            Envelope::Done(r) => r,
-            Envelope::Open(open) => {
+            AfterEnvelope::Ended(r) => r,
+            AfterEnvelope::Data(open) => {
                 let (marked, next) = ends.step(ctx, &policy, Some(&c), ids.next().map(claim))?;
                 if !marked {
                     // The lease expired while this worker was frozen: the entry is someone
@@ -228,9 +224,11 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
                 log::warn!("message {} not sent, will retry: {error}", c.id)
             }
             SendOutcome::Unknown { error } => {
-                log::error!("message {}: delivery outcome unknown, not sent again automatically: {error}", c.id);
-                smtp = None;
+                log::error!("message {}: delivery outcome unknown, not sent again automatically: {error}", c.id)
             }
+        }
+        if !keeps_connection(&o) {
+            smtp = None;
         }
         ends.push(ctx, c, o, &policy)?;
     }
@@ -246,11 +244,86 @@ pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failu
     }
     append_sent(ctx, &a);
     // A full batch means more may be waiting: go on at once rather than at the next poll.
-    let follow_up = if due.len() >= batch && last_failure.is_none() { vec![*task] } else { Vec::new() };
-    match last_failure {
+    let follow_up = if due.len() >= batch && line.down.is_none() { vec![*task] } else { Vec::new() };
+    match line.down {
         Some(f) if sent == 0 => Err(f),
         _ => Ok(Report { count: sent, follow_up, ..Report::default() }),
     }
+}
+
+/// The sender's state over one batch, and its transitions: what it does with the entry in hand
+/// ([`next_move`](Line::next_move)) and with the server's answer to its envelope
+/// ([`after_envelope`](Line::after_envelope)). Pure: `send` performs what they say; the tests
+/// below walk them without a server.
+#[derive(Debug, Default)]
+struct Line {
+    /// A connection of this batch could not be made: the rest of it waits for the same
+    /// back-off, untried (an unreachable server is not hammered), and this is the job's error
+    /// when nothing was sent.
+    down: Option<Failure>,
+    /// The entry last put on a new connection because the server closed the session before it.
+    retried: Option<i64>,
+}
+
+/// What the sender does with the entry in hand.
+#[derive(Debug, PartialEq, Eq)]
+enum Move {
+    /// It fails as the last connection did, untried.
+    Fail(String),
+    /// Connect first (the first entry, or the last connection broke or was dropped).
+    Connect,
+    /// Send its envelope (or use the answer to it that came with the previous message).
+    Envelope,
+}
+
+/// The server's answer to an envelope: the open transaction (`O`), or how it ended.
+type Answer<O> = Result<O, Result<backproc_smtp::Delivery, backproc_smtp::Error>>;
+
+/// What the server's answer to an envelope leads to; `O` is the open transaction.
+#[derive(Debug)]
+enum AfterEnvelope<O> {
+    /// The server closed the session before this message (a 421 at MAIL FROM: a limit of
+    /// messages a session). Nothing was sent: the same entry goes on a new connection, once,
+    /// which signs in anew (refreshing an OAuth2 token that expired meanwhile).
+    Reconnect(backproc_smtp::Error),
+    /// The transaction ended without the message: the entry's outcome.
+    Ended(Result<backproc_smtp::Delivery, backproc_smtp::Error>),
+    /// DATA was accepted: mark the entry sending, then send the message.
+    Data(O),
+}
+
+impl Line {
+    /// `connected`: a connection is open and the server has not closed it.
+    fn next_move(&self, connected: bool) -> Move {
+        match (&self.down, connected) {
+            (Some(f), _) => Move::Fail(f.detail.clone()),
+            (None, false) => Move::Connect,
+            (None, true) => Move::Envelope,
+        }
+    }
+
+    fn connect_failed(&mut self, f: Failure) {
+        self.down = Some(f);
+    }
+
+    /// Entry `id`'s envelope was answered: `Ok` with the open transaction, or how it ended;
+    /// `closed`: the server has closed the session.
+    fn after_envelope<O>(&mut self, id: i64, answer: Answer<O>, closed: bool) -> AfterEnvelope<O> {
+        match answer {
+            Ok(open) => AfterEnvelope::Data(open),
+            Err(Err(e)) if closed && self.retried != Some(id) => {
+                self.retried = Some(id);
+                AfterEnvelope::Reconnect(e)
+            }
+            Err(r) => AfterEnvelope::Ended(r),
+        }
+    }
+}
+
+/// Whether the connection may carry the next entry after this end: not after an unknown
+/// outcome (the connection failed after the final ".", whatever state it is in).
+fn keeps_connection(o: &SendOutcome) -> bool {
+    !matches!(o, SendOutcome::Unknown { .. })
 }
 
 /// The delivery records of entries already sent, waiting to be committed with the next step
@@ -345,6 +418,128 @@ fn append_sent(ctx: &mut Ctx, a: &Account) {
     for id in done {
         if let Err(e) = ctx.store.outbox_append_done(id) {
             log::error!("cannot record the Sent append of entry {id}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use backproc_smtp::{Delivery, Error as SmtpError};
+
+    use super::*;
+
+    fn smtp_err(kind: ErrorKind, detail: &str) -> SmtpError {
+        SmtpError { kind, detail: detail.into() }
+    }
+
+    fn closed_at_mail_from() -> Answer<()> {
+        Err(Err(smtp_err(ErrorKind::Temporary, "421 too many messages")))
+    }
+
+    #[test]
+    fn next_move_table() {
+        let down = || Line { down: Some(Failure::new(FailureKind::Connect, "connection refused")), retried: None };
+        #[rustfmt::skip]
+        let cases: &[(&str, Line, bool, Move)] = &[
+            ("the first entry connects", Line::default(), false, Move::Connect),
+            ("a live connection carries the next entry", Line::default(), true, Move::Envelope),
+            ("after a failed connection the rest fails untried", down(), false, Move::Fail("connection refused".into())),
+            ("even with a connection left from before", down(), true, Move::Fail("connection refused".into())),
+        ];
+        for (name, line, connected, want) in cases {
+            assert_eq!(line.next_move(*connected), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_session_closed_before_the_message_retries_it_once_on_a_new_connection() {
+        let mut line = Line::default();
+        assert!(matches!(line.after_envelope(7, closed_at_mail_from(), true), AfterEnvelope::Reconnect(_)));
+        assert_eq!(line.next_move(false), Move::Connect, "the retry connects anew");
+        match line.after_envelope(7, closed_at_mail_from(), true) {
+            AfterEnvelope::Ended(Err(e)) => assert_eq!(e.detail, "421 too many messages", "the second time is its end"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(line.after_envelope(8, closed_at_mail_from(), true), AfterEnvelope::Reconnect(_)),
+            "the next entry gets its own retry"
+        );
+    }
+
+    #[test]
+    fn after_envelope_table() {
+        let refused_all = || Err(Ok(Delivery { rejected: vec!["b@x.test".into()], ..Delivery::default() }));
+        let failed = |kind| Err(Err(smtp_err(kind, "no")));
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Answer<()>, bool, &str)> = vec![
+            ("DATA accepted: send the message", Ok(()), false, "data"),
+            ("DATA accepted on a closing session: still the message (the server decides)", Ok(()), true, "data"),
+            ("every recipient refused: the entry's end", refused_all(), false, "ended"),
+            ("every recipient refused, session closed: its end, nothing to retry", refused_all(), true, "ended"),
+            ("a refused sender on an open session: its end", failed(ErrorKind::Permanent), false, "ended"),
+            ("a 421 that closed the session: a new connection", failed(ErrorKind::Temporary), true, "reconnect"),
+        ];
+        for (name, answer, closed, want) in cases {
+            let got = match Line::default().after_envelope(1, answer, closed) {
+                AfterEnvelope::Data(()) => "data",
+                AfterEnvelope::Ended(_) => "ended",
+                AfterEnvelope::Reconnect(_) => "reconnect",
+            };
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn outcome_table() {
+        let c = Claimed {
+            id: 1,
+            account_id: 1,
+            message_id: "<m@x.test>".into(),
+            mail_from: "a@x.test".into(),
+            recipients: vec!["b@x.test".into(), "c@x.test".into()],
+            raw: Vec::new(),
+            token: String::new(),
+            attempts: 1,
+            created: 0,
+            sending: true,
+        };
+        let d = |accepted: &[&str], rejected: &[&str], pending: &[&str]| {
+            let v = |s: &[&str]| s.iter().map(|a| a.to_string()).collect();
+            Ok(Delivery {
+                accepted: v(accepted),
+                rejected: v(rejected),
+                pending: v(pending),
+                response: "250 ok".into(),
+            })
+        };
+        let e = |kind| Err(smtp_err(kind, "broke"));
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Result<Delivery, SmtpError>, &str)> = vec![
+            ("all accepted", d(&["b@x.test", "c@x.test"], &[], &[]), "success"),
+            ("one accepted, one refused for good", d(&["b@x.test"], &["c@x.test"], &[]), "success"),
+            ("one accepted, one to retry", d(&["b@x.test"], &[], &["c@x.test"]), "success"),
+            ("none accepted, one to retry", d(&[], &["b@x.test"], &["c@x.test"]), "temporary"),
+            ("all refused", d(&[], &["b@x.test", "c@x.test"], &[]), "permanent"),
+            ("a 5xx for the transaction", e(ErrorKind::Permanent), "permanent"),
+            ("a 4xx for the transaction", e(ErrorKind::Temporary), "temporary"),
+            ("a connection lost before the end of DATA", e(ErrorKind::Connect), "temporary"),
+            ("a connection lost after the final dot", e(ErrorKind::Unknown), "unknown"),
+        ];
+        for (name, result, want) in cases {
+            let o = outcome(&c, result);
+            let got = match &o {
+                SendOutcome::Success { .. } => "success",
+                SendOutcome::Permanent { .. } => "permanent",
+                SendOutcome::Temporary { .. } => "temporary",
+                SendOutcome::Unknown { .. } => "unknown",
+            };
+            assert_eq!(got, want, "{name}");
+            assert_eq!(keeps_connection(&o), want != "unknown", "{name}: the connection after it");
+        }
+        // a transaction refused as a whole names every recipient refused in its record
+        match outcome(&c, e(ErrorKind::Permanent)) {
+            SendOutcome::Permanent { info, .. } => assert_eq!(info.rejected, c.recipients),
+            o => panic!("{o:?}"),
         }
     }
 }

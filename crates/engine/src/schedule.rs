@@ -270,20 +270,28 @@ impl Scheduler {
         self.open = open;
     }
 
-    fn interval_due(&mut self, store: &Store, job: &'static str, every: i64, now: i64) -> bool {
+    /// Whether interval job `job` is due: its last run (remembered, or read from the store
+    /// once) is `every` seconds old. A store that cannot say is an error, not "never ran".
+    fn interval_due(
+        &mut self,
+        store: &Store,
+        job: &'static str,
+        every: i64,
+        now: i64,
+    ) -> Result<bool, backproc_store::Error> {
         let last = match self.last_interval.get(job) {
             Some(t) => *t,
             // Heavy housekeeping on a store that never had it starts one interval from now,
             // not on the first tick of a new install (a backup of an empty store is useless
             // and the first sync deserves the disk); the rest starts at once.
-            None => store
-                .job_last_run(job)
-                .ok()
-                .flatten()
-                .unwrap_or(if job == Job::Vacuum.key() || job == Job::Backup.key() { now } else { 0 }),
+            None => store.job_last_run(job)?.unwrap_or(if job == Job::Vacuum.key() || job == Job::Backup.key() {
+                now
+            } else {
+                0
+            }),
         };
         self.last_interval.insert(job, last);
-        now - last >= every
+        Ok(now - last >= every)
     }
 
     /// Every task due now that is not already queued or running and that the caller
@@ -325,7 +333,7 @@ impl Scheduler {
                 }
             }
             // Sync Delete where there is deletion work, looked for every interval.
-            if self.interval_due(store, "sync_delete", config.email_bg_sync_delete_interval as i64, now) {
+            if self.interval_due(store, "sync_delete", config.email_bg_sync_delete_interval as i64, now)? {
                 self.last_interval.insert("sync_delete", now);
                 for (account, folder) in store.folders_with_deletion_work()? {
                     if ready.contains(&account) {
@@ -333,7 +341,7 @@ impl Scheduler {
                     }
                 }
             }
-            if self.interval_due(store, "clean_mailboxes", config.email_bg_clean_mailboxes_interval as i64, now) {
+            if self.interval_due(store, "clean_mailboxes", config.email_bg_clean_mailboxes_interval as i64, now)? {
                 self.last_interval.insert("clean_mailboxes", now);
                 store.set_job_last_run("clean_mailboxes", now)?;
                 for (account, _) in store.accounts_with_retention()? {
@@ -342,10 +350,10 @@ impl Scheduler {
                     }
                 }
             }
-            if self.interval_due(store, Job::PurgeDeleted.key(), config.email_bg_purge_deleted_interval as i64, now) {
+            if self.interval_due(store, Job::PurgeDeleted.key(), config.email_bg_purge_deleted_interval as i64, now)? {
                 due.push(Task::new(Job::PurgeDeleted, None, None));
             }
-            if self.interval_due(store, "receive_secondary", config.email_bg_secondary_interval as i64, now) {
+            if self.interval_due(store, "receive_secondary", config.email_bg_secondary_interval as i64, now)? {
                 for (account, folder) in store.folders_with_due_receive(Lane::Secondary, now)? {
                     if ready.contains(&account) {
                         due.push(Task::new(Job::ReceiveSecondary, Some(account), Some(folder)));
@@ -355,7 +363,7 @@ impl Scheduler {
             }
         }
         if config.email_outbox_enabled
-            && self.interval_due(store, "send_poll", config.email_bg_send_poll_interval as i64, now)
+            && self.interval_due(store, "send_poll", config.email_bg_send_poll_interval as i64, now)?
         {
             self.last_interval.insert("send_poll", now);
             let expired = store.outbox_expire_leases(now)?;
@@ -372,7 +380,7 @@ impl Scheduler {
             for a in accounts {
                 due.push(Task::new(Job::Send, Some(a), None));
             }
-            if self.interval_due(store, "send_secondary", config.email_bg_secondary_interval as i64, now) {
+            if self.interval_due(store, "send_secondary", config.email_bg_secondary_interval as i64, now)? {
                 self.last_interval.insert("send_secondary", now);
                 for a in store.outbox_due_accounts(now, true)? {
                     due.push(Task::new(Job::SendSecondary, Some(a), None));
@@ -386,7 +394,7 @@ impl Scheduler {
             (Job::Vacuum, config.bg_vacuum_interval),
             (Job::Backup, config.bg_backup_interval),
         ] {
-            if self.interval_due(store, job.key(), every as i64, now) {
+            if self.interval_due(store, job.key(), every as i64, now)? {
                 due.push(Task::new(job, None, None));
             }
         }

@@ -421,9 +421,8 @@ pub fn failure_from_imap(e: backproc_imap::Error) -> Failure {
         ErrorKind::Tls => FailureKind::Tls,
         ErrorKind::Protocol | ErrorKind::Refused => FailureKind::Protocol,
     };
-    let mut f = Failure::new(kind, e.detail);
-    f.retry_after = e.retry_after;
-    f
+    let retry_after = e.retry_after;
+    Failure { retry_after, ..Failure::new(kind, e.detail.clone()).caused_by(e) }
 }
 
 /// The key of a host's budget: its name, in lower case.
@@ -638,6 +637,44 @@ mod tests {
 
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(5)
+    }
+
+    /// A failure keeps the errors beneath it: a caller can find the I/O error of a refused
+    /// connection under the task's failure, and the store's error under a store failure.
+    #[test]
+    fn a_failure_keeps_the_errors_beneath_it() {
+        // A port nothing listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let p = ConnectParams {
+            host: "127.0.0.1".into(),
+            port,
+            security: Security::None,
+            login: "u".into(),
+            credential: Credential::Password("p".into()),
+            ca_pem: None,
+            insecure: false,
+            timeout: Duration::from_secs(5),
+            deadline: None,
+            max_message: 1 << 20,
+            compress: false,
+        };
+        let f = failure_from_imap(Session::connect(&p).err().expect("nothing listens there"));
+        assert_eq!(f.kind, FailureKind::Connect);
+        let mut chain = Vec::new();
+        let mut e: Option<&(dyn std::error::Error + 'static)> = Some(&f);
+        while let Some(cur) = e {
+            chain.push(cur);
+            e = cur.source();
+        }
+        assert_eq!(chain.len(), 3, "the failure, the IMAP error, the I/O error: {chain:?}");
+        assert!(chain[1].downcast_ref::<backproc_imap::Error>().is_some(), "{chain:?}");
+        let io = chain[2].downcast_ref::<std::io::Error>().expect("the I/O error");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+
+        let store = Failure::from(backproc_store::Error::NotFound { what: "account", id: "7".into() });
+        let under = std::error::Error::source(&store).and_then(|e| e.downcast_ref::<backproc_store::Error>());
+        assert!(matches!(under, Some(backproc_store::Error::NotFound { .. })), "{store:?}");
+        assert_eq!(store.detail, "account 7 not found", "the text is unchanged");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What the master hands to workers, and what workers hand back.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The kinds of background process (one button each in the original's admin page, plus
 /// maintenance). `name()` is what history and status show.
@@ -230,19 +231,38 @@ impl FailureKind {
 }
 
 /// A failed job: a class, and the technical detail kept beside the human status.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Failure {
     pub kind: FailureKind,
+    /// What went wrong, its cause's text included: what logs and history show.
     pub detail: String,
     /// How long the server asked us to wait before trying again (throttling), if it said.
     pub retry_after: Option<std::time::Duration>,
+    /// The error it comes from (the store's, the server's and what underlies that), for a
+    /// caller that must tell causes apart: [`std::error::Error::source`] walks it.
+    pub source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl Failure {
     pub fn new(kind: FailureKind, detail: impl Into<String>) -> Failure {
-        Failure { kind, detail: detail.into(), retry_after: None }
+        Failure { kind, detail: detail.into(), retry_after: None, source: None }
+    }
+
+    /// The failure, with the error it comes from.
+    pub fn caused_by(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Failure {
+        self.source = Some(Arc::new(e));
+        self
     }
 }
+
+/// Two failures are the same when they say the same; their sources are not compared.
+impl PartialEq for Failure {
+    fn eq(&self, o: &Failure) -> bool {
+        (self.kind, &self.detail, self.retry_after) == (o.kind, &o.detail, o.retry_after)
+    }
+}
+
+impl Eq for Failure {}
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -250,9 +270,15 @@ impl fmt::Display for Failure {
     }
 }
 
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
 impl From<backproc_store::Error> for Failure {
     fn from(e: backproc_store::Error) -> Failure {
-        Failure::new(FailureKind::Store, e.to_string())
+        Failure::new(FailureKind::Store, e.to_string()).caused_by(e)
     }
 }
 

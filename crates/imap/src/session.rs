@@ -21,6 +21,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backproc_sasl::{Credential, Mechanism};
@@ -89,18 +90,41 @@ pub enum ErrorKind {
     Throttled,
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{detail}")]
+#[derive(Debug, Clone)]
 pub struct Error {
     pub kind: ErrorKind,
+    /// What went wrong, the cause's text included: what logs and history show.
     pub detail: String,
     /// How long the server asked us to wait, when it said.
     pub retry_after: Option<Duration>,
+    /// What underlies it, when something does (the I/O error of a lost connection), for a
+    /// caller that must tell causes apart.
+    pub source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// By hand rather than derived: the source is the error inside the `Arc`, so that a caller can
+/// downcast it (`Arc<dyn Error>` is an error of its own type).
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl Error {
     pub(crate) fn new(kind: ErrorKind, detail: impl Into<String>) -> Error {
-        Error { kind, detail: detail.into(), retry_after: None }
+        Error { kind, detail: detail.into(), retry_after: None, source: None }
+    }
+
+    /// The error, with what underlies it.
+    pub(crate) fn caused_by(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+        self.source = Some(Arc::new(e));
+        self
     }
 
     /// Whether the session can go on after this error (a refused command only).
@@ -301,7 +325,7 @@ pub fn status_key(name: &[u8]) -> Vec<u8> {
 fn tcp(p: &ConnectParams) -> Result<TcpStream> {
     let addrs = (p.host.as_str(), p.port)
         .to_socket_addrs()
-        .map_err(|e| Error::new(ErrorKind::Connect, format!("cannot resolve {}: {e}", p.host)))?;
+        .map_err(|e| Error::new(ErrorKind::Connect, format!("cannot resolve {}: {e}", p.host)).caused_by(e))?;
     let mut timeout = p.timeout;
     if let Some(d) = p.deadline {
         timeout =
@@ -317,12 +341,16 @@ fn tcp(p: &ConnectParams) -> Result<TcpStream> {
             Err(e) => last = Some(e),
         }
     }
-    let why = match last {
+    let why = match &last {
         Some(e) if e.kind() == io::ErrorKind::TimedOut => format!("no answer within {} s", timeout.as_secs()),
         Some(e) => e.to_string(),
         None => "no address".into(),
     };
-    Err(Error::new(ErrorKind::Connect, format!("cannot connect to {}:{}: {why}", p.host, p.port)))
+    let e = Error::new(ErrorKind::Connect, format!("cannot connect to {}:{}: {why}", p.host, p.port));
+    Err(match last {
+        Some(io) => e.caused_by(io),
+        None => e,
+    })
 }
 
 fn tls_wrap(p: &ConnectParams, s: TcpStream) -> Result<Stream> {
@@ -394,7 +422,7 @@ pub(crate) fn is_busy(t: &Tagged) -> bool {
 pub(crate) fn refused(what: &str, t: &Tagged) -> Error {
     let text = format!("{what} refused: {}", refusal_text(t));
     if let Some(wait) = throttle_hint(&t.text) {
-        return Error { kind: ErrorKind::Throttled, detail: text, retry_after: Some(wait) };
+        return Error { retry_after: Some(wait), ..Error::new(ErrorKind::Throttled, text) };
     }
     Error::new(ErrorKind::Refused, text)
 }
@@ -404,7 +432,7 @@ pub(crate) fn refused(what: &str, t: &Tagged) -> Error {
 pub(crate) fn refused_text(what: &str, refusal: &str) -> Error {
     let text = format!("{what} refused: {refusal}");
     match throttle_hint(refusal) {
-        Some(wait) => Error { kind: ErrorKind::Throttled, detail: text, retry_after: Some(wait) },
+        Some(wait) => Error { retry_after: Some(wait), ..Error::new(ErrorKind::Throttled, text) },
         None => Error::new(ErrorKind::Refused, text),
     }
 }
@@ -669,9 +697,11 @@ impl Session {
             Error::new(ErrorKind::Tls, format!("{} refuses logins without TLS: {}", p.host, refusal_text(&t)))
         } else if let Some(wait) = throttle_hint(&t.text) {
             Error {
-                kind: ErrorKind::Throttled,
-                detail: format!("{how} of {} throttled by {}: {}", p.login, p.host, refusal_text(&t)),
                 retry_after: Some(wait),
+                ..Error::new(
+                    ErrorKind::Throttled,
+                    format!("{how} of {} throttled by {}: {}", p.login, p.host, refusal_text(&t)),
+                )
             }
         } else if is_busy(&t) {
             Error::new(
@@ -754,10 +784,11 @@ impl Session {
     pub(crate) fn fail(&self, what: &str, e: ReadError) -> Error {
         match e {
             ReadError::Io(io) if io.kind() == io::ErrorKind::TimedOut => {
-                Error::new(ErrorKind::Timeout, format!("{what}: {io}"))
+                Error::new(ErrorKind::Timeout, format!("{what}: {io}")).caused_by(io)
             }
             ReadError::Io(io) => {
                 Error::new(ErrorKind::Connect, format!("connection to {} lost while reading {what}: {io}", self.host))
+                    .caused_by(io)
             }
             ReadError::Limit(m) => {
                 Error::new(ErrorKind::Protocol, format!("{what}: the server sent {m}; connection dropped"))
@@ -848,9 +879,10 @@ impl Session {
         self.out.clear();
         r.map_err(|e| {
             if e.kind() == io::ErrorKind::TimedOut {
-                Error::new(ErrorKind::Timeout, format!("sending {what}: {e}"))
+                Error::new(ErrorKind::Timeout, format!("sending {what}: {e}")).caused_by(e)
             } else {
                 Error::new(ErrorKind::Connect, format!("connection to {} lost while sending {what}: {e}", self.host))
+                    .caused_by(e)
             }
         })
     }

@@ -139,6 +139,7 @@ impl Session {
         let stream = transport.into_stream();
         stream.tcp().set_nonblocking(true).map_err(|e| {
             Error::new(ErrorKind::Connect, format!("cannot make the connection to {host} non-blocking: {e}"))
+                .caused_by(e)
         })?;
         Ok(Watch { stream, buf, mode, next_tag, renewing: None, host, io_timeout, bytes_in: 0 })
     }
@@ -189,7 +190,8 @@ impl Watch {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    return Err(Error::new(ErrorKind::Connect, format!("connection to {} lost: {e}", self.host)));
+                    let lost = format!("connection to {} lost: {e}", self.host);
+                    return Err(Error::new(ErrorKind::Connect, lost).caused_by(e));
                 }
             }
         }
@@ -307,7 +309,7 @@ impl Watch {
     /// TLS record is never left half-written by a full socket buffer.
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         let lost = |e: io::Error| {
-            Error::new(ErrorKind::Connect, format!("connection to {} lost while writing: {e}", self.host))
+            Error::new(ErrorKind::Connect, format!("connection to {} lost while writing: {e}", self.host)).caused_by(e)
         };
         let tcp = self.stream.tcp();
         tcp.set_nonblocking(false).map_err(lost)?;

@@ -8,6 +8,7 @@
 
 mod build;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::address::Address;
@@ -132,15 +133,45 @@ pub enum ErrorKind {
     Unknown,
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{detail}")]
+#[derive(Debug, Clone)]
 pub struct Error {
     pub kind: ErrorKind,
+    /// What went wrong, the cause's text and the server's reply included: what logs and
+    /// history show.
     pub detail: String,
+    /// What underlies it (lettre's error, an I/O error), for a caller that must tell causes
+    /// apart.
+    pub source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// By hand rather than derived: the source is the error inside the `Arc`, so that a caller can
+/// downcast it (`Arc<dyn Error>` is an error of its own type).
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl Error {
+    /// An error of `kind` (tests build the outcomes of a send with it).
+    pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Error {
+        Error { kind, detail: detail.into(), source: None }
+    }
+
+    fn caused_by(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+        self.source = Some(Arc::new(e));
+        self
+    }
 }
 
 fn err(kind: ErrorKind, detail: impl Into<String>) -> Error {
-    Error { kind, detail: detail.into() }
+    Error::new(kind, detail)
 }
 
 /// lettre's error, classified; the SMTP reply (code and text) is kept in the detail.
@@ -154,7 +185,7 @@ fn classify(stage: &str, e: lettre::transport::smtp::Error) -> Error {
     } else {
         ErrorKind::Connect
     };
-    err(kind, format!("{stage}: {e}"))
+    err(kind, format!("{stage}: {e}")).caused_by(e)
 }
 
 /// Per-recipient result of one transaction.
@@ -263,7 +294,7 @@ fn final_answer(mut d: Delivery, answer: Result<Response, lettre::transport::smt
         }
         Err(e) if e.is_permanent() || e.is_transient() => Err(classify("end of DATA", e)),
         // The final "." was sent; the reply was lost. The server may have accepted it.
-        Err(e) => Err(err(ErrorKind::Unknown, format!("connection lost after the end of DATA: {e}"))),
+        Err(e) => Err(err(ErrorKind::Unknown, format!("connection lost after the end of DATA: {e}")).caused_by(e)),
     }
 }
 
@@ -280,7 +311,7 @@ fn tls_params(p: &Params) -> Result<TlsParameters, Error> {
     let mut b = TlsParameters::builder(p.host.clone());
     if let Some(pem) = &p.ca_pem {
         let c = Certificate::from_pem(pem)
-            .map_err(|e| err(ErrorKind::Tls, format!("cannot read the CA certificate: {e}")))?;
+            .map_err(|e| err(ErrorKind::Tls, format!("cannot read the CA certificate: {e}")).caused_by(e))?;
         b = b.add_root_certificate(c);
     }
     if p.insecure {
@@ -362,7 +393,7 @@ impl Smtp {
             }
             let t = tls_params(p)?;
             conn.starttls(&t, &hello)
-                .map_err(|e| err(ErrorKind::Tls, format!("STARTTLS with {} failed: {e}", p.host)))?;
+                .map_err(|e| err(ErrorKind::Tls, format!("STARTTLS with {} failed: {e}", p.host)).caused_by(e))?;
         }
         // lettre keeps only the EHLO keywords it knows, and neither PIPELINING nor OAUTHBEARER
         // is one of them: ask again (one round trip per connection) and read the keywords

@@ -3,8 +3,7 @@
 
 use std::time::Instant;
 
-use super::Ctx;
-use crate::sessions::failure_from_imap;
+use super::{Ctx, Stop};
 use crate::task::{Failure, FailureKind, Job, Report, Task};
 
 /// Whether deleting `count` of a folder's `total` messages in one run needs confirmation:
@@ -47,12 +46,7 @@ pub fn sync_delete(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
         })();
         let present = match present {
             Ok(p) => p,
-            Err(e) => {
-                if !e.session_usable() {
-                    ctx.sessions.discard(account);
-                }
-                return Err(failure_from_imap(e));
-            }
+            Err(e) => return Err(Stop::Imap(e).fail(ctx, account)),
         };
         let Some(present) = present else {
             log::warn!("UIDVALIDITY changed: Sync Delete waits for the folder's resync");
@@ -80,29 +74,17 @@ pub fn sync_delete(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
     let local: Vec<u32> = w.local.iter().map(|u| *u as u32).collect();
     let mut done_local = Vec::new();
     let mut kept_flagged = false;
-    let result = (|| -> Result<(), backproc_imap::Error> {
+    let result = (|| -> Result<(), Stop> {
         if local.is_empty() && w.moves.is_empty() {
             return Ok(());
         }
-        let session = match ctx.sessions.get(ctx.store, ctx.config, account, now) {
-            Ok(s) => s,
-            Err(f) => {
-                return Err(backproc_imap::Error {
-                    kind: backproc_imap::ErrorKind::Connect,
-                    detail: f.detail,
-                    retry_after: None,
-                });
-            }
-        };
+        let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
         // Read-write, and under the UIDVALIDITY the UIDs were read with: never a deletion in
         // another generation of the folder.
         let st = session.ensure_selected(&folder.name, true)?;
         if folder.uidvalidity != Some(i64::from(st.uidvalidity)) {
-            return Err(backproc_imap::Error {
-                kind: backproc_imap::ErrorKind::Refused,
-                detail: "UIDVALIDITY changed: Sync Delete waits for the folder's resync".into(),
-                retry_after: None,
-            });
+            let why = "UIDVALIDITY changed: Sync Delete waits for the folder's resync";
+            return Err(Failure::new(FailureKind::Protocol, why).into());
         }
         if !local.is_empty() {
             match &trash {
@@ -117,11 +99,8 @@ pub fn sync_delete(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
         }
         Ok(())
     })();
-    if let Err(e) = result {
-        if !e.session_usable() {
-            ctx.sessions.discard(account);
-        }
-        return Err(failure_from_imap(e));
+    if let Err(stop) = result {
+        return Err(stop.fail(ctx, account));
     }
     if kept_flagged {
         log::warn!(

@@ -9,8 +9,50 @@ pub mod sync;
 use backproc_config::Config;
 use backproc_store::Store;
 
-use crate::Clock;
-use crate::sessions::Sessions;
+use crate::sessions::{Sessions, failure_from_imap};
+use crate::{Clock, Failure};
+
+/// What stops a job half-way: the server, or what is a task's failure already (the store, a
+/// sign-in that failed). Each keeps its kind: a full disk is not a lost connection.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    Imap(backproc_imap::Error),
+    Task(Failure),
+}
+
+impl From<backproc_imap::Error> for Stop {
+    fn from(e: backproc_imap::Error) -> Stop {
+        Stop::Imap(e)
+    }
+}
+
+impl From<Failure> for Stop {
+    fn from(f: Failure) -> Stop {
+        Stop::Task(f)
+    }
+}
+
+impl From<backproc_store::Error> for Stop {
+    fn from(e: backproc_store::Error) -> Stop {
+        Stop::Task(e.into())
+    }
+}
+
+impl Stop {
+    /// The task's failure. After an error of the server the account's session is dropped,
+    /// unless only a command was refused (a folder's NO does not cost the account a login).
+    pub(crate) fn fail(self, ctx: &mut Ctx, account: i64) -> Failure {
+        match self {
+            Stop::Imap(e) => {
+                if !e.session_usable() {
+                    ctx.sessions.discard(account);
+                }
+                failure_from_imap(e)
+            }
+            Stop::Task(f) => f,
+        }
+    }
+}
 
 /// What a job may use: its worker's store connection and sessions, the config, the clock.
 pub struct Ctx<'a> {

@@ -17,9 +17,8 @@ use std::time::Instant;
 use backproc_store::{Lane, NewMessage, QueueEntry, ReceivePolicy, Store};
 use crossbeam_channel::bounded;
 
-use super::Ctx;
+use super::{Ctx, Stop};
 use crate::parse;
-use crate::sessions::failure_from_imap;
 use crate::task::{Failure, FailureKind, Job, Report, Task};
 
 pub fn policy(c: &backproc_config::Config) -> ReceivePolicy {
@@ -141,11 +140,11 @@ fn fetch_all(
     let now = ctx.clock.now();
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
     if let Err(e) = session.deflate_for_download() {
-        return Err(drop_or_keep(ctx, account, e));
+        return Err(Stop::Imap(e).fail(ctx, account));
     }
     let selected = match session.ensure_selected(&folder.name, false) {
         Ok(s) => s,
-        Err(e) => return Err(drop_or_keep(ctx, account, e)),
+        Err(e) => return Err(Stop::Imap(e).fail(ctx, account)),
     };
     if folder.uidvalidity != Some(i64::from(selected.uidvalidity)) {
         // The queued UIDs belong to another generation of the folder: nothing is fetched
@@ -211,12 +210,17 @@ fn fetch_all(
                     return Err(f);
                 }
             }
-            Err(e) => {
-                // A FETCH still in flight dies with the session; its batch was not tried.
+            Err(stop) => {
+                // A FETCH still in flight dies with the session.
                 ctx.sessions.discard(account);
-                let f = failure_from_imap(e);
-                let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
-                note_failed(ctx, &ids, &f.to_string(), &policy)?;
+                // The server's error counts an attempt of the batch; the store's (a full
+                // disk) or a sign-in's is not the messages' doing.
+                let server = matches!(stop, Stop::Imap(_));
+                let f = stop.fail(ctx, account);
+                if server {
+                    let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
+                    note_failed(ctx, &ids, &f.to_string(), &policy)?;
+                }
                 return Err(f);
             }
         }
@@ -238,12 +242,12 @@ fn fetch_one(
     asked: &mut Vec<QueueEntry>,
     msgs: &mut Vec<backproc_imap::Fetched>,
     mut look_ahead: impl FnMut(&mut Ctx) -> Result<Option<Vec<QueueEntry>>, Failure>,
-) -> Result<(backproc_imap::FetchReport, Option<Ahead>), backproc_imap::Error> {
+) -> Result<(backproc_imap::FetchReport, Option<Ahead>), Stop> {
     let now = ctx.clock.now();
     let ticket = match sent {
         Some(t) => t,
         None => {
-            let session = ctx.sessions.get(ctx.store, ctx.config, account, now).map_err(to_imap)?;
+            let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
             // After a UIDVALIDITY change, messages we already have are re-keyed, not
             // downloaded again (matched by Message-ID and size).
             if stale {
@@ -254,10 +258,7 @@ fn fetch_one(
                     // A store error is the task's error: taken for "no match", it would
                     // download the message again beside the row that holds it.
                     if let Some(mid) = parse::message_id(&header)
-                        && ctx
-                            .store
-                            .rematch_stale(folder_id, i64::from(uid), &mid, i64::from(size), flags.as_ref())
-                            .map_err(|e| to_imap(Failure::from(e)))?
+                        && ctx.store.rematch_stale(folder_id, i64::from(uid), &mid, i64::from(size), flags.as_ref())?
                     {
                         rematched.insert(i64::from(uid));
                     }
@@ -270,15 +271,15 @@ fn fetch_one(
             send(session, asked)?
         }
     };
-    let next = match look_ahead(ctx).map_err(to_imap)? {
+    let next = match look_ahead(ctx)? {
         Some(next) => {
-            let session = ctx.sessions.get(ctx.store, ctx.config, account, now).map_err(to_imap)?;
+            let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
             let t = send(session, &next)?;
             Some((next, t))
         }
         None => None,
     };
-    let session = ctx.sessions.get(ctx.store, ctx.config, account, now).map_err(to_imap)?;
+    let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
     let report = session.read_fetch(ticket, |f| msgs.push(f))?;
     Ok((report, next))
 }
@@ -290,17 +291,6 @@ fn send(
     let uids: Vec<u32> = batch.iter().map(|e| e.uid as u32).collect();
     let bytes: i64 = batch.iter().map(|e| e.size.max(0)).sum();
     session.queue_fetch(&uids, bytes as u64)
-}
-
-fn to_imap(f: Failure) -> backproc_imap::Error {
-    backproc_imap::Error { kind: backproc_imap::ErrorKind::Connect, detail: f.detail, retry_after: None }
-}
-
-fn drop_or_keep(ctx: &mut Ctx, account: i64, e: backproc_imap::Error) -> Failure {
-    if !e.session_usable() {
-        ctx.sessions.discard(account);
-    }
-    failure_from_imap(e)
 }
 
 /// Counts a failed attempt for each entry, moving those past the limits on.
@@ -334,7 +324,7 @@ fn recheck_missing(
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
     let still = match session.search_uids(&uids) {
         Ok(s) => s,
-        Err(e) => return Err(drop_or_keep(ctx, account, e)),
+        Err(e) => return Err(Stop::Imap(e).fail(ctx, account)),
     };
     let (kept, gone): (Vec<&QueueEntry>, Vec<&QueueEntry>) =
         missing.iter().partition(|e| still.contains(&(e.uid as u32)));

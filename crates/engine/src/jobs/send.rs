@@ -429,7 +429,7 @@ mod tests {
     use super::*;
 
     fn smtp_err(kind: ErrorKind, detail: &str) -> SmtpError {
-        SmtpError { kind, detail: detail.into() }
+        SmtpError::new(kind, detail)
     }
 
     fn closed_at_mail_from() -> Answer<()> {

@@ -11,9 +11,8 @@ use backproc_imap::{
 };
 use backproc_store::{FolderListing, MsgSyncRow, NewHistory, Queued, Store, SyncApply};
 
-use super::Ctx;
+use super::{Ctx, Stop};
 use crate::schedule::{Intervals, daily_start, folder_due};
-use crate::sessions::failure_from_imap;
 use crate::task::{Failure, FailureKind, Job, Report, Task};
 
 /// LIST the account's folders and record them. A LIST without INBOX (every server has one)
@@ -30,13 +29,13 @@ pub fn list_folders(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
     let first = ctx.store.folders(Some(account))?.is_empty();
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
     if first && let Err(e) = session.status_ahead(&["INBOX"]) {
-        return Err(imap_failure(ctx, account, e));
+        return Err(Stop::Imap(e).fail(ctx, account));
     }
     // Its initial sync downloads next: COMPRESS rides with the LIST too.
     let listed = if first { session.list_before_download() } else { session.list() };
     let listing = match listed {
         Ok(l) => l,
-        Err(e) => return Err(imap_failure(ctx, account, e)),
+        Err(e) => return Err(Stop::Imap(e).fail(ctx, account)),
     };
     if !listing.has_inbox() {
         let msg = "the server's folder list has no INBOX: it is not recorded (no folder is marked gone)";
@@ -74,31 +73,6 @@ pub fn list_folders(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
     // New folders get their initial sync at once, whatever their priority.
     let follow_up = new.iter().map(|&f| Task::new(Job::SyncFull, Some(account), Some(f))).collect();
     Ok(Report { count: new.len() as i64, follow_up, ..Report::default() })
-}
-
-/// An error of the server as a failure; the session is dropped unless only a command was
-/// refused (then it is fine: a folder's NO does not cost the account a new login).
-fn imap_failure(ctx: &mut Ctx, account: i64, e: backproc_imap::Error) -> Failure {
-    if !e.session_usable() {
-        ctx.sessions.discard(account);
-    }
-    failure_from_imap(e)
-}
-
-/// What stops a sync half-way: the server or the store.
-enum Fail {
-    Imap(backproc_imap::Error),
-    Store(backproc_store::Error),
-}
-impl From<backproc_imap::Error> for Fail {
-    fn from(e: backproc_imap::Error) -> Fail {
-        Fail::Imap(e)
-    }
-}
-impl From<backproc_store::Error> for Fail {
-    fn from(e: backproc_store::Error) -> Fail {
-        Fail::Store(e)
-    }
 }
 
 /// The outcome of talking to the server about one folder.
@@ -143,7 +117,7 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
     let status = match session.status(&folder.name) {
         Ok(s) => s,
-        Err(e) => return Err(imap_failure(ctx, account, e)),
+        Err(e) => return Err(Stop::Imap(e).fail(ctx, account)),
     };
     // Whether the server's count is what we hold: `stored` (an index-only count) includes rows
     // known gone on the server, so only a count below it needs the exact one.
@@ -159,7 +133,7 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
         && status.exists >= DEFLATE_FLAGS_FROM
         && let Err(e) = session.deflate_for_download()
     {
-        return Err(imap_failure(ctx, account, e));
+        return Err(Stop::Imap(e).fail(ctx, account));
     }
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
     let store: &mut Store = ctx.store;
@@ -175,8 +149,7 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
     };
     let g = match gathered {
         Ok(g) => g,
-        Err(Fail::Imap(e)) => return Err(imap_failure(ctx, account, e)),
-        Err(Fail::Store(e)) => return Err(e.into()),
+        Err(stop) => return Err(stop.fail(ctx, account)),
     };
     let (apply, found, healed) = to_apply(&local, g, full);
     if healed > 0 {
@@ -230,7 +203,7 @@ fn read_and_plan(
     local: &LocalFolder,
     req: &FolderRead,
     full: bool,
-) -> Result<Gathered, Fail> {
+) -> Result<Gathered, Stop> {
     let answer = session.read_folder(name, req)?;
     let status = answer.selected.status();
     let mut view =
@@ -405,7 +378,7 @@ fn ask_status_ahead(ctx: &mut Ctx, account: i64, now: i64) -> Result<(), Failure
     names.sort_by_key(|n| !is_inbox(n)); // stable: INBOX first, the rest as listed
     let session = ctx.sessions.get(ctx.store, ctx.config, account, now)?;
     if let Err(e) = session.status_ahead(&names) {
-        return Err(imap_failure(ctx, account, e));
+        return Err(Stop::Imap(e).fail(ctx, account));
     }
     Ok(())
 }

@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use backproc_testkit::hostile::RawSession;
 use backproc_testkit::{Dovecot, FaultProxy, PySmtp, mutf7_encode};
@@ -660,7 +659,7 @@ fn hostile_folder_names_and_logins_add_no_imap_command() {
     let target = "'; DROP TABLE messages; --";
     let o = h.run(&["mail", "move", &msg_id.to_string(), "--to", target]);
     assert!(o.status.success(), "{}", stderr(&o));
-    std::thread::sleep(Duration::from_millis(1100));
+    h.pass_time(2);
     let o = h.run(&["run", "--once"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let mut raw = RawSession::login(dovecot.imap_port(), user, password).unwrap();

@@ -161,7 +161,7 @@ fn sigkill_at_random_points_of_a_sync_loses_and_duplicates_nothing() {
 
     // the final, uninterrupted run completes everything
     proxy.set_fault(Fault::Pass);
-    std::thread::sleep(Duration::from_millis(1100));
+    w.home.pass_time(2);
     w.run_once();
     assert_same(&w, &["INBOX"]);
     let store = w.store();
@@ -173,7 +173,7 @@ fn sigkill_at_random_points_of_a_sync_loses_and_duplicates_nothing() {
     assert!(high.status.success());
     let last_history = store.history(&Default::default()).unwrap().first().map_or(0, |h| h.id);
     let before = w.home.log("l-info.log").len();
-    std::thread::sleep(Duration::from_millis(1100));
+    w.home.pass_time(2);
     w.run_once();
     let tail = w.home.log("l-info.log")[before..].to_string();
     assert!(received_counts(&tail).iter().all(|n| *n == 0), "the run after completion received mail:\n{tail}");
@@ -340,7 +340,7 @@ fn sigkill_at_random_points_while_sending_loses_nothing_and_sends_nothing_twice(
     assert_eq!(sink_now.values().sum::<usize>(), success + unknown_sent);
 
     // ERROR is final: another run sends none of them
-    std::thread::sleep(Duration::from_millis(1100));
+    home.pass_time(2);
     let o = home.run(&["run", "--once"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(faultkit::outbox::sink_counts(&sink), sink_now, "a final entry was sent again");
@@ -431,7 +431,7 @@ fn cuts_mid_fetch_at_random_offsets_never_move_the_watermark_past_stored_or_queu
         } else {
             progress.push(0);
         }
-        std::thread::sleep(Duration::from_millis(1050));
+        w.home.pass_time(2);
     }
     eprintln!("(cut, ms, connections) per run: {runs:?}\nstored after each run: {progress:?}");
     assert!(proxy.connections() >= runs_wanted, "the engine did not go through the proxy");
@@ -442,7 +442,7 @@ fn cuts_mid_fetch_at_random_offsets_never_move_the_watermark_past_stored_or_queu
         if w.store().receive_queue_depths().unwrap() == (0, 0, 0) {
             break;
         }
-        std::thread::sleep(Duration::from_millis(1100));
+        w.home.pass_time(2);
     }
     assert_eq!(w.store().receive_queue_depths().unwrap(), (0, 0, 0), "{}", w.home.log("l-info.log"));
     assert_same(&w, &["INBOX"]);
@@ -502,7 +502,7 @@ fn a_mutator_expunging_ten_percent_during_a_full_sync_leaves_no_phantoms() {
         let expunge = uids.len() / 10;
         let ops = plan(seed, &uids, expunge, 40, appends[round as usize * 12..round as usize * 12 + 12].to_vec());
         if round == 1 {
-            std::thread::sleep(Duration::from_millis(1100));
+            w.home.pass_time(2);
         }
         let mutator = Mutator::start(w.imap(), "INBOX", ops, Duration::from_millis(if round == 0 { 8 } else { 3 }));
         let spawned = Instant::now();
@@ -540,7 +540,7 @@ fn a_mutator_expunging_ten_percent_during_a_full_sync_leaves_no_phantoms() {
     // one more full sync + Sync Delete (the second run applies what the first recorded)
     proxy.set_fault(Fault::Pass);
     for _ in 0..2 {
-        std::thread::sleep(Duration::from_millis(1100));
+        w.home.pass_time(2);
         w.run_once();
     }
     assert_same(&w, &["INBOX"]);
@@ -603,7 +603,7 @@ fn a_uidvalidity_change_propagates_no_deletion_in_either_direction() {
     w.dovecot.create_folder(&w.user, &w.password, "Lists").unwrap();
     w.dovecot.populate(&w.user, &w.password, "Lists", &msgs[20..60]).unwrap();
     let before = w.home.log("l-info.log").len();
-    std::thread::sleep(Duration::from_millis(1100));
+    w.home.pass_time(2);
     w.run_once();
     let run = w.home.log("l-info.log")[before..].to_string();
     assert!(run.contains("UIDVALIDITY changed"), "{run}");
@@ -623,7 +623,7 @@ fn a_uidvalidity_change_propagates_no_deletion_in_either_direction() {
 
     // and the next run does not either
     let before = w.home.log("l-info.log").len();
-    std::thread::sleep(Duration::from_millis(1100));
+    w.home.pass_time(2);
     w.run_once();
     let run2 = w.home.log("l-info.log")[before..].to_string();
     assert_eq!(server_messages(&mut w.imap(), "Lists").len(), 40, "{run2}");

@@ -974,7 +974,7 @@ fn without_move_and_uidplus_a_deletion_never_expunges_another_clients_message() 
         w.folder_mut(b"INBOX").unwrap().messages.iter_mut().find(|m| m.uid == 5).unwrap().flags.push("\\Deleted".into())
     });
     assert!(h.run(&["mail", "delete", &id(2).to_string()]).status.success());
-    std::thread::sleep(Duration::from_millis(1100));
+    h.pass_time(2);
     run_once(&h);
     assert_eq!(deleted(5), Some(true), "the other client's message is still there");
     assert_eq!(deleted(2), Some(true), "ours is flagged, not expunged: an EXPUNGE would take message 5 too");
@@ -984,7 +984,7 @@ fn without_move_and_uidplus_a_deletion_never_expunges_another_clients_message() 
     // without another \Deleted message the plain EXPUNGE is safe and removes ours only
     s.world(|w| w.folder_mut(b"INBOX").unwrap().messages.retain(|m| m.uid != 5 && m.uid != 2));
     assert!(h.run(&["mail", "delete", &id(3).to_string()]).status.success());
-    std::thread::sleep(Duration::from_millis(1100));
+    h.pass_time(2);
     run_once(&h);
     assert_eq!(deleted(3), None, "expunged");
     let left: Vec<u32> = s.world(|w| w.folder(b"INBOX").unwrap().messages.iter().map(|m| m.uid).collect());

@@ -85,7 +85,7 @@ fn per_recipient_answers_rejected_and_pending_retried_alone() {
     assert_eq!(r["info"]["pending"], serde_json::json!(["later@x.test"]));
     // the busy mailbox accepts now: only it gets the message again
     py.set_rules(&SmtpRules::default()).unwrap();
-    std::thread::sleep(Duration::from_millis(2100));
+    h.pass_time(3);
     run_once(&h);
     let got = py.messages().unwrap();
     assert_eq!(got.len(), 2, "{got:?}");
@@ -104,7 +104,7 @@ fn temporary_refusals_move_to_secondary_then_succeed_and_permanent_ones_are_erro
     let id = add(&h, acct, &["a@x.test"], "soft");
     for _ in 0..6 {
         run_once(&h);
-        std::thread::sleep(Duration::from_millis(1100));
+        h.pass_time(2);
     }
     let r = show(&h, id);
     // One attempt per run, and one more when a run outlasts the 1 s back-off (a loaded
@@ -146,7 +146,7 @@ fn kill_9_while_sending_never_sends_twice_and_processing_entries_expire_to_error
     assert!(wait_until(Duration::from_secs(20), || !sink.messages().unwrap_or_default().is_empty()));
     child.kill().unwrap();
     child.wait().unwrap();
-    std::thread::sleep(Duration::from_secs(11)); // past the lease
+    h.pass_time(11); // past the lease
     run_once(&h);
     let recs: Vec<Value> = ids.iter().map(|i| show(&h, *i)).collect();
     let states: Vec<&str> = recs.iter().map(|r| r["state"].as_str().unwrap()).collect();
@@ -383,7 +383,7 @@ fn a_cut_right_after_the_final_dot_is_outcome_unknown_and_never_resent() {
 
     // The link is fine again: the entry stays as it is and is not sent a second time.
     proxy.set_fault(Fault::Pass);
-    std::thread::sleep(Duration::from_millis(1100));
+    h.pass_time(2);
     run_once(&h);
     assert_eq!(show(&h, second)["state"], "ERROR");
     assert_eq!(in_sink(), before, "an outcome-unknown entry was sent again");

@@ -82,7 +82,7 @@ fn check_mail_now_does_not_count_deletions_as_new_mail() {
     let first = store.message_id_by_uid(inbox, 1).unwrap();
     assert!(w.home.run(&["mail", "delete", &first.to_string()]).status.success());
     w.dovecot.populate(&w.user, &w.password, "INBOX", &mailgen::mailbox(6, 3)).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    w.home.pass_time(2);
     let o = w.home.run(&["sync", "--account", &w.account.to_string()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let deleted = store

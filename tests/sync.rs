@@ -67,7 +67,7 @@ fn a_mailbox_lands_completely_once_and_changes_follow() {
 
     // a second run fetches nothing
     set_all_high(&w);
-    std::thread::sleep(Duration::from_millis(1100));
+    w.home.pass_time(2);
     let before = w.home.log("l-info.log").len();
     w.run_once();
     let second = w.home.log("l-info.log")[before..].to_string();
@@ -82,7 +82,7 @@ fn a_mailbox_lands_completely_once_and_changes_follow() {
     s.uid_store("1:10", "-FLAGS (\\Seen)").unwrap();
     s.uid_store("100:109", "+FLAGS (\\Answered)").unwrap();
     drop(s);
-    std::thread::sleep(Duration::from_millis(1100));
+    w.home.pass_time(2);
     w.run_once();
     assert_same(&w, &folders);
 }
@@ -100,7 +100,7 @@ fn uidvalidity_change_resyncs_the_folder_without_duplicates() {
     w.dovecot.delete_folder(&w.user, &w.password, "Lists").unwrap();
     w.dovecot.create_folder(&w.user, &w.password, "Lists").unwrap();
     w.dovecot.populate(&w.user, &w.password, "Lists", &msgs[20..60]).unwrap();
-    std::thread::sleep(Duration::from_millis(1100));
+    w.home.pass_time(2);
     w.run_once();
     assert_same(&w, &["Lists"]);
     let info = w.home.log("l-info.log");
@@ -150,7 +150,7 @@ fn a_connection_cut_mid_fetch_counts_attempts_then_secondary_fetches_it() {
     for _ in 0..6 {
         let o = home.run(&["run", "--once"]);
         assert!(o.status.success(), "{}", stderr(&o));
-        std::thread::sleep(Duration::from_millis(1100));
+        home.pass_time(2);
     }
     let store = backproc_store::Store::open(&home.file("data/backproc.sqlite")).unwrap();
     let (primary, secondary, failed) = store.receive_queue_depths().unwrap();
@@ -266,7 +266,7 @@ fn a_resync_asks_inbox_first_and_every_due_folder_in_one_batch() {
     for f in backproc_store::Store::open(&home.file("data/backproc.sqlite")).unwrap().folders(None).unwrap() {
         assert!(home.run(&["folder", "set-priority", &f.id.to_string(), "high"]).status.success());
     }
-    std::thread::sleep(Duration::from_millis(1100));
+    home.pass_time(2);
     let before = proxy.captured_client().len();
     let o = home.run(&["run", "--once"]);
     assert!(o.status.success(), "{}", stderr(&o));

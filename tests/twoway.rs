@@ -13,7 +13,7 @@ use util::*;
 const CONFIG: &str = EVERY_SECOND;
 
 fn next_run(w: &MailWorld) {
-    std::thread::sleep(Duration::from_millis(1100));
+    w.home.pass_time(2);
     w.run_once();
 }
 
@@ -204,7 +204,7 @@ fn kill_9_during_sync_delete_reaches_the_same_end_state() {
         mail(&w, &["mail", "delete", &id]);
     }
     for delay in [50u64, 120, 250] {
-        std::thread::sleep(Duration::from_millis(1100));
+        w.home.pass_time(2);
         let mut c = w.home.spawn(&["run", "--once"]);
         std::thread::sleep(Duration::from_millis(delay));
         let _ = c.kill();

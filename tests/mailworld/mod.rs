@@ -15,8 +15,8 @@ pub struct MailWorld {
     pub account: i64,
 }
 
-/// Sync enabled and every interval at its minimum, so `run --once` after a 1 s sleep does
-/// everything again; back-off at 1 s.
+/// Sync enabled and every interval at its minimum, so `run --once` after `Home::pass_time(2)`
+/// does everything again; back-off at 1 s.
 pub const EVERY_SECOND: &str = "<?php
 define('EMAIL_BACKGROUND_SYNC_ENABLED', TRUE);
 define('BG_TICK_INTERVAL', 1);

@@ -86,6 +86,14 @@ impl Home {
     pub fn file(&self, rel: &str) -> PathBuf {
         self.path().join(rel)
     }
+
+    /// As if `secs` seconds had passed since everything the store recorded
+    /// (`Store::pass_time`): the next run finds the intervals, back-offs and leases that
+    /// long over, without a test sleeping through them. Between runs only.
+    pub fn pass_time(&self, secs: i64) {
+        let mut s = backproc_store::Store::open(&self.file("data/backproc.sqlite")).expect("open the store");
+        s.pass_time(secs).expect("move the store's times");
+    }
 }
 
 pub fn stdout(o: &Output) -> String {

@@ -39,22 +39,19 @@ pub enum Error {
     Store(#[from] backproc_store::Error),
 }
 
-/// Where "now" comes from: the system clock, or a fixed offset for tests of leases and
-/// retention in tests.
+/// Where "now" comes from: the system clock, read as the store reads it, so that the
+/// engine's times and the store's agree. Tests of intervals, back-offs and leases move the
+/// store's times instead (`Store::pass_time`, feature `test-support`); the scheduler's pure
+/// decisions take `now` as an argument.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Clock {
-    offset: i64,
-}
+pub struct Clock;
 
 impl Clock {
     pub fn system() -> Clock {
-        Clock { offset: 0 }
-    }
-    pub fn with_offset(offset: i64) -> Clock {
-        Clock { offset }
+        Clock
     }
     /// Unix seconds.
     pub fn now(&self) -> i64 {
-        backproc_store::now() + self.offset
+        backproc_store::now()
     }
 }

@@ -500,11 +500,6 @@ impl Store {
             Ok(())
         })
     }
-
-    /// Records a task that succeeded; returns how many failures in a row this ended.
-    pub fn record_account_success(&mut self, id: i64, now: i64) -> Result<i64> {
-        self.write(|tx| account_success(tx, id, now))
-    }
 }
 
 /// Clears the account's back-off; returns its failure count before.

@@ -369,6 +369,7 @@ impl Store {
         })
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     /// Test and maintenance helper: sets a message's created time (e.g. to date rows back
     /// when checking the lifetime rule). Returns NotFound for an unknown id.
     pub fn internal_backdate(&mut self, id: i64, created: i64) -> Result<()> {

@@ -24,6 +24,8 @@ pub mod maintenance;
 pub mod outbox;
 pub mod packs;
 mod schema;
+#[cfg(any(test, feature = "test-support"))]
+mod test_support;
 mod users;
 
 use std::path::{Path, PathBuf};

@@ -316,11 +316,13 @@ impl Store {
 }
 
 impl Store {
+    #[cfg(any(test, feature = "test-support"))]
     /// Rows of a folder whatever their deletion state (for Purge Deleted checks).
     pub fn folder_row_count(&self, folder_id: i64) -> Result<i64> {
         Ok(self.conn().query_row("SELECT COUNT(*) FROM messages WHERE folder_id = ?", [folder_id], |r| r.get(0))?)
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     /// The store id of the message with this UID in a folder.
     pub fn message_id_by_uid(&self, folder_id: i64, uid: i64) -> Result<i64> {
         self.conn()

@@ -731,6 +731,7 @@ impl Store {
         Ok(v)
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     /// A folder's receive queue entries, by UID: what failed downloads left.
     pub fn receive_queue_entries(&self, folder_id: i64) -> Result<Vec<QueueRow>> {
         let mut st = self.conn().prepare_cached(
@@ -846,6 +847,7 @@ impl Store {
         Ok(v)
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     /// Raw bytes of the message with this UID in a folder.
     pub fn message_raw(&self, folder_id: i64, uid: i64) -> Result<Option<Vec<u8>>> {
         let id: Option<i64> = self

@@ -215,6 +215,7 @@ impl Store {
         Ok(BackupCheck { integrity, messages })
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     /// Message rows in the store (for `maintenance backup`'s report and tests).
     pub fn message_count(&self) -> Result<i64> {
         Ok(self.conn().query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))?)
@@ -238,6 +239,7 @@ impl Store {
         })
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     /// Test and admin hook: a history record with an explicit time (e.g. dated in the past).
     pub fn add_history_at(&mut self, h: &crate::NewHistory, time: i64) -> Result<i64> {
         self.add_history(h, time)

@@ -235,6 +235,7 @@ impl Store {
         Ok(v)
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     /// Claims entry `id` to send it at once (`Claimed::sending` set), if it is still due in
     /// that lane; `None` when it is not (another worker claimed it, or it was changed).
     pub fn outbox_claim_one(&mut self, id: i64, secondary: bool, now: i64, lease: i64) -> Result<Option<Claimed>> {
@@ -277,6 +278,7 @@ impl Store {
         }
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     /// Records how a claimed send ended. Returns false when the lease was lost (another
     /// worker or the lease expiry owns the entry now): nothing was changed.
     pub fn outbox_finish(&mut self, c: &Claimed, outcome: &SendOutcome, now: i64, p: &SendPolicy) -> Result<bool> {

@@ -26,7 +26,7 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<User> {
 const COLS: &str = "id, login, session_expires, poll_interval, last_check";
 
 /// Logins are what people type; keep them to a safe, printable set.
-pub fn validate_login(login: &str) -> Result<()> {
+fn validate_login(login: &str) -> Result<()> {
     let ok =
         !login.is_empty() && login.len() <= 254 && login.chars().all(|c| c.is_alphanumeric() || "._-@+".contains(c));
     if ok {

@@ -9,15 +9,12 @@
 //! - X-GM-EXT-1: one message under three labels is downloaded and stored once;
 //! - one account hung after login does not keep 30 others from syncing on 4 workers.
 
-mod mailworld;
-mod util;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::mailworld::*;
+use crate::util::*;
 use backproc_testkit::{Dovecot, DovecotOptions, FaultProxy, mailgen};
-use mailworld::*;
-use util::*;
 
 fn upstream(d: &Dovecot) -> SocketAddr {
     format!("{}:{}", d.host(), d.imap_port()).parse().unwrap()

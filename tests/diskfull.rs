@@ -12,19 +12,15 @@
 //! test spawns the engine many times and reads the store itself; so instead a non-root run
 //! fails at once with a message saying what is needed, never passes silently.
 
-mod faultkit;
-mod mailworld;
-mod util;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::faultkit::outbox::{LEASE, check_send_invariants, queue, sink_counts};
+use crate::mailworld::*;
+use crate::util::*;
 use backproc_testkit::{SinkOptions, SmtpSink, mailgen};
-use faultkit::outbox::{LEASE, check_send_invariants, queue, sink_counts};
-use mailworld::*;
-use util::*;
 
 /// A tmpfs mounted on a directory for the life of the value; unmounted on drop (also when the
 /// test panics), before the temp dir holding it is removed.
@@ -38,7 +34,7 @@ impl Tmpfs {
         assert!(
             String::from_utf8_lossy(&uid.stdout).trim() == "0",
             "the disk-full tests mount a small tmpfs and need root (CAP_SYS_ADMIN); \
-             run them as root (CI does), e.g. `sudo -E cargo test --test diskfull`"
+             run them as root (CI does), e.g. `sudo -E cargo test --test tests diskfull::`"
         );
         std::fs::create_dir_all(dir).unwrap();
         let o = Command::new("mount")
@@ -221,7 +217,7 @@ fn disk_full_during_receive_corrupts_nothing_records_nothing_unstored_and_recove
     assert_eq!(store.receive_queue_depths().unwrap(), (0, 0, 0), "{}", w.home.log("l-info.log"));
     assert_same(&w, "INBOX");
     assert!(panics(&w.home).is_empty(), "{:?}", panics(&w.home));
-    faultkit::soak::figure(
+    crate::faultkit::soak::figure(
         "disk-full-receive",
         &[
             ("mailbox_bytes", total.to_string()),
@@ -338,7 +334,7 @@ fn disk_full_during_send_records_no_success_without_a_send_and_delivers_everythi
     }
     let unknown = recs.iter().filter(|r| r.state == "ERROR").count();
     assert!(panics(&home).is_empty(), "{:?}", panics(&home));
-    faultkit::soak::figure(
+    crate::faultkit::soak::figure(
         "disk-full-send",
         &[
             ("messages", N.to_string()),

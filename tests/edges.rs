@@ -5,18 +5,15 @@
 //! SQLite schema unchanged, a clear error where input is refused, no panic anywhere, and
 //! accepted input round-trips intact.
 
-mod mailworld;
-mod util;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, Output};
 
+use crate::mailworld::*;
+use crate::util::*;
 use backproc_testkit::hostile::RawSession;
 use backproc_testkit::{Dovecot, FaultProxy, PySmtp, mutf7_encode};
-use mailworld::*;
-use util::*;
 
 /// Strings an attacker would try. None holds a NUL (argv cannot carry one: NULs are tested
 /// through files and config.inc) or exceeds Linux's 128 KiB limit for one argument.

@@ -8,21 +8,17 @@
 //! Every random choice comes from a fixed seed (printed on failure), so a failing run can be
 //! reproduced.
 
-mod faultkit;
-mod mailworld;
-mod util;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::faultkit::Rng;
+use crate::faultkit::killloop::kill_loop;
+use crate::faultkit::mutator::{Mutator, plan};
+use crate::faultkit::outbox::check_send_invariants;
+use crate::faultkit::soak::{figure, size};
+use crate::mailworld::*;
+use crate::util::*;
 use backproc_testkit::{Fault, FaultProxy, SinkOptions, SmtpSink, mailgen};
-use faultkit::Rng;
-use faultkit::killloop::kill_loop;
-use faultkit::mutator::{Mutator, plan};
-use faultkit::outbox::check_send_invariants;
-use faultkit::soak::{figure, size};
-use mailworld::*;
-use util::*;
 
 const CONFIG: &str = EVERY_SECOND;
 
@@ -224,7 +220,7 @@ fn sigkill_at_random_points_while_sending_loses_nothing_and_sends_nothing_twice(
     proxy.set_fault(Fault::Delay { per_chunk_ms: 10 });
     let (home, account) = home_with_smtp(&send_short_lease(), proxy.port(), 1);
     let store = || backproc_store::Store::open(&home.file("data/backproc.sqlite")).expect("open store");
-    let queued = faultkit::outbox::queue(&mut store(), account, SEED, n);
+    let queued = crate::faultkit::outbox::queue(&mut store(), account, SEED, n);
     let by_mid: BTreeMap<&str, i64> = queued.iter().map(|(id, m)| (m.as_str(), *id)).collect();
 
     // entry id -> the kill after which it was first seen in PROCESSING with its message
@@ -252,7 +248,7 @@ fn sigkill_at_random_points_while_sending_loses_nothing_and_sends_nothing_twice(
         |i, k| {
             let store = store();
             assert_eq!(store.integrity_check().unwrap(), "ok", "integrity after kill {i} ({k:?}), seed {SEED:#x}");
-            let sink = faultkit::outbox::sink_counts(&sink);
+            let sink = crate::faultkit::outbox::sink_counts(&sink);
             check_send_invariants(
                 &store.outbox_records(None, None).unwrap(),
                 &sink,
@@ -298,11 +294,11 @@ fn sigkill_at_random_points_while_sending_loses_nothing_and_sends_nothing_twice(
         let wait = (t + 1 - backproc_store::now()).max(0) as u64;
         std::thread::sleep(Duration::from_secs(wait) + Duration::from_millis(200));
     }
-    let before_final = faultkit::outbox::sink_counts(&sink);
+    let before_final = crate::faultkit::outbox::sink_counts(&sink);
     let o = home.run(&["run", "--once"]);
     assert!(o.status.success(), "final run: {}", stderr(&o));
     let recs = store().outbox_records(None, None).unwrap();
-    let sink_now = faultkit::outbox::sink_counts(&sink);
+    let sink_now = crate::faultkit::outbox::sink_counts(&sink);
     for (mid, n) in &sink_now {
         if before_final.get(mid) != Some(n) {
             let id = by_mid[mid.as_str()];
@@ -343,7 +339,7 @@ fn sigkill_at_random_points_while_sending_loses_nothing_and_sends_nothing_twice(
     home.pass_time(2);
     let o = home.run(&["run", "--once"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(faultkit::outbox::sink_counts(&sink), sink_now, "a final entry was sent again");
+    assert_eq!(crate::faultkit::outbox::sink_counts(&sink), sink_now, "a final entry was sent again");
     assert!(panics(&home).is_empty(), "{:?}", panics(&home));
     figure(
         "kill-during-send",
@@ -494,7 +490,7 @@ fn a_mutator_expunging_ten_percent_during_a_full_sync_leaves_no_phantoms() {
         })
         .collect();
 
-    let mut log = faultkit::mutator::MutatorLog::default();
+    let mut log = crate::faultkit::mutator::MutatorLog::default();
     for (round, seed) in [(0u32, SEED), (1, SEED + 1)] {
         // round 0: during the first sync (discovery, full sync, receive); round 1: during a
         // later full sync of the complete folder

@@ -1,12 +1,10 @@
 //! The engine's foundation, as cron and an administrator use it: config, single master,
 //! logs, signals, permissions. Real processes, real files.
 
-mod util;
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use util::{Home, stderr, stdout, wait_until};
+use crate::util::{Home, stderr, stdout, wait_until};
 
 fn kill(pid: u32, sig: i32) {
     // SAFETY-free: libc::kill via the nix-free std path is not available; use the kill command.

@@ -3,8 +3,6 @@
 //! the constants table matches `backproc config --json` (names and defaults), and that CLI
 //! output the guide quotes is what the binary prints.
 
-mod util;
-
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -12,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use util::*;
+use crate::util::*;
 
 fn guide() -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ADMIN.md");

@@ -5,15 +5,12 @@
 //! stay under 2 × the largest message + 64 MB, nothing may panic, and `mail list` / `mail show`
 //! must answer for every one of them.
 
-mod mailworld;
-mod util;
-
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use crate::mailworld::*;
+use crate::util::*;
 use backproc_testkit::hostile::{self, RawSession, hex, sha256};
-use mailworld::*;
-use util::*;
 
 /// Messages a server may refuse at APPEND (RFC 3501 forbids NUL in a literal; Dovecot refuses a
 /// zero-byte message). Everything else must be accepted, or the test proves nothing.

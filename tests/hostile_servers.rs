@@ -8,15 +8,13 @@
 //! Each test first lets the engine work against the correct mode where that shows something
 //! (the knob, not the set-up, is what fails), then turns one knob.
 
-mod util;
-
 use std::time::{Duration, Instant};
 
+use crate::util::*;
 use backproc_store::{HistoryFilter, HistoryRow, Store};
 use backproc_testkit::hostimap::{
     BAD_LIST_NAMES, Flood, FloodAt, FloodKind, Hang, HostileImap, Phantom, Phase, Script, World,
 };
-use util::*;
 
 const USER: &str = "carol";
 /// Recognisable in the server's command log: it must never appear there on a plain

@@ -1,14 +1,12 @@
 //! The internal message service (issue 8) through the real binary: sending, "not delivered",
 //! check, drafts, the lifetime background process, errors and the poll interval.
 
-mod util;
-
 use std::process::Output;
 
+use crate::util::*;
 use backproc_store::internal::InternalFolder;
 use backproc_store::{HistoryFilter, Store};
 use serde_json::Value;
-use util::*;
 
 const DAY: i64 = 86_400;
 

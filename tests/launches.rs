@@ -1,12 +1,10 @@
 //! 50 simultaneous launches on one home (issue 11, item 11): exactly one master; every other
 //! start exits 0, silently, within a second of its own start.
 
-mod util;
-
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
-use util::*;
+use crate::util::*;
 
 const LAUNCHES: usize = 50;
 

@@ -10,17 +10,14 @@
 //! - SMTP: sent with a token; a revoked grant leaves the entries PENDING with the reason;
 //! - no secret in any log, output, history, status or metrics.
 
-mod mailworld;
-mod util;
-
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::mailworld::*;
+use crate::util::*;
 use backproc_testkit::oauth::{Mode, TokenServer};
 use backproc_testkit::{Dovecot, DovecotOptions, Fault, FaultProxy, PySmtp, mailgen};
-use mailworld::*;
-use util::*;
 
 const CLIENT: &str = "backproc-test";
 

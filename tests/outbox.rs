@@ -1,14 +1,12 @@
 //! The outbox against real SMTP servers: delivery records, per-recipient answers, retries,
 //! the secondary lane, crashes, fencing, and the Sent folder.
 
-mod util;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::util::*;
 use backproc_testkit::{Dovecot, Fault, FaultProxy, PySmtp, SinkOptions, SmtpRules, SmtpSink, mailgen};
 use serde_json::Value;
-use util::*;
 
 fn add(h: &Home, account: i64, to: &[&str], subject: &str) -> i64 {
     let a = account.to_string();

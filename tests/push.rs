@@ -10,14 +10,11 @@
 //! - a server that refuses the extra connection: polling, one history line, no reconnects;
 //! - 500 accounts pushed by one engine: a few threads, little memory, events all land.
 
-mod mailworld;
-mod util;
-
 use std::time::{Duration, Instant};
 
+use crate::mailworld::*;
+use crate::util::*;
 use backproc_testkit::{Dovecot, DovecotOptions, Fault, FaultProxy, HOST};
-use mailworld::*;
-use util::*;
 
 const PW: &str = "pw-Push-1";
 

@@ -1,15 +1,12 @@
 //! The master's schedule end to end against a real Dovecot: an owner who is logged in gets
 //! their high-priority folders synced more often than one who is not; "check mail now".
 
-mod mailworld;
-mod util;
-
 use std::time::Duration;
 
+use crate::mailworld::*;
+use crate::util::*;
 use backproc_store::HistoryFilter;
 use backproc_testkit::mailgen;
-use mailworld::*;
-use util::*;
 
 #[test]
 fn a_logged_in_owner_is_synced_more_often() {

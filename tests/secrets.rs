@@ -2,17 +2,13 @@
 //! trusted and STARTTLS-stripping proxies are refused before any credential is sent; no
 //! password or SASL token appears in any log, output, history, status or metrics.
 
-mod faultkit;
-mod mailworld;
-mod util;
-
 use std::process::Output;
 
+use crate::faultkit::secrets::{Needle, base64, hits, needles_for};
+use crate::mailworld::*;
+use crate::util::*;
 use backproc_store::HistoryFilter;
 use backproc_testkit::{Dovecot, Fault, FaultProxy, SinkOptions, SmtpSink, mailgen};
-use faultkit::secrets::{Needle, base64, hits, needles_for};
-use mailworld::*;
-use util::*;
 
 const SYNC: &str = "<?php
 define('EMAIL_BACKGROUND_SYNC_ENABLED', TRUE);
@@ -158,7 +154,7 @@ fn smtp_starttls_stripping_is_refused_and_the_message_stays_pending() {
     // strips nothing; the scripted server offers STARTTLS and accepts AUTH/MAIL in clear, so
     // there the proxy really hides it and a client that fell back would be caught.
     let sink = SmtpSink::start(SinkOptions::default()).unwrap();
-    let stub = faultkit::smtpstub::StarttlsSmtp::start();
+    let stub = crate::faultkit::smtpstub::StarttlsSmtp::start();
     for (name, upstream, offers) in [("smtp-sink", sink.port(), false), ("STARTTLS stub", stub.port(), true)] {
         let proxy = proxy_to(upstream, Fault::StripStartTls);
         let home = Home::with_config(

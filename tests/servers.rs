@@ -8,16 +8,13 @@
 //! the store is read through `mail list --json` (flags and keywords) and the store library
 //! (bodies). Flags compare as sets, keywords without regard to case.
 
-mod mailworld;
-mod util;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+use crate::mailworld::{EVERY_SECOND, add_account_at, set_all_folders_high};
+use crate::util::{Home, stderr, stdout};
 use backproc_testkit::hostile::sha256;
 use backproc_testkit::{Courier, Cyrus, Dovecot, FaultProxy, ImapAdmin, mailgen, mutf7_encode};
-use mailworld::{EVERY_SECOND, add_account_at, set_all_folders_high};
-use util::{Home, stderr, stdout};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "s3cr3t-Pa55";

@@ -1,18 +1,15 @@
 //! Status, history, maintenance processes and metrics, against a real Dovecot and smtp-sink:
 //! what an administrator reads must be true, including after a crash.
 
-mod mailworld;
-mod util;
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use crate::mailworld::*;
+use crate::util::*;
 use backproc_store::{HistoryFilter, NewHistory, Store};
 use backproc_testkit::{Fault, FaultProxy, SinkOptions, SmtpSink, mailgen};
-use mailworld::*;
 use serde_json::Value;
-use util::*;
 
 const CONFIG: &str = "<?php
 define('EMAIL_BACKGROUND_SYNC_ENABLED', TRUE);

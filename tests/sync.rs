@@ -1,14 +1,11 @@
 //! IMAP sync into the store against a real Dovecot: completeness, idempotence, UIDVALIDITY,
 //! crashes, broken connections, bad credentials and certificates.
 
-mod mailworld;
-mod util;
-
 use std::time::Duration;
 
+use crate::mailworld::*;
+use crate::util::*;
 use backproc_testkit::{Fault, FaultProxy, mailgen};
-use mailworld::*;
-use util::*;
 
 const CONFIG: &str = EVERY_SECOND;
 

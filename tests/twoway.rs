@@ -1,14 +1,11 @@
 //! Two-way changes against a real Dovecot: deletions both ways (with the safety brake),
 //! purge, retention, read flags from the application, and crash safety.
 
-mod mailworld;
-mod util;
-
 use std::time::Duration;
 
+use crate::mailworld::*;
+use crate::util::*;
 use backproc_testkit::mailgen;
-use mailworld::*;
-use util::*;
 
 const CONFIG: &str = EVERY_SECOND;
 

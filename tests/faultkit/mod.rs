@@ -1,10 +1,6 @@
 //! Fault-injection helpers for the integration tests (issue 11): a seeded kill loop, a
 //! concurrent IMAP "mutator", a secret scanner, and the CI/soak size switch with its `FIGURE`
 //! summary lines.
-//!
-//! Include with `mod util; mod faultkit;` (the kill loop uses `crate::util::Home`).
-
-#![allow(dead_code)]
 
 pub mod killloop;
 pub mod mutator;

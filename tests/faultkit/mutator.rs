@@ -79,10 +79,6 @@ impl Mutator {
         Mutator { handle: Some(handle) }
     }
 
-    pub fn is_finished(&self) -> bool {
-        self.handle.as_ref().is_none_or(|h| h.is_finished())
-    }
-
     /// Waits for the mutator to finish; panics if its thread panicked.
     pub fn join(mut self) -> MutatorLog {
         self.handle.take().expect("joined once").join().expect("the mutator thread panicked")

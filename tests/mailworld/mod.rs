@@ -1,7 +1,5 @@
 //! A home with sync enabled and accounts on a real Dovecot, and comparisons of store and server.
 
-#![allow(dead_code)]
-
 use std::process::Output;
 
 use crate::util::{Home, stderr, stdout};

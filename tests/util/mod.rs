@@ -1,7 +1,5 @@
 //! Helpers for integration tests: a fresh home directory and the real binary.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

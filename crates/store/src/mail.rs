@@ -145,7 +145,7 @@ pub struct Queued {
 }
 
 /// The outcome of one sync run, applied in one transaction.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncApply {
     /// UIDVALIDITY changed to this value: the folder's UIDs are void.
     pub reset: Option<i64>,

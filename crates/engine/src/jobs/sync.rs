@@ -231,18 +231,22 @@ fn read_and_plan(
                 // QRESYNC: what vanished since our HIGHESTMODSEQ. When the count then
                 // disagrees with what we hold, the store has a gap: ask the whole UID set.
                 let vanished_held = store.folder_rows_with_uids(folder_id, &to_i64(&answer.vanished))?;
-                let gone_rows = vanished_held.iter().filter(|r| !r.server_deleted).count() as i64;
                 let queued_all = store.queued_uids(folder_id)?;
-                let gone_queued = queued_all.iter().filter(|u| answer.vanished.contains(&(**u as u32))).count() as i64;
-                let summary = store.folder_sync_summary(folder_id)?;
-                let present_now = store.folder_present_count(folder_id)? - gone_rows;
-                let expect = present_now + summary.queued - gone_queued + view.new.len() as i64;
-                if expect == i64::from(status.exists) {
+                let held = Held {
+                    present: store.folder_present_count(folder_id)?,
+                    queued: store.folder_sync_summary(folder_id)?.queued,
+                    vanished_present: vanished_held.iter().filter(|r| !r.server_deleted).count() as i64,
+                    vanished_queued: queued_all.iter().filter(|u| answer.vanished.contains(&(**u as u32))).count()
+                        as i64,
+                    new: view.new.len() as i64,
+                };
+                if vanished_tells_all(&held, status.exists) {
                     Presence::Vanished(answer.vanished.clone())
                 } else {
                     log::info!(
-                        "the message count ({}) is not what the store holds ({expect}): reading the folder's UID set",
-                        status.exists
+                        "the message count ({}) is not what the store holds ({}): reading the folder's UID set",
+                        status.exists,
+                        held.after()
                     );
                     Presence::All(session.present_uids(last)?)
                 }
@@ -293,6 +297,33 @@ fn read_and_plan(
         changes.iter().filter_map(|c| if let Change::Heal(v) = c { Some(v.clone()) } else { None }).flatten().collect();
     let healed = if heal.is_empty() { Vec::new() } else { session.sizes(&heal)? };
     Ok(Gathered { view, changes, read_marks, modified, healed })
+}
+
+/// What the store holds of a folder when QRESYNC said what vanished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    /// Stored messages the store believes the server has.
+    present: i64,
+    queued: i64,
+    /// Of those, the ones the VANISHED answer names.
+    vanished_present: i64,
+    vanished_queued: i64,
+    /// New UIDs this read found.
+    new: i64,
+}
+
+impl Held {
+    /// What the store holds once the vanished are gone and the new are queued.
+    fn after(&self) -> i64 {
+        self.present - self.vanished_present + self.queued - self.vanished_queued + self.new
+    }
+}
+
+/// Whether QRESYNC's VANISHED tells all that left the folder: the server's count is then what
+/// the store holds after it. Otherwise the store has a gap (a message it never saw go, a row
+/// lost) and the folder's whole UID set is read instead.
+fn vanished_tells_all(held: &Held, exists: u32) -> bool {
+    held.after() == i64::from(exists)
 }
 
 /// The pushes of a plan, one `UID STORE` per distinct change (marking 500 messages read is
@@ -403,5 +434,96 @@ fn local_msg(r: &MsgSyncRow) -> LocalMsg {
         base: r.base.clone(),
         flags_changed: r.flags_changed,
         server_deleted: r.server_deleted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use backproc_imap::{Flags, ServerStatus};
+
+    use super::*;
+
+    #[test]
+    fn vanished_tells_all_table() {
+        let held = |present, queued, vanished_present, vanished_queued, new| Held {
+            present,
+            queued,
+            vanished_present,
+            vanished_queued,
+            new,
+        };
+        #[rustfmt::skip]
+        let cases: &[(&str, Held, u32, bool)] = &[
+            ("nothing vanished, nothing new", held(10, 0, 0, 0, 0), 10, true),
+            ("two stored messages vanished", held(10, 0, 2, 0, 0), 8, true),
+            ("a queued one vanished before its download", held(10, 3, 0, 1, 0), 12, true),
+            ("vanished and new together", held(10, 2, 1, 1, 4), 14, true),
+            ("one went unseen: a gap, read the UID set", held(10, 0, 0, 0, 0), 9, false),
+            ("the server has one the store lost", held(10, 0, 1, 0, 0), 10, false),
+        ];
+        for (name, h, exists, want) in cases {
+            assert_eq!(vanished_tells_all(h, *exists), *want, "{name}");
+        }
+    }
+
+    fn gathered(changes: Vec<Change>) -> Gathered {
+        let status = ServerStatus { uidvalidity: 7, uidnext: 21, highest_modseq: Some(99), exists: 20 };
+        Gathered {
+            view: ServerView { status, ..ServerView::default() },
+            changes,
+            read_marks: BTreeMap::from([(3, Some(77)), (4, None)]),
+            modified: BTreeSet::new(),
+            healed: Vec::new(),
+        }
+    }
+
+    /// Each change of a plan becomes its part of the store's transaction; nothing else does.
+    #[test]
+    fn changes_to_the_store_table() {
+        let local =
+            LocalFolder { uidvalidity: Some(7), last_seen_uid: 10, highest_modseq: Some(50), last_full_sync: None };
+        let seen = Flags::parse("\\Seen");
+        let msg = |uid, size| NewMsg { uid, size, gm_msgid: Some(5) };
+        let push = |uid, refused: &[&str]| Change::PushFlags {
+            uid,
+            add: seen.clone(),
+            remove: Flags::default(),
+            result: seen.clone(),
+            refused: refused.iter().map(|k| k.to_string()).collect(),
+        };
+        let base = SyncApply { full: true, uidvalidity: Some(7), ..SyncApply::default() };
+        let q = |uid, size| Queued { uid, size, gm_msgid: Some(5) };
+        let mut modified = gathered(vec![push(4, &[])]);
+        modified.modified.insert(4);
+        let mut healed = gathered(vec![Change::Heal(vec![2, 5])]);
+        healed.healed = vec![msg(2, 300)];
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Gathered, SyncApply, usize, usize)> = vec![
+            ("nothing to do: the sync's times only", gathered(vec![]), base.clone(), 0, 0),
+            ("UIDVALIDITY changed: the folder is reset", gathered(vec![Change::Reset { uidvalidity: 9 }]),
+                SyncApply { reset: Some(9), ..base.clone() }, 0, 0),
+            ("new messages are queued and counted", gathered(vec![Change::Queue(vec![msg(11, 100), msg(12, 200)])]),
+                SyncApply { queue: vec![q(11, 100), q(12, 200)], ..base.clone() }, 2, 0),
+            ("the missing are queued from the sizes the server gave (those it still has)", healed,
+                SyncApply { queue: vec![q(2, 300)], ..base.clone() }, 0, 1),
+            ("the server's flags, with the change mark the row had when read", gathered(vec![Change::SetLocalFlags { uid: 3, flags: seen.clone() }]),
+                SyncApply { set_flags: vec![(3, seen.clone(), Some(77))], ..base.clone() }, 0, 0),
+            ("a pushed change is the row's flags now", gathered(vec![push(4, &[])]),
+                SyncApply { set_flags: vec![(4, seen.clone(), None)], refused: vec![(4, vec![])], ..base.clone() }, 0, 0),
+            ("keywords the server cannot keep are remembered on the row", gathered(vec![push(4, &["$Work"])]),
+                SyncApply { set_flags: vec![(4, seen.clone(), None)], refused: vec![(4, vec!["$Work".into()])], ..base.clone() }, 0, 0),
+            ("a push the server refused as changed meanwhile: the server's state is kept", modified, base.clone(), 0, 0),
+            ("vanished on the server: marked for Sync Delete", gathered(vec![Change::VanishedOnServer { uid: 6 }]),
+                SyncApply { vanished: vec![6], ..base.clone() }, 0, 0),
+            ("expunged before its download: unqueued", gathered(vec![Change::Unqueue { uid: 13 }]),
+                SyncApply { unqueue: vec![13], ..base.clone() }, 0, 0),
+            ("the watermarks", gathered(vec![Change::Watermarks { last_seen_uid: 20, highest_modseq: Some(99) }]),
+                SyncApply { watermarks: Some((20, Some(99))), ..base.clone() }, 0, 0),
+        ];
+        for (name, g, want, found, healed) in cases {
+            assert_eq!(to_apply(&local, g, true), (want, found, healed), "{name}");
+        }
+        let recent = to_apply(&local, gathered(vec![]), false).0;
+        assert!(!recent.full, "a recent sync is not recorded as a full one");
     }
 }

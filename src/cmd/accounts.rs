@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use backproc_store::{Account, Auth, NewAccount, OAuth, Security, SmtpSettings, now};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::{Env, print_json};
@@ -30,21 +31,10 @@ pub enum UserCmd {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Sec {
-    Ssl,
-    Starttls,
-    None,
-}
-
-impl From<Sec> for Security {
-    fn from(s: Sec) -> Security {
-        match s {
-            Sec::Ssl => Security::Ssl,
-            Sec::Starttls => Security::Starttls,
-            Sec::None => Security::None,
-        }
-    }
+/// `--imap-security` and `--smtp-security`: one of `Security::NAMES`, listed in `--help`.
+fn security_arg() -> impl TypedValueParser<Value = Security> {
+    PossibleValuesParser::new(Security::NAMES)
+        .try_map(|s| Security::parse(&s).ok_or_else(|| format!("{s:?} is not one of {}", Security::NAMES.join(", "))))
 }
 
 #[derive(Args)]
@@ -56,8 +46,8 @@ pub struct SmtpArgs {
     #[arg(long, value_name = "PORT")]
     smtp_port: Option<u16>,
     /// SMTP connection security; `none` only to a loopback host unless --insecure.
-    #[arg(long, value_enum)]
-    smtp_security: Option<Sec>,
+    #[arg(long, value_parser = security_arg())]
+    smtp_security: Option<Security>,
     /// SMTP login (default: the IMAP login).
     #[arg(long, value_name = "LOGIN")]
     smtp_login: Option<String>,
@@ -193,8 +183,8 @@ pub struct AddAccount {
     #[arg(long, value_name = "PORT")]
     imap_port: Option<u16>,
     /// IMAP connection security; `none` only to a loopback host unless --insecure.
-    #[arg(long, value_enum, default_value = "ssl")]
-    imap_security: Sec,
+    #[arg(long, value_parser = security_arg(), default_value = "ssl")]
+    imap_security: Security,
     /// IMAP login.
     #[arg(long)]
     login: String,
@@ -335,7 +325,7 @@ fn read_secret_stdin(what: &str) -> anyhow::Result<String> {
 }
 
 fn smtp_settings(a: &SmtpArgs, imap_host: Option<&str>, insecure: bool) -> anyhow::Result<SmtpSettings> {
-    let security = a.smtp_security.map(Security::from);
+    let security = a.smtp_security;
     if let (Some(sec), Some(host)) = (security, a.smtp_host.as_deref().or(imap_host)) {
         check_plaintext(host, sec, insecure, "SMTP")?;
     }
@@ -354,7 +344,7 @@ pub fn account(home: PathBuf, cmd: AccountCmd) -> anyhow::Result<ExitCode> {
     let mut store = env.store()?;
     match cmd {
         AccountCmd::Add(a) => {
-            let security = Security::from(a.imap_security);
+            let security = a.imap_security;
             check_plaintext(&a.imap_host, security, a.insecure, "IMAP")?;
             if let Some(f) = &a.tls_ca_file {
                 std::fs::metadata(f).with_context(|| format!("cannot read the CA file {}", f.display()))?;

@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use backproc_config::Config;
-use backproc_imap::{ConnectParams, Credential, Deadline, ErrorKind, Security, Session};
+use backproc_imap::{ConnectParams, Credential, Deadline, ErrorKind, Session};
 use backproc_store::{Account, Store};
 use backproc_types::retry::{self, AccountFailure, AccountNext};
 
@@ -387,11 +387,7 @@ pub fn imap_params(
     Ok(ConnectParams {
         host: a.imap_host.clone(),
         port: a.imap_port,
-        security: match a.imap_security {
-            backproc_store::Security::Ssl => Security::Ssl,
-            backproc_store::Security::Starttls => Security::StartTls,
-            backproc_store::Security::None => Security::None,
-        },
+        security: a.imap_security,
         login: a.login.clone(),
         credential,
         ca_pem,
@@ -631,6 +627,8 @@ pub fn record_failure(store: &mut Store, config: &Config, a: &Account, f: &Failu
 
 #[cfg(test)]
 mod tests {
+    use backproc_imap::Security;
+
     use super::*;
 
     const GMAIL: &str = "imap.gmail.test";

@@ -31,12 +31,7 @@ use crate::read::{Limits, ReadError, Reader};
 use crate::response::{Code, Malformed, ParseLimits, Response, Status, Tagged, Untagged, read_response};
 use crate::transport::{Deadline, Stream, Transport};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Security {
-    Ssl,
-    StartTls,
-    None,
-}
+pub use backproc_types::Security;
 
 /// How to reach and log in to a server. `Debug` hides the credential.
 #[derive(Clone)]

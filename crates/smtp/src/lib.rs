@@ -91,12 +91,7 @@ pub fn check_address(s: &str) -> Result<(), Error> {
     s.parse::<Address>().map(|_| ()).map_err(|e| err(ErrorKind::Permanent, format!("invalid address {s:?}: {e}")))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Security {
-    Ssl,
-    StartTls,
-    None,
-}
+pub use backproc_types::Security;
 
 /// Where and how to connect. `Debug` hides the credential.
 #[derive(Clone)]

@@ -4,31 +4,7 @@ use rusqlite::{OptionalExtension, Row, params};
 
 use crate::{Error, Result, Store};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Security {
-    Ssl,
-    Starttls,
-    None,
-}
-
-impl Security {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Security::Ssl => "ssl",
-            Security::Starttls => "starttls",
-            Security::None => "none",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Security> {
-        match s {
-            "ssl" => Some(Security::Ssl),
-            "starttls" => Some(Security::Starttls),
-            "none" => Some(Security::None),
-            _ => None,
-        }
-    }
-}
+pub use backproc_types::Security;
 
 /// How an account signs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]

@@ -1,5 +1,5 @@
 //! The vocabulary every crate shares: what a message's flags are, system and keyword alike,
-//! the one back-off rule of every retry, and what a failed attempt leads to (`retry`).
+//! how a connection is protected, the one back-off rule of every retry, and what a failed attempt leads to (`retry`).
 //!
 //! Invariant: no I/O and no dependency; the IMAP layer, the store and the engine speak these
 //! types, so a flag never has to be translated between crates.
@@ -8,7 +8,9 @@ mod backoff;
 mod flags;
 mod host;
 pub mod retry;
+mod security;
 
 pub use backoff::Backoff;
 pub use flags::{Flags, KeywordError, valid_keyword};
 pub use host::is_loopback;
+pub use security::Security;

@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use backproc_smtp::{Credential, Envelope, ErrorKind, Params, Security, Smtp};
+use backproc_store::Account;
 use backproc_store::outbox::{Claim, Claimed, DeliveryInfo, SendOutcome, SendPolicy};
-use backproc_store::{Account, Security as StoreSecurity};
 
 use super::Ctx;
 use crate::signin::{self, Server};
@@ -24,9 +24,7 @@ fn smtp_params(a: &Account, credential: Credential) -> Result<Params, String> {
     let host =
         a.smtp.host.clone().ok_or_else(|| format!("account {} has no SMTP server (account set --smtp-host)", a.id))?;
     let security = match a.smtp.security {
-        Some(StoreSecurity::Ssl) => Security::Ssl,
-        Some(StoreSecurity::Starttls) => Security::StartTls,
-        Some(StoreSecurity::None) => Security::None,
+        Some(s) => s,
         None if a.smtp.port == Some(465) => Security::Ssl,
         None => Security::StartTls,
     };

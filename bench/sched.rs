@@ -27,7 +27,7 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
                 display_name: name.clone(),
                 name,
                 delimiter: Some("/".into()),
-                special_use: (i == 0).then(|| "inbox".to_owned()),
+                special_use: (i == 0).then_some(backproc_store::SpecialUse::Inbox),
                 unusable: None,
             }
         })

@@ -129,7 +129,7 @@ pub fn all_folders_high(home: &Path) -> usize {
     let mut store = Store::open(&store_path(home)).expect("open store");
     let folders = store.folders(None).expect("folders");
     for f in &folders {
-        store.set_folder_priority(f.id, "high").expect("set priority");
+        store.set_folder_priority(f.id, backproc_store::Priority::High).expect("set priority");
     }
     folders.len()
 }

@@ -910,7 +910,7 @@ fn unusual_but_legal_answers_sync_exactly() {
         assert_eq!(stored(&h, a, "INBOX"), world_msgs(&s, "INBOX"), "{what}");
         let folders = store(&h).folders(Some(a)).unwrap();
         assert!(
-            folders.iter().any(|f| f.name == "Sent" && f.special_use.as_deref() == Some("sent")),
+            folders.iter().any(|f| f.name == "Sent" && f.special_use == Some(backproc_store::SpecialUse::Sent)),
             "{what}: {folders:#?}"
         );
         // The \Seen of every third message came through (FLAGS first, UID last, keywords

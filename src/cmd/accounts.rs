@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use backproc_store::{Account, Auth, NewAccount, OAuth, Security, SmtpSettings, now};
+use backproc_store::{Account, Auth, NewAccount, OAuth, Priority, Security, SmtpSettings, SpecialUse, now};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -31,10 +31,14 @@ pub enum UserCmd {
     },
 }
 
-/// `--imap-security` and `--smtp-security`: one of `Security::NAMES`, listed in `--help`.
-fn security_arg() -> impl TypedValueParser<Value = Security> {
-    PossibleValuesParser::new(Security::NAMES)
-        .try_map(|s| Security::parse(&s).ok_or_else(|| format!("{s:?} is not one of {}", Security::NAMES.join(", "))))
+/// An argument that is a word of one of the store's vocabularies (its `NAMES` and `parse`):
+/// the names are listed in `--help`, anything else is a usage error.
+fn word_arg<T: Clone + Send + Sync + 'static>(
+    names: &'static [&'static str],
+    parse: fn(&str) -> Option<T>,
+) -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(names)
+        .try_map(move |s| parse(&s).ok_or_else(|| format!("{s:?} is not one of {}", names.join(", "))))
 }
 
 #[derive(Args)]
@@ -46,7 +50,7 @@ pub struct SmtpArgs {
     #[arg(long, value_name = "PORT")]
     smtp_port: Option<u16>,
     /// SMTP connection security; `none` only to a loopback host unless --insecure.
-    #[arg(long, value_parser = security_arg())]
+    #[arg(long, value_parser = word_arg(Security::NAMES, Security::parse))]
     smtp_security: Option<Security>,
     /// SMTP login (default: the IMAP login).
     #[arg(long, value_name = "LOGIN")]
@@ -183,7 +187,7 @@ pub struct AddAccount {
     #[arg(long, value_name = "PORT")]
     imap_port: Option<u16>,
     /// IMAP connection security; `none` only to a loopback host unless --insecure.
-    #[arg(long, value_parser = security_arg(), default_value = "ssl")]
+    #[arg(long, value_parser = word_arg(Security::NAMES, Security::parse), default_value = "ssl")]
     imap_security: Security,
     /// IMAP login.
     #[arg(long)]
@@ -256,16 +260,9 @@ pub enum FolderCmd {
     /// Set a folder's sync priority: high (frequent), low (daily), off (never).
     SetPriority {
         id: i64,
-        #[arg(value_enum)]
-        priority: Prio,
+        #[arg(value_parser = word_arg(Priority::NAMES, Priority::parse))]
+        priority: Priority,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Prio {
-    High,
-    Low,
-    Off,
 }
 
 pub fn user(home: PathBuf, cmd: UserCmd) -> anyhow::Result<ExitCode> {
@@ -532,7 +529,7 @@ pub fn folder(home: PathBuf, cmd: FolderCmd) -> anyhow::Result<ExitCode> {
                         f.id,
                         f.account_id,
                         f.display_name,
-                        f.special_use.as_deref().unwrap_or("-"),
+                        f.special_use.map_or("-", SpecialUse::as_str),
                         f.priority,
                         f.messages,
                         f.last_seen_uid,
@@ -547,13 +544,8 @@ pub fn folder(home: PathBuf, cmd: FolderCmd) -> anyhow::Result<ExitCode> {
             }
         }
         FolderCmd::SetPriority { id, priority } => {
-            let p = match priority {
-                Prio::High => "high",
-                Prio::Low => "low",
-                Prio::Off => "off",
-            };
-            store.set_folder_priority(id, p)?;
-            println!("folder {id} priority {p}");
+            store.set_folder_priority(id, priority)?;
+            println!("folder {id} priority {priority}");
         }
     }
     Ok(ExitCode::SUCCESS)

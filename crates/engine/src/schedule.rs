@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use backproc_config::{Config, TimeOfDay};
-use backproc_store::{DueCuts, Lane, SchedFolder, Store};
+use backproc_store::{DueCuts, Lane, Priority, SchedFolder, Store};
 use backproc_types::Backoff;
 use chrono::{Days, NaiveTime, TimeZone};
 
@@ -71,13 +71,13 @@ pub fn daily_start<Tz: TimeZone>(tz: &Tz, now: i64, at: TimeOfDay) -> i64 {
 ///   owner is not logged in); a full sync counts as a recent one;
 /// - low: one full sync a day from the daily start; missed while down → as soon as up.
 pub fn folder_due(f: &SchedFolder, now: i64, iv: &Intervals, low_start: i64) -> Option<SyncDue> {
-    match f.priority.as_str() {
-        "off" => return None,
+    match f.priority {
+        Priority::Off => return None,
         _ if f.sync_requested.is_some() || f.last_full_sync.is_none() => {
             return Some(SyncDue::Full);
         }
-        "high" => {}
-        _ => {
+        Priority::High => {}
+        Priority::Low => {
             return (f.last_full_sync.is_some_and(|t| t < low_start)).then_some(SyncDue::Full);
         }
     }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use backproc_types::Flags;
+use backproc_types::{Flags, SpecialUse};
 
 use crate::mutf7;
 use crate::plan::{NewMsg, ServerStatus};
@@ -107,8 +107,7 @@ pub struct ListedFolder {
     /// Decoded for people, the personal namespace's prefix left out.
     pub display_name: String,
     pub delimiter: Option<String>,
-    /// inbox|sent|drafts|trash|junk|archive|all|flagged
-    pub special_use: Option<&'static str>,
+    pub special_use: Option<SpecialUse>,
     pub selectable: bool,
 }
 
@@ -210,11 +209,11 @@ pub struct StoreReport {
 }
 
 /// Special use from well-known (and localized) names, for servers without SPECIAL-USE.
-pub fn special_by_name(leaf: &str) -> Option<&'static str> {
+pub fn special_by_name(leaf: &str) -> Option<SpecialUse> {
     let l = leaf.to_lowercase();
-    let table: &[(&str, &[&str])] = &[
+    let table: &[(SpecialUse, &[&str])] = &[
         (
-            "sent",
+            SpecialUse::Sent,
             &[
                 "sent",
                 "sent items",
@@ -233,7 +232,7 @@ pub fn special_by_name(leaf: &str) -> Option<&'static str> {
             ],
         ),
         (
-            "drafts",
+            SpecialUse::Drafts,
             &[
                 "drafts",
                 "draft",
@@ -247,7 +246,7 @@ pub fn special_by_name(leaf: &str) -> Option<&'static str> {
             ],
         ),
         (
-            "trash",
+            SpecialUse::Trash,
             &[
                 "trash",
                 "deleted items",
@@ -264,7 +263,7 @@ pub fn special_by_name(leaf: &str) -> Option<&'static str> {
             ],
         ),
         (
-            "junk",
+            SpecialUse::Junk,
             &[
                 "junk",
                 "spam",
@@ -276,20 +275,20 @@ pub fn special_by_name(leaf: &str) -> Option<&'static str> {
                 "wiadomości-śmieci",
             ],
         ),
-        ("archive", &["archive", "archives", "archiv", "archiwum", "архив", "arquivo"]),
+        (SpecialUse::Archive, &["archive", "archives", "archiv", "archiwum", "архив", "arquivo"]),
     ];
     table.iter().find(|(_, names)| names.contains(&l.as_str())).map(|(k, _)| *k)
 }
 
-fn special_by_attr(attr: &str) -> Option<&'static str> {
+fn special_by_attr(attr: &str) -> Option<SpecialUse> {
     Some(match attr.to_ascii_lowercase().as_str() {
-        "\\all" => "all",
-        "\\archive" => "archive",
-        "\\drafts" => "drafts",
-        "\\flagged" => "flagged",
-        "\\junk" => "junk",
-        "\\sent" => "sent",
-        "\\trash" => "trash",
+        "\\all" => SpecialUse::All,
+        "\\archive" => SpecialUse::Archive,
+        "\\drafts" => SpecialUse::Drafts,
+        "\\flagged" => SpecialUse::Flagged,
+        "\\junk" => SpecialUse::Junk,
+        "\\sent" => SpecialUse::Sent,
+        "\\trash" => SpecialUse::Trash,
         _ => return None,
     })
 }
@@ -405,7 +404,7 @@ impl Session {
                 special = special.or_else(|| special_by_attr(a));
             }
             if crate::is_inbox(name.as_bytes()) {
-                special = Some("inbox");
+                special = Some(SpecialUse::Inbox);
             }
             let shown = if !prefix.is_empty() && name.len() > prefix.len() && name.as_bytes().starts_with(&prefix) {
                 &name[prefix.len()..]
@@ -1154,10 +1153,10 @@ mod tests {
 
     #[test]
     fn localized_special_names() {
-        assert_eq!(special_by_name("Sent Items"), Some("sent"));
-        assert_eq!(special_by_name("Отправленные"), Some("sent"));
-        assert_eq!(special_by_name("Kosz"), Some("trash"));
-        assert_eq!(special_by_name("Entwürfe"), Some("drafts"));
+        assert_eq!(special_by_name("Sent Items"), Some(SpecialUse::Sent));
+        assert_eq!(special_by_name("Отправленные"), Some(SpecialUse::Sent));
+        assert_eq!(special_by_name("Kosz"), Some(SpecialUse::Trash));
+        assert_eq!(special_by_name("Entwürfe"), Some(SpecialUse::Drafts));
         assert_eq!(special_by_name("Projects"), None);
     }
 

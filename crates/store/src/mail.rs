@@ -11,8 +11,8 @@ pub struct FolderInfo {
     pub account_id: i64,
     pub name: String,
     pub display_name: String,
-    pub special_use: Option<String>,
-    pub priority: String,
+    pub special_use: Option<SpecialUse>,
+    pub priority: Priority,
     pub messages: i64,
     pub last_seen_uid: i64,
     pub uidvalidity: Option<i64>,
@@ -56,10 +56,7 @@ impl Store {
         Ok(v)
     }
 
-    pub fn set_folder_priority(&mut self, id: i64, priority: &str) -> Result<()> {
-        if !matches!(priority, "high" | "low" | "off") {
-            return Err(Error::Invalid(format!("invalid priority {priority:?}: expected high, low or off")));
-        }
+    pub fn set_folder_priority(&mut self, id: i64, priority: Priority) -> Result<()> {
         let n =
             self.write(|tx| Ok(tx.execute("UPDATE folders SET priority = ? WHERE id = ?", params![priority, id])?))?;
         if n == 0 {
@@ -78,6 +75,7 @@ impl Store {
 
 use backproc_types::retry::{self, Queue};
 pub use backproc_types::{Backoff, Flags};
+pub use backproc_types::{Priority, SpecialUse};
 
 /// Reads a message's flags from the columns selected in the order seen, answered, flagged,
 /// draft, deleted, keywords, starting at column `at`.
@@ -98,7 +96,7 @@ pub struct FolderListing {
     pub name: String,
     pub display_name: String,
     pub delimiter: Option<String>,
-    pub special_use: Option<String>,
+    pub special_use: Option<SpecialUse>,
     /// Why the folder cannot be synced (a name we cannot use): it is kept visible, off.
     pub unusable: Option<String>,
 }
@@ -109,8 +107,8 @@ pub struct FolderRow {
     pub id: i64,
     pub account_id: i64,
     pub name: String,
-    pub special_use: Option<String>,
-    pub priority: String,
+    pub special_use: Option<SpecialUse>,
+    pub priority: Priority,
     pub uidvalidity: Option<i64>,
     pub last_seen_uid: i64,
     pub highest_modseq: Option<i64>,
@@ -182,8 +180,7 @@ pub struct QueueRow {
     pub attempts: i64,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
-    /// primary, secondary or failed.
-    pub queue: String,
+    pub queue: Queue,
 }
 
 /// A downloaded message, parsed, ready to store.
@@ -279,10 +276,10 @@ impl Store {
                     .execute(params![f.display_name, f.delimiter, f.special_use, f.unusable, account_id, f.name])?;
                 if updated == 0 {
                     // A folder we cannot use is shown, never synced: priority off.
-                    let priority = match (&f.unusable, f.special_use.as_deref()) {
-                        (Some(_), _) => "off",
-                        (None, Some("inbox")) => "high",
-                        _ => "low",
+                    let priority = match (&f.unusable, f.special_use) {
+                        (Some(_), _) => Priority::Off,
+                        (None, Some(SpecialUse::Inbox)) => Priority::High,
+                        _ => Priority::Low,
                     };
                     tx.execute(
                         "INSERT INTO folders (account_id, name, display_name, delimiter, special_use, priority, unusable)
@@ -886,7 +883,7 @@ pub struct SyncSummary {
 pub struct SchedFolder {
     pub account_id: i64,
     pub folder_id: Option<i64>,
-    pub priority: String,
+    pub priority: Priority,
     pub last_recent_sync: Option<i64>,
     pub last_full_sync: Option<i64>,
     pub sync_requested: Option<i64>,

@@ -16,6 +16,7 @@
 //! before it may lose the last claims, and those entries are sent again, with the same
 //! Message-ID (a power cut costs at most a batch of duplicates, never a lost message).
 
+use backproc_types::OutboxState;
 use backproc_types::retry::{self, OutboxNext, SendEnd};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
@@ -39,7 +40,7 @@ pub struct DeliveryInfo {
 pub struct OutboxRecord {
     pub id: i64,
     pub account_id: i64,
-    pub state: String,
+    pub state: OutboxState,
     pub start_time: Option<i64>,
     pub end_time: Option<i64>,
     pub error: Option<String>,
@@ -338,7 +339,7 @@ impl Store {
     /// Sends a final entry again on purpose: state RETRY (the next claim counts the attempt).
     pub fn outbox_retry(&mut self, id: i64, now: i64) -> Result<()> {
         let rec = self.outbox_record(id)?;
-        if rec.state == "PROCESSING" {
+        if rec.state == OutboxState::Processing {
             return Err(Error::Invalid(format!("entry {id} is being sent now (PROCESSING)")));
         }
         self.write(|tx| {

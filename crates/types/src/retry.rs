@@ -52,26 +52,7 @@ pub enum Queue {
     Failed,
 }
 
-impl Queue {
-    /// As stored.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Queue::Primary => "primary",
-            Queue::Secondary => "secondary",
-            Queue::Failed => "failed",
-        }
-    }
-
-    /// From the stored text; `None` for anything else.
-    pub fn parse(s: &str) -> Option<Queue> {
-        match s {
-            "primary" => Some(Queue::Primary),
-            "secondary" => Some(Queue::Secondary),
-            "failed" => Some(Queue::Failed),
-            _ => None,
-        }
-    }
-}
+crate::words::words!(Queue { Primary => "primary", Secondary => "secondary", Failed => "failed" });
 
 /// The receive queue's retry rule (BG_BACKOFF_*, EMAIL_BG_SECONDARY_AFTER, EMAIL_BG_FAILED_AFTER).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,13 +205,5 @@ mod tests {
         for (name, end, attempts, created, want) in cases {
             assert_eq!(outbox_next(&p, *end, *attempts, *created, 1000), *want, "{name}");
         }
-    }
-
-    #[test]
-    fn queue_names_round_trip() {
-        for q in [Queue::Primary, Queue::Secondary, Queue::Failed] {
-            assert_eq!(Queue::parse(q.as_str()), Some(q));
-        }
-        assert_eq!(Queue::parse("Primary"), None);
     }
 }

@@ -9,29 +9,7 @@ pub enum Security {
     None,
 }
 
-impl Security {
-    /// Every value, as the store and the command line write them.
-    pub const NAMES: [&'static str; 3] = ["ssl", "starttls", "none"];
-
-    /// As the store and the command line write it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Security::Ssl => "ssl",
-            Security::StartTls => "starttls",
-            Security::None => "none",
-        }
-    }
-
-    /// From its written form; `None` for anything else.
-    pub fn parse(s: &str) -> Option<Security> {
-        match s {
-            "ssl" => Some(Security::Ssl),
-            "starttls" => Some(Security::StartTls),
-            "none" => Some(Security::None),
-            _ => None,
-        }
-    }
-}
+crate::words::words!(Security { Ssl => "ssl", StartTls => "starttls", None => "none" });
 
 #[cfg(test)]
 mod tests {
@@ -39,7 +17,7 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for name in Security::NAMES {
+        for &name in Security::NAMES {
             assert_eq!(Security::parse(name).map(Security::as_str), Some(name));
         }
         assert_eq!(Security::parse("STARTTLS"), None, "written in lower case only");

@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use backproc_store::SpecialUse;
+
 use super::{Ctx, Stop};
 use crate::task::{Failure, FailureKind, Job, Report, Task};
 
@@ -28,7 +30,7 @@ pub fn sync_delete(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
         .store
         .account_folders(account)?
         .into_iter()
-        .find(|f| f.special_use.as_deref() == Some("trash") && !f.gone)
+        .find(|f| f.special_use == Some(SpecialUse::Trash) && !f.gone)
         .map(|f| f.name);
     let last = folder.last_seen_uid as u32;
     // What vanished on the server is recorded by the full sync (under one UIDVALIDITY only).

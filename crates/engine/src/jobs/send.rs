@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use backproc_smtp::{Credential, Envelope, ErrorKind, Params, Security, Smtp};
-use backproc_store::Account;
 use backproc_store::outbox::{Claim, Claimed, DeliveryInfo, SendOutcome, SendPolicy};
+use backproc_store::{Account, SpecialUse};
 
 use super::Ctx;
 use crate::signin::{self, Server};
@@ -385,7 +385,7 @@ fn append_sent(ctx: &mut Ctx, a: &Account) {
         .store
         .account_folders(a.id)
         .ok()
-        .and_then(|fs| fs.into_iter().find(|f| f.special_use.as_deref() == Some("sent")).map(|f| f.name))
+        .and_then(|fs| fs.into_iter().find(|f| f.special_use == Some(SpecialUse::Sent)).map(|f| f.name))
         .unwrap_or_else(|| "Sent".to_owned());
     let now = ctx.clock.now();
     let session = match ctx.sessions.get(ctx.store, ctx.config, a.id, now) {

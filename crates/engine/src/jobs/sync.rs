@@ -50,7 +50,7 @@ pub fn list_folders(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
             name: f.name,
             display_name: f.display_name,
             delimiter: f.delimiter,
-            special_use: f.special_use.map(str::to_owned),
+            special_use: f.special_use,
             unusable: None,
         })
         .collect();

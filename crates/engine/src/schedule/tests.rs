@@ -9,7 +9,7 @@ fn folder(priority: &str, logged_in: bool, last_recent: Option<i64>, last_full: 
     SchedFolder {
         account_id: 1,
         folder_id: Some(1),
-        priority: priority.into(),
+        priority: Priority::parse(priority).expect("a priority"),
         last_recent_sync: last_recent,
         last_full_sync: last_full,
         sync_requested: None,

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use backproc_engine::{Clock, Job, JobRunner, Runner, Task};
+use backproc_engine::{Clock, JobRunner, Runner, Task};
 use clap::Subcommand;
 
 use super::Env;
@@ -28,20 +28,20 @@ pub enum MaintenanceCmd {
 pub fn run(home: PathBuf, cmd: MaintenanceCmd) -> anyhow::Result<ExitCode> {
     let env = Env::open(home)?;
     let task = match &cmd {
-        MaintenanceCmd::Vacuum => Task::new(Job::Vacuum, None, None),
-        MaintenanceCmd::Backup => Task::new(Job::Backup, None, None),
+        MaintenanceCmd::Vacuum => Task::Vacuum,
+        MaintenanceCmd::Backup => Task::Backup,
         MaintenanceCmd::Resync { account } => {
             // An unknown account is a usage error, not a failed run in history.
             env.store()?.account(*account)?;
-            Task::new(Job::FullResync, Some(*account), None)
+            Task::FullResync(*account)
         }
-        MaintenanceCmd::PruneHistory => Task::new(Job::PruneHistory, None, None),
+        MaintenanceCmd::PruneHistory => Task::PruneHistory,
     };
     let mut runner = JobRunner::by_hand(env.home.store_path(), env.config().clone(), Clock::system());
     match runner.run(&task) {
         Ok(report) => {
             let mut line = report.summary.unwrap_or_default();
-            if let Some(a) = task.account {
+            if let Some(a) = task.account() {
                 line.push_str(&format!(
                     "; the running master's next sync (or `backproc sync --account {a}`) reads them again"
                 ));
@@ -49,6 +49,6 @@ pub fn run(home: PathBuf, cmd: MaintenanceCmd) -> anyhow::Result<ExitCode> {
             println!("{line}");
             Ok(ExitCode::SUCCESS)
         }
-        Err(f) => anyhow::bail!("{}: {}", task.job.failed(f.kind), f.detail),
+        Err(f) => anyhow::bail!("{}: {}", task.job().failed(f.kind), f.detail),
     }
 }

@@ -22,7 +22,7 @@ use crate::push::{Push, PushEvent};
 use crate::runner::JobRunner;
 use crate::schedule::{Scheduler, SyncDue};
 use crate::sessions::SessionPool;
-use crate::task::{Job, Outcome, Task};
+use crate::task::{FolderOf, Job, Outcome, Task};
 use crate::{Clock, Error, SharedConfig};
 
 pub struct MasterOptions {
@@ -223,23 +223,23 @@ impl<'r> Master<'r> {
         self.in_flight.remove(&o.task);
         if self.opts.once
             && o.result.is_ok()
-            && matches!(o.task.job, Job::ListFolders | Job::SyncRecent | Job::SyncFull)
+            && matches!(o.task.job(), Job::ListFolders | Job::SyncRecent | Job::SyncFull)
         {
             self.synced.insert(o.task);
-            if o.task.job == Job::SyncFull {
+            if let Task::SyncFull(f) = o.task {
                 // a full sync counts as a recent one (`schedule::folder_due`)
-                self.synced.insert(Task { job: Job::SyncRecent, ..o.task });
+                self.synced.insert(Task::SyncRecent(f));
             }
         }
-        if let (Ok(_), Some(a)) = (&o.result, o.task.account)
-            && o.task.job.waits_for_account()
+        if let (Ok(_), Some(a)) = (&o.result, o.task.account())
+            && o.task.job().waits_for_account()
         {
             self.signed_in.insert(a);
         }
         if self.pushed.remove(&o.task)
             && o.result.is_err()
-            && o.task.folder.is_some()
-            && let Err(e) = self.store.request_sync(o.task.account, o.task.folder, self.clock.now())
+            && o.task.folder().is_some()
+            && let Err(e) = self.store.request_sync(o.task.account(), o.task.folder(), self.clock.now())
         {
             log::error!("cannot record that {} is due again: {e}", o.task);
         }
@@ -250,7 +250,7 @@ impl<'r> Master<'r> {
         self.refresh_sessions();
         let follow = self.scheduler.within_budget(follow, &self.in_flight, &self.config);
         self.dispatch(follow, false);
-        let freed = o.task.account.is_some_and(|a| !self.in_flight.keys().any(|t| t.account == Some(a)));
+        let freed = o.task.account().is_some_and(|a| !self.in_flight.keys().any(|t| t.account() == Some(a)));
         if self.opts.once && self.in_flight.is_empty() {
             self.next_tick = Instant::now();
         } else if freed && self.scheduler.held_back() {
@@ -262,12 +262,11 @@ impl<'r> Master<'r> {
     }
 
     fn on_push(&mut self, e: PushEvent) {
-        let job = match (e.folder, e.due) {
-            (None, _) => Job::ListFolders,
-            (Some(_), SyncDue::Recent) => Job::SyncRecent,
-            (Some(_), SyncDue::Full) => Job::SyncFull,
+        let task = match (e.folder, e.due) {
+            (None, _) => Task::ListFolders(e.account),
+            (Some(folder), SyncDue::Recent) => Task::SyncRecent(FolderOf { account: e.account, folder }),
+            (Some(folder), SyncDue::Full) => Task::SyncFull(FolderOf { account: e.account, folder }),
         };
-        let task = Task::new(job, Some(e.account), e.folder);
         if self.in_flight.contains_key(&task) {
             self.again.insert(task);
         } else {
@@ -298,7 +297,7 @@ impl<'r> Master<'r> {
         // Left out before the per-host budget, so that what will not run takes no place in
         // it: another account, or work this `--once` run has done already.
         let (only, synced) = (self.opts.only_account, &self.synced);
-        let wanted = |t: &Task| only.is_none_or(|a| t.account == Some(a)) && !synced.contains(t);
+        let wanted = |t: &Task| only.is_none_or(|a| t.account() == Some(a)) && !synced.contains(t);
         let due = match self.scheduler.due(&mut self.store, &self.config, &self.in_flight, &wanted) {
             Ok(d) => d,
             Err(e) => {
@@ -383,7 +382,7 @@ impl<'r> Master<'r> {
             if self.in_flight.contains_key(&task) {
                 continue;
             }
-            match self.pool.offer_in(task, urgent || task.job.urgent()) {
+            match self.pool.offer_in(task, urgent || task.job().urgent()) {
                 Offer::Queued { worker } => {
                     self.in_flight.insert(task, worker);
                     queued.push(task);

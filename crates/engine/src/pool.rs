@@ -136,7 +136,7 @@ impl Pool {
     /// may run beside its account's other work: then on an idle worker if there is one), else on
     /// an idle worker (a new one while fewer than `max` exist), else on the least loaded.
     pub fn offer(&mut self, task: Task) -> Offer {
-        self.offer_in(task, task.job.urgent())
+        self.offer_in(task, task.job().urgent())
     }
 
     /// `offer`, to the urgent lane or the bulk one as asked (a sync push made due goes ahead
@@ -149,7 +149,7 @@ impl Pool {
         let idle = st.lanes.iter().position(|l| l.alive && l.load() == 0);
         let fresh = (st.lanes.len() < self.max).then_some(st.lanes.len());
         // Syncs stay on the account's worker: they run one at a time anyway (`may_start`).
-        let beside = task.job.receives() && task.folder_work().is_some() && holding < st.parallel;
+        let beside = task.job().receives() && task.folder_work().is_some() && holding < st.parallel;
         let idx = match pinned {
             Some(_) if beside && idle.or(fresh).is_some() => idle.or(fresh).unwrap_or_default(),
             Some(i) => i,
@@ -411,14 +411,14 @@ mod tests {
 
     impl Runner for Probe {
         fn run(&mut self, task: &Task) -> Result<Report, Failure> {
-            if task.folder == Some(666) {
+            if task.folder() == Some(666) {
                 panic!("boom");
             }
             let start = Instant::now();
             let ms = self.delays.lock().unwrap().get(task).copied().unwrap_or(0);
             std::thread::sleep(Duration::from_millis(ms));
             let name = std::thread::current().name().unwrap_or("?").to_owned();
-            self.seen.lock().unwrap().push((task.account.unwrap_or(-1), name, start, Instant::now(), *task));
+            self.seen.lock().unwrap().push((task.account().unwrap_or(-1), name, start, Instant::now(), *task));
             Ok(Report::default())
         }
         fn idle(&mut self) {
@@ -437,7 +437,7 @@ mod tests {
 
     impl Tasks {
         fn of(&self, job: Job, account: i64, folder: i64, ms: u64) -> Task {
-            let t = Task::new(job, Some(account), Some(folder));
+            let t = Task::of(job, Some(account), Some(folder)).expect("folder work");
             self.0.lock().unwrap().insert(t, ms);
             t
         }
@@ -503,11 +503,11 @@ mod tests {
         };
         let most = seen.iter().map(|s| at_once(s.2, &|_| true)).max().unwrap();
         assert!(most <= 3, "{most} tasks of one account at once");
-        let syncs = seen.iter().map(|s| at_once(s.2, &|t| t.job == Job::SyncFull)).max().unwrap();
+        let syncs = seen.iter().map(|s| at_once(s.2, &|t| t.job() == Job::SyncFull)).max().unwrap();
         assert_eq!(syncs, 1, "two syncs of one account at once");
         // the first three receives were queued on three workers (the first of the account's,
         // then two idle ones): each ran where it was queued
-        let on = |f: i64| seen.iter().find(|s| s.4.folder == Some(f)).map(|s| s.1.clone()).unwrap();
+        let on = |f: i64| seen.iter().find(|s| s.4.folder() == Some(f)).map(|s| s.1.clone()).unwrap();
         let threads: HashSet<String> = (1..=3).map(on).collect();
         assert_eq!(threads.len(), 3, "{threads:?}");
     }
@@ -543,7 +543,7 @@ mod tests {
         while done.len() < 5 {
             let o = rx.recv_timeout(Duration::from_secs(5)).unwrap();
             o.result.unwrap();
-            done.insert(o.task.account.unwrap());
+            done.insert(o.task.account().unwrap());
             if done.contains(&1) {
                 break;
             }
@@ -620,9 +620,9 @@ mod tests {
         p.stop();
         assert!(p.join(Instant::now() + Duration::from_secs(5)));
         let o = rx.recv_timeout(Duration::from_secs(1)).unwrap();
-        assert_eq!(o.task.folder, Some(1));
+        assert_eq!(o.task.folder(), Some(1));
         let cancelled = rx.recv_timeout(Duration::from_secs(1)).expect("the queued task is reported");
-        assert_eq!(cancelled.task.folder, Some(2));
+        assert_eq!(cancelled.task.folder(), Some(2));
         assert_eq!(cancelled.result.unwrap_err().kind, FailureKind::Cancelled, "it must not start after stop");
         assert_eq!(seen.lock().unwrap().len(), 1);
     }
@@ -637,7 +637,7 @@ mod tests {
         }
         p.offer(t.of(Job::Receive, 1, 99, 0));
         let order: Vec<Option<i64>> =
-            (0..7).map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap().task.folder).collect();
+            (0..7).map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap().task.folder()).collect();
         assert_eq!(order[0], Some(0));
         assert_eq!(order[1], Some(99), "{order:?}");
     }

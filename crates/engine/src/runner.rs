@@ -58,30 +58,31 @@ impl JobRunner {
     }
 }
 
+/// The job of the task, given the ids it carries.
 fn execute(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
-    match task.job {
-        Job::ListFolders => jobs::sync::list_folders(ctx, task),
-        Job::SyncRecent => jobs::sync::sync_folder(ctx, task, false),
-        Job::SyncFull => jobs::sync::sync_folder(ctx, task, true),
-        Job::Receive => jobs::receive::receive(ctx, task, Lane::Primary),
-        Job::ReceiveSecondary => jobs::receive::receive(ctx, task, Lane::Secondary),
-        Job::SyncDelete => jobs::delete::sync_delete(ctx, task),
-        Job::PurgeDeleted => jobs::delete::purge_deleted(ctx, task),
-        Job::CleanMailboxes => jobs::delete::clean_mailboxes(ctx, task),
-        Job::Vacuum => jobs::maintenance::vacuum(ctx, task),
-        Job::Backup => jobs::maintenance::backup(ctx, task),
-        Job::FullResync => jobs::maintenance::full_resync(ctx, task),
-        Job::InternalClean => jobs::maintenance::internal_clean(ctx, task),
-        Job::PruneHistory => jobs::maintenance::prune_history(ctx, task),
-        Job::Send => jobs::send::send(ctx, task, false),
-        Job::SendSecondary => jobs::send::send(ctx, task, true),
+    match *task {
+        Task::ListFolders(account) => jobs::sync::list_folders(ctx, account),
+        Task::SyncRecent(at) => jobs::sync::sync_folder(ctx, task, at, false),
+        Task::SyncFull(at) => jobs::sync::sync_folder(ctx, task, at, true),
+        Task::Receive(at) => jobs::receive::receive(ctx, task, at, Lane::Primary),
+        Task::ReceiveSecondary(at) => jobs::receive::receive(ctx, task, at, Lane::Secondary),
+        Task::SyncDelete(at) => jobs::delete::sync_delete(ctx, at),
+        Task::PurgeDeleted => jobs::delete::purge_deleted(ctx),
+        Task::CleanMailboxes(account) => jobs::delete::clean_mailboxes(ctx, account),
+        Task::Vacuum => jobs::maintenance::vacuum(ctx),
+        Task::Backup => jobs::maintenance::backup(ctx),
+        Task::FullResync(account) => jobs::maintenance::full_resync(ctx, account),
+        Task::InternalClean => jobs::maintenance::internal_clean(ctx),
+        Task::PruneHistory => jobs::maintenance::prune_history(ctx),
+        Task::Send(account) => jobs::send::send(ctx, task, account, false),
+        Task::SendSecondary(account) => jobs::send::send(ctx, task, account, true),
     }
 }
 
 impl Runner for JobRunner {
     fn run(&mut self, task: &Task) -> Result<Report, Failure> {
         let config = self.config.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let _scope = crate::logctx::scope(task.account, task.folder);
+        let _scope = crate::logctx::scope(task.account(), task.folder());
         let thread = self.thread_name();
         let clock = self.clock;
         let idx = self.worker;
@@ -94,8 +95,8 @@ impl Runner for JobRunner {
         // they would log in again at once, and the throttling server would see our next
         // command in the same millisecond. Not started, nothing recorded: the store still
         // holds their work for a later tick.
-        if let Some(account) = task.account
-            && task.job.waits_for_account()
+        if let Some(account) = task.account()
+            && task.job().waits_for_account()
             && let Ok(a) = store.account(account)
             && let Some(until) = a.retry_after.filter(|t| *t > clock.now())
         {
@@ -103,12 +104,12 @@ impl Runner for JobRunner {
             return Err(Failure::new(FailureKind::Cancelled, "not started: the account backs off"));
         }
         let history = |status, detail, count, ms| NewHistory {
-            kind: Some(task.job.key()),
-            process: task.job.name(),
+            kind: Some(task.job().key()),
+            process: task.job().name(),
             status,
             detail,
-            account_id: task.account,
-            folder_id: task.folder,
+            account_id: task.account(),
+            folder_id: task.folder(),
             count,
             duration_ms: ms,
             thread: Some(&thread),
@@ -125,7 +126,7 @@ impl Runner for JobRunner {
             })
         };
         // A task's bookkeeping is one commit at its start and one at its end.
-        let running = worker(Some(task.to_string()), task.account, task.folder);
+        let running = worker(Some(task.to_string()), task.account(), task.folder());
         if let Err(e) = store.task_started(&history("Started", None, None, None), running.as_ref(), clock.now()) {
             log::error!("cannot write history: {e}");
         }
@@ -134,7 +135,7 @@ impl Runner for JobRunner {
         // renewed while bytes come at BG_MIN_TRANSFER_RATE).
         let deadline =
             backproc_imap::Deadline::new(Duration::from_secs(config.bg_task_deadline), config.bg_min_transfer_rate);
-        self.sessions.begin_task(Some(deadline), task.job.receives());
+        self.sessions.begin_task(Some(deadline), task.job().receives());
         let mut ctx =
             Ctx { store: &mut *store, config: &config, clock, sessions: &mut self.sessions, worker: idx, by_hand };
         let result = match (execute(&mut ctx, task), self.sessions.end_task()) {
@@ -153,14 +154,14 @@ impl Runner for JobRunner {
         // failure of the account as a whole (refused login, unreachable server, a connection
         // dropped mid-command, TLS) backs it off, so it is not retried every tick.
         let mut success = None;
-        if let Some(account) = task.account {
+        if let Some(account) = task.account() {
             let now = clock.now();
             match &result {
                 // A run by hand is maintenance: it proves nothing of the account's server.
                 Ok(_) if !by_hand => success = Some(account),
                 // SMTP trouble backs off the outbox entries (their own next attempt), not the
                 // account's IMAP work.
-                Err(f) if f.kind.account_level() && !matches!(task.job, Job::Send | Job::SendSecondary) => {
+                Err(f) if f.kind.account_level() && !matches!(task.job(), Job::Send | Job::SendSecondary) => {
                     if let Ok(a) = store.account(account)
                         && let Err(e) = crate::sessions::record_failure(store, &config, &a, f, now)
                     {
@@ -172,10 +173,10 @@ impl Runner for JobRunner {
         }
         let h = match &result {
             Ok(r) => history("Finished", None, Some(r.count), Some(ms)),
-            Err(f) => history(task.job.failed(f.kind), Some(&f.detail), None, Some(ms)),
+            Err(f) => history(task.job().failed(f.kind), Some(&f.detail), None, Some(ms)),
         };
         match store.task_finished(&h, worker(None, None, None).as_ref(), success, clock.now()) {
-            Ok(n) if n > 0 => log::info!("account {} works again after {n} failure(s)", task.account.unwrap_or(0)),
+            Ok(n) if n > 0 => log::info!("account {} works again after {n} failure(s)", task.account().unwrap_or(0)),
             Ok(_) => {}
             Err(e) => log::error!("cannot write history and the account's health: {e}"),
         }

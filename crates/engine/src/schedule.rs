@@ -11,7 +11,7 @@ use backproc_types::Backoff;
 use chrono::{Days, NaiveTime, TimeZone};
 
 use crate::Clock;
-use crate::task::{FailureKind, Job, Outcome, Task};
+use crate::task::{FailureKind, FolderOf, Job, Outcome, Task};
 
 /// The kind of sync a folder is due for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +140,7 @@ pub fn budget_lowered(
 ) -> Vec<Task> {
     let mut tasks: HashMap<i64, Vec<Task>> = HashMap::new();
     for t in in_flight.keys() {
-        if let Some(a) = t.account {
+        if let Some(a) = t.account() {
             tasks.entry(a).or_default().push(*t);
         }
     }
@@ -165,7 +165,7 @@ pub fn budget_lowered(
     }
     due.into_iter()
         .filter(|t| {
-            let Some(a) = t.account else { return true };
+            let Some(a) = t.account() else { return true };
             let Some(h) = hosts.get(&a) else { return true };
             let mine = tasks.entry(a).or_default();
             let before = connections(mine, parallel);
@@ -199,7 +199,7 @@ pub fn idle_to_close(
     hosts: &HashMap<i64, String>,
     held_hosts: &HashSet<String>,
 ) -> Vec<i64> {
-    let busy: HashSet<i64> = in_flight.keys().filter_map(|t| t.account).collect();
+    let busy: HashSet<i64> = in_flight.keys().filter_map(|t| t.account()).collect();
     let mut close: Vec<i64> = open
         .iter()
         .filter(|(a, n)| **n > 0 && !busy.contains(a) && !due.contains(a))
@@ -316,20 +316,22 @@ impl Scheduler {
             let full_iv = iv.full.min(iv.full_nl);
             for &a in &ready {
                 if self.listed.get(&a).is_none_or(|t| now - t >= full_iv) {
-                    due.push(Task::new(Job::ListFolders, Some(a), None));
+                    due.push(Task::ListFolders(a));
                 }
             }
             let cuts = DueCuts { recent: now - iv.recent.min(iv.recent_nl), full: now - full_iv, low_start };
             for f in store.schedule_candidates(now, cuts)?.iter().filter(|f| f.account_ready) {
+                let Some(folder) = f.folder_id else { continue };
+                let on = FolderOf { account: f.account_id, folder };
                 match folder_due(f, now, &iv, low_start) {
-                    Some(SyncDue::Full) => due.push(Task::new(Job::SyncFull, Some(f.account_id), f.folder_id)),
-                    Some(SyncDue::Recent) => due.push(Task::new(Job::SyncRecent, Some(f.account_id), f.folder_id)),
+                    Some(SyncDue::Full) => due.push(Task::SyncFull(on)),
+                    Some(SyncDue::Recent) => due.push(Task::SyncRecent(on)),
                     None => {}
                 }
             }
             for (account, folder) in store.folders_with_due_receive(Lane::Primary, now)? {
                 if ready.contains(&account) {
-                    due.push(Task::new(Job::Receive, Some(account), Some(folder)));
+                    due.push(Task::Receive(FolderOf { account, folder }));
                 }
             }
             // Sync Delete where there is deletion work, looked for every interval.
@@ -337,7 +339,7 @@ impl Scheduler {
                 self.last_interval.insert("sync_delete", now);
                 for (account, folder) in store.folders_with_deletion_work()? {
                     if ready.contains(&account) {
-                        due.push(Task::new(Job::SyncDelete, Some(account), Some(folder)));
+                        due.push(Task::SyncDelete(FolderOf { account, folder }));
                     }
                 }
             }
@@ -346,17 +348,17 @@ impl Scheduler {
                 store.set_job_last_run("clean_mailboxes", now)?;
                 for (account, _) in store.accounts_with_retention()? {
                     if ready.contains(&account) {
-                        due.push(Task::new(Job::CleanMailboxes, Some(account), None));
+                        due.push(Task::CleanMailboxes(account));
                     }
                 }
             }
             if self.interval_due(store, Job::PurgeDeleted.key(), config.email_bg_purge_deleted_interval as i64, now)? {
-                due.push(Task::new(Job::PurgeDeleted, None, None));
+                due.push(Task::PurgeDeleted);
             }
             if self.interval_due(store, "receive_secondary", config.email_bg_secondary_interval as i64, now)? {
                 for (account, folder) in store.folders_with_due_receive(Lane::Secondary, now)? {
                     if ready.contains(&account) {
-                        due.push(Task::new(Job::ReceiveSecondary, Some(account), Some(folder)));
+                        due.push(Task::ReceiveSecondary(FolderOf { account, folder }));
                     }
                 }
                 self.last_interval.insert("receive_secondary", now);
@@ -378,40 +380,43 @@ impl Scheduler {
             let mut accounts: BTreeSet<i64> = store.outbox_due_accounts(now, false)?.into_iter().collect();
             accounts.extend(store.outbox_append_accounts()?);
             for a in accounts {
-                due.push(Task::new(Job::Send, Some(a), None));
+                due.push(Task::Send(a));
             }
             if self.interval_due(store, "send_secondary", config.email_bg_secondary_interval as i64, now)? {
                 self.last_interval.insert("send_secondary", now);
                 for a in store.outbox_due_accounts(now, true)? {
-                    due.push(Task::new(Job::SendSecondary, Some(a), None));
+                    due.push(Task::SendSecondary(a));
                 }
             }
         }
         // Housekeeping on its own intervals, whatever else is enabled.
-        for (job, every) in [
-            (Job::InternalClean, config.internal_msg_clean_interval),
-            (Job::PruneHistory, 86_400),
-            (Job::Vacuum, config.bg_vacuum_interval),
-            (Job::Backup, config.bg_backup_interval),
+        for (task, every) in [
+            (Task::InternalClean, config.internal_msg_clean_interval),
+            (Task::PruneHistory, 86_400),
+            (Task::Vacuum, config.bg_vacuum_interval),
+            (Task::Backup, config.bg_backup_interval),
         ] {
-            if self.interval_due(store, job.key(), every as i64, now)? {
-                due.push(Task::new(job, None, None));
+            if self.interval_due(store, task.job().key(), every as i64, now)? {
+                due.push(task);
             }
         }
         self.held.retain(|_, until| *until > now);
         due.retain(|t| !in_flight.contains_key(t) && !self.held.contains_key(t) && wanted(t));
         // Urgent first; a stable order otherwise.
-        due.sort_by_key(|t| (!t.job.urgent(), *t));
+        due.sort_by_key(|t| (!t.job().urgent(), *t));
         due.dedup();
         let (per_host, parallel) =
             (config.bg_max_connections_per_host as usize, config.email_bg_account_connections as usize);
         let wanted = due.clone();
         let mut due = budget_lowered(due, in_flight, &self.hosts, per_host, parallel, &self.lowered, &self.open);
         self.held_back = due.len() < wanted.len();
-        self.due_accounts = wanted.iter().filter_map(|t| t.account).collect();
+        self.due_accounts = wanted.iter().filter_map(|t| t.account()).collect();
         let kept: HashSet<&Task> = due.iter().collect();
-        self.held_hosts =
-            wanted.iter().filter(|t| !kept.contains(t)).filter_map(|t| self.hosts.get(&t.account?).cloned()).collect();
+        self.held_hosts = wanted
+            .iter()
+            .filter(|t| !kept.contains(t))
+            .filter_map(|t| self.hosts.get(&t.account()?).cloned())
+            .collect();
         due.truncate(config.bg_max_starts_per_tick as usize);
         Ok(due)
     }
@@ -429,7 +434,7 @@ impl Scheduler {
         let (per_host, parallel) =
             (config.bg_max_connections_per_host as usize, config.email_bg_account_connections as usize);
         let (held, mut free): (Vec<Task>, Vec<Task>) =
-            follow.into_iter().partition(|t| !self.lowered.is_empty() || t.job.receives());
+            follow.into_iter().partition(|t| !self.lowered.is_empty() || t.job().receives());
         let n = held.len();
         let kept = budget_lowered(held, in_flight, &self.hosts, per_host, parallel, &self.lowered, &self.open);
         self.held_back |= kept.len() < n;
@@ -455,20 +460,20 @@ impl Scheduler {
 
     /// Records a finished task; returns follow-up tasks to dispatch at once.
     pub fn finished(&mut self, store: &mut Store, config: &Config, o: &Outcome) -> Vec<Task> {
-        let _scope = crate::logctx::scope(o.task.account, o.task.folder);
+        let _scope = crate::logctx::scope(o.task.account(), o.task.folder());
         match &o.result {
             Ok(r) => {
                 self.failures.remove(&o.task);
-                if o.task.account.is_none() {
+                if o.task.account().is_none() {
                     // interval jobs: remembered across restarts
                     let now = self.clock.now();
-                    self.last_interval.insert(o.task.job.key(), now);
-                    if let Err(e) = store.set_job_last_run(o.task.job.key(), now) {
+                    self.last_interval.insert(o.task.job().key(), now);
+                    if let Err(e) = store.set_job_last_run(o.task.job().key(), now) {
                         log::error!("cannot record the run of {}: {e}", o.task);
                     }
                 }
-                if o.task.job == Job::ListFolders
-                    && let Some(a) = o.task.account
+                if o.task.job() == Job::ListFolders
+                    && let Some(a) = o.task.account()
                 {
                     self.listed.insert(a, self.clock.now());
                 }
@@ -476,14 +481,14 @@ impl Scheduler {
                 r.follow_up.clone()
             }
             Err(f) => {
-                if o.task.job == Job::ListFolders
-                    && let Some(a) = o.task.account
+                if o.task.job() == Job::ListFolders
+                    && let Some(a) = o.task.account()
                 {
                     // Retried when the account's back-off allows, not every tick.
                     self.listed.insert(a, self.clock.now());
                 }
                 if !f.kind.account_level() && f.kind != FailureKind::Cancelled {
-                    log::error!("{} failed: {f}", o.task.job.name());
+                    log::error!("{} failed: {f}", o.task.job().name());
                 }
                 // A task that failed waits the back-off base before it is due again: the
                 // account's back-off covers connection and login trouble, but a failure of

@@ -109,41 +109,127 @@ impl Job {
     }
 }
 
-/// One unit of work. Two tasks with the same key are the same work: never queued twice.
+/// A folder of an account: what folder work runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Task {
-    pub job: Job,
-    pub account: Option<i64>,
-    pub folder: Option<i64>,
+pub struct FolderOf {
+    pub account: i64,
+    pub folder: i64,
+}
+
+/// One unit of work, carrying exactly the ids its job needs (a sync its folder, a send its
+/// account, a backup nothing). Two equal tasks are the same work: never queued twice. The
+/// variants are in [`Job`]'s order, so tasks sort as their jobs do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Task {
+    SyncRecent(FolderOf),
+    SyncFull(FolderOf),
+    ListFolders(i64),
+    Receive(FolderOf),
+    ReceiveSecondary(FolderOf),
+    Send(i64),
+    SendSecondary(i64),
+    SyncDelete(FolderOf),
+    PurgeDeleted,
+    CleanMailboxes(i64),
+    Vacuum,
+    Backup,
+    FullResync(i64),
+    PruneHistory,
+    InternalClean,
 }
 
 impl Task {
-    pub fn new(job: Job, account: Option<i64>, folder: Option<i64>) -> Task {
-        Task { job, account, folder }
+    /// The task of `job` on these ids, when they are the ones it needs (a job chosen at run
+    /// time: the scheduler's interval jobs, a push event); `None` otherwise.
+    pub fn of(job: Job, account: Option<i64>, folder: Option<i64>) -> Option<Task> {
+        let on = |f: fn(FolderOf) -> Task| Some(f(FolderOf { account: account?, folder: folder? }));
+        match (job, account, folder) {
+            (Job::SyncRecent, ..) => on(Task::SyncRecent),
+            (Job::SyncFull, ..) => on(Task::SyncFull),
+            (Job::Receive, ..) => on(Task::Receive),
+            (Job::ReceiveSecondary, ..) => on(Task::ReceiveSecondary),
+            (Job::SyncDelete, ..) => on(Task::SyncDelete),
+            (Job::ListFolders, Some(a), None) => Some(Task::ListFolders(a)),
+            (Job::Send, Some(a), None) => Some(Task::Send(a)),
+            (Job::SendSecondary, Some(a), None) => Some(Task::SendSecondary(a)),
+            (Job::CleanMailboxes, Some(a), None) => Some(Task::CleanMailboxes(a)),
+            (Job::FullResync, Some(a), None) => Some(Task::FullResync(a)),
+            (Job::PurgeDeleted, None, None) => Some(Task::PurgeDeleted),
+            (Job::Vacuum, None, None) => Some(Task::Vacuum),
+            (Job::Backup, None, None) => Some(Task::Backup),
+            (Job::PruneHistory, None, None) => Some(Task::PruneHistory),
+            (Job::InternalClean, None, None) => Some(Task::InternalClean),
+            _ => None,
+        }
+    }
+
+    pub fn job(&self) -> Job {
+        match self {
+            Task::SyncRecent(_) => Job::SyncRecent,
+            Task::SyncFull(_) => Job::SyncFull,
+            Task::ListFolders(_) => Job::ListFolders,
+            Task::Receive(_) => Job::Receive,
+            Task::ReceiveSecondary(_) => Job::ReceiveSecondary,
+            Task::Send(_) => Job::Send,
+            Task::SendSecondary(_) => Job::SendSecondary,
+            Task::SyncDelete(_) => Job::SyncDelete,
+            Task::PurgeDeleted => Job::PurgeDeleted,
+            Task::CleanMailboxes(_) => Job::CleanMailboxes,
+            Task::Vacuum => Job::Vacuum,
+            Task::Backup => Job::Backup,
+            Task::FullResync(_) => Job::FullResync,
+            Task::PruneHistory => Job::PruneHistory,
+            Task::InternalClean => Job::InternalClean,
+        }
+    }
+
+    /// The folder and its account, for folder work.
+    pub fn folder_of(&self) -> Option<FolderOf> {
+        match *self {
+            Task::SyncRecent(f)
+            | Task::SyncFull(f)
+            | Task::Receive(f)
+            | Task::ReceiveSecondary(f)
+            | Task::SyncDelete(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    pub fn account(&self) -> Option<i64> {
+        match *self {
+            Task::ListFolders(a)
+            | Task::Send(a)
+            | Task::SendSecondary(a)
+            | Task::CleanMailboxes(a)
+            | Task::FullResync(a) => Some(a),
+            _ => self.folder_of().map(|f| f.account),
+        }
+    }
+
+    pub fn folder(&self) -> Option<i64> {
+        self.folder_of().map(|f| f.folder)
     }
 
     /// The key of the worker this task must run on: all tasks of one account share a worker,
     /// but for receives that may run beside each other ([`may_start`]).
     pub fn affinity(&self) -> u64 {
-        match self.account {
+        match self.account() {
             Some(a) => a as u64,
-            None => u64::MAX - self.job as u64,
+            None => u64::MAX - self.job() as u64,
         }
     }
 
     /// The folder of a sync or a receive: the work of an account that may run beside its
     /// other work on other folders ([`may_start`]).
     pub fn folder_work(&self) -> Option<i64> {
-        match self.job {
-            Job::SyncRecent | Job::SyncFull | Job::Receive | Job::ReceiveSecondary if self.account.is_some() => {
-                self.folder
-            }
+        match *self {
+            Task::SyncRecent(f) | Task::SyncFull(f) | Task::Receive(f) | Task::ReceiveSecondary(f) => Some(f.folder),
             _ => None,
         }
     }
 
     fn is_sync(&self) -> bool {
-        matches!(self.job, Job::SyncRecent | Job::SyncFull)
+        matches!(self, Task::SyncRecent(_) | Task::SyncFull(_))
     }
 }
 
@@ -172,8 +258,8 @@ pub fn may_start(task: &Task, running: &[Task], parallel: usize) -> bool {
 
 impl fmt::Display for Task {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.job.name())?;
-        match (self.account, self.folder) {
+        f.write_str(self.job().name())?;
+        match (self.account(), self.folder()) {
             (None, None) => Ok(()),
             (a, fo) => write!(
                 f,
@@ -307,7 +393,46 @@ mod tests {
     use super::*;
 
     fn t(job: Job, account: i64, folder: i64) -> Task {
-        Task::new(job, Some(account), Some(folder))
+        Task::of(job, Some(account), Some(folder)).expect("folder work")
+    }
+
+    /// Each job's task is made from exactly the ids it needs, and gives them back.
+    #[test]
+    fn tasks_carry_the_ids_their_job_needs() {
+        let on = FolderOf { account: 1, folder: 2 };
+        type Case = (&'static str, Job, Option<i64>, Option<i64>, Option<Task>);
+        #[rustfmt::skip]
+        let cases: &[Case] = &[
+            ("a sync: account and folder", Job::SyncFull, Some(1), Some(2), Some(Task::SyncFull(on))),
+            ("a receive: account and folder", Job::ReceiveSecondary, Some(1), Some(2), Some(Task::ReceiveSecondary(on))),
+            ("a sync without its folder: none", Job::SyncRecent, Some(1), None, None),
+            ("a sync without its account: none", Job::SyncRecent, None, Some(2), None),
+            ("folder discovery: the account", Job::ListFolders, Some(1), None, Some(Task::ListFolders(1))),
+            ("sending: the account", Job::SendSecondary, Some(1), None, Some(Task::SendSecondary(1))),
+            ("sending with a folder: none", Job::Send, Some(1), Some(2), None),
+            ("a full resync: the account", Job::FullResync, Some(1), None, Some(Task::FullResync(1))),
+            ("a backup: nothing", Job::Backup, None, None, Some(Task::Backup)),
+            ("a backup of an account: none", Job::Backup, Some(1), None, None),
+            ("purging: nothing", Job::PurgeDeleted, None, None, Some(Task::PurgeDeleted)),
+        ];
+        for (name, job, account, folder, want) in cases {
+            let got = Task::of(*job, *account, *folder);
+            assert_eq!(got, *want, "{name}");
+            if let Some(t) = got {
+                assert_eq!((t.job(), t.account(), t.folder()), (*job, *account, *folder), "{name}: gives them back");
+            }
+        }
+    }
+
+    #[test]
+    fn tasks_sort_as_their_jobs() {
+        let mut tasks =
+            [Task::Backup, Task::Send(1), Task::SyncFull(FolderOf { account: 2, folder: 1 }), Task::ListFolders(3)];
+        tasks.sort();
+        let jobs: Vec<Job> = tasks.iter().map(Task::job).collect();
+        let mut sorted = jobs.clone();
+        sorted.sort();
+        assert_eq!(jobs, sorted);
     }
 
     #[test]
@@ -335,7 +460,7 @@ mod tests {
     fn may_start_table() {
         let recv = |f| t(Job::Receive, 1, f);
         let sync = |f| t(Job::SyncFull, 1, f);
-        let vacuum = Task::new(Job::Vacuum, None, None);
+        let vacuum = Task::Vacuum;
         #[rustfmt::skip]
         let cases: &[(&str, Task, Vec<Task>, usize, bool)] = &[
             ("nothing runs", sync(1), vec![], 3, true),
@@ -352,13 +477,13 @@ mod tests {
             ("the third connection", recv(3), vec![recv(1), sync(2)], 3, true),
             ("no fourth connection", recv(4), vec![recv(1), recv(2), recv(3)], 3, false),
             ("one connection an account: one at a time", recv(2), vec![recv(1)], 1, false),
-            ("folder discovery runs alone", Task::new(Job::ListFolders, Some(1), None), vec![recv(1)], 3, false),
-            ("nothing beside folder discovery", recv(1), vec![Task::new(Job::ListFolders, Some(1), None)], 3, false),
+            ("folder discovery runs alone", Task::ListFolders(1), vec![recv(1)], 3, false),
+            ("nothing beside folder discovery", recv(1), vec![Task::ListFolders(1)], 3, false),
             ("nothing beside Sync Delete", recv(1), vec![t(Job::SyncDelete, 1, 2)], 3, false),
-            ("Send runs alone", Task::new(Job::Send, Some(1), None), vec![recv(1)], 3, false),
+            ("Send runs alone", Task::Send(1), vec![recv(1)], 3, false),
             ("other accounts do not count", recv(2), vec![recv(1), t(Job::Receive, 2, 7), t(Job::Receive, 2, 8)], 2, true),
             ("a job of no account runs once", vacuum, vec![vacuum], 3, false),
-            ("a job of no account beside others", vacuum, vec![recv(1), Task::new(Job::Backup, None, None)], 3, true),
+            ("a job of no account beside others", vacuum, vec![recv(1), Task::Backup], 3, true),
         ];
         for (name, task, running, parallel, want) in cases {
             assert_eq!(may_start(task, running, *parallel), *want, "{name}");

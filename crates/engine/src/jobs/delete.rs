@@ -6,7 +6,7 @@ use std::time::Instant;
 use backproc_store::SpecialUse;
 
 use super::{Ctx, Stop};
-use crate::task::{Failure, FailureKind, Job, Report, Task};
+use crate::task::{Failure, FailureKind, FolderOf, Report, Task};
 
 /// Whether deleting `count` of a folder's `total` messages in one run needs confirmation:
 /// more than `percent` % of the folder and at least `min` messages. Mass deletion by
@@ -16,10 +16,8 @@ pub fn brake(count: usize, total: i64, percent: u64, min: u64) -> bool {
     count as u64 >= min.max(1) && (count as u64) * 100 > (total.max(0) as u64) * percent
 }
 
-pub fn sync_delete(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
-    let (Some(account), Some(folder_id)) = (task.account, task.folder) else {
-        return Err(Failure::new(FailureKind::Other, "Sync Delete needs an account and a folder"));
-    };
+pub fn sync_delete(ctx: &mut Ctx, at: FolderOf) -> Result<Report, Failure> {
+    let FolderOf { account, folder: folder_id } = at;
     let started = Instant::now();
     let now = ctx.clock.now();
     let folder = ctx.store.folder(folder_id)?;
@@ -120,11 +118,11 @@ pub fn sync_delete(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
         started.elapsed().as_secs()
     );
     // Rows whose deletion is now agreed go at once (Purge Deleted also runs on its interval).
-    let follow_up = if synced.is_empty() { Vec::new() } else { vec![Task::new(Job::PurgeDeleted, None, None)] };
+    let follow_up = if synced.is_empty() { Vec::new() } else { vec![Task::PurgeDeleted] };
     Ok(Report { count: synced.len() as i64, follow_up, ..Report::default() })
 }
 
-pub fn purge_deleted(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
+pub fn purge_deleted(ctx: &mut Ctx) -> Result<Report, Failure> {
     let started = Instant::now();
     let n = ctx.store.purge_deleted()?;
     log::info!("purged {n} deleted messages in {}s", started.elapsed().as_secs());
@@ -133,15 +131,14 @@ pub fn purge_deleted(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
 
 /// Marks messages older than the account's keep-days as deleted, then hands the folders to
 /// Sync Delete (the same path as a user's deletion, brake included).
-pub fn clean_mailboxes(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
-    let account = task.account.ok_or_else(|| Failure::new(FailureKind::Other, "Clean Mailboxes needs an account"))?;
+pub fn clean_mailboxes(ctx: &mut Ctx, account: i64) -> Result<Report, Failure> {
     let a = ctx.store.account(account)?;
     let Some(days) = a.keep_days.filter(|d| *d > 0) else { return Ok(Report::default()) };
     let now = ctx.clock.now();
     let marked = ctx.store.mark_expired(account, now - days * 86_400, ctx.config.email_bg_clean_drafts, now)?;
     let total: usize = marked.iter().map(|(_, n)| n).sum();
     log::info!("marked {total} messages older than {days} days for deletion in {} folder(s)", marked.len());
-    let follow_up = marked.iter().map(|(f, _)| Task::new(Job::SyncDelete, Some(account), Some(*f))).collect();
+    let follow_up = marked.iter().map(|(f, _)| Task::SyncDelete(FolderOf { account, folder: *f })).collect();
     Ok(Report { count: total as i64, follow_up, ..Report::default() })
 }
 

@@ -11,7 +11,7 @@ use backproc_store::maintenance::{DbPages, PackCompaction};
 use backproc_store::packs;
 
 use super::Ctx;
-use crate::task::{Failure, FailureKind, Report, Task};
+use crate::task::{Failure, FailureKind, Report};
 
 /// A maintenance job's end: its count for history, and its line for the log and for the
 /// person who ran it by hand.
@@ -21,7 +21,7 @@ fn done(count: i64, line: String) -> Result<Report, Failure> {
 }
 
 /// Deletes unread internal messages older than INTERNAL_MSG_LIFETIME_DAYS (read ones stay).
-pub fn internal_clean(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
+pub fn internal_clean(ctx: &mut Ctx) -> Result<Report, Failure> {
     let days = ctx.config.internal_msg_lifetime_days as i64;
     let before = ctx.clock.now() - days * 86_400;
     let n = ctx.store.internal_delete_expired(before)?;
@@ -29,7 +29,7 @@ pub fn internal_clean(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
 }
 
 /// Deletes history older than BG_HISTORY_RETENTION_DAYS.
-pub fn prune_history(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
+pub fn prune_history(ctx: &mut Ctx) -> Result<Report, Failure> {
     let days = ctx.config.bg_history_retention_days as i64;
     let n = ctx.store.prune_history(ctx.clock.now() - days * 86_400)?;
     done(n as i64, format!("deleted {n} history record(s) older than {days} days"))
@@ -108,7 +108,7 @@ pub fn defrag_line(d: &Defrag) -> String {
 }
 
 /// DB defragmentation: WAL checkpoint, then VACUUM when worthwhile (always, by hand).
-pub fn vacuum(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
+pub fn vacuum(ctx: &mut Ctx) -> Result<Report, Failure> {
     match defragment(ctx.store, ctx.by_hand) {
         Ok(d) => done(d.kb_freed(), defrag_line(&d)),
         Err(e) => {
@@ -228,7 +228,7 @@ pub fn backup_line(b: &BackupDone) -> String {
 }
 
 /// Backup with SQLite's online backup API to data/backup/, keeping the last BG_BACKUP_KEEP.
-pub fn backup(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
+pub fn backup(ctx: &mut Ctx) -> Result<Report, Failure> {
     let data_dir = ctx.store.path().parent().map(Path::to_path_buf).unwrap_or_default();
     match backup_now(ctx.store, &data_dir, ctx.config.bg_backup_keep as usize, ctx.clock.now()) {
         Ok(b) => done(b.messages, backup_line(&b)),
@@ -242,8 +242,7 @@ pub fn backup(ctx: &mut Ctx, _task: &Task) -> Result<Report, Failure> {
 /// Full resynchronisation of an account: re-read every folder, keep what matches. Marks the
 /// folders (HIGHESTMODSEQ forgotten, full sync requested); the scheduler then runs a full
 /// Sync of each at once, which reads all flags and presence.
-pub fn full_resync(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
-    let account = task.account.ok_or_else(|| Failure::new(FailureKind::Other, "full resync needs an account"))?;
+pub fn full_resync(ctx: &mut Ctx, account: i64) -> Result<Report, Failure> {
     let n = ctx.store.mark_full_resync(account, ctx.clock.now())?;
     done(n as i64, format!("full resynchronization: {n} folder(s) of account {account} marked for a full sync"))
 }

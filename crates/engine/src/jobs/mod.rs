@@ -74,8 +74,8 @@ pub fn record_progress(store: &mut Store, worker: Option<usize>, task: &crate::T
     let row = backproc_store::WorkerRow {
         thread: thread as i64 + 1,
         task: Some(task.to_string()),
-        account_id: task.account,
-        folder_id: task.folder,
+        account_id: task.account(),
+        folder_id: task.folder(),
         done: Some(done),
         total: Some(total),
         since: Some(now),

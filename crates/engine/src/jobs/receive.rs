@@ -19,7 +19,7 @@ use crossbeam_channel::bounded;
 
 use super::{Ctx, Stop};
 use crate::parse;
-use crate::task::{Failure, FailureKind, Job, Report, Task};
+use crate::task::{Failure, FailureKind, FolderOf, Report, Task};
 
 pub fn policy(c: &backproc_config::Config) -> ReceivePolicy {
     ReceivePolicy {
@@ -67,10 +67,8 @@ fn writer(
     Ok(received)
 }
 
-pub fn receive(ctx: &mut Ctx, task: &Task, lane: Lane) -> Result<Report, Failure> {
-    let (Some(account), Some(folder_id)) = (task.account, task.folder) else {
-        return Err(Failure::new(FailureKind::Other, "receive needs an account and a folder"));
-    };
+pub fn receive(ctx: &mut Ctx, task: &Task, at: FolderOf, lane: Lane) -> Result<Report, Failure> {
+    let FolderOf { account, folder: folder_id } = at;
     let started = Instant::now();
     let folder = ctx.store.folder(folder_id)?;
     let total = ctx.store.receive_queue_len(folder_id, lane)?;
@@ -103,11 +101,7 @@ pub fn receive(ctx: &mut Ctx, task: &Task, lane: Lane) -> Result<Report, Failure
     }
     ctx.store.drop_stale_if_done(folder_id)?;
     log::info!("received {received} new messages in {}s", started.elapsed().as_secs());
-    let follow_up = if outcome.uidvalidity_changed {
-        vec![Task::new(Job::SyncFull, Some(account), Some(folder_id))]
-    } else {
-        Vec::new()
-    };
+    let follow_up = if outcome.uidvalidity_changed { vec![Task::SyncFull(at)] } else { Vec::new() };
     Ok(Report { count: received + linked, follow_up, ..Report::default() })
 }
 

@@ -114,8 +114,7 @@ fn outcome(c: &Claimed, r: Result<backproc_smtp::Delivery, backproc_smtp::Error>
     }
 }
 
-pub fn send(ctx: &mut Ctx, task: &Task, secondary: bool) -> Result<Report, Failure> {
-    let account = task.account.ok_or_else(|| Failure::new(FailureKind::Other, "send needs an account"))?;
+pub fn send(ctx: &mut Ctx, task: &Task, account: i64, secondary: bool) -> Result<Report, Failure> {
     let policy = policy(ctx.config);
     let (lease, batch) = (ctx.config.email_bg_send_lease as i64, ctx.config.email_bg_send_batch as usize);
     let mut a = ctx.store.account(account)?;

@@ -13,12 +13,11 @@ use backproc_store::{FolderListing, MsgSyncRow, NewHistory, Queued, Store, SyncA
 
 use super::{Ctx, Stop};
 use crate::schedule::{Intervals, daily_start, folder_due};
-use crate::task::{Failure, FailureKind, Job, Report, Task};
+use crate::task::{Failure, FailureKind, FolderOf, Report, Task};
 
 /// LIST the account's folders and record them. A LIST without INBOX (every server has one)
 /// is refused: recording it would mark every folder gone.
-pub fn list_folders(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
-    let account = task.account.ok_or_else(|| Failure::new(FailureKind::Other, "no account"))?;
+pub fn list_folders(ctx: &mut Ctx, account: i64) -> Result<Report, Failure> {
     let now = ctx.clock.now();
     // The folders due now are synced right after the listing: ask their STATUS first, INBOX
     // first of all (see `ask_status_ahead`).
@@ -71,7 +70,7 @@ pub fn list_folders(ctx: &mut Ctx, task: &Task) -> Result<Report, Failure> {
         log::info!("found {} new folder(s)", new.len());
     }
     // New folders get their initial sync at once, whatever their priority.
-    let follow_up = new.iter().map(|&f| Task::new(Job::SyncFull, Some(account), Some(f))).collect();
+    let follow_up = new.iter().map(|&f| Task::SyncFull(FolderOf { account, folder: f })).collect();
     Ok(Report { count: new.len() as i64, follow_up, ..Report::default() })
 }
 
@@ -94,10 +93,8 @@ struct Gathered {
 const DEFLATE_FLAGS_FROM: u32 = 2000;
 
 /// Sync one folder: recent (new UIDs) or full (also flags and vanished messages).
-pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Failure> {
-    let (Some(account), Some(folder_id)) = (task.account, task.folder) else {
-        return Err(Failure::new(FailureKind::Other, "sync needs an account and a folder"));
-    };
+pub fn sync_folder(ctx: &mut Ctx, task: &Task, at: FolderOf, full: bool) -> Result<Report, Failure> {
+    let FolderOf { account, folder: folder_id } = at;
     let started = Instant::now();
     let now = ctx.clock.now();
     let folder = ctx.store.folder(folder_id)?;
@@ -159,8 +156,8 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
         }
         let detail = format!("{healed} message(s) missing from the store queued again");
         let h = NewHistory {
-            kind: Some(task.job.key()),
-            process: task.job.name(),
+            kind: Some(task.job().key()),
+            process: task.job().name(),
             status: "Healed",
             detail: Some(&detail),
             account_id: Some(account),
@@ -179,16 +176,16 @@ pub fn sync_folder(ctx: &mut Ctx, task: &Task, full: bool) -> Result<Report, Fai
     log::info!("found {found} new messages in {}s", started.elapsed().as_secs());
     let mut follow_up = Vec::new();
     if found + healed > 0 || summary.queued > 0 {
-        follow_up.push(Task::new(Job::Receive, Some(account), Some(folder_id)));
+        follow_up.push(Task::Receive(at));
     }
     if vanished {
         // What vanished on the server is deleted here by Sync Delete, now rather than at
         // its next interval (the safety brake applies there).
-        follow_up.push(Task::new(Job::SyncDelete, Some(account), Some(folder_id)));
+        follow_up.push(Task::SyncDelete(at));
     }
     if reset {
         // Read the folder again from scratch right away.
-        follow_up.push(Task::new(Job::SyncFull, Some(account), Some(folder_id)));
+        follow_up.push(Task::SyncFull(at));
     }
     Ok(Report { count: (found + healed) as i64, follow_up, ..Report::default() })
 }

@@ -143,14 +143,14 @@ fn priority_change_switches_rules() {
 
 #[test]
 fn per_host_budget_limits_concurrent_accounts_on_one_server() {
-    use crate::task::{Job, Task};
+    use crate::task::{FolderOf, Task};
     let hosts: HashMap<i64, String> =
         (1..=10).map(|a| (a, if a <= 8 { "imap.big.test".to_string() } else { "other.test".to_string() })).collect();
-    let due: Vec<Task> = (1..=10).map(|a| Task::new(Job::SyncFull, Some(a), Some(a))).collect();
+    let due: Vec<Task> = (1..=10).map(|a| Task::SyncFull(FolderOf { account: a, folder: a })).collect();
     let mut in_flight = HashMap::new();
-    in_flight.insert(Task::new(Job::Receive, Some(1), Some(1)), 0);
+    in_flight.insert(Task::Receive(FolderOf { account: 1, folder: 1 }), 0);
     let kept = budget(due, &in_flight, &hosts, 3, 3);
-    let accounts: Vec<i64> = kept.iter().filter_map(|t| t.account).collect();
+    let accounts: Vec<i64> = kept.iter().filter_map(|t| t.account()).collect();
     // account 1 already holds a connection; two more of the big host fit; the other host is free
     assert_eq!(accounts, vec![1, 2, 3, 9, 10]);
 }
@@ -158,7 +158,7 @@ fn per_host_budget_limits_concurrent_accounts_on_one_server() {
 #[test]
 fn connections_an_account_uses_table() {
     use crate::task::{Job, Task};
-    let t = |job, folder| Task::new(job, Some(1), folder);
+    let t = |job, folder| Task::of(job, Some(1), folder).expect("the ids the job needs");
     #[rustfmt::skip]
     let cases: &[(&str, Vec<Task>, usize, usize)] = &[
         ("no tasks, no connection", vec![], 3, 0),
@@ -178,18 +178,18 @@ fn connections_an_account_uses_table() {
 
 #[test]
 fn receives_side_by_side_take_connections_of_the_host_budget() {
-    use crate::task::{Job, Task};
+    use crate::task::{FolderOf, Task};
     let hosts: HashMap<i64, String> = (1..=4).map(|a| (a, "imap.test".to_string())).collect();
     // account 1 receives INBOX; its other folders' receives want connections of their own
-    let in_flight: HashMap<Task, usize> = [(Task::new(Job::Receive, Some(1), Some(1)), 0)].into();
+    let in_flight: HashMap<Task, usize> = [(Task::Receive(FolderOf { account: 1, folder: 1 }), 0)].into();
     let due: Vec<Task> = (2..=4)
-        .map(|f| Task::new(Job::Receive, Some(1), Some(f)))
-        .chain((2..=4).map(|a| Task::new(Job::SyncFull, Some(a), Some(10 + a))))
+        .map(|f| Task::Receive(FolderOf { account: 1, folder: f }))
+        .chain((2..=4).map(|a| Task::SyncFull(FolderOf { account: a, folder: 10 + a })))
         .collect();
     let kept = |per_host, parallel| -> Vec<(i64, i64)> {
         budget(due.clone(), &in_flight, &hosts, per_host, parallel)
             .iter()
-            .map(|t| (t.account.unwrap(), t.folder.unwrap()))
+            .map(|t| (t.account().unwrap(), t.folder().unwrap()))
             .collect()
     };
     // 3 an account: folders 2 and 3 beside INBOX, folder 4 after one of them on the same
@@ -203,14 +203,14 @@ fn receives_side_by_side_take_connections_of_the_host_budget() {
 
 #[test]
 fn open_connections_in_the_budget_table() {
-    use crate::task::{Job, Task};
+    use crate::task::{FolderOf, Task};
     let hosts: HashMap<i64, String> = (1..=5).map(|a| (a, "imap.test".to_string())).collect();
-    let recv = |a| Task::new(Job::Receive, Some(a), Some(10 * a));
-    let list = |a| Task::new(Job::ListFolders, Some(a), None);
+    let recv = |a| Task::Receive(FolderOf { account: a, folder: 10 * a });
+    let list = |a| Task::ListFolders(a);
     // accounts 1 and 2 hold the host's two connections with work in flight
     let full: HashMap<Task, usize> = [(list(1), 0), (list(2), 0)].into();
     // account 3's sync of another folder waits for the connection it has open, idle now
-    let queued: HashMap<Task, usize> = [(list(1), 0), (Task::new(Job::SyncFull, Some(3), Some(31)), 0)].into();
+    let queued: HashMap<Task, usize> = [(list(1), 0), (Task::SyncFull(FolderOf { account: 3, folder: 31 }), 0)].into();
     let none: HashMap<Task, usize> = HashMap::new();
     // name, in flight, due, connections open per account, kept
     type Case<'a> = (&'a str, &'a HashMap<Task, usize>, Vec<Task>, Vec<(i64, usize)>, Vec<Task>);
@@ -220,13 +220,13 @@ fn open_connections_in_the_budget_table() {
         ("an account's idle session carries its receive on a full host", &full, vec![recv(3)], vec![(3, 1)], vec![recv(3)]),
         ("the idle session is not a slot for another account", &full, vec![recv(4)], vec![(3, 1)], vec![]),
         ("a second folder beside the first needs a second session", &full,
-            vec![recv(3), Task::new(Job::Receive, Some(3), Some(31))], vec![(3, 1)], vec![recv(3)]),
+            vec![recv(3), Task::Receive(FolderOf { account: 3, folder: 31 })], vec![(3, 1)], vec![recv(3)]),
         ("two idle sessions carry two folders", &full,
-            vec![recv(3), Task::new(Job::Receive, Some(3), Some(31))], vec![(3, 2)],
-            vec![recv(3), Task::new(Job::Receive, Some(3), Some(31))]),
+            vec![recv(3), Task::Receive(FolderOf { account: 3, folder: 31 })], vec![(3, 2)],
+            vec![recv(3), Task::Receive(FolderOf { account: 3, folder: 31 })]),
         ("a receive beside its account's queued sync needs a connection more", &queued, vec![recv(3)], vec![(3, 1)], vec![]),
         ("a receive after its account's queued sync runs on their connection", &queued,
-            vec![Task::new(Job::Receive, Some(3), Some(31))], vec![(3, 1)], vec![Task::new(Job::Receive, Some(3), Some(31))]),
+            vec![Task::Receive(FolderOf { account: 3, folder: 31 })], vec![(3, 1)], vec![Task::Receive(FolderOf { account: 3, folder: 31 })]),
         ("its session busy once taken: the next account waits", &none,
             vec![recv(3), list(4), list(5)], vec![(3, 1)], vec![recv(3), list(4)]),
     ];
@@ -243,12 +243,12 @@ fn open_connections_in_the_budget_table() {
 
 #[test]
 fn idle_sessions_to_close_table() {
-    use crate::task::{Job, Task};
+    use crate::task::{FolderOf, Task};
     let hosts: HashMap<i64, String> = [(1, "busy.test"), (2, "busy.test"), (3, "busy.test"), (4, "calm.test")]
         .map(|(a, h)| (a, h.to_string()))
         .into();
     let busy_host: HashSet<String> = ["busy.test".to_string()].into();
-    let in_flight_2: HashMap<Task, usize> = [(Task::new(Job::SyncFull, Some(2), Some(20)), 0)].into();
+    let in_flight_2: HashMap<Task, usize> = [(Task::SyncFull(FolderOf { account: 2, folder: 20 }), 0)].into();
     let none: HashMap<Task, usize> = HashMap::new();
     let open: HashMap<i64, usize> = [(1, 1), (2, 1), (3, 2), (4, 1)].into();
     // name, in flight, accounts with work due, hosts where work waits, accounts to close
@@ -269,14 +269,14 @@ fn idle_sessions_to_close_table() {
 
 #[test]
 fn a_lowered_host_budget_holds_its_accounts_in_flight_to_it() {
-    use crate::task::{Job, Task};
+    use crate::task::{FolderOf, Task};
     let hosts: HashMap<i64, String> =
         (1..=10).map(|a| (a, if a <= 8 { "imap.gmail.test".to_string() } else { "other.test".to_string() })).collect();
-    let due: Vec<Task> = (1..=10).map(|a| Task::new(Job::SyncFull, Some(a), Some(a))).collect();
-    let in_flight: HashMap<Task, usize> = [(Task::new(Job::Receive, Some(1), Some(1)), 0)].into();
+    let due: Vec<Task> = (1..=10).map(|a| Task::SyncFull(FolderOf { account: a, folder: a })).collect();
+    let in_flight: HashMap<Task, usize> = [(Task::Receive(FolderOf { account: 1, folder: 1 }), 0)].into();
     let lowered: HashMap<String, usize> = [("imap.gmail.test".to_string(), 2)].into();
     let kept = budget_lowered(due.clone(), &in_flight, &hosts, 8, 3, &lowered, &HashMap::new());
-    let accounts: Vec<i64> = kept.iter().filter_map(|t| t.account).collect();
+    let accounts: Vec<i64> = kept.iter().filter_map(|t| t.account()).collect();
     // account 1 holds one of the 2; one more fits; the other host keeps the configured budget
     assert_eq!(accounts, vec![1, 2, 9, 10]);
     // a lowered budget never raises the configured one

@@ -5,8 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use backproc_config::Config;
 use backproc_store::{Lane, NewHistory, Store, WorkerRow};

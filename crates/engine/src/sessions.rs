@@ -15,7 +15,7 @@
 //!   sessions out for its task, or connects a new one (an account whose folders are synced
 //!   and received side by side, `task::may_start`, holds several).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -85,11 +85,36 @@ pub struct SessionPool {
     state: Mutex<PoolState>,
     /// Signalled when a connection is closed or given back idle.
     freed: Condvar,
+    /// Gmail bodies (account, X-GM-MSGID) that a receive of the account is downloading now
+    /// (`claim_bodies`).
+    fetching: Mutex<HashSet<(i64, i64)>>,
 }
 
 impl SessionPool {
     pub fn new() -> Arc<SessionPool> {
-        Arc::new(SessionPool { state: Mutex::new(PoolState::default()), freed: Condvar::new() })
+        Arc::new(SessionPool {
+            state: Mutex::new(PoolState::default()),
+            freed: Condvar::new(),
+            fetching: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Claims the download of these Gmail bodies (X-GM-MSGIDs) of `account` for the caller;
+    /// returns those another receive of the account is downloading now. One message under
+    /// several labels is queued in each label's folder, and the receives of two folders run
+    /// side by side: without this both downloaded it (and stored it twice). The one left out
+    /// links its row to the body once that receive has stored it (`link_known_bodies`).
+    pub(crate) fn claim_bodies(&self, account: i64, gm_msgids: &[i64]) -> HashSet<i64> {
+        let mut f = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        gm_msgids.iter().copied().filter(|g| !f.insert((account, *g))).collect()
+    }
+
+    /// The bodies a receive claimed are stored (or it gave up on them).
+    pub(crate) fn release_bodies(&self, account: i64, gm_msgids: impl IntoIterator<Item = i64>) {
+        let mut f = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        for g in gm_msgids {
+            f.remove(&(account, g));
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolState> {
@@ -444,6 +469,11 @@ impl Sessions {
         Sessions { pool, current: None, deadline: None, receive: false, ignored: 0 }
     }
 
+    /// The pool this worker's sessions come from.
+    pub(crate) fn pool(&self) -> &Arc<SessionPool> {
+        &self.pool
+    }
+
     /// Ignored FETCH answers since the last call (for `backproc_ignored_fetch_responses_total`).
     pub fn take_ignored(&mut self) -> u64 {
         std::mem::take(&mut self.ignored)
@@ -673,6 +703,19 @@ mod tests {
         let under = std::error::Error::source(&store).and_then(|e| e.downcast_ref::<backproc_store::Error>());
         assert!(matches!(under, Some(backproc_store::Error::NotFound { .. })), "{store:?}");
         assert_eq!(store.detail, "account 7 not found", "the text is unchanged");
+    }
+
+    /// One Gmail body is downloaded by one receive of the account at a time; another
+    /// account's same X-GM-MSGID is its own; a release lets the next claim it.
+    #[test]
+    fn a_gmail_body_is_claimed_by_one_receive_at_a_time() {
+        let pool = SessionPool::new();
+        assert!(pool.claim_bodies(1, &[10, 11]).is_empty(), "the first receive gets both");
+        assert_eq!(pool.claim_bodies(1, &[11, 12]), HashSet::from([11]), "the second is told 11 is on its way");
+        assert!(pool.claim_bodies(2, &[10]).is_empty(), "another account's message is another message");
+        pool.release_bodies(1, [10, 11]);
+        assert!(pool.claim_bodies(1, &[11]).is_empty(), "released: the next receive may take it");
+        assert_eq!(pool.claim_bodies(1, &[12]), HashSet::from([12]), "12 is still held by the second");
     }
 
     #[test]

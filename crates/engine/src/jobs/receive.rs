@@ -12,6 +12,7 @@
 //! and the reason. Bodies are stored only under the UIDVALIDITY the folder's EXAMINE reported.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use backproc_store::{Lane, NewMessage, QueueEntry, ReceivePolicy, Store};
@@ -19,6 +20,7 @@ use crossbeam_channel::bounded;
 
 use super::{Ctx, Stop};
 use crate::parse;
+use crate::sessions::SessionPool;
 use crate::task::{Failure, FailureKind, FolderOf, Report, Task};
 
 pub fn policy(c: &backproc_config::Config) -> ReceivePolicy {
@@ -77,6 +79,8 @@ pub fn receive(ctx: &mut Ctx, task: &Task, at: FolderOf, lane: Lane) -> Result<R
         return Ok(Report::default());
     }
     let mut writer_store = Store::open(ctx.store.path())?;
+    // Held until the writer has stored what this receive fetched.
+    let mut claims = Claims { pool: ctx.sessions.pool().clone(), account, held: Vec::new() };
     let (tx, rx) = bounded::<Fetched>(1);
     let (clock, worker) = (ctx.clock, ctx.worker);
     let (fetched, written) = std::thread::scope(|s| {
@@ -88,7 +92,7 @@ pub fn receive(ctx: &mut Ctx, task: &Task, at: FolderOf, lane: Lane) -> Result<R
             log_mdc::extend(mdc);
             writer(&mut writer_store, folder_id, rx, task, total, worker, clock)
         });
-        let fetched = fetch_all(ctx, account, folder_id, &folder, lane, tx);
+        let fetched = fetch_all(ctx, account, folder_id, &folder, lane, &mut claims, tx);
         let written = w.join().unwrap_or_else(|_| Err(Failure::new(FailureKind::Panic, "the receive writer panicked")));
         (fetched, written)
     });
@@ -103,6 +107,30 @@ pub fn receive(ctx: &mut Ctx, task: &Task, at: FolderOf, lane: Lane) -> Result<R
     log::info!("received {received} new messages in {}s", started.elapsed().as_secs());
     let follow_up = if outcome.uidvalidity_changed { vec![Task::SyncFull(at)] } else { Vec::new() };
     Ok(Report { count: received + linked, follow_up, ..Report::default() })
+}
+
+/// The Gmail bodies this receive downloads (`SessionPool::claim_bodies`), released when the
+/// receive ends: by then the writer has stored them, and the same message's rows in other
+/// label folders are linked to them at those folders' next receive.
+struct Claims {
+    pool: Arc<SessionPool>,
+    account: i64,
+    held: Vec<i64>,
+}
+
+impl Claims {
+    /// Claims these X-GM-MSGIDs; returns those another receive of the account is downloading.
+    fn claim(&mut self, gm_msgids: &[i64]) -> HashSet<i64> {
+        let elsewhere = self.pool.claim_bodies(self.account, gm_msgids);
+        self.held.extend(gm_msgids.iter().filter(|g| !elsewhere.contains(g)));
+        elsewhere
+    }
+}
+
+impl Drop for Claims {
+    fn drop(&mut self) {
+        self.pool.release_bodies(self.account, self.held.drain(..));
+    }
 }
 
 /// What the fetch stage leaves for after the writer: UIDs asked and not returned.
@@ -126,6 +154,7 @@ fn fetch_all(
     folder_id: i64,
     folder: &backproc_store::FolderRow,
     lane: Lane,
+    claims: &mut Claims,
     tx: crossbeam_channel::Sender<Fetched>,
 ) -> Result<FetchOutcome, Failure> {
     let policy = policy(ctx.config);
@@ -157,7 +186,7 @@ fn fetch_all(
     loop {
         let (batch, sent) = match ahead.take() {
             Some((batch, ticket)) => (batch, Some(ticket)),
-            None => match next_batch(ctx, folder_id, lane, &mut after_uid, &policy, &mut outcome.linked)? {
+            None => match next_batch(ctx, folder_id, lane, &mut after_uid, &policy, &mut outcome.linked, claims)? {
                 Some(batch) => (batch, None),
                 None => return Ok(outcome),
             },
@@ -170,7 +199,7 @@ fn fetch_all(
             if stale {
                 return Ok(None);
             }
-            match next_batch(ctx, folder_id, lane, &mut after_uid, &policy, &mut outcome.linked) {
+            match next_batch(ctx, folder_id, lane, &mut after_uid, &policy, &mut outcome.linked, claims) {
                 Ok(next) => Ok(next.filter(|n| !n.is_empty())),
                 Err(f) => {
                     ahead_failed = Some(f);
@@ -344,6 +373,7 @@ fn next_batch(
     after_uid: &mut i64,
     policy: &ReceivePolicy,
     linked_count: &mut i64,
+    claims: &mut Claims,
 ) -> Result<Option<Vec<QueueEntry>>, Failure> {
     let config = ctx.config;
     let max_count = config.email_bg_receive_batch_messages as usize;
@@ -368,6 +398,17 @@ fn next_batch(
                 log::debug!("{} message(s) already stored under another label: linked, not downloaded", linked.len());
                 *linked_count += linked.len() as i64;
                 batch.retain(|e| !linked.contains(&e.uid));
+            }
+            // The same message under another label, on its way now on another connection:
+            // left queued, and linked to that body at this folder's next receive.
+            let gm_msgids: Vec<i64> = batch.iter().filter_map(|e| e.gm_msgid).collect();
+            let elsewhere = claims.claim(&gm_msgids);
+            if !elsewhere.is_empty() {
+                log::debug!(
+                    "{} message(s) are being downloaded under another label now: linked at the next receive",
+                    elsewhere.len()
+                );
+                batch.retain(|e| e.gm_msgid.is_none_or(|g| !elsewhere.contains(&g)));
             }
         }
         if !batch.is_empty() {

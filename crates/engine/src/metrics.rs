@@ -148,7 +148,7 @@ pub fn render(store: &Store, up: bool) -> backproc_store::Result<String> {
         let _ = writeln!(out, "backproc_receive_queue{{lane=\"{l}\"}} {}", lane(l));
     }
     family(&mut out, "backproc_outbox", "gauge", "Outbox entries by state.");
-    let mut states: Vec<&str> = vec!["PENDING", "PROCESSING", "RETRY", "ERROR", "SUCCESS"];
+    let mut states: Vec<&str> = backproc_types::OutboxState::NAMES.to_vec();
     states.extend(outbox.keys().map(String::as_str).filter(|s| !states.contains(s)).collect::<Vec<_>>());
     for s in states {
         let _ = writeln!(out, "backproc_outbox{{state=\"{}\"}} {}", label(s), state(s));

@@ -1,7 +1,8 @@
 //! What the master hands to workers, and what workers hand back.
 
 use std::fmt;
-use std::sync::Arc;
+
+use backproc_types::Cause;
 
 /// The kinds of background process (one button each in the original's admin page, plus
 /// maintenance). `name()` is what history and status show.
@@ -326,7 +327,7 @@ pub struct Failure {
     pub retry_after: Option<std::time::Duration>,
     /// The error it comes from (the store's, the server's and what underlies that), for a
     /// caller that must tell causes apart: [`std::error::Error::source`] walks it.
-    pub source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    pub source: Option<Cause>,
 }
 
 impl Failure {
@@ -336,7 +337,7 @@ impl Failure {
 
     /// The failure, with the error it comes from.
     pub fn caused_by(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Failure {
-        self.source = Some(Arc::new(e));
+        self.source = Some(Cause::new(e));
         self
     }
 }
@@ -358,7 +359,7 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+        self.source.as_ref().map(Cause::error)
     }
 }
 

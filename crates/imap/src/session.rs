@@ -21,7 +21,6 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backproc_sasl::{Credential, Mechanism};
@@ -31,6 +30,7 @@ use crate::read::{Limits, ReadError, Reader};
 use crate::response::{Code, Malformed, ParseLimits, Response, Status, Tagged, Untagged, read_response};
 use crate::transport::{Deadline, Stream, Transport};
 
+use backproc_types::Cause;
 pub use backproc_types::Security;
 
 /// How to reach and log in to a server. `Debug` hides the credential.
@@ -94,7 +94,7 @@ pub struct Error {
     pub retry_after: Option<Duration>,
     /// What underlies it, when something does (the I/O error of a lost connection), for a
     /// caller that must tell causes apart.
-    pub source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    pub source: Option<Cause>,
 }
 
 impl std::fmt::Display for Error {
@@ -103,11 +103,9 @@ impl std::fmt::Display for Error {
     }
 }
 
-/// By hand rather than derived: the source is the error inside the `Arc`, so that a caller can
-/// downcast it (`Arc<dyn Error>` is an error of its own type).
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+        self.source.as_ref().map(Cause::error)
     }
 }
 
@@ -118,7 +116,7 @@ impl Error {
 
     /// The error, with what underlies it.
     pub(crate) fn caused_by(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-        self.source = Some(Arc::new(e));
+        self.source = Some(Cause::new(e));
         self
     }
 

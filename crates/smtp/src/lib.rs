@@ -8,7 +8,6 @@
 
 mod build;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::address::Address;
@@ -91,6 +90,7 @@ pub fn check_address(s: &str) -> Result<(), Error> {
     s.parse::<Address>().map(|_| ()).map_err(|e| err(ErrorKind::Permanent, format!("invalid address {s:?}: {e}")))
 }
 
+use backproc_types::Cause;
 pub use backproc_types::Security;
 
 /// Where and how to connect. `Debug` hides the credential.
@@ -136,7 +136,7 @@ pub struct Error {
     pub detail: String,
     /// What underlies it (lettre's error, an I/O error), for a caller that must tell causes
     /// apart.
-    pub source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    pub source: Option<Cause>,
 }
 
 impl std::fmt::Display for Error {
@@ -145,11 +145,9 @@ impl std::fmt::Display for Error {
     }
 }
 
-/// By hand rather than derived: the source is the error inside the `Arc`, so that a caller can
-/// downcast it (`Arc<dyn Error>` is an error of its own type).
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+        self.source.as_ref().map(Cause::error)
     }
 }
 
@@ -160,7 +158,7 @@ impl Error {
     }
 
     fn caused_by(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-        self.source = Some(Arc::new(e));
+        self.source = Some(Cause::new(e));
         self
     }
 }

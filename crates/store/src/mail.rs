@@ -804,18 +804,18 @@ impl Store {
                 "UPDATE receive_queue SET attempts = ?, last_error = ?, next_attempt = ?, queue = ? WHERE id = ?",
             )?;
             for id in ids {
-                let Some((attempts, queue)): Option<(i64, String)> =
+                let Some((attempts, queue)): Option<(i64, Queue)> =
                     get.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?
                 else {
                     continue;
                 };
                 let next = retry::receive_failed(p, attempts, now);
-                match (Queue::parse(&queue), next.queue) {
-                    (Some(Queue::Primary), Queue::Secondary) => moves.to_secondary += 1,
-                    (was, Queue::Failed) if was != Some(Queue::Failed) => moves.failed += 1,
+                match (queue, next.queue) {
+                    (Queue::Primary, Queue::Secondary) => moves.to_secondary += 1,
+                    (Queue::Primary | Queue::Secondary, Queue::Failed) => moves.failed += 1,
                     _ => {}
                 }
-                upd.execute(params![next.attempts, error, next.next_attempt, next.queue.as_str(), id])?;
+                upd.execute(params![next.attempts, error, next.next_attempt, next.queue, id])?;
             }
             Ok(moves)
         })

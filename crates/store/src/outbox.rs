@@ -139,8 +139,6 @@ fn token() -> String {
     format!("{:016x}{:08x}", h.finish(), std::process::id())
 }
 
-const STATES: [&str; 5] = ["PENDING", "PROCESSING", "SUCCESS", "ERROR", "RETRY"];
-
 /// `Store::outbox_depths`: PENDING and RETRY, PROCESSING, ERROR, and the total.
 const DEPTHS: [&str; 4] = [
     "SELECT state, COUNT(*) FROM outbox WHERE state IN ('PENDING','RETRY') GROUP BY state",
@@ -295,9 +293,10 @@ impl Store {
     /// Entries, newest first, optionally of one state.
     pub fn outbox_records(&self, id: Option<i64>, state: Option<&str>) -> Result<Vec<OutboxRecord>> {
         if let Some(s) = state
-            && !STATES.contains(&s)
+            && OutboxState::parse(s).is_none()
         {
-            return Err(Error::Invalid(format!("unknown state {s:?}: expected one of {}", STATES.join(", "))));
+            let names = OutboxState::NAMES.join(", ");
+            return Err(Error::Invalid(format!("unknown state {s:?}: expected one of {names}")));
         }
         let mut st = self.conn().prepare_cached(
             "SELECT id, account_id, state, start_time, end_time, error, attempts, lease_expire_time, info, message_id,

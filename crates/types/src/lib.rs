@@ -7,6 +7,7 @@
 //! types, so a flag or a state never has to be translated between crates.
 
 mod backoff;
+mod cause;
 mod flags;
 mod host;
 pub mod retry;
@@ -16,6 +17,7 @@ mod sql;
 mod words;
 
 pub use backoff::Backoff;
+pub use cause::Cause;
 pub use flags::{Flags, KeywordError, valid_keyword};
 pub use host::is_loopback;
 pub use security::Security;
